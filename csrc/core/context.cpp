@@ -1,0 +1,114 @@
+#include "hive_gpu/context.hpp"
+
+#include <algorithm>
+
+#include "hive_gpu/backends.hpp"
+#include "hive_gpu/error.hpp"
+#include "hive_gpu/storage.hpp"
+
+namespace hive_gpu {
+
+const char* metric_name(Metric m) {
+    switch (m) {
+        case Metric::Cosine: return "cosine";
+        case Metric::DotProduct: return "dot_product";
+        case Metric::Euclidean: return "euclidean";
+    }
+    return "unknown";
+}
+
+Metric metric_from_name(const std::string& name) {
+    std::string s = name;
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (s == "cosine") return Metric::Cosine;
+    if (s == "dot" || s == "dot_product" || s == "dotproduct" || s == "ip" || s == "inner_product")
+        return Metric::DotProduct;
+    if (s == "euclidean" || s == "l2") return Metric::Euclidean;
+    throw InvalidArgumentError("unknown metric '" + name + "'");
+}
+
+std::shared_ptr<VectorStorage> Context::create_storage(std::size_t dimension, Metric metric) {
+    if (dimension == 0 || dimension > kMaxDimension)
+        throw InvalidArgumentError("dimension must be in [1, " + std::to_string(kMaxDimension) +
+                                   "], got " + std::to_string(dimension));
+    if (metric != Metric::Cosine && metric != Metric::DotProduct && metric != Metric::Euclidean)
+        throw InvalidArgumentError("unknown metric");
+    return std::make_shared<VectorStorage>(shared_from_this(), make_engine(dimension, metric));
+}
+
+namespace {
+
+// Preference order for "auto": the fastest device first, the CPU last.
+std::vector<BackendEntry> entries() {
+    std::vector<BackendEntry> e;
+#if HIVE_GPU_WITH_CUDA
+    e.push_back(cuda::backend_entry());
+#endif
+#if HIVE_GPU_WITH_ROCM
+    e.push_back(rocm::backend_entry());
+#endif
+#if HIVE_GPU_WITH_METAL
+    e.push_back(metal::backend_entry());
+#endif
+#if HIVE_GPU_WITH_WEBGPU
+    e.push_back(webgpu::backend_entry());
+#endif
+    e.push_back(cpu::backend_entry());
+    return e;
+}
+
+const BackendEntry* find_entry(const std::vector<BackendEntry>& all, const std::string& name) {
+    for (const auto& e : all)
+        if (name == e.name) return &e;
+    return nullptr;
+}
+
+}  // namespace
+
+std::vector<std::string> compiled_backends() {
+    std::vector<std::string> names;
+    for (const auto& e : entries()) names.emplace_back(e.name);
+    return names;
+}
+
+int device_count(const std::string& backend) {
+    auto all = entries();
+    const BackendEntry* e = find_entry(all, backend);
+    return e ? e->device_count() : 0;
+}
+
+std::string backend_unavailable_reason(const std::string& backend) {
+    auto all = entries();
+    const BackendEntry* e = find_entry(all, backend);
+    if (!e) return "backend '" + backend + "' is not compiled into this build of hive_gpu";
+    return e->unavailable_reason();
+}
+
+bool backend_available(const std::string& backend) {
+    return backend_unavailable_reason(backend).empty();
+}
+
+std::shared_ptr<Context> create_context(const std::string& backend, int device_id) {
+    auto all = entries();
+    if (backend == "auto") {
+        for (const auto& e : all)
+            if (e.unavailable_reason().empty()) return e.make_context(device_id);
+        throw NoDeviceError("no backend is available");
+    }
+    const BackendEntry* e = find_entry(all, backend);
+    if (!e) {
+        std::string known;
+        for (const auto& x : all) known += std::string(known.empty() ? "" : ", ") + x.name;
+        throw InvalidArgumentError("backend '" + backend + "' is not compiled in (compiled: " +
+                                   known + ")");
+    }
+    std::string why = e->unavailable_reason();
+    if (!why.empty()) throw NoDeviceError(backend + ": " + why);
+    int n = e->device_count();
+    if (device_id < 0 || device_id >= n)
+        throw InvalidDeviceIdError(backend + ": device id " + std::to_string(device_id) +
+                                   " is out of range (" + std::to_string(n) + " device(s))");
+    return e->make_context(device_id);
+}
+
+}  // namespace hive_gpu

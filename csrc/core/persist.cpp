@@ -1,0 +1,360 @@
+// save() / load(): the versioned binary format described in docs/format.md.
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <unordered_set>
+
+#include "core/crc32c.hpp"
+#include "core/validate.hpp"
+#include "hive_gpu/error.hpp"
+#include "hive_gpu/storage.hpp"
+
+#if defined(_WIN32)
+#include <io.h>
+#include <windows.h>
+#else
+#include <fcntl.h>
+#include <unistd.h>
+#endif
+
+namespace hive_gpu {
+
+namespace {
+
+constexpr char kMagic[8] = {'H', 'I', 'V', 'E', 'G', 'P', 'U', '\0'};
+constexpr std::uint32_t kFormatVersion = 1;
+constexpr std::size_t kHeaderBytes = 64;
+constexpr std::size_t kSectionHeaderBytes = 16;
+constexpr std::size_t kChunkBytes = std::size_t{32} << 20;
+
+constexpr std::uint32_t tag(const char (&s)[5]) {
+    return std::uint32_t(std::uint8_t(s[0])) | std::uint32_t(std::uint8_t(s[1])) << 8 |
+           std::uint32_t(std::uint8_t(s[2])) << 16 | std::uint32_t(std::uint8_t(s[3])) << 24;
+}
+constexpr std::uint32_t kIds = tag("IDS "), kMeta = tag("META"), kOrds = tag("ORDS"),
+                        kVecs = tag("VECS");
+
+template <typename T>
+void put(std::string& buf, T v) {
+    buf.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+void put_str(std::string& buf, const std::string& s) {
+    put<std::uint32_t>(buf, static_cast<std::uint32_t>(s.size()));
+    buf.append(s);
+}
+
+// Bounds-checked reader over one section's payload.
+class Cursor {
+   public:
+    Cursor(const std::string& b, const char* section) : b_(b), section_(section) {}
+    template <typename T>
+    T get() {
+        need(sizeof(T));
+        T v;
+        std::memcpy(&v, b_.data() + pos_, sizeof(T));
+        pos_ += sizeof(T);
+        return v;
+    }
+    std::string get_str(std::size_t max_len) {
+        auto n = get<std::uint32_t>();
+        if (n > max_len) fail("a string is longer than allowed");
+        need(n);
+        std::string s = b_.substr(pos_, n);
+        pos_ += n;
+        return s;
+    }
+    bool done() const { return pos_ == b_.size(); }
+    [[noreturn]] void fail(const std::string& why) const {
+        throw CorruptFileError(std::string("corrupt ") + section_ + " section: " + why);
+    }
+
+   private:
+    void need(std::size_t n) const {
+        if (b_.size() - pos_ < n) fail("runs past its end");
+    }
+    const std::string& b_;
+    const char* section_;
+    std::size_t pos_ = 0;
+};
+
+class File {
+   public:
+    File(const std::string& path, const char* mode) : path_(path), f_(std::fopen(path.c_str(), mode)) {
+        if (!f_) throw IoError("cannot open '" + path + "': " + std::strerror(errno));
+    }
+    ~File() {
+        if (f_) std::fclose(f_);
+    }
+    void write(const void* p, std::size_t n) {
+        if (n && std::fwrite(p, 1, n, f_) != n)
+            throw IoError("cannot write '" + path_ + "': " + std::strerror(errno));
+    }
+    // Reads exactly n bytes or throws CorruptFileError (the file ended early).
+    void read(void* p, std::size_t n) {
+        if (n && std::fread(p, 1, n, f_) != n) {
+            if (std::ferror(f_)) throw IoError("cannot read '" + path_ + "': " + std::strerror(errno));
+            throw CorruptFileError("'" + path_ + "' is truncated");
+        }
+    }
+    std::uint64_t size() {
+        std::fseek(f_, 0, SEEK_END);
+        long long s =
+#if defined(_WIN32)
+            _ftelli64(f_);
+#else
+            ftello(f_);
+#endif
+        std::fseek(f_, 0, SEEK_SET);
+        if (s < 0) throw IoError("cannot size '" + path_ + "'");
+        return static_cast<std::uint64_t>(s);
+    }
+    bool at_eof() {
+        int c = std::fgetc(f_);
+        return c == EOF;
+    }
+    // Flush to the disk, then close.
+    void sync_close() {
+        if (std::fflush(f_) != 0) throw IoError("cannot write '" + path_ + "': " + std::strerror(errno));
+#if defined(_WIN32)
+        _commit(_fileno(f_));
+#else
+        if (fsync(fileno(f_)) != 0) throw IoError("cannot sync '" + path_ + "': " + std::strerror(errno));
+#endif
+        std::FILE* f = f_;
+        f_ = nullptr;
+        if (std::fclose(f) != 0) throw IoError("cannot close '" + path_ + "': " + std::strerror(errno));
+    }
+
+   private:
+    std::string path_;
+    std::FILE* f_;
+};
+
+void write_section(File& f, std::uint32_t t, const std::string& payload) {
+    std::string h;
+    put<std::uint32_t>(h, t);
+    put<std::uint32_t>(h, 0);
+    put<std::uint64_t>(h, payload.size());
+    f.write(h.data(), h.size());
+    f.write(payload.data(), payload.size());
+    std::uint32_t crc = crc32c(0, payload.data(), payload.size());
+    f.write(&crc, 4);
+}
+
+// Section header; checks the tag and that the payload fits in what is left of the file.
+std::uint64_t read_section_header(File& f, std::uint32_t expected, const char* name,
+                                  std::uint64_t& remaining) {
+    if (remaining < kSectionHeaderBytes + 4) throw CorruptFileError(std::string("file ends before the ") + name + " section");
+    char h[kSectionHeaderBytes];
+    f.read(h, sizeof h);
+    remaining -= kSectionHeaderBytes;
+    std::uint32_t t;
+    std::uint64_t len;
+    std::memcpy(&t, h, 4);
+    std::memcpy(&len, h + 8, 8);
+    if (t != expected) throw CorruptFileError(std::string("expected the ") + name + " section");
+    if (len > remaining - 4) throw CorruptFileError(std::string("the ") + name + " section runs past the end of the file");
+    remaining -= len + 4;
+    return len;
+}
+
+std::string read_payload(File& f, std::uint64_t len, const char* name) {
+    std::string b(static_cast<std::size_t>(len), '\0');
+    f.read(b.data(), b.size());
+    std::uint32_t crc;
+    f.read(&crc, 4);
+    if (crc != crc32c(0, b.data(), b.size()))
+        throw CorruptFileError(std::string("checksum mismatch in the ") + name + " section");
+    return b;
+}
+
+void replace_file(const std::string& from, const std::string& to) {
+#if defined(_WIN32)
+    if (!MoveFileExA(from.c_str(), to.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH))
+        throw IoError("cannot replace '" + to + "'");
+#else
+    if (std::rename(from.c_str(), to.c_str()) != 0)
+        throw IoError("cannot replace '" + to + "': " + std::strerror(errno));
+    // Make the rename itself durable.
+    const auto slash = to.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : to.substr(0, slash);
+    int fd = ::open(dir.c_str(), O_RDONLY);
+    if (fd >= 0) {
+        fsync(fd);
+        ::close(fd);
+    }
+#endif
+}
+
+std::atomic<unsigned> g_temp_counter{0};
+
+}  // namespace
+
+void VectorStorage::save(const std::string& path) const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    check_open();
+    const std::size_t n = id_of_.size();
+
+    std::string ids, meta, ords;
+    for (const auto& id : id_of_) put_str(ids, id);
+    for (const auto& md : metadata_of_) {
+        put<std::uint32_t>(meta, static_cast<std::uint32_t>(md.size()));
+        for (const auto& [k, v] : md) {
+            put_str(meta, k);
+            put_str(meta, v);
+        }
+    }
+    ords.append(reinterpret_cast<const char*>(ordinal_of_.data()), n * sizeof(std::uint32_t));
+
+    std::string tmp = path + ".tmp." + std::to_string(
+#if defined(_WIN32)
+                                           GetCurrentProcessId()
+#else
+                                           getpid()
+#endif
+                                               ) +
+                      "." + std::to_string(g_temp_counter++);
+    try {
+        File f(tmp, "wb");
+        std::string h(kHeaderBytes, '\0');
+        std::memcpy(h.data(), kMagic, 8);
+        std::uint32_t version = kFormatVersion, metric = static_cast<std::uint32_t>(metric_);
+        std::uint64_t dim = dimension_, count = n, next = next_ordinal_;
+        std::memcpy(h.data() + 8, &version, 4);
+        std::memcpy(h.data() + 12, &metric, 4);
+        std::memcpy(h.data() + 16, &dim, 8);
+        std::memcpy(h.data() + 24, &count, 8);
+        std::memcpy(h.data() + 32, &next, 8);
+        std::uint32_t hcrc = crc32c(0, h.data(), 60);
+        std::memcpy(h.data() + 60, &hcrc, 4);
+        f.write(h.data(), h.size());
+        write_section(f, kIds, ids);
+        write_section(f, kMeta, meta);
+        write_section(f, kOrds, ords);
+
+        // Rows stream from the engine in chunks: no second full copy on the host.
+        std::string sh;
+        put<std::uint32_t>(sh, kVecs);
+        put<std::uint32_t>(sh, 0);
+        put<std::uint64_t>(sh, std::uint64_t(n) * dimension_ * sizeof(float));
+        f.write(sh.data(), sh.size());
+        const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dimension_ * sizeof(float)));
+        std::vector<float> buf(std::min(n, rows_per_chunk) * dimension_);
+        std::uint32_t crc = 0;
+        for (std::size_t first = 0; first < n; first += rows_per_chunk) {
+            std::size_t m = std::min(rows_per_chunk, n - first);
+            engine_->read(first, m, buf.data());
+            f.write(buf.data(), m * dimension_ * sizeof(float));
+            crc = crc32c(crc, buf.data(), m * dimension_ * sizeof(float));
+        }
+        f.write(&crc, 4);
+        f.sync_close();
+        replace_file(tmp, path);
+    } catch (...) {
+        std::remove(tmp.c_str());
+        throw;
+    }
+}
+
+std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context>& context,
+                                                   const std::string& path) {
+    File f(path, "rb");
+    std::uint64_t remaining = f.size();
+    if (remaining < kHeaderBytes) throw CorruptFileError("'" + path + "' is too short to be a hive_gpu store");
+    char h[kHeaderBytes];
+    f.read(h, kHeaderBytes);
+    remaining -= kHeaderBytes;
+    if (std::memcmp(h, kMagic, 8) != 0) throw CorruptFileError("'" + path + "' is not a hive_gpu store");
+    std::uint32_t version, metric, hcrc;
+    std::uint64_t dim, count, next;
+    std::memcpy(&version, h + 8, 4);
+    std::memcpy(&metric, h + 12, 4);
+    std::memcpy(&dim, h + 16, 8);
+    std::memcpy(&count, h + 24, 8);
+    std::memcpy(&next, h + 32, 8);
+    std::memcpy(&hcrc, h + 60, 4);
+    if (hcrc != crc32c(0, h, 60)) throw CorruptFileError("'" + path + "' has a damaged header");
+    if (version != kFormatVersion)
+        throw CorruptFileError("'" + path + "' uses format version " + std::to_string(version) +
+                               "; this library reads version " + std::to_string(kFormatVersion));
+    if (metric > 2) throw CorruptFileError("'" + path + "' names an unknown metric");
+    if (dim == 0 || dim > kMaxDimension) throw CorruptFileError("'" + path + "' has an invalid dimension");
+    // The file must be large enough to hold what the header promises: no absurd allocations.
+    if (count > remaining / (dim * sizeof(float) + 4 + 4 + 4))
+        throw CorruptFileError("'" + path + "' is shorter than its header says");
+
+    std::string ids_b = read_payload(f, read_section_header(f, kIds, "ids", remaining), "ids");
+    std::string meta_b = read_payload(f, read_section_header(f, kMeta, "metadata", remaining), "metadata");
+    std::string ords_b = read_payload(f, read_section_header(f, kOrds, "ordinals", remaining), "ordinals");
+
+    const std::size_t n = static_cast<std::size_t>(count);
+    std::vector<std::string> ids;
+    ids.reserve(n);
+    {
+        Cursor c(ids_b, "ids");
+        std::unordered_set<std::string> seen;
+        for (std::size_t i = 0; i < n; ++i) {
+            std::string id = c.get_str(kMaxIdBytes);
+            if (id.empty() || !seen.insert(id).second) c.fail("empty or repeated id");
+            ids.push_back(std::move(id));
+        }
+        if (!c.done()) c.fail("trailing bytes");
+    }
+    std::vector<Metadata> metas(n);
+    {
+        Cursor c(meta_b, "metadata");
+        for (std::size_t i = 0; i < n; ++i) {
+            auto pairs = c.get<std::uint32_t>();
+            for (std::uint32_t p = 0; p < pairs; ++p) {
+                std::string k = c.get_str(meta_b.size());
+                std::string v = c.get_str(meta_b.size());
+                metas[i].emplace(std::move(k), std::move(v));
+            }
+        }
+        if (!c.done()) c.fail("trailing bytes");
+    }
+    if (ords_b.size() != n * sizeof(std::uint32_t)) throw CorruptFileError("corrupt ordinals section: wrong length");
+    std::vector<std::uint32_t> ords(n);
+    std::memcpy(ords.data(), ords_b.data(), ords_b.size());
+    std::uint64_t max_ord = 0;
+    for (auto o : ords) max_ord = std::max<std::uint64_t>(max_ord, o);
+
+    const std::uint64_t vec_len = read_section_header(f, kVecs, "vectors", remaining);
+    if (vec_len != count * dim * sizeof(float)) throw CorruptFileError("corrupt vectors section: wrong length");
+    if (remaining != 0) throw CorruptFileError("'" + path + "' has trailing bytes");
+
+    auto storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric)));
+    Engine& engine = *storage->engine_;
+    engine.reserve(n);
+    const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dim * sizeof(float)));
+    std::vector<float> buf(std::min(n, rows_per_chunk) * dim);
+    std::uint32_t crc = 0;
+    for (std::size_t first = 0; first < n; first += rows_per_chunk) {
+        std::size_t m = std::min(rows_per_chunk, n - first);
+        f.read(buf.data(), m * dim * sizeof(float));
+        crc = crc32c(crc, buf.data(), m * dim * sizeof(float));
+        try {
+            check_rows(buf.data(), m, dim, "stored vectors");
+        } catch (const InvalidArgumentError& e) {
+            throw CorruptFileError(std::string("corrupt vectors section: ") + e.what());
+        }
+        engine.append(buf.data(), ords.data() + first, m);
+    }
+    std::uint32_t stored;
+    f.read(&stored, 4);
+    if (stored != crc) throw CorruptFileError("checksum mismatch in the vectors section");
+
+    storage->id_of_ = std::move(ids);
+    storage->metadata_of_ = std::move(metas);
+    storage->ordinal_of_ = std::move(ords);
+    storage->slot_of_.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) storage->slot_of_.emplace(storage->id_of_[i], i);
+    storage->next_ordinal_ = std::max<std::uint64_t>(next, n ? max_ord + 1 : 0);
+    return storage;
+}
+
+}  // namespace hive_gpu

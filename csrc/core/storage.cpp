@@ -1,0 +1,323 @@
+#include "hive_gpu/storage.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <numeric>
+#include <string>
+#include <unordered_set>
+
+#include "hive_gpu/error.hpp"
+#include "core/validate.hpp"
+
+namespace hive_gpu {
+
+namespace {
+
+using ReadLock = std::shared_lock<std::shared_mutex>;
+using WriteLock = std::unique_lock<std::shared_mutex>;
+
+}  // namespace
+
+VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<Engine> engine)
+    : context_(std::move(context)),
+      engine_(std::move(engine)),
+      dimension_(engine_->dimension()),
+      metric_(engine_->metric()) {}
+
+VectorStorage::~VectorStorage() = default;
+
+void VectorStorage::check_open() const {
+    if (closed_) throw StorageClosedError("the storage is closed");
+}
+
+void VectorStorage::check_id(const std::string& id) {
+    if (id.empty()) throw InvalidArgumentError("vector id must not be empty");
+    if (id.size() > kMaxIdBytes)
+        throw InvalidArgumentError("vector id is " + std::to_string(id.size()) +
+                                   " bytes long; the limit is " + std::to_string(kMaxIdBytes));
+}
+
+void VectorStorage::check_row(const float* row, std::size_t len, const char* what) const {
+    if (len != dimension_)
+        throw DimensionMismatchError(std::string(what) + " has dimension " + std::to_string(len) +
+                                     ", the storage has dimension " + std::to_string(dimension_));
+    check_rows(row, 1, dimension_, what);
+}
+
+std::size_t VectorStorage::size() const {
+    ReadLock lock(mutex_);
+    check_open();
+    return id_of_.size();
+}
+
+bool VectorStorage::contains(const std::string& id) const {
+    ReadLock lock(mutex_);
+    check_open();
+    return slot_of_.count(id) != 0;
+}
+
+std::vector<std::string> VectorStorage::ids() const {
+    ReadLock lock(mutex_);
+    check_open();
+    return id_of_;
+}
+
+std::size_t VectorStorage::memory_bytes() const {
+    ReadLock lock(mutex_);
+    check_open();
+    return engine_->memory_bytes();
+}
+
+std::uint32_t VectorStorage::take_ordinals(std::size_t n) {
+    constexpr std::uint64_t kLimit = std::numeric_limits<std::uint32_t>::max();
+    if (next_ordinal_ + n > kLimit) renumber_ordinals();
+    if (next_ordinal_ + n > kLimit) throw InvalidArgumentError("too many vectors for one storage");
+    auto first = static_cast<std::uint32_t>(next_ordinal_);
+    next_ordinal_ += n;
+    return first;
+}
+
+void VectorStorage::renumber_ordinals() {
+    // Keep insertion order, close the gaps left by removals.
+    std::vector<std::size_t> by_age(ordinal_of_.size());
+    std::iota(by_age.begin(), by_age.end(), std::size_t{0});
+    std::sort(by_age.begin(), by_age.end(),
+              [&](std::size_t a, std::size_t b) { return ordinal_of_[a] < ordinal_of_[b]; });
+    std::vector<std::uint32_t> fresh(ordinal_of_.size());
+    for (std::size_t rank = 0; rank < by_age.size(); ++rank)
+        fresh[by_age[rank]] = static_cast<std::uint32_t>(rank);
+    engine_->set_ordinals(fresh.data(), fresh.size());
+    ordinal_of_ = std::move(fresh);
+    next_ordinal_ = ordinal_of_.size();
+}
+
+void VectorStorage::add_vector(const std::string& id, const float* data, std::size_t len,
+                               const Metadata& metadata) {
+    check_id(id);
+    check_row(data, len, "vector");
+    std::vector<std::string> ids{id};
+    std::vector<Metadata> md{metadata};
+    add_vectors(ids, data, 1, len, md);
+}
+
+void VectorStorage::add_vectors(const std::vector<std::string>& ids, const float* data,
+                                std::size_t n, std::size_t dim,
+                                const std::vector<Metadata>& metadata) {
+    if (ids.size() != n)
+        throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
+                                   std::to_string(n) + " vectors");
+    if (!metadata.empty() && metadata.size() != n)
+        throw InvalidArgumentError("got " + std::to_string(metadata.size()) +
+                                   " metadata entries for " + std::to_string(n) + " vectors");
+    if (n == 0) {
+        ReadLock lock(mutex_);
+        check_open();
+        return;
+    }
+    if (dim != dimension_)
+        throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
+                                     ", the storage has dimension " + std::to_string(dimension_));
+    {
+        std::unordered_set<std::string_view> seen;
+        seen.reserve(n);
+        for (const auto& id : ids) {
+            check_id(id);
+            if (!seen.insert(id).second)
+                throw DuplicateIdError("id '" + id + "' appears twice in the batch");
+        }
+    }
+    check_rows(data, n, dim, "vectors");
+
+    WriteLock lock(mutex_);
+    check_open();
+    for (const auto& id : ids)
+        if (slot_of_.count(id)) throw DuplicateIdError("id '" + id + "' already exists");
+
+    const std::size_t old = id_of_.size();
+    try {
+        id_of_.reserve(old + n);
+        metadata_of_.reserve(old + n);
+        ordinal_of_.reserve(old + n);
+        slot_of_.reserve(old + n);
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("host memory exhausted while growing the id map");
+    }
+    const std::uint32_t first = take_ordinals(n);
+    std::vector<std::uint32_t> ords(n);
+    std::iota(ords.begin(), ords.end(), first);
+    engine_->append(data, ords.data(), n);
+    try {
+        for (std::size_t i = 0; i < n; ++i) {
+            slot_of_.emplace(ids[i], old + i);
+            id_of_.push_back(ids[i]);
+            metadata_of_.push_back(metadata.empty() ? Metadata{} : metadata[i]);
+            ordinal_of_.push_back(ords[i]);
+        }
+    } catch (const std::bad_alloc&) {
+        for (std::size_t i = 0; i < n; ++i) slot_of_.erase(ids[i]);
+        id_of_.resize(old);
+        metadata_of_.resize(old);
+        ordinal_of_.resize(old);
+        engine_->truncate(old);
+        throw OutOfMemoryError("host memory exhausted while adding vectors");
+    }
+}
+
+bool VectorStorage::update_vector(const std::string& id, const float* data, std::size_t len,
+                                  const Metadata* metadata) {
+    check_row(data, len, "vector");
+    WriteLock lock(mutex_);
+    check_open();
+    auto it = slot_of_.find(id);
+    if (it == slot_of_.end()) return false;
+    Metadata md_copy;
+    if (metadata) md_copy = *metadata;  // copy first: the engine write must be the last thing that can fail
+    engine_->write(it->second, data);
+    if (metadata) metadata_of_[it->second] = std::move(md_copy);
+    return true;
+}
+
+void VectorStorage::remove_slot(std::size_t slot) {
+    const std::size_t last = id_of_.size() - 1;
+    if (slot != last) {
+        engine_->move(last, slot);
+        slot_of_[id_of_[last]] = slot;
+        id_of_[slot] = std::move(id_of_[last]);
+        metadata_of_[slot] = std::move(metadata_of_[last]);
+        ordinal_of_[slot] = ordinal_of_[last];
+    }
+    engine_->truncate(last);
+    id_of_.pop_back();
+    metadata_of_.pop_back();
+    ordinal_of_.pop_back();
+}
+
+bool VectorStorage::remove_vector(const std::string& id) {
+    WriteLock lock(mutex_);
+    check_open();
+    auto it = slot_of_.find(id);
+    if (it == slot_of_.end()) return false;
+    const std::size_t slot = it->second;
+    slot_of_.erase(it);
+    remove_slot(slot);
+    return true;
+}
+
+std::size_t VectorStorage::remove_vectors(const std::vector<std::string>& ids) {
+    WriteLock lock(mutex_);
+    check_open();
+    std::size_t removed = 0;
+    for (const auto& id : ids) {
+        auto it = slot_of_.find(id);
+        if (it == slot_of_.end()) continue;
+        const std::size_t slot = it->second;
+        slot_of_.erase(it);
+        remove_slot(slot);
+        ++removed;
+    }
+    return removed;
+}
+
+void VectorStorage::clear() {
+    WriteLock lock(mutex_);
+    check_open();
+    engine_->truncate(0);
+    slot_of_.clear();
+    id_of_.clear();
+    metadata_of_.clear();
+    ordinal_of_.clear();
+    next_ordinal_ = 0;
+}
+
+std::optional<Vector> VectorStorage::get_vector(const std::string& id) const {
+    ReadLock lock(mutex_);
+    check_open();
+    auto it = slot_of_.find(id);
+    if (it == slot_of_.end()) return std::nullopt;
+    Vector v{id, std::vector<float>(dimension_), metadata_of_[it->second]};
+    engine_->read(it->second, 1, v.data.data());
+    return v;
+}
+
+std::optional<Metadata> VectorStorage::get_metadata(const std::string& id) const {
+    ReadLock lock(mutex_);
+    check_open();
+    auto it = slot_of_.find(id);
+    if (it == slot_of_.end()) return std::nullopt;
+    return metadata_of_[it->second];
+}
+
+std::size_t VectorStorage::clamp_k(std::int64_t k) const {
+    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
+    return std::min<std::size_t>(static_cast<std::size_t>(k), id_of_.size());
+}
+
+float VectorStorage::finish_score(float engine_score) const {
+    if (metric_ == Metric::Euclidean) return std::sqrt(std::max(engine_score, 0.0f));
+    return engine_score;
+}
+
+std::vector<SearchHit> VectorStorage::search(const float* query, std::size_t len,
+                                             std::int64_t k) const {
+    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
+    check_row(query, len, "query");
+    ReadLock lock(mutex_);
+    check_open();
+    BatchResult r = search_locked(query, 1, k);
+    std::vector<SearchHit> hits;
+    hits.reserve(r.k);
+    for (std::size_t j = 0; j < r.k; ++j)
+        hits.push_back(SearchHit{std::move(r.ids[j]), r.scores[j],
+                                 metadata_of_[static_cast<std::size_t>(r.slots[j])]});
+    return hits;
+}
+
+BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, std::size_t dim,
+                                        std::int64_t k) const {
+    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
+    if (dim != dimension_)
+        throw DimensionMismatchError("queries have dimension " + std::to_string(dim) +
+                                     ", the storage has dimension " + std::to_string(dimension_));
+    check_rows(queries, nq, dim, "queries");
+    ReadLock lock(mutex_);
+    check_open();
+    return search_locked(queries, nq, k);
+}
+
+BatchResult VectorStorage::search_locked(const float* queries, std::size_t nq,
+                                         std::int64_t k) const {
+    BatchResult r;
+    r.nq = nq;
+    r.k = clamp_k(k);
+    if (nq == 0 || r.k == 0) return r;
+    r.scores.resize(nq * r.k);
+    r.slots.resize(nq * r.k);
+    engine_->search(queries, nq, r.k, r.scores.data(), r.slots.data());
+    r.ids.reserve(nq * r.k);
+    for (std::size_t i = 0; i < nq * r.k; ++i) {
+        r.scores[i] = finish_score(r.scores[i]);
+        r.ids.push_back(id_of_[static_cast<std::size_t>(r.slots[i])]);
+    }
+    return r;
+}
+
+void VectorStorage::close() {
+    WriteLock lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    engine_.reset();
+    slot_of_.clear();
+    id_of_.clear();
+    metadata_of_.clear();
+    ordinal_of_.clear();
+}
+
+bool VectorStorage::closed() const {
+    ReadLock lock(mutex_);
+    return closed_;
+}
+
+}  // namespace hive_gpu

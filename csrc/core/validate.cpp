@@ -1,0 +1,81 @@
+#include "core/validate.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hive_gpu/error.hpp"
+#include "hive_gpu/storage.hpp"
+
+namespace hive_gpu {
+
+namespace {
+
+enum class RowFault { None, NonFinite, TooLarge };
+
+RowFault check_row(const float* row, std::size_t dim) {
+    // Summing squares in double both finds NaN/inf (the sum turns non-finite) and measures
+    // the norm, in one pass the compiler vectorises.
+    double sum = 0.0;
+    for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(row[j]) * row[j];
+    if (!std::isfinite(sum)) {
+        for (std::size_t j = 0; j < dim; ++j)
+            if (!std::isfinite(row[j])) return RowFault::NonFinite;
+        return RowFault::TooLarge;
+    }
+    return sum > kMaxSquaredNorm ? RowFault::TooLarge : RowFault::None;
+}
+
+// Index of the first faulty row in [begin, end), or end.
+std::size_t first_fault(const float* rows, std::size_t begin, std::size_t end, std::size_t dim,
+                        RowFault* fault) {
+    for (std::size_t i = begin; i < end; ++i) {
+        RowFault f = check_row(rows + i * dim, dim);
+        if (f != RowFault::None) {
+            *fault = f;
+            return i;
+        }
+    }
+    return end;
+}
+
+}  // namespace
+
+void check_rows(const float* rows, std::size_t n, std::size_t dim, const char* what) {
+    if (n == 0) return;
+    RowFault fault = RowFault::None;
+    std::size_t bad = n;
+    constexpr std::size_t kParallelFloats = std::size_t{1} << 22;
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    if (n * dim < kParallelFloats || hw == 1 || n < 2) {
+        bad = first_fault(rows, 0, n, dim, &fault);
+    } else {
+        const unsigned parts = std::min<std::size_t>(hw, n);
+        std::vector<std::size_t> found(parts, n);
+        std::vector<RowFault> faults(parts, RowFault::None);
+        std::vector<std::thread> workers;
+        workers.reserve(parts);
+        for (unsigned p = 0; p < parts; ++p) {
+            workers.emplace_back([&, p] {
+                std::size_t b = n * p / parts, e = n * (p + 1) / parts;
+                std::size_t i = first_fault(rows, b, e, dim, &faults[p]);
+                if (i != e) found[p] = i;
+            });
+        }
+        for (auto& w : workers) w.join();
+        for (unsigned p = 0; p < parts; ++p)
+            if (found[p] < bad) {
+                bad = found[p];
+                fault = faults[p];
+            }
+    }
+    if (bad == n) return;
+    std::string where = n == 1 ? std::string(what) : std::string(what) + " row " + std::to_string(bad);
+    if (fault == RowFault::NonFinite) throw NonFiniteValueError(where + " contains NaN or infinity");
+    throw InvalidArgumentError(where + " has a norm too large for float32 distance arithmetic");
+}
+
+}  // namespace hive_gpu

@@ -1,0 +1,104 @@
+#include "cpu/cpu_context.hpp"
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "cpu/cpu_engine.hpp"
+#include "hive_gpu/backends.hpp"
+#include "hive_gpu/error.hpp"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
+namespace hive_gpu::cpu {
+
+namespace {
+
+std::string cpu_model_name() {
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (line.rfind("model name", 0) == 0) {
+            auto pos = line.find(':');
+            if (pos != std::string::npos) return line.substr(line.find_first_not_of(" \t", pos + 1));
+        }
+    }
+    return "CPU";
+}
+
+// Bytes from /proc/meminfo's "key:  N kB" line, 0 when absent.
+std::uint64_t meminfo_bytes(const std::string& key) {
+    std::ifstream f("/proc/meminfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (line.rfind(key + ":", 0) == 0) {
+            std::istringstream in(line.substr(key.size() + 1));
+            std::uint64_t kb = 0;
+            in >> kb;
+            return kb * 1024;
+        }
+    }
+    return 0;
+}
+
+std::string isa_name() {
+#if defined(__x86_64__) || defined(_M_X64)
+    std::string s = "x86-64";
+#if defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f")) s += " avx512f";
+    else if (__builtin_cpu_supports("avx2")) s += " avx2";
+    if (__builtin_cpu_supports("fma")) s += " fma";
+#endif
+    return s;
+#elif defined(__aarch64__) || defined(_M_ARM64)
+    return "arm64 neon";
+#else
+    return "generic";
+#endif
+}
+
+}  // namespace
+
+CpuContext::CpuContext(int threads)
+    : threads_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+
+DeviceInfo CpuContext::device_info() const {
+    DeviceInfo d;
+    d.name = cpu_model_name();
+    d.backend = "CPU";
+    d.vram_total = meminfo_bytes("MemTotal");
+    d.vram_available = meminfo_bytes("MemAvailable");
+    d.vram_used = d.vram_total > d.vram_available ? d.vram_total - d.vram_available : 0;
+    if (d.vram_total == 0) d.unknown.insert(d.unknown.end(), {"vram_total", "vram_available", "vram_used"});
+    d.compute_capability = isa_name();
+    d.max_threads_per_block = static_cast<std::uint32_t>(threads_);
+    d.device_id = 0;
+    d.unknown.insert(d.unknown.end(), {"driver_version", "max_shared_memory", "pci_bus_id"});
+    return d;
+}
+
+std::unique_ptr<Engine> CpuContext::make_engine(std::size_t dimension, Metric metric) {
+    return std::make_unique<CpuEngine>(std::static_pointer_cast<CpuContext>(shared_from_this()),
+                                       dimension, metric);
+}
+
+std::shared_ptr<Context> make_context(int threads) { return std::make_shared<CpuContext>(threads); }
+
+BackendEntry backend_entry() {
+    return BackendEntry{
+        "cpu",
+        [] { return 1; },
+        [] { return std::string(); },
+        [](int device_id) -> std::shared_ptr<Context> {
+            if (device_id != 0)
+                throw InvalidDeviceIdError("cpu: device id " + std::to_string(device_id) +
+                                           " is out of range (1 device)");
+            return make_context(0);
+        },
+    };
+}
+
+}  // namespace hive_gpu::cpu

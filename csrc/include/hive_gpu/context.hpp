@@ -1,0 +1,47 @@
+// A context is one device of one backend: it reports what the device is, owns the
+// resources its engines share (streams, BLAS handles, memory pool) and makes storages.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hive_gpu/engine.hpp"
+#include "hive_gpu/types.hpp"
+
+namespace hive_gpu {
+
+class VectorStorage;
+
+class Context : public std::enable_shared_from_this<Context> {
+   public:
+    virtual ~Context() = default;
+
+    // "cpu", "cuda", "rocm", "metal" or "webgpu".
+    virtual std::string backend() const = 0;
+    virtual DeviceInfo device_info() const = 0;
+
+    // A fresh, empty engine bound to this context. Engines keep their context alive.
+    virtual std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) = 0;
+
+    virtual PoolStats pool_stats() const { return {}; }
+    virtual void set_pool_config(const PoolConfig& config) { (void)config; }
+
+    // dimension >= 1; throws InvalidArgumentError otherwise.
+    std::shared_ptr<VectorStorage> create_storage(std::size_t dimension, Metric metric);
+};
+
+// Backends compiled into this library, in order of preference for "auto".
+std::vector<std::string> compiled_backends();
+// True when `backend` is compiled in and has at least one usable device.
+bool backend_available(const std::string& backend);
+// Usable devices of `backend` (0 when not compiled in or no device/driver).
+int device_count(const std::string& backend);
+// Why `backend` cannot be used here ("" when it can).
+std::string backend_unavailable_reason(const std::string& backend);
+// Context on device `device_id` of `backend`; "auto" picks the first available of
+// compiled_backends(). Throws NoDeviceError / InvalidDeviceIdError / InvalidArgumentError.
+std::shared_ptr<Context> create_context(const std::string& backend, int device_id = 0);
+
+}  // namespace hive_gpu

@@ -1,0 +1,100 @@
+// VectorStorage: the one vector store. String ids, metadata, validation, locking and
+// swap-remove are written here once; the floats live in a backend Engine.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "hive_gpu/context.hpp"
+#include "hive_gpu/engine.hpp"
+#include "hive_gpu/types.hpp"
+
+namespace hive_gpu {
+
+// Limits checked on every write.
+inline constexpr std::size_t kMaxIdBytes = 4096;
+inline constexpr std::size_t kMaxDimension = 1u << 20;
+// Squared norms above this could overflow float32 distance arithmetic.
+inline constexpr double kMaxSquaredNorm = 3.4028234663852886e38 / 4.0;
+
+// Thread safety: any number of concurrent readers (search, get, contains, size), writers
+// exclusive. Every mutating call is all-or-nothing: when it throws, the store is unchanged.
+class VectorStorage {
+   public:
+    VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<Engine> engine);
+    ~VectorStorage();
+    VectorStorage(const VectorStorage&) = delete;
+    VectorStorage& operator=(const VectorStorage&) = delete;
+
+    std::size_t dimension() const { return dimension_; }
+    Metric metric() const { return metric_; }
+    const std::shared_ptr<Context>& context() const { return context_; }
+    std::size_t size() const;
+    bool contains(const std::string& id) const;
+    std::vector<std::string> ids() const;  // slot order
+    std::size_t memory_bytes() const;
+
+    // Throws DuplicateIdError if `id` exists.
+    void add_vector(const std::string& id, const float* data, std::size_t len,
+                    const Metadata& metadata = {});
+    // n rows of `dim` floats, row major; metadata empty or one per row. All or nothing.
+    void add_vectors(const std::vector<std::string>& ids, const float* data, std::size_t n,
+                     std::size_t dim, const std::vector<Metadata>& metadata = {});
+    // false when `id` is unknown. metadata == nullptr keeps the current metadata.
+    bool update_vector(const std::string& id, const float* data, std::size_t len,
+                       const Metadata* metadata = nullptr);
+    // false when `id` is unknown. O(1): the last row moves into the freed slot.
+    bool remove_vector(const std::string& id);
+    // Number of ids removed; unknown ids are skipped.
+    std::size_t remove_vectors(const std::vector<std::string>& ids);
+    void clear();
+
+    std::optional<Vector> get_vector(const std::string& id) const;
+    std::optional<Metadata> get_metadata(const std::string& id) const;
+
+    // k >= 1 (InvalidArgumentError otherwise); returns min(k, size()) hits, best first.
+    std::vector<SearchHit> search(const float* query, std::size_t len, std::int64_t k) const;
+    BatchResult search_batch(const float* queries, std::size_t nq, std::size_t dim,
+                             std::int64_t k) const;
+
+    // Persistence (see docs/format.md). save() is atomic: temp file, fsync, rename.
+    void save(const std::string& path) const;
+    static std::shared_ptr<VectorStorage> load(const std::shared_ptr<Context>& context,
+                                               const std::string& path);
+
+    // Frees the rows; every later call throws StorageClosedError.
+    void close();
+    bool closed() const;
+
+   private:
+    void check_open() const;
+    void check_row(const float* row, std::size_t len, const char* what) const;
+    static void check_id(const std::string& id);
+    std::uint32_t take_ordinals(std::size_t n);  // renumbers when the counter would wrap
+    void renumber_ordinals();
+    void remove_slot(std::size_t slot);
+    std::size_t clamp_k(std::int64_t k) const;
+    BatchResult search_locked(const float* queries, std::size_t nq, std::int64_t k) const;
+    float finish_score(float engine_score) const;
+
+    std::shared_ptr<Context> context_;
+    std::unique_ptr<Engine> engine_;
+    std::size_t dimension_;
+    Metric metric_;
+
+    mutable std::shared_mutex mutex_;
+    bool closed_ = false;
+    std::unordered_map<std::string, std::size_t> slot_of_;
+    std::vector<std::string> id_of_;         // by slot
+    std::vector<Metadata> metadata_of_;      // by slot
+    std::vector<std::uint32_t> ordinal_of_;  // by slot, mirrors the engine's
+    std::uint64_t next_ordinal_ = 0;
+};
+
+}  // namespace hive_gpu

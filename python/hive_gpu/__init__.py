@@ -1,0 +1,69 @@
+"""hive_gpu: exact k-nearest-neighbour search over vectors kept in GPU (or CPU) memory."""
+
+from __future__ import annotations
+
+from . import errors
+from ._contexts import (
+    Context,
+    CpuContext,
+    CudaContext,
+    MetalContext,
+    RocmContext,
+    WgpuContext,
+    available_backends,
+    compiled_backends,
+    create_context,
+)
+from ._core import __version__
+from ._storage import VectorStorage
+from ._types import GpuDeviceInfo, GpuDistanceMetric, GpuSearchResult, GpuVector, PoolStats
+from .errors import (
+    BackendError,
+    CorruptFileError,
+    DimensionMismatchError,
+    DuplicateIdError,
+    HiveGpuError,
+    InvalidArgumentError,
+    InvalidDeviceIdError,
+    InvalidDtypeError,
+    NoDeviceError,
+    NonFiniteValueError,
+    OutOfMemoryError,
+    PersistenceError,
+    StorageClosedError,
+    VectorNotFoundError,
+)
+
+__all__ = [
+    "__version__",
+    "errors",
+    "Context",
+    "CpuContext",
+    "CudaContext",
+    "RocmContext",
+    "MetalContext",
+    "WgpuContext",
+    "available_backends",
+    "compiled_backends",
+    "create_context",
+    "VectorStorage",
+    "GpuDeviceInfo",
+    "GpuDistanceMetric",
+    "GpuSearchResult",
+    "GpuVector",
+    "PoolStats",
+    "HiveGpuError",
+    "InvalidArgumentError",
+    "DimensionMismatchError",
+    "NonFiniteValueError",
+    "DuplicateIdError",
+    "InvalidDtypeError",
+    "VectorNotFoundError",
+    "NoDeviceError",
+    "InvalidDeviceIdError",
+    "OutOfMemoryError",
+    "BackendError",
+    "PersistenceError",
+    "CorruptFileError",
+    "StorageClosedError",
+]

@@ -1,0 +1,64 @@
+"""Turning user input into the float32 C-contiguous arrays the core reads without a copy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidArgumentError, InvalidDtypeError
+
+
+def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
+    """``x`` as a float32, C-contiguous array of ``ndim`` dimensions.
+
+    float32 C-contiguous arrays pass through untouched; other floating dtypes and
+    non-contiguous arrays are converted; integer, bool, complex and object data are rejected.
+    """
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == ndim:
+        return x  # the hot path: no copy, no checks beyond these
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
+        a = np.asarray(x)
+        if a.dtype.kind != "f":
+            raise InvalidDtypeError(f"{what} must have a floating-point dtype, got {a.dtype}")
+    else:
+        try:
+            a = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InvalidDtypeError(f"{what} must be numbers: {e}") from None
+    if a.ndim != ndim:
+        shape = "(dimension,)" if ndim == 1 else "(n, dimension)"
+        raise InvalidArgumentError(f"{what} must have shape {shape}, got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def check_ids(ids: Any) -> list[str]:
+    if isinstance(ids, str):
+        raise InvalidArgumentError("ids must be a sequence of strings, not one string")
+    if isinstance(ids, np.ndarray):
+        ids = ids.tolist()
+    ids = list(ids)
+    for i in ids:
+        if type(i) is not str:
+            raise InvalidArgumentError(f"ids must be strings, got {type(i).__name__} {i!r}")
+    return ids
+
+
+def check_metadata(md: Any) -> dict[str, str]:
+    if md is None:
+        return {}
+    if not isinstance(md, dict):
+        raise InvalidArgumentError(f"metadata must be a dict of str to str, got {type(md).__name__}")
+    for k, v in md.items():
+        if type(k) is not str or type(v) is not str:
+            raise InvalidArgumentError(f"metadata must map str to str, got {k!r}: {v!r}")
+    return md
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidArgumentError(f"k must be an integer, got {type(k).__name__}")
+    k = int(k)
+    if k <= 0:
+        raise InvalidArgumentError(f"k must be >= 1, got {k}")
+    return k

@@ -1,0 +1,156 @@
+"""One context class per backend; all share one implementation over hive_gpu._core."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from . import _core
+from ._storage import _METRIC_TO_CORE, VectorStorage
+from ._types import GpuDeviceInfo, GpuDistanceMetric, PoolStats
+from .errors import InvalidArgumentError, NoDeviceError
+
+__all__ = [
+    "Context",
+    "CpuContext",
+    "CudaContext",
+    "RocmContext",
+    "MetalContext",
+    "WgpuContext",
+    "available_backends",
+    "compiled_backends",
+    "create_context",
+]
+
+
+class Context:
+    """A device of one backend. Subclasses only name their backend."""
+
+    BACKEND: ClassVar[str] = ""
+
+    def __init__(self, device_id: int = 0) -> None:
+        if type(self) is Context:
+            raise TypeError("use CpuContext, CudaContext, ... or hive_gpu.create_context()")
+        if self.BACKEND not in _core.compiled_backends():
+            raise NoDeviceError(f"the {self.BACKEND} backend is not compiled into this build of hive_gpu")
+        self._ctx = _core.create_context(self.BACKEND, int(device_id))
+        self._device_id = int(device_id)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when the backend is compiled in and has a usable device."""
+        return _core.backend_available(cls.BACKEND)
+
+    @classmethod
+    def device_count(cls) -> int:
+        return _core.device_count(cls.BACKEND)
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        """Why the backend cannot be used here ("" when it can)."""
+        return _core.backend_unavailable_reason(cls.BACKEND)
+
+    @property
+    def backend(self) -> str:
+        return self.BACKEND
+
+    @property
+    def device_id(self) -> int:
+        return self._device_id
+
+    def device_info(self) -> GpuDeviceInfo:
+        return GpuDeviceInfo._from_core(self._ctx.device_info())
+
+    def vram_usage(self) -> float:
+        """Device memory in use, as a percentage of the total (0.0 when unknown)."""
+        return self.device_info().vram_usage_percent()
+
+    def has_available_vram(self, required_bytes: int) -> bool:
+        return self.device_info().has_available_vram(required_bytes)
+
+    def create_storage(
+        self, dimension: int, metric: GpuDistanceMetric | str = GpuDistanceMetric.COSINE
+    ) -> VectorStorage:
+        if isinstance(dimension, bool) or not isinstance(dimension, int):
+            raise InvalidArgumentError(f"dimension must be an integer, got {type(dimension).__name__}")
+        if dimension <= 0:
+            raise InvalidArgumentError(f"dimension must be >= 1, got {dimension}")
+        m = GpuDistanceMetric.parse(metric)
+        return VectorStorage(self._ctx.create_storage(dimension, _METRIC_TO_CORE[m]))
+
+    def load_storage(self, path: str | os.PathLike[str]) -> VectorStorage:
+        """Load a file written by ``VectorStorage.save`` (from any backend) onto this device."""
+        return VectorStorage(self._ctx.load_storage(os.fspath(path)))
+
+    def pool_stats(self) -> PoolStats:
+        return PoolStats(**self._ctx.pool_stats())
+
+    def configure_pool(self, release_threshold: int | None = None, max_bytes: int | None = None) -> None:
+        """Set the memory pool's release threshold and cap in bytes (None keeps the current value)."""
+        cur = self._ctx.pool_stats()
+        self._ctx.set_pool_config(
+            cur["release_threshold"] if release_threshold is None else int(release_threshold),
+            cur["max_bytes"] if max_bytes is None else int(max_bytes),
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} device_id={self._device_id}>"
+
+
+class CpuContext(Context):
+    """The CPU backend: always available, SIMD kernels on all cores."""
+
+    BACKEND = "cpu"
+
+
+class CudaContext(Context):
+    """NVIDIA GPUs through the CUDA runtime and cuBLAS."""
+
+    BACKEND = "cuda"
+
+
+class RocmContext(Context):
+    """AMD GPUs through HIP and rocBLAS."""
+
+    BACKEND = "rocm"
+
+
+class MetalContext(Context):
+    """Apple GPUs through Metal."""
+
+    BACKEND = "metal"
+
+
+class WgpuContext(Context):
+    """Any GPU through WebGPU (Vulkan, Metal, D3D12 underneath)."""
+
+    BACKEND = "webgpu"
+
+
+_BY_NAME: dict[str, type[Context]] = {
+    c.BACKEND: c for c in (CpuContext, CudaContext, RocmContext, MetalContext, WgpuContext)
+}
+_ALIASES = {"wgpu": "webgpu", "hip": "rocm"}
+
+
+def compiled_backends() -> list[str]:
+    """Backends compiled into this build, fastest first."""
+    return list(_core.compiled_backends())
+
+
+def available_backends() -> list[str]:
+    """Backends that can create a context on this machine, fastest first."""
+    return [b for b in _core.compiled_backends() if _core.backend_available(b)]
+
+
+def create_context(backend: str = "auto", device_id: int = 0) -> Context:
+    """A context of ``backend`` ("auto" picks the first of available_backends())."""
+    name = _ALIASES.get(backend.lower(), backend.lower())
+    if name == "auto":
+        avail = available_backends()
+        if not avail:
+            raise NoDeviceError("no backend is available")
+        name = avail[0]
+    if name not in _BY_NAME:
+        raise InvalidArgumentError(f"unknown backend {backend!r}; known: {sorted(_BY_NAME)}")
+    return _BY_NAME[name](device_id)

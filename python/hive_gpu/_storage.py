@@ -1,0 +1,185 @@
+"""The Python face of a vector storage: thin, typed, NumPy in and out."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_float32, check_ids, check_k, check_metadata
+from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector
+from .errors import InvalidArgumentError
+
+__all__ = ["VectorStorage"]
+
+_METRIC_TO_CORE = {
+    GpuDistanceMetric.COSINE: _core.Metric.COSINE,
+    GpuDistanceMetric.DOT_PRODUCT: _core.Metric.DOT_PRODUCT,
+    GpuDistanceMetric.EUCLIDEAN: _core.Metric.EUCLIDEAN,
+}
+_METRIC_FROM_CORE = {v: k for k, v in _METRIC_TO_CORE.items()}
+
+
+class VectorStorage:
+    """Vectors of one dimension and metric on one device, addressed by string ids.
+
+    Thread-safe: searches run concurrently, writes are exclusive, and every write is
+    all-or-nothing. The GIL is released while the device works.
+    """
+
+    __slots__ = ("_s", "__weakref__")
+
+    def __init__(self, core_storage: "_core.Storage") -> None:
+        self._s = core_storage
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def dimension(self) -> int:
+        return self._s.dimension
+
+    @property
+    def metric(self) -> GpuDistanceMetric:
+        return _METRIC_FROM_CORE[self._s.metric]
+
+    @property
+    def backend(self) -> str:
+        return self._s.backend
+
+    def vector_count(self) -> int:
+        return self._s.size()
+
+    def __len__(self) -> int:
+        return self._s.size()
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and self._s.contains(id)
+
+    def ids(self) -> list[str]:
+        return self._s.ids()
+
+    def memory_usage(self) -> int:
+        """Bytes of device memory held for rows and per-row data."""
+        return self._s.memory_bytes()
+
+    # -- writes -----------------------------------------------------------------------
+    def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None) -> None:
+        """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``."""
+        if isinstance(vector, GpuVector):
+            id, data, metadata = vector.id, vector.data, vector.metadata
+        else:
+            id = vector
+        if type(id) is not str:
+            raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        self._s.add_vector(id, as_float32(data, 1, "vector"), check_metadata(metadata))
+
+    def add_vectors(
+        self,
+        ids: Sequence[str] | Sequence[GpuVector],
+        data: Any = None,
+        metadata: Sequence[dict[str, str] | None] | None = None,
+    ) -> None:
+        """Add a batch, all or nothing: ``add_vectors(ids, array[n, dim], metadata=None)`` or
+        ``add_vectors([GpuVector, ...])``. A float32 C-contiguous array is read without a copy."""
+        if data is None:
+            vectors = list(ids)
+            if not all(isinstance(v, GpuVector) for v in vectors):
+                raise InvalidArgumentError("add_vectors(ids, data): data is missing")
+            if not vectors:
+                return
+            ids = [v.id for v in vectors]
+            data = np.stack([as_float32(v.data, 1, "vector") for v in vectors]) if vectors else None
+            metadata = [v.metadata for v in vectors]
+        id_list = check_ids(ids)
+        arr = as_float32(data, 2, "vectors")
+        if arr.shape[0] != len(id_list):
+            raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
+        md: list[dict[str, str]] = []
+        if metadata is not None:
+            md = [check_metadata(m) for m in metadata]
+            if len(md) != len(id_list):
+                raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
+            if not any(md):
+                md = []
+        self._s.add_vectors(id_list, arr, md)
+
+    def update_vector(
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
+    ) -> bool:
+        """Replace a vector's data (and its metadata when given). False if the id is unknown."""
+        if isinstance(vector, GpuVector):
+            id, data, metadata = vector.id, vector.data, vector.metadata
+        else:
+            id = vector
+        if type(id) is not str:
+            raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        md = None if metadata is None else check_metadata(metadata)
+        return self._s.update_vector(id, as_float32(data, 1, "vector"), md)
+
+    def remove_vector(self, id: str) -> bool:
+        """Remove a vector in O(1); False if the id is unknown."""
+        if type(id) is not str:
+            return False
+        return self._s.remove_vector(id)
+
+    def remove_vectors(self, ids: Iterable[str]) -> int:
+        """Remove several vectors; returns how many existed."""
+        return self._s.remove_vectors(check_ids(ids))
+
+    def clear(self) -> None:
+        self._s.clear()
+
+    # -- reads ------------------------------------------------------------------------
+    def get_vector(self, id: str) -> GpuVector | None:
+        if type(id) is not str:
+            return None
+        got = self._s.get_vector(id)
+        if got is None:
+            return None
+        data, md = got
+        return GpuVector(id, data, md)
+
+    def get_metadata(self, id: str) -> dict[str, str] | None:
+        return self._s.get_metadata(id) if type(id) is str else None
+
+    def search(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
+        """The ``min(k, len(self))`` nearest vectors to ``query``, best first."""
+        q = as_float32(query, 1, "query")
+        return [GpuSearchResult(i, d, m) for i, d, m in self._s.search(q, check_k(k))]
+
+    def search_batch(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS-style batch search: ``(distances[nq, k'], ids[nq, k'])`` with
+        ``k' = min(k, len(self))``; ids is an object array of str."""
+        q = as_float32(queries, 2, "queries")
+        scores, flat_ids, kk = self._s.search_batch(q, check_k(k))
+        ids = np.empty(len(flat_ids), dtype=object)
+        ids[:] = flat_ids
+        return scores, ids.reshape(q.shape[0], kk)
+
+    # -- persistence and lifetime -----------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the storage to ``path`` atomically (see docs/format.md)."""
+        self._s.save(os.fspath(path))
+
+    def close(self) -> None:
+        """Free the device memory now; later calls raise StorageClosedError."""
+        self._s.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._s.closed
+
+    def __enter__(self) -> "VectorStorage":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._s.closed:
+            return f"<VectorStorage closed backend={self.backend}>"
+        return (
+            f"<VectorStorage backend={self.backend} dimension={self.dimension} "
+            f"metric={self.metric.value} count={len(self)}>"
+        )

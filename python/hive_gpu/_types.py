@@ -1,0 +1,104 @@
+"""Typed value objects of the public API."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["GpuDistanceMetric", "GpuDeviceInfo", "GpuVector", "GpuSearchResult", "PoolStats"]
+
+
+class GpuDistanceMetric(enum.Enum):
+    """How vectors are compared. ``distance`` in results is the cosine similarity, the inner
+    product, or the true (not squared) Euclidean distance."""
+
+    COSINE = "cosine"
+    DOT_PRODUCT = "dot_product"
+    EUCLIDEAN = "euclidean"
+
+    @classmethod
+    def parse(cls, value: "GpuDistanceMetric | str") -> "GpuDistanceMetric":
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower()
+            aliases = {"dot": "dot_product", "ip": "dot_product", "inner_product": "dot_product", "l2": "euclidean"}
+            key = aliases.get(key, key)
+            for m in cls:
+                if m.value == key:
+                    return m
+        from .errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"unknown metric {value!r}; use one of {[m.value for m in cls]}")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self is not GpuDistanceMetric.EUCLIDEAN
+
+
+@dataclass(frozen=True)
+class GpuDeviceInfo:
+    """What a context knows of its device. Fields the backend's API does not expose are 0 or
+    empty and named in ``unknown``."""
+
+    name: str
+    backend: str
+    vram_total: int
+    vram_available: int
+    vram_used: int
+    driver_version: str
+    compute_capability: str
+    max_threads_per_block: int
+    max_shared_memory: int
+    device_id: int
+    pci_bus_id: str
+    unknown: tuple[str, ...] = ()
+
+    def vram_usage_percent(self) -> float:
+        """Used memory as a percentage of the total (0.0 when the total is unknown)."""
+        if self.vram_total <= 0:
+            return 0.0
+        return 100.0 * self.vram_used / self.vram_total
+
+    def has_available_vram(self, required_bytes: int) -> bool:
+        return self.vram_available >= required_bytes
+
+    @classmethod
+    def _from_core(cls, d: Mapping[str, object]) -> "GpuDeviceInfo":
+        d = dict(d)
+        d["unknown"] = tuple(d.get("unknown", ()))  # type: ignore[arg-type]
+        return cls(**d)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GpuVector:
+    """A vector with its id and metadata."""
+
+    id: str
+    data: np.ndarray
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GpuSearchResult:
+    """One hit: ``distance`` follows the storage's metric (see :class:`GpuDistanceMetric`)."""
+
+    id: str
+    distance: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counters of a context's memory pool."""
+
+    reserved_bytes: int
+    used_bytes: int
+    peak_bytes: int
+    allocations: int
+    device_allocations: int
+    release_threshold: int
+    max_bytes: int
