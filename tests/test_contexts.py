@@ -1,0 +1,90 @@
+"""Contexts, device info and backend discovery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import hive_gpu
+from hive_gpu import GpuDeviceInfo
+
+
+def test_device_info_is_typed_and_sane(ctx):
+    info = ctx.device_info()
+    assert isinstance(info, GpuDeviceInfo)
+    assert info.name and info.backend
+    assert info.device_id == ctx.device_id
+    for f in ("vram_total", "vram_available", "vram_used", "max_threads_per_block", "max_shared_memory"):
+        assert isinstance(getattr(info, f), int) and getattr(info, f) >= 0
+    if "vram_total" not in info.unknown:
+        assert info.vram_total > 0
+        assert info.vram_available <= info.vram_total
+        assert 0.0 <= info.vram_usage_percent() <= 100.0
+        assert info.has_available_vram(1)
+        assert not info.has_available_vram(info.vram_total + 1)
+    with pytest.raises(Exception):
+        info.name = "x"  # frozen
+
+
+def test_vram_helpers(ctx):
+    assert 0.0 <= ctx.vram_usage() <= 100.0
+    assert isinstance(ctx.has_available_vram(1024), bool)
+
+
+def test_pool_stats(ctx):
+    st = ctx.pool_stats()
+    assert st.used_bytes <= max(st.reserved_bytes, st.used_bytes)
+    assert st.peak_bytes >= 0
+
+
+def test_cpu_always_available():
+    assert hive_gpu.CpuContext.is_available()
+    assert hive_gpu.CpuContext.device_count() == 1
+    assert hive_gpu.CpuContext.unavailable_reason() == ""
+    assert hive_gpu.create_context("cpu").backend == "cpu"
+    with pytest.raises(hive_gpu.InvalidDeviceIdError):
+        hive_gpu.CpuContext(device_id=1)
+
+
+def test_auto_picks_first_available():
+    ctx = hive_gpu.create_context("auto")
+    assert ctx.backend == hive_gpu.available_backends()[0]
+
+
+def test_unknown_backend():
+    with pytest.raises(hive_gpu.InvalidArgumentError):
+        hive_gpu.create_context("quantum")
+
+
+@pytest.mark.parametrize("cls", [hive_gpu.CudaContext, hive_gpu.RocmContext, hive_gpu.MetalContext, hive_gpu.WgpuContext])
+def test_unavailable_backends_raise_no_device(cls):
+    if cls.is_available():
+        assert cls.device_count() >= 1
+        with pytest.raises(hive_gpu.InvalidDeviceIdError):
+            cls(device_id=cls.device_count() + 5)
+        return
+    assert cls.device_count() == 0
+    assert cls.unavailable_reason()
+    with pytest.raises(hive_gpu.NoDeviceError):
+        cls()
+
+
+def test_cli_info_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "hive_gpu", "info", "--json"], check=True, capture_output=True, text=True
+    ).stdout
+    data = json.loads(out)
+    names = {b["backend"] for b in data["backends"]}
+    assert set(hive_gpu.compiled_backends()) == names
+    cpu = next(b for b in data["backends"] if b["backend"] == "cpu")
+    assert cpu["available"] and cpu["devices"][0]["name"]
+
+
+def test_cli_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "hive_gpu", "--version"], check=True, capture_output=True, text=True
+    ).stdout
+    assert hive_gpu.__version__ in out
