@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <new>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -56,15 +58,22 @@ void check_rows(const float* rows, std::size_t n, std::size_t dim, const char* w
         const unsigned parts = std::min<std::size_t>(hw, n);
         std::vector<std::size_t> found(parts, n);
         std::vector<RowFault> faults(parts, RowFault::None);
+        auto check_part = [&](unsigned p) {
+            std::size_t b = n * p / parts, e = n * (p + 1) / parts;
+            std::size_t i = first_fault(rows, b, e, dim, &faults[p]);
+            if (i != e) found[p] = i;
+        };
         std::vector<std::thread> workers;
         workers.reserve(parts);
-        for (unsigned p = 0; p < parts; ++p) {
-            workers.emplace_back([&, p] {
-                std::size_t b = n * p / parts, e = n * (p + 1) / parts;
-                std::size_t i = first_fault(rows, b, e, dim, &faults[p]);
-                if (i != e) found[p] = i;
-            });
+        unsigned started = 0;
+        // A thread that cannot start (memory or thread limits) must not turn validation into
+        // an unexpected exception: the parts it would have checked run on this thread.
+        try {
+            for (; started < parts; ++started) workers.emplace_back(check_part, started);
+        } catch (const std::system_error&) {
+        } catch (const std::bad_alloc&) {
         }
+        for (unsigned p = started; p < parts; ++p) check_part(p);
         for (auto& w : workers) w.join();
         for (unsigned p = 0; p < parts; ++p)
             if (found[p] < bad) {
