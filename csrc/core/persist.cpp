@@ -18,7 +18,13 @@
 #include <windows.h>
 #else
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#endif
+
+// The format is little-endian and fields are copied with memcpy.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "hive_gpu persistence assumes a little-endian host"
 #endif
 
 namespace hive_gpu {
@@ -30,6 +36,11 @@ constexpr std::uint32_t kFormatVersion = 1;
 constexpr std::size_t kHeaderBytes = 64;
 constexpr std::size_t kSectionHeaderBytes = 16;
 constexpr std::size_t kChunkBytes = std::size_t{32} << 20;
+// Least bytes one vector takes outside the vectors section: id length + 1 id byte,
+// metadata pair count, ordinal.
+constexpr std::uint64_t kMinRowOverhead = 4 + 1 + 4 + 4;
+// Four sections, each a header and a CRC.
+constexpr std::uint64_t kMinSectionsBytes = 4 * (kSectionHeaderBytes + 4);
 
 constexpr std::uint32_t tag(const char (&s)[5]) {
     return std::uint32_t(std::uint8_t(s[0])) | std::uint32_t(std::uint8_t(s[1])) << 8 |
@@ -43,6 +54,9 @@ void put(std::string& buf, T v) {
     buf.append(reinterpret_cast<const char*>(&v), sizeof(T));
 }
 void put_str(std::string& buf, const std::string& s) {
+    // Lengths are 32-bit in the file; a longer string would be written corrupt.
+    if (s.size() > std::numeric_limits<std::uint32_t>::max())
+        throw IoError("a metadata string longer than 4 GiB cannot be saved");
     put<std::uint32_t>(buf, static_cast<std::uint32_t>(s.size()));
     buf.append(s);
 }
@@ -100,21 +114,18 @@ class File {
             throw CorruptFileError("'" + path_ + "' is truncated");
         }
     }
+    // Size of the open file; anything but a regular file (directory, FIFO) is refused.
     std::uint64_t size() {
-        std::fseek(f_, 0, SEEK_END);
-        long long s =
 #if defined(_WIN32)
-            _ftelli64(f_);
+        struct _stat64 st;
+        if (_fstat64(_fileno(f_), &st) != 0) throw IoError("cannot stat '" + path_ + "': " + std::strerror(errno));
+        if (!(st.st_mode & _S_IFREG)) throw IoError("'" + path_ + "' is not a regular file");
 #else
-            ftello(f_);
+        struct stat st;
+        if (fstat(fileno(f_), &st) != 0) throw IoError("cannot stat '" + path_ + "': " + std::strerror(errno));
+        if (!S_ISREG(st.st_mode)) throw IoError("'" + path_ + "' is not a regular file");
 #endif
-        std::fseek(f_, 0, SEEK_SET);
-        if (s < 0) throw IoError("cannot size '" + path_ + "'");
-        return static_cast<std::uint64_t>(s);
-    }
-    bool at_eof() {
-        int c = std::fgetc(f_);
-        return c == EOF;
+        return static_cast<std::uint64_t>(st.st_size);
     }
     // Flush to the disk, then close.
     void sync_close() {
@@ -152,11 +163,14 @@ std::uint64_t read_section_header(File& f, std::uint32_t expected, const char* n
     char h[kSectionHeaderBytes];
     f.read(h, sizeof h);
     remaining -= kSectionHeaderBytes;
-    std::uint32_t t;
+    std::uint32_t t, flags;
     std::uint64_t len;
     std::memcpy(&t, h, 4);
+    std::memcpy(&flags, h + 4, 4);
     std::memcpy(&len, h + 8, 8);
     if (t != expected) throw CorruptFileError(std::string("expected the ") + name + " section");
+    // Version 1 writes 0; anything else is a newer writer or damage.
+    if (flags != 0) throw CorruptFileError(std::string("the ") + name + " section has unknown flags");
     if (len > remaining - 4) throw CorruptFileError(std::string("the ") + name + " section runs past the end of the file");
     remaining -= len + 4;
     return len;
@@ -283,15 +297,28 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
                                "; this library reads version " + std::to_string(kFormatVersion));
     if (metric > 2) throw CorruptFileError("'" + path + "' names an unknown metric");
     if (dim == 0 || dim > kMaxDimension) throw CorruptFileError("'" + path + "' has an invalid dimension");
+    // Ordinals are 32-bit; a larger counter would wrap on the next add.
+    if (next > std::numeric_limits<std::uint32_t>::max())
+        throw CorruptFileError("'" + path + "' has an invalid ordinal counter");
+    for (std::size_t i = 40; i < 60; ++i)
+        if (h[i] != 0) throw CorruptFileError("'" + path + "' has unknown header fields set");
     // The file must be large enough to hold what the header promises: no absurd allocations.
-    if (count > remaining / (dim * sizeof(float) + 4 + 4 + 4))
+    if (remaining < kMinSectionsBytes ||
+        count > (remaining - kMinSectionsBytes) / (dim * sizeof(float) + kMinRowOverhead))
         throw CorruptFileError("'" + path + "' is shorter than its header says");
-
-    std::string ids_b = read_payload(f, read_section_header(f, kIds, "ids", remaining), "ids");
-    std::string meta_b = read_payload(f, read_section_header(f, kMeta, "metadata", remaining), "metadata");
-    std::string ords_b = read_payload(f, read_section_header(f, kOrds, "ordinals", remaining), "ordinals");
-
     const std::size_t n = static_cast<std::size_t>(count);
+
+    // Each section's length is checked against the count before its payload is read.
+    const std::uint64_t ids_len = read_section_header(f, kIds, "ids", remaining);
+    if (ids_len < count * (4 + 1)) throw CorruptFileError("corrupt ids section: too short for the count");
+    std::string ids_b = read_payload(f, ids_len, "ids");
+    const std::uint64_t meta_len = read_section_header(f, kMeta, "metadata", remaining);
+    if (meta_len < count * 4) throw CorruptFileError("corrupt metadata section: too short for the count");
+    std::string meta_b = read_payload(f, meta_len, "metadata");
+    const std::uint64_t ords_len = read_section_header(f, kOrds, "ordinals", remaining);
+    if (ords_len != count * sizeof(std::uint32_t)) throw CorruptFileError("corrupt ordinals section: wrong length");
+    std::string ords_b = read_payload(f, ords_len, "ordinals");
+
     std::vector<std::string> ids;
     ids.reserve(n);
     {
@@ -312,16 +339,22 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
             for (std::uint32_t p = 0; p < pairs; ++p) {
                 std::string k = c.get_str(meta_b.size());
                 std::string v = c.get_str(meta_b.size());
-                metas[i].emplace(std::move(k), std::move(v));
+                if (!metas[i].emplace(std::move(k), std::move(v)).second) c.fail("repeated metadata key");
             }
         }
         if (!c.done()) c.fail("trailing bytes");
     }
-    if (ords_b.size() != n * sizeof(std::uint32_t)) throw CorruptFileError("corrupt ordinals section: wrong length");
     std::vector<std::uint32_t> ords(n);
     std::memcpy(ords.data(), ords_b.data(), ords_b.size());
     std::uint64_t max_ord = 0;
-    for (auto o : ords) max_ord = std::max<std::uint64_t>(max_ord, o);
+    {
+        // Ties rank by ordinal, so two rows must never share one.
+        std::vector<std::uint32_t> sorted = ords;
+        std::sort(sorted.begin(), sorted.end());
+        if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+            throw CorruptFileError("corrupt ordinals section: repeated ordinal");
+        if (n) max_ord = sorted.back();
+    }
 
     const std::uint64_t vec_len = read_section_header(f, kVecs, "vectors", remaining);
     if (vec_len != count * dim * sizeof(float)) throw CorruptFileError("corrupt vectors section: wrong length");
