@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,8 @@ def installed_prefix(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cpp")
     build, prefix = root / "build", root / "prefix"
     wanted = _requested_backends()
-    defines = ["-DHIVE_GPU_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+    # Python_EXECUTABLE: backend find modules ask this interpreter where wgpu / nvidia-cublas live.
+    defines = ["-DHIVE_GPU_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}"]
     defines += [f"-DHIVE_GPU_{b.upper()}={'ON' if b in wanted else 'OFF'}" for b in OPTIONAL_BACKENDS]
     jobs = str(os.cpu_count() or 2)
     _run(["cmake", "-S", str(SOURCE), "-B", str(build), *defines])

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The wheel as users get it: build it with `pip wheel .` (CPU + every GPU backend this tree
+# has that Linux can build: CUDA, WebGPU), repair it with auditwheel (the NVIDIA and wgpu
+# libraries stay out: they come from their own wheels), install it into a fresh venv and run
+# the test suite against the installed wheel from outside the source tree.
+#
+# Environment (all optional):
+#   HIVE_GPU_WHEEL_BACKENDS   backends to compile in besides the CPU; default "cuda webgpu",
+#                             those whose csrc/<name>/ is missing are left out; "" = CPU only
+#   HIVE_GPU_WHEEL_WORK       work folder (default: a fresh temporary one)
+#   HIVE_GPU_WHEEL_BUILD_DIR  CMake build folder, kept between runs (default: under the work folder)
+#   HIVE_GPU_WHEEL_OFFLINE=1  no package index: venvs see the system site-packages, pip --no-index
+#   PYTHON                    interpreter to build and test with (default python3)
+#   extra arguments           passed to pytest
+set -euo pipefail
+src=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+work=${HIVE_GPU_WHEEL_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hive_gpu-wheel.XXXXXX")}
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+build_dir=${HIVE_GPU_WHEEL_BUILD_DIR:-$work/cmake-build}
+start=$(date +%s)
+step() { echo; echo "=== wheel [$(( $(date +%s) - start ))s] $*"; }
+fail() { echo "wheel_test: $*" >&2; exit 1; }
+
+version=$(sed -nE 's/^project\(hive_gpu[[:space:]]+VERSION[[:space:]]+([0-9.]+).*/\1/p' "$src/CMakeLists.txt")
+[ -n "$version" ] || fail "no project(hive_gpu VERSION x.y.z) in CMakeLists.txt"
+
+# Backends: ON when their folder exists (a missing toolchain then fails the build loudly).
+# This script alone decides them: a SKBUILD_CMAKE_DEFINE left by an earlier step must not.
+unset SKBUILD_CMAKE_DEFINE
+requested=${HIVE_GPU_WHEEL_BACKENDS-cuda webgpu}
+backends=()
+defines=(-C "cmake.define.HIVE_GPU_ROCM=OFF" -C "cmake.define.HIVE_GPU_METAL=OFF")
+for b in cuda webgpu; do
+  B=$(echo "$b" | tr a-z A-Z)
+  if [[ " $requested " == *" $b "* ]] && [ -f "$src/csrc/$b/CMakeLists.txt" ]; then
+    backends+=("$b")
+    defines+=(-C "cmake.define.HIVE_GPU_$B=ON")
+  else
+    defines+=(-C "cmake.define.HIVE_GPU_$B=OFF")
+  fi
+done
+echo "hive_gpu $version; wheel backends: cpu ${backends[*]:-}; work folder $work"
+
+pip_index=()
+venv_args=()
+if [ "${HIVE_GPU_WHEEL_OFFLINE:-0}" = 1 ]; then
+  pip_index=(--no-index)
+  venv_args=(--system-site-packages)
+fi
+has() { [[ " ${backends[*]:-} " == *" $1 "* ]]; }
+
+step "build environment"
+# Its own venv so the build finds the GPU runtimes' headers (wgpu, nvidia-cublas) the same
+# way on every machine; it is deleted before the tests so nothing installed can lean on it.
+build_reqs=("scikit-build-core>=0.10" "pybind11>=2.12")
+has webgpu && build_reqs+=("wgpu>=0.19")
+has cuda && build_reqs+=("nvidia-cublas>=13,<14")
+rm -rf "$work/build-venv"
+"$python" -m venv --system-site-packages "$work/build-venv"
+"$work/build-venv/bin/python" -m pip install -q "${pip_index[@]}" "${build_reqs[@]}"
+
+step "pip wheel ."
+rm -rf "$work/dist" "$work/wheelhouse"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+"$work/build-venv/bin/python" -m pip wheel "$src" --no-deps --no-build-isolation -w "$work/dist" \
+  -C build-dir="$build_dir" "${defines[@]}" >"$work/build.log" 2>&1 || { tail -n 80 "$work/build.log"; fail "pip wheel failed"; }
+grep -E "hive_gpu: " "$work/build.log" || true
+raw=$(ls "$work"/dist/hive_gpu-*.whl)
+rm -rf "$work/build-venv"
+
+step "auditwheel repair"
+# Shared libraries that come from their own wheels (nvidia-cublas, wgpu) or the driver must
+# not be copied in: a second copy of cuBLAS or of the driver breaks at run time.
+"$python" -m auditwheel repair "$raw" -w "$work/wheelhouse" \
+  --exclude 'libcuda.so.*' --exclude 'libcudart.so.*' \
+  --exclude 'libcublas.so.*' --exclude 'libcublasLt.so.*' \
+  --exclude 'libnvrtc.so.*' --exclude 'libnvJitLink.so.*' \
+  --exclude 'libwgpu_native*' --exclude 'libwebgpu_dawn*' \
+  --exclude 'libvulkan.so.*'
+wheel=$(ls "$work"/wheelhouse/hive_gpu-*.whl)
+step "auditwheel show $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
+show=$("$python" -m auditwheel show "$wheel")
+echo "$show"
+echo "$show" | tr '\n' ' ' | grep -qE 'consistent with the following platform tag: *"manylinux_' ||
+  fail "auditwheel does not report the wheel as manylinux"
+[[ $(basename "$wheel") == hive_gpu-"$version"-* ]] || fail "wheel version is not $version"
+
+step "wheel contents and metadata"
+"$python" - "$wheel" "$version" <<'EOF'
+import email, sys, zipfile
+wheel, version = sys.argv[1:]
+names = zipfile.ZipFile(wheel).namelist()
+meta = email.message_from_bytes(zipfile.ZipFile(wheel).read(f"hive_gpu-{version}.dist-info/METADATA"))
+problems = []
+for need in ("hive_gpu/__init__.py", "hive_gpu/py.typed", f"hive_gpu-{version}.dist-info/licenses/LICENSE"):
+    if need not in names:
+        problems.append(f"missing {need}")
+if not any(n.startswith("hive_gpu/_core.") for n in names):
+    problems.append("missing the compiled module hive_gpu/_core")
+stray = [n for n in names if n.startswith(("tests/", "csrc/", "include/", "lib/"))]
+if stray:
+    problems.append(f"files outside the package: {stray[:5]}")
+checks = {
+    "Version": meta["Version"] == version,
+    "License-Expression": meta["License-Expression"] == "MIT",
+    "Project-URL": bool(meta.get_all("Project-URL")),
+    "Classifier": bool(meta.get_all("Classifier")),
+    "description": meta["Description-Content-Type"] == "text/markdown" and len(meta.get_payload()) > 200,
+    "Requires-Dist numpy": any(r.startswith("numpy") for r in meta.get_all("Requires-Dist") or []),
+}
+problems += [f"metadata: bad {k}" for k, ok in checks.items() if not ok]
+if problems:
+    sys.exit("\n".join(problems))
+print(f"{len(names)} files; metadata {meta['Name']} {meta['Version']}, {meta['License-Expression']}")
+EOF
+
+step "fresh venv: pip install the wheel"
+extras=test
+has webgpu && extras+=",webgpu"
+has cuda && extras+=",cuda"
+rm -rf "$work/venv"
+"$python" -m venv "${venv_args[@]}" "$work/venv"
+"$work/venv/bin/python" -m pip install -q "${pip_index[@]}" "${wheel}[$extras]"
+
+# Everything below runs from outside the source tree, so only the installed wheel is importable.
+mkdir -p "$work/run"
+cd "$work/run"
+"$work/venv/bin/python" - "$work/venv" "$version" "cpu ${backends[*]:-}" <<'EOF'
+import importlib.metadata, os, sys
+import hive_gpu
+venv, version, wanted = sys.argv[1], sys.argv[2], sys.argv[3].split()
+where = os.path.realpath(hive_gpu.__file__)
+assert where.startswith(os.path.realpath(venv)), f"hive_gpu imported from {where}, not the venv"
+assert hive_gpu.__version__ == version == importlib.metadata.version("hive-gpu"), (
+    hive_gpu.__version__, version, importlib.metadata.version("hive-gpu"))
+assert sorted(hive_gpu.compiled_backends()) == sorted(wanted), hive_gpu.compiled_backends()
+print(f"imported {where}")
+print(f"compiled {hive_gpu.compiled_backends()}, available here {hive_gpu.available_backends()}")
+for b in hive_gpu.compiled_backends():
+    reason = hive_gpu.create_context.__globals__["_core"].backend_unavailable_reason(b)
+    if reason:
+        print(f"  {b}: {reason}")
+EOF
+cli_version=$("$work/venv/bin/hive-gpu" --version)
+echo "hive-gpu --version: $cli_version"
+[[ "$cli_version" == *"$version"* ]] || fail "hive-gpu --version does not print $version"
+
+step "pytest against the installed wheel"
+# In place, with the source tree's pytest settings; tests/ holds no package, so `import
+# hive_gpu` resolves to the venv. The C++ consumer test builds the same backends as the wheel.
+export HIVE_GPU_SOURCE_DIR="$src"
+export HIVE_GPU_CPP_TEST_BACKENDS=${HIVE_GPU_CPP_TEST_BACKENDS-$(IFS=,; echo "${backends[*]:-}")}
+"$work/venv/bin/python" -m pytest "$src/tests" --rootdir="$src" -p no:cacheprovider "$@"
+
+step "done: $(basename "$wheel") ($(du -h "$wheel" | cut -f1)) in $(( $(date +%s) - start ))s"
