@@ -1,0 +1,47 @@
+// Scores of up to 8 queries against a chunk of rows: memory bound, so 8 lanes share a row
+// and read it in 128-byte runs; each lane keeps one partial sum per query.
+@group(0) @binding(0) var<storage, read> rows: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> factors: array<f32>;
+@group(0) @binding(2) var<storage, read> queries: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> qscale: array<f32>;
+@group(0) @binding(4) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+override QN: u32 = 1u;  // queries computed (<= 8); p.nq <= QN are written
+const LANES: u32 = 8u;
+const ROWS_PER_GROUP: u32 = 32u;
+var<workgroup> partial: array<f32, 2048>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32,
+        @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let block = wg.x + wg.y * nwg.x;
+    let lane = li % LANES;
+    let local_row = li / LANES;
+    let r = block * ROWS_PER_GROUP + local_row;
+    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    if (r < p.n_rows) {
+        let base = r * p.dim4;
+        for (var j = lane; j < p.dim4; j += LANES) {
+            let x = rows[base + j];
+            for (var q = 0u; q < QN; q++) {
+                acc[q] += term(x, queries[q * p.dim4 + j]);
+            }
+        }
+    }
+    for (var q = 0u; q < 8u; q++) {
+        partial[li * 8u + q] = acc[q];
+    }
+    workgroupBarrier();
+    // Thread (row, lane) finishes query `lane` of its row from the 8 lanes' sums.
+    let q = lane;
+    if (r < p.n_rows && q < p.nq) {
+        var s = 0.0;
+        for (var l = 0u; l < LANES; l++) {
+            s += partial[(local_row * LANES + l) * 8u + q];
+        }
+        if (METRIC == 0u) { s = s * factors[r] * qscale[q]; }
+        scores[q * p.stride + r] = s;
+    }
+}
