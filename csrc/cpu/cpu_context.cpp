@@ -1,11 +1,14 @@
 #include "cpu/cpu_context.hpp"
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <thread>
 
 #include "cpu/cpu_engine.hpp"
+#include "cpu/kernels.hpp"
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/error.hpp"
 
@@ -60,10 +63,19 @@ std::string isa_name() {
 #endif
 }
 
+int default_threads() {
+    if (const char* env = std::getenv("HIVE_GPU_CPU_THREADS")) {
+        const int t = std::atoi(env);
+        if (t > 0) return std::min(t, 1024);
+    }
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 }  // namespace
 
 CpuContext::CpuContext(int threads)
-    : threads_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+    : threads_(threads > 0 ? threads : default_threads()),
+      pool_(std::make_unique<ThreadPool>(static_cast<unsigned>(threads_))) {}
 
 DeviceInfo CpuContext::device_info() const {
     DeviceInfo d;
@@ -73,7 +85,7 @@ DeviceInfo CpuContext::device_info() const {
     d.vram_available = meminfo_bytes("MemAvailable");
     d.vram_used = d.vram_total > d.vram_available ? d.vram_total - d.vram_available : 0;
     if (d.vram_total == 0) d.unknown.insert(d.unknown.end(), {"vram_total", "vram_available", "vram_used"});
-    d.compute_capability = isa_name();
+    d.compute_capability = isa_name() + " (kernels: " + kernels().name + ")";
     d.max_threads_per_block = static_cast<std::uint32_t>(threads_);
     d.device_id = 0;
     d.unknown.insert(d.unknown.end(), {"driver_version", "max_shared_memory", "pci_bus_id"});

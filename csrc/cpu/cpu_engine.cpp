@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <new>
+#include <optional>
+#include <vector>
 
 #include "core/topk.hpp"
 #include "cpu/cpu_context.hpp"
+#include "cpu/kernels.hpp"
 #include "hive_gpu/error.hpp"
 
 namespace hive_gpu::cpu {
@@ -78,55 +82,171 @@ std::size_t CpuEngine::memory_bytes() const {
 
 namespace {
 
-template <bool kHigherFirst, typename ScoreFn>
-void select(std::size_t n, std::size_t k, const std::uint32_t* ordinals, ScoreFn score,
-            float* out_scores, std::int64_t* out_slots) {
-    TopK<kHigherFirst> top(k);
-    for (std::size_t i = 0; i < n; ++i) {
-        float s = score(i);
-        if (top.may_enter(s)) top.push(s, ordinals[i], static_cast<std::int64_t>(i));
-    }
-    top.write_sorted(out_scores, out_slots);
+// Queries scored together against one tile of rows (and the unit of query parallelism).
+constexpr std::size_t kQueryBlock = 64;
+// A tile of rows stays in L2 while every query of the block is scored against it.
+constexpr std::size_t kTileBytes = std::size_t{256} << 10;
+constexpr std::size_t kMaxTileRows = 1024;
+// Up to this many queries, Euclidean runs the direct (x - q)^2 kernel: the scan is bound by
+// memory bandwidth there, and the direct form needs no correction.
+constexpr std::size_t kDirectL2MaxQueries = 3;
+// Below this many multiply-adds a search runs on the calling thread alone.
+constexpr std::size_t kParallelWork = std::size_t{1} << 18;
+constexpr std::size_t kChunksPerThread = 4;
+constexpr std::size_t kMinChunkRows = 64;
+
+std::size_t tile_rows(std::size_t d) {
+    std::size_t r = kTileBytes / (d * sizeof(float));
+    r = std::min(r, kMaxTileRows) / 3 * 3;
+    return std::max<std::size_t>(r, 3);
+}
+
+float inverse_norm(const float* v, std::size_t d) {
+    double s = 0.0;
+    for (std::size_t j = 0; j < d; ++j) s += static_cast<double>(v[j]) * v[j];
+    return s > 0.0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
 }
 
 }  // namespace
 
 void CpuEngine::search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                        std::int64_t* slots) const {
-    const std::size_t n = size();
+    try {
+        if (higher_is_better(metric_))
+            search_impl<true>(queries, nq, k, scores, slots);
+        else
+            search_impl<false>(queries, nq, k, scores, slots);
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("cpu: host memory exhausted during a search");
+    }
+}
+
+// Rows are cut into chunks and queries into blocks; each (block, chunk) task scores its
+// rows tile by tile and keeps a top-k per query, filtered by the current k-th score so that
+// only the rare candidates touch the heap. The per-chunk top-ks are merged per query.
+template <bool kHigherFirst>
+void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k, float* scores,
+                            std::int64_t* slots) const {
+    const std::size_t n = size(), d = dim_;
+    if (nq == 0 || n == 0 || k == 0) return;
+    const KernelTable& kern = kernels();
+    ThreadPool& pool = context_->pool();
+
+    Form form = Form::Dot;
+    Epilogue epilogue = Epilogue::None;
+    bool rerank = false;  // Euclidean through |x|^2 - 2 q.x: exact distances for the winners
+    if (metric_ == Metric::Euclidean) {
+        if (nq <= kDirectL2MaxQueries) {
+            form = Form::L2;
+        } else {
+            epilogue = Epilogue::L2Expanded;
+            rerank = true;
+        }
+    } else if (metric_ == Metric::Cosine) {
+        epilogue = Epilogue::Cosine;
+    }
+
+    const std::size_t tile = tile_rows(d);
+    const std::size_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+    const std::size_t threads = pool.threads();
+    std::size_t chunks = 1;
+    if (threads > 1 && n * d * nq >= kParallelWork) {
+        chunks = threads * kChunksPerThread;
+        chunks = std::min(chunks, std::max<std::size_t>(1, n / kMinChunkRows));
+        // Each chunk keeps k candidates per query; a large k takes fewer, longer chunks.
+        chunks = std::min(chunks, std::max<std::size_t>(1, n / (2 * k)));
+        if (blocks >= threads * kChunksPerThread) chunks = 1;
+    }
+    const std::size_t chunk_rows = (n + chunks - 1) / chunks;
+    chunks = (n + chunk_rows - 1) / chunk_rows;
+    const std::size_t tasks = blocks * chunks;
+
+    std::vector<float> query_factor;
+    std::vector<TopK<kHigherFirst>> heaps;  // [chunk][query]
+    std::vector<float> strips;
+    std::vector<std::uint32_t> picks;
+    if (epilogue == Epilogue::Cosine) {
+        query_factor.resize(nq);
+        for (std::size_t q = 0; q < nq; ++q) query_factor[q] = inverse_norm(queries + q * d, d);
+    }
+    heaps.reserve(chunks * nq);
+    for (std::size_t i = 0; i < chunks * nq; ++i) heaps.emplace_back(k);
+    strips.resize(tasks * 4 * tile);
+    picks.resize(tasks * tile);
+
     const float* X = rows_.data();
-    for (std::size_t q = 0; q < nq; ++q) {
-        const float* Q = queries + q * dim_;
-        auto dot = [&](std::size_t i) {
-            const float* x = X + i * dim_;
-            float s = 0.0f;
-            for (std::size_t j = 0; j < dim_; ++j) s += Q[j] * x[j];
-            return s;
-        };
+    const float* row_factor = epilogue == Epilogue::None ? nullptr : factors_.data();
+    const float* qf = query_factor.empty() ? nullptr : query_factor.data();
+    constexpr float kNone = kHigherFirst ? -std::numeric_limits<float>::infinity()
+                                         : std::numeric_limits<float>::infinity();
+
+    auto scan = [&](std::size_t t) {
+        const std::size_t b = t / chunks, c = t % chunks;
+        const std::size_t qa = b * kQueryBlock, qn = std::min(kQueryBlock, nq - qa);
+        const std::size_t ra = c * chunk_rows, rb = std::min(n, ra + chunk_rows);
+        float* strip = strips.data() + t * 4 * tile;
+        std::uint32_t* pick = picks.data() + t * tile;
+        for (std::size_t x0 = ra; x0 < rb; x0 += tile) {
+            const std::size_t nx = std::min(tile, rb - x0);
+            for (std::size_t g = 0; g < qn; g += 4) {
+                const std::size_t q0 = qa + g, gn = std::min<std::size_t>(4, qn - g);
+                TileArgs a{queries + q0 * d, gn, d, X + x0 * d, nx, d, form, epilogue,
+                           row_factor ? row_factor + x0 : nullptr, qf ? qf + q0 : nullptr,
+                           strip, tile};
+                kern.score_tile(a);
+                for (std::size_t i = 0; i < gn; ++i) {
+                    TopK<kHigherFirst>& top = heaps[c * nq + q0 + i];
+                    const float* s = strip + i * tile;
+                    const float thr = top.size() < k ? kNone : top.items().front().score;
+                    const std::size_t m = kern.filter(s, nx, thr, kHigherFirst, pick);
+                    for (std::size_t j = 0; j < m; ++j) {
+                        const std::size_t r = x0 + pick[j];
+                        const float v = s[pick[j]];
+                        if (top.may_enter(v)) top.push(v, ordinals_[r], static_cast<std::int64_t>(r));
+                    }
+                }
+            }
+        }
+    };
+    if (tasks == 1)
+        scan(0);
+    else
+        pool.run(tasks, scan);
+
+    auto finish = [&](std::size_t q) {
+        TopK<kHigherFirst>* top = &heaps[q];
+        std::optional<TopK<kHigherFirst>> merged;
+        if (chunks > 1) {
+            merged.emplace(k);
+            for (std::size_t c = 0; c < chunks; ++c)
+                for (const Candidate& x : heaps[c * nq + q].items())
+                    if (merged->may_enter(x.score)) merged->push(x.score, x.ordinal, x.slot);
+            top = &*merged;
+        }
         float* out_s = scores + q * k;
         std::int64_t* out_i = slots + q * k;
-        if (metric_ == Metric::DotProduct) {
-            select<true>(n, k, ordinals_.data(), dot, out_s, out_i);
-        } else if (metric_ == Metric::Cosine) {
-            double qq = 0.0;
-            for (std::size_t j = 0; j < dim_; ++j) qq += static_cast<double>(Q[j]) * Q[j];
-            const float qinv = qq > 0.0 ? static_cast<float>(1.0 / std::sqrt(qq)) : 0.0f;
-            select<true>(n, k, ordinals_.data(), [&](std::size_t i) { return dot(i) * factors_[i] * qinv; },
-                         out_s, out_i);
-        } else {
-            select<false>(n, k, ordinals_.data(),
-                          [&](std::size_t i) {
-                              const float* x = X + i * dim_;
-                              float s = 0.0f;
-                              for (std::size_t j = 0; j < dim_; ++j) {
-                                  float d = Q[j] - x[j];
-                                  s += d * d;
-                              }
-                              return s;
-                          },
-                          out_s, out_i);
+        if (!rerank) {
+            top->write_sorted(out_s, out_i);
+            return;
         }
-    }
+        // The expanded form cancels badly near zero; the direct kernel gives the winners
+        // their exact squared distance (identical vectors: 0) and the final order.
+        std::vector<Candidate> c = top->items();
+        for (Candidate& x : c) {
+            TileArgs a{queries + q * d, 1, d, X + static_cast<std::size_t>(x.slot) * d, 1, d,
+                       Form::L2, Epilogue::None, nullptr, nullptr, &x.score, 1};
+            kern.score_tile(a);
+        }
+        std::sort(c.begin(), c.end(), ranks_before<false>);
+        for (std::size_t i = 0; i < c.size(); ++i) {
+            out_s[i] = c[i].score;
+            out_i[i] = c[i].slot;
+        }
+    };
+    if (threads > 1 && nq > 1 && nq * k * chunks >= (std::size_t{1} << 15))
+        pool.run(nq, finish);
+    else
+        for (std::size_t q = 0; q < nq; ++q) finish(q);
 }
 
 }  // namespace hive_gpu::cpu

@@ -33,6 +33,9 @@ class CpuEngine final : public Engine {
     std::size_t memory_bytes() const override;
 
    private:
+    template <bool kHigherFirst>
+    void search_impl(const float* queries, std::size_t nq, std::size_t k, float* scores,
+                     std::int64_t* slots) const;
     // Per-row factor the kernels use: 1/|x| for Cosine, |x|^2 for Euclidean, unused for dot.
     float row_factor(const float* row) const;
 
