@@ -71,14 +71,7 @@ raw=$(ls "$work"/dist/hive_gpu-*.whl)
 rm -rf "$work/build-venv"
 
 step "auditwheel repair"
-# Shared libraries that come from their own wheels (nvidia-cublas, wgpu) or the driver must
-# not be copied in: a second copy of cuBLAS or of the driver breaks at run time.
-"$python" -m auditwheel repair "$raw" -w "$work/wheelhouse" \
-  --exclude 'libcuda.so.*' --exclude 'libcudart.so.*' \
-  --exclude 'libcublas.so.*' --exclude 'libcublasLt.so.*' \
-  --exclude 'libnvrtc.so.*' --exclude 'libnvJitLink.so.*' \
-  --exclude 'libwgpu_native*' --exclude 'libwebgpu_dawn*' \
-  --exclude 'libvulkan.so.*'
+"$src/.ci/repair_wheel.sh" "$raw" "$work/wheelhouse"
 wheel=$(ls "$work"/wheelhouse/hive_gpu-*.whl)
 step "auditwheel show $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
 show=$("$python" -m auditwheel show "$wheel")
