@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import errors
+from . import aio, errors
 from ._contexts import (
     Context,
     CpuContext,
@@ -16,6 +16,7 @@ from ._contexts import (
 )
 from ._core import __version__
 from ._storage import VectorStorage
+from .aio import AsyncStats, BatchingConfig
 from ._types import GpuDeviceInfo, GpuDistanceMetric, GpuSearchResult, GpuVector, PoolStats
 from .errors import (
     BackendError,
@@ -37,6 +38,9 @@ from .errors import (
 __all__ = [
     "__version__",
     "errors",
+    "aio",
+    "AsyncStats",
+    "BatchingConfig",
     "Context",
     "CpuContext",
     "CudaContext",

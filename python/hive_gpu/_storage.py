@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import _core
+from . import aio
 from ._arrays import as_float32, check_ids, check_k, check_metadata
 from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector
 from .errors import InvalidArgumentError
@@ -29,10 +30,11 @@ class VectorStorage:
     all-or-nothing. The GIL is released while the device works.
     """
 
-    __slots__ = ("_s", "__weakref__")
+    __slots__ = ("_s", "_aq", "__weakref__")
 
     def __init__(self, core_storage: "_core.Storage") -> None:
         self._s = core_storage
+        self._aq: "_core.AsyncStorage | None" = None  # the async queue, made on first use (aio.queue)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -157,6 +159,49 @@ class VectorStorage:
         ids[:] = flat_ids
         return scores, ids.reshape(q.shape[0], kk)
 
+    # -- asyncio (see docs/async.md) --------------------------------------------------
+    # Same arguments, validation, results and exceptions as the synchronous methods (host
+    # arrays); the work runs on this storage's worker threads and concurrent search_async
+    # calls share engine batches. A request sees every async write issued before it.
+    async def search_async(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
+        q = as_float32(query, 1, "query")
+        return [GpuSearchResult(i, d, m) for i, d, m in await aio.search(self, q, check_k(k))]
+
+    async def search_batch_async(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        q = as_float32(queries, 2, "queries")
+        scores, flat_ids, kk = await aio.search_batch(self, q, check_k(k))
+        ids = np.empty(len(flat_ids), dtype=object)
+        ids[:] = flat_ids
+        return scores, ids.reshape(q.shape[0], kk)
+
+    async def add_vector_async(
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
+    ) -> None:
+        """Like add_vector. Cancelling the awaiting task does not withdraw the write."""
+        await aio.add_vector(self, *_add_vector_args(vector, data, metadata))
+
+    async def add_vectors_async(
+        self,
+        ids: Sequence[str] | Sequence[GpuVector],
+        data: Any = None,
+        metadata: Sequence[dict[str, str] | None] | None = None,
+    ) -> None:
+        """Like add_vectors. The array is read in place: leave it unchanged until this returns."""
+        args = _add_vectors_args(ids, data, metadata)
+        if args is not None:
+            await aio.add_vectors(self, *args)
+
+    def set_batching(self, max_wait_us: float | None = None, max_batch: int | None = None) -> None:
+        """Tune how concurrent search_async calls are coalesced (defaults 200 us, 256);
+        ``max_batch=1`` turns coalescing off."""
+        aio.set_batching(self, max_wait_us, max_batch)
+
+    def batching(self) -> aio.BatchingConfig:
+        return aio.batching(self)
+
+    def async_stats(self) -> aio.AsyncStats:
+        return aio.stats(self)
+
     # -- persistence and lifetime -----------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the storage to ``path`` atomically (see docs/format.md)."""
@@ -164,6 +209,8 @@ class VectorStorage:
 
     def close(self) -> None:
         """Free the device memory now; later calls raise StorageClosedError."""
+        if self._aq is not None:
+            self._aq.shutdown()  # async requests already issued run first
         self._s.close()
 
     @property
@@ -183,3 +230,40 @@ class VectorStorage:
             f"<VectorStorage backend={self.backend} dimension={self.dimension} "
             f"metric={self.metric.value} count={len(self)}>"
         )
+
+# Argument checks of add_vector / add_vectors (host arrays), shared with the async forms.
+def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, str]]:
+    if isinstance(vector, GpuVector):
+        id, data, metadata = vector.id, vector.data, vector.metadata
+    else:
+        id = vector
+    if type(id) is not str:
+        raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+    return id, as_float32(data, 1, "vector"), check_metadata(metadata)
+
+
+def _add_vectors_args(
+    ids: Any, data: Any, metadata: Any
+) -> tuple[list[str], np.ndarray, list[dict[str, str]]] | None:
+    """The checked arguments; None when a list of GpuVector is empty (nothing to add)."""
+    if data is None:
+        vectors = list(ids)
+        if not all(isinstance(v, GpuVector) for v in vectors):
+            raise InvalidArgumentError("add_vectors(ids, data): data is missing")
+        if not vectors:
+            return None
+        ids = [v.id for v in vectors]
+        data = np.stack([as_float32(v.data, 1, "vector") for v in vectors])
+        metadata = [v.metadata for v in vectors]
+    id_list = check_ids(ids)
+    md: list[dict[str, str]] = []
+    if metadata is not None:
+        md = [check_metadata(m) for m in metadata]
+        if len(md) != len(id_list):
+            raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
+        if not any(md):
+            md = []
+    arr = as_float32(data, 2, "vectors")
+    if arr.shape[0] != len(id_list):
+        raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
+    return id_list, arr, md

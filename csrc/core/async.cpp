@@ -1,0 +1,166 @@
+#include "hive_gpu/async.hpp"
+
+#include <utility>
+
+#include "core/batcher.hpp"
+
+namespace hive_gpu {
+
+namespace {
+
+using detail::Request;
+using detail::RequestKind;
+
+// The run() of a Read or Write: the storage call, then a delivery of its outcome.
+template <typename T, typename Call>
+std::function<std::function<void()>(VectorStorage&)> run_then_deliver(
+    std::shared_ptr<Completion<T>> done, Call call) {
+    return [done = std::move(done), call = std::move(call)](VectorStorage& s) -> std::function<void()> {
+        try {
+            return [done, result = call(s)]() mutable { (*done)(nullptr, std::move(result)); };
+        } catch (...) {
+            return [done, error = std::current_exception()] { (*done)(error, T{}); };
+        }
+    };
+}
+
+template <typename Call>
+std::function<std::function<void()>(VectorStorage&)> write_then_deliver(
+    std::shared_ptr<WriteCompletion> done, Call call) {
+    return [done = std::move(done), call = std::move(call)](VectorStorage& s) -> std::function<void()> {
+        try {
+            call(s);
+            return [done] { (*done)(nullptr); };
+        } catch (...) {
+            return [done, error = std::current_exception()] { (*done)(error); };
+        }
+    };
+}
+
+template <typename T>
+Completion<T> fulfil(std::shared_ptr<std::promise<T>> p) {
+    return [p = std::move(p)](std::exception_ptr error, T result) {
+        if (error)
+            p->set_exception(error);
+        else
+            p->set_value(std::move(result));
+    };
+}
+
+WriteCompletion fulfil(std::shared_ptr<std::promise<void>> p) {
+    return [p = std::move(p)](std::exception_ptr error) {
+        if (error)
+            p->set_exception(error);
+        else
+            p->set_value();
+    };
+}
+
+}  // namespace
+
+Rows Rows::copy_of(const float* data, std::size_t n, std::size_t dim) {
+    auto copy = std::make_shared<std::vector<float>>(data, data + n * dim);
+    return Rows{copy->data(), n, dim, copy};
+}
+
+bool Ticket::cancel() {
+    if (!request_ || request_->kind == RequestKind::Write) return false;
+    int expected = Request::Pending;
+    return request_->state.compare_exchange_strong(expected, Request::Cancelled);
+}
+
+AsyncStorage::AsyncStorage(std::shared_ptr<VectorStorage> storage, BatchingConfig config,
+                           std::size_t workers)
+    : storage_(std::move(storage)) {
+    if (!storage_) throw InvalidArgumentError("AsyncStorage needs a storage");
+    batcher_ = std::make_unique<detail::Batcher>(storage_, config, workers);
+}
+
+AsyncStorage::~AsyncStorage() = default;
+
+void AsyncStorage::set_batching(const BatchingConfig& config) { batcher_->set_config(config); }
+BatchingConfig AsyncStorage::batching() const { return batcher_->config(); }
+AsyncStats AsyncStorage::stats() const { return batcher_->stats(); }
+void AsyncStorage::shutdown() { batcher_->shutdown(); }
+
+Ticket AsyncStorage::search(std::vector<float> query, std::int64_t k,
+                            Completion<std::vector<SearchHit>> done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Search;
+    r->query = std::move(query);
+    r->k = k;
+    r->on_hits = std::move(done);
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+Ticket AsyncStorage::search_batch(Rows queries, std::int64_t k, Completion<BatchResult> done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Read;
+    auto shared = std::make_shared<Completion<BatchResult>>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e, BatchResult{}); };
+    r->run = run_then_deliver<BatchResult>(shared, [queries = std::move(queries), k](VectorStorage& s) {
+        return s.search_batch(queries.data, queries.n, queries.dim, k);
+    });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+Ticket AsyncStorage::add_vector(std::string id, std::vector<float> data, Metadata metadata,
+                                WriteCompletion done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Write;
+    auto shared = std::make_shared<WriteCompletion>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e); };
+    r->run = write_then_deliver(
+        shared, [id = std::move(id), data = std::move(data), md = std::move(metadata)](VectorStorage& s) {
+            s.add_vector(id, data.data(), data.size(), md);
+        });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+Ticket AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows, std::vector<Metadata> metadata,
+                                 WriteCompletion done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Write;
+    auto shared = std::make_shared<WriteCompletion>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e); };
+    r->run = write_then_deliver(
+        shared, [ids = std::move(ids), rows = std::move(rows), md = std::move(metadata)](VectorStorage& s) {
+            s.add_vectors(ids, rows.data, rows.n, rows.dim, md);
+        });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+std::future<std::vector<SearchHit>> AsyncStorage::search(std::vector<float> query, std::int64_t k) {
+    auto p = std::make_shared<std::promise<std::vector<SearchHit>>>();
+    auto f = p->get_future();
+    search(std::move(query), k, fulfil(std::move(p)));
+    return f;
+}
+
+std::future<BatchResult> AsyncStorage::search_batch(Rows queries, std::int64_t k) {
+    auto p = std::make_shared<std::promise<BatchResult>>();
+    auto f = p->get_future();
+    search_batch(std::move(queries), k, fulfil(std::move(p)));
+    return f;
+}
+
+std::future<void> AsyncStorage::add_vector(std::string id, std::vector<float> data, Metadata metadata) {
+    auto p = std::make_shared<std::promise<void>>();
+    auto f = p->get_future();
+    add_vector(std::move(id), std::move(data), std::move(metadata), fulfil(std::move(p)));
+    return f;
+}
+
+std::future<void> AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows,
+                                            std::vector<Metadata> metadata) {
+    auto p = std::make_shared<std::promise<void>>();
+    auto f = p->get_future();
+    add_vectors(std::move(ids), std::move(rows), std::move(metadata), fulfil(std::move(p)));
+    return f;
+}
+
+}  // namespace hive_gpu
