@@ -106,6 +106,20 @@ void VectorStorage::add_vector(const std::string& id, const float* data, std::si
 void VectorStorage::add_vectors(const std::vector<std::string>& ids, const float* data,
                                 std::size_t n, std::size_t dim,
                                 const std::vector<Metadata>& metadata) {
+    add_rows(ids, Source{data}, n, dim, metadata);
+}
+
+void VectorStorage::add_vectors_device(const std::vector<std::string>& ids, const float* data,
+                                       std::size_t n, std::size_t dim, std::size_t ld,
+                                       std::uintptr_t stream, const std::vector<Metadata>& metadata) {
+    if (n > 0 && ld < dim)
+        throw InvalidArgumentError("device rows have a stride of " + std::to_string(ld) +
+                                   " floats, less than their dimension " + std::to_string(dim));
+    add_rows(ids, Source{data, true, ld, stream}, n, dim, metadata);
+}
+
+void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& src,
+                             std::size_t n, std::size_t dim, const std::vector<Metadata>& metadata) {
     if (ids.size() != n)
         throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
                                    std::to_string(n) + " vectors");
@@ -129,7 +143,9 @@ void VectorStorage::add_vectors(const std::vector<std::string>& ids, const float
                 throw DuplicateIdError("id '" + id + "' appears twice in the batch");
         }
     }
-    check_rows(data, n, dim, "vectors");
+    // Device rows, and host rows of engines that check after their upload, are checked by
+    // the engine under the lock instead.
+    if (!src.device && !engine_->checks_appended_rows()) check_rows(src.data, n, dim, "vectors");
 
     WriteLock lock(mutex_);
     check_open();
@@ -148,7 +164,10 @@ void VectorStorage::add_vectors(const std::vector<std::string>& ids, const float
     const std::uint32_t first = take_ordinals(n);
     std::vector<std::uint32_t> ords(n);
     std::iota(ords.begin(), ords.end(), first);
-    engine_->append(data, ords.data(), n);
+    if (src.device)
+        engine_->append_device(src.data, src.ld, ords.data(), n, src.stream);
+    else
+        engine_->append(src.data, ords.data(), n);
     try {
         for (std::size_t i = 0; i < n; ++i) {
             slot_of_.emplace(ids[i], old + i);
@@ -266,7 +285,21 @@ std::vector<SearchHit> VectorStorage::search(const float* query, std::size_t len
     check_row(query, len, "query");
     ReadLock lock(mutex_);
     check_open();
-    BatchResult r = search_locked(query, 1, k);
+    return hits_of(search_locked(Source{query}, 1, k));
+}
+
+std::vector<SearchHit> VectorStorage::search_device(const float* query, std::size_t len,
+                                                    std::int64_t k, std::uintptr_t stream) const {
+    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
+    if (len != dimension_)
+        throw DimensionMismatchError("query has dimension " + std::to_string(len) +
+                                     ", the storage has dimension " + std::to_string(dimension_));
+    ReadLock lock(mutex_);
+    check_open();
+    return hits_of(search_locked(Source{query, true, len, stream}, 1, k));
+}
+
+std::vector<SearchHit> VectorStorage::hits_of(BatchResult&& r) const {
     std::vector<SearchHit> hits;
     hits.reserve(r.k);
     for (std::size_t j = 0; j < r.k; ++j)
@@ -284,10 +317,25 @@ BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, st
     check_rows(queries, nq, dim, "queries");
     ReadLock lock(mutex_);
     check_open();
-    return search_locked(queries, nq, k);
+    return search_locked(Source{queries}, nq, k);
 }
 
-BatchResult VectorStorage::search_locked(const float* queries, std::size_t nq,
+BatchResult VectorStorage::search_batch_device(const float* queries, std::size_t nq,
+                                               std::size_t dim, std::size_t ld, std::int64_t k,
+                                               std::uintptr_t stream, float* device_scores) const {
+    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
+    if (dim != dimension_)
+        throw DimensionMismatchError("queries have dimension " + std::to_string(dim) +
+                                     ", the storage has dimension " + std::to_string(dimension_));
+    if (nq > 0 && ld < dim)
+        throw InvalidArgumentError("device queries have a stride of " + std::to_string(ld) +
+                                   " floats, less than their dimension " + std::to_string(dim));
+    ReadLock lock(mutex_);
+    check_open();
+    return search_locked(Source{queries, true, ld, stream, device_scores}, nq, k);
+}
+
+BatchResult VectorStorage::search_locked(const Source& queries, std::size_t nq,
                                          std::int64_t k) const {
     BatchResult r;
     r.nq = nq;
@@ -295,7 +343,11 @@ BatchResult VectorStorage::search_locked(const float* queries, std::size_t nq,
     if (nq == 0 || r.k == 0) return r;
     r.scores.resize(nq * r.k);
     r.slots.resize(nq * r.k);
-    engine_->search(queries, nq, r.k, r.scores.data(), r.slots.data());
+    if (queries.device)
+        engine_->search_device(queries.data, queries.ld, nq, r.k, queries.stream, r.scores.data(),
+                               r.slots.data(), queries.device_scores);
+    else
+        engine_->search(queries.data, nq, r.k, r.scores.data(), r.slots.data());
     r.ids.reserve(nq * r.k);
     for (std::size_t i = 0; i < nq * r.k; ++i) {
         r.scores[i] = finish_score(r.scores[i]);

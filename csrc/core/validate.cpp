@@ -16,8 +16,6 @@ namespace hive_gpu {
 
 namespace {
 
-enum class RowFault { None, NonFinite, TooLarge };
-
 RowFault check_row(const float* row, std::size_t dim) {
     // Summing squares in double both finds NaN/inf (the sum turns non-finite) and measures
     // the norm, in one pass the compiler vectorises.
@@ -82,7 +80,11 @@ void check_rows(const float* rows, std::size_t n, std::size_t dim, const char* w
             }
     }
     if (bad == n) return;
-    std::string where = n == 1 ? std::string(what) : std::string(what) + " row " + std::to_string(bad);
+    throw_row_fault(fault, bad, n, what);
+}
+
+void throw_row_fault(RowFault fault, std::size_t row, std::size_t n, const char* what) {
+    std::string where = n == 1 ? std::string(what) : std::string(what) + " row " + std::to_string(row);
     if (fault == RowFault::NonFinite) throw NonFiniteValueError(where + " contains NaN or infinity");
     throw InvalidArgumentError(where + " has a norm too large for float32 distance arithmetic");
 }

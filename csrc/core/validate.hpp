@@ -10,4 +10,10 @@ namespace hive_gpu {
 // several threads.
 void check_rows(const float* rows, std::size_t n, std::size_t dim, const char* what);
 
+// Why a row breaks the input rules. Device-side checks report the same codes.
+enum class RowFault : int { None = 0, NonFinite = 1, TooLarge = 2 };
+
+// Throws the error check_rows() throws for row `row` of `n` rows.
+[[noreturn]] void throw_row_fault(RowFault fault, std::size_t row, std::size_t n, const char* what);
+
 }  // namespace hive_gpu

@@ -471,6 +471,42 @@ PYBIND11_MODULE(_core, m) {
                  return batch_to_python(std::move(r));
              },
              py::arg("queries"), py::arg("k"))
+        // Device arrays: raw device pointers plus the producer's stream (as in
+        // __cuda_array_interface__ v3); python/hive_gpu/_device_arrays.py fills them in.
+        .def("add_vectors_device",
+             [](VectorStorage& s, const std::vector<std::string>& ids, std::uintptr_t ptr, std::size_t n,
+                std::size_t dim, std::size_t ld, std::uintptr_t stream, const std::vector<Metadata>& md) {
+                 py::gil_scoped_release release;
+                 s.add_vectors_device(ids, reinterpret_cast<const float*>(ptr), n, dim, ld, stream, md);
+             },
+             py::arg("ids"), py::arg("ptr"), py::arg("n"), py::arg("dim"), py::arg("ld"), py::arg("stream"),
+             py::arg("metadata") = std::vector<Metadata>{})
+        .def("search_device",
+             [](const VectorStorage& s, std::uintptr_t ptr, std::size_t dim, std::int64_t k, std::uintptr_t stream) {
+                 std::vector<SearchHit> hits;
+                 {
+                     py::gil_scoped_release release;
+                     hits = s.search_device(reinterpret_cast<const float*>(ptr), dim, k, stream);
+                 }
+                 py::list out(hits.size());
+                 for (std::size_t i = 0; i < hits.size(); ++i)
+                     out[i] = py::make_tuple(std::move(hits[i].id), hits[i].score, std::move(hits[i].metadata));
+                 return out;
+             },
+             py::arg("ptr"), py::arg("dim"), py::arg("k"), py::arg("stream"))
+        .def("search_batch_device",
+             [](const VectorStorage& s, std::uintptr_t ptr, std::size_t nq, std::size_t dim, std::size_t ld,
+                std::int64_t k, std::uintptr_t stream, std::uintptr_t out_ptr) {
+                 BatchResult r;
+                 {
+                     py::gil_scoped_release release;
+                     r = s.search_batch_device(reinterpret_cast<const float*>(ptr), nq, dim, ld, k, stream,
+                                               reinterpret_cast<float*>(out_ptr));
+                 }
+                 return batch_to_python(std::move(r));
+             },
+             py::arg("ptr"), py::arg("nq"), py::arg("dim"), py::arg("ld"), py::arg("k"), py::arg("stream"),
+             py::arg("out_ptr") = 0)
         .def("save", &VectorStorage::save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
         .def("close", &VectorStorage::close, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("closed", &VectorStorage::closed);

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _core
 from . import aio
+from . import _device_arrays as _dev
 from ._arrays import as_float32, check_ids, check_k, check_metadata
 from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector
 from .errors import InvalidArgumentError
@@ -94,9 +95,6 @@ class VectorStorage:
             data = np.stack([as_float32(v.data, 1, "vector") for v in vectors]) if vectors else None
             metadata = [v.metadata for v in vectors]
         id_list = check_ids(ids)
-        arr = as_float32(data, 2, "vectors")
-        if arr.shape[0] != len(id_list):
-            raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
         md: list[dict[str, str]] = []
         if metadata is not None:
             md = [check_metadata(m) for m in metadata]
@@ -104,6 +102,17 @@ class VectorStorage:
                 raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
             if not any(md):
                 md = []
+        if _dev.is_device_array(data):
+            if self._s.backend in _dev.DEVICE_BACKENDS:
+                v = _dev.device_view(data, 2, "vectors")
+                if v.shape[0] != len(id_list):
+                    raise InvalidArgumentError(f"got {len(id_list)} ids for {v.shape[0]} vectors")
+                self._s.add_vectors_device(id_list, v.ptr, v.shape[0], v.shape[1], v.ld, v.stream, md)
+                return
+            data = _dev.to_host(data)
+        arr = as_float32(data, 2, "vectors")
+        if arr.shape[0] != len(id_list):
+            raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
         self._s.add_vectors(id_list, arr, md)
 
     def update_vector(
@@ -146,15 +155,43 @@ class VectorStorage:
         return self._s.get_metadata(id) if type(id) is str else None
 
     def search(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
-        """The ``min(k, len(self))`` nearest vectors to ``query``, best first."""
+        """The ``min(k, len(self))`` nearest vectors to ``query``, best first. ``query`` may be
+        a CUDA array (PyTorch, CuPy, JAX), read in place on CUDA storages."""
+        if _dev.is_device_array(query):
+            if self._s.backend in _dev.DEVICE_BACKENDS:
+                v = _dev.device_view(query, 1, "query")
+                hits = self._s.search_device(v.ptr, v.shape[0], check_k(k), v.stream)
+                return [GpuSearchResult(i, d, m) for i, d, m in hits]
+            query = _dev.to_host(query)
         q = as_float32(query, 1, "query")
         return [GpuSearchResult(i, d, m) for i, d, m in self._s.search(q, check_k(k))]
 
-    def search_batch(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search_batch(
+        self, queries: Any, k: int = 10, *, device_output: bool = False
+    ) -> tuple[Any, np.ndarray]:
         """FAISS-style batch search: ``(distances[nq, k'], ids[nq, k'])`` with
-        ``k' = min(k, len(self))``; ids is an object array of str."""
+        ``k' = min(k, len(self))``; ids is an object array of str. ``queries`` may be a CUDA
+        array (read in place on CUDA storages); ``device_output=True`` returns the distances
+        as a CUDA array (PyTorch or CuPy, the queries' own framework when they are one)."""
+        k = check_k(k)
+        if _dev.is_device_array(queries):
+            if self._s.backend in _dev.DEVICE_BACKENDS:
+                v = _dev.device_view(queries, 2, "queries")
+                out, out_ptr = _dev.alloc_scores(queries, (v.shape[0] * k,)) if device_output else (None, 0)
+                scores, flat_ids, kk = self._s.search_batch_device(
+                    v.ptr, v.shape[0], v.shape[1], v.ld, k, v.stream, out_ptr
+                )
+                ids = np.empty(len(flat_ids), dtype=object)
+                ids[:] = flat_ids
+                if out is not None:
+                    scores = out[: v.shape[0] * kk].reshape(v.shape[0], kk)
+                return scores, ids.reshape(v.shape[0], kk)
+            queries = _dev.to_host(queries)
+        if device_output:
+            scores, ids = self.search_batch(queries, k)
+            return _dev.to_device(scores), ids
         q = as_float32(queries, 2, "queries")
-        scores, flat_ids, kk = self._s.search_batch(q, check_k(k))
+        scores, flat_ids, kk = self._s.search_batch(q, k)
         ids = np.empty(len(flat_ids), dtype=object)
         ids[:] = flat_ids
         return scores, ids.reshape(q.shape[0], kk)
@@ -230,6 +267,7 @@ class VectorStorage:
             f"<VectorStorage backend={self.backend} dimension={self.dimension} "
             f"metric={self.metric.value} count={len(self)}>"
         )
+
 
 # Argument checks of add_vector / add_vectors (host arrays), shared with the async forms.
 def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, str]]:

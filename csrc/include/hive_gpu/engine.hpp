@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "hive_gpu/error.hpp"
 #include "hive_gpu/types.hpp"
 
 namespace hive_gpu {
@@ -56,6 +57,30 @@ class Engine {
 
     // Bytes of device (or host, for the CPU) memory held for rows and per-row data.
     virtual std::size_t memory_bytes() const = 0;
+
+    // --- Optional: engines with device memory -------------------------------------------
+    // True when append() applies check_rows()'s rules itself (on the device, after the
+    // upload, throwing through throw_row_fault()), so the core skips its host pass.
+    virtual bool checks_appended_rows() const { return false; }
+
+    // Device-resident input on this engine's device: rows/queries with a stride of `ld`
+    // floats. `stream` names the producer's stream as __cuda_array_interface__ v3 does
+    // (0: no ordering needed, 1: legacy default, 2: per-thread default, else the handle);
+    // the engine orders its work after it. Inputs are checked on the device (same rules and
+    // errors as check_rows). search_device fills host scores/slots like search() and, when
+    // device_scores is set, also writes the storage's final scores there (Euclidean rooted).
+    virtual void append_device(const float* rows, std::size_t ld, const std::uint32_t* ordinals,
+                               std::size_t n, std::uintptr_t stream) {
+        (void)rows, (void)ld, (void)ordinals, (void)n, (void)stream;
+        throw InvalidArgumentError("this backend does not accept device arrays");
+    }
+    virtual void search_device(const float* queries, std::size_t ld, std::size_t nq, std::size_t k,
+                               std::uintptr_t stream, float* scores, std::int64_t* slots,
+                               float* device_scores) const {
+        (void)queries, (void)ld, (void)nq, (void)k, (void)stream, (void)scores, (void)slots,
+            (void)device_scores;
+        throw InvalidArgumentError("this backend does not accept device arrays");
+    }
 };
 
 }  // namespace hive_gpu

@@ -63,6 +63,20 @@ class VectorStorage {
     BatchResult search_batch(const float* queries, std::size_t nq, std::size_t dim,
                              std::int64_t k) const;
 
+    // Device arrays (backends with device memory): `data`/`queries` are device pointers on
+    // this storage's device with a row stride of `ld` floats; `stream` as in
+    // Engine::append_device. Same rules, errors and atomicity as the host calls.
+    void add_vectors_device(const std::vector<std::string>& ids, const float* data, std::size_t n,
+                            std::size_t dim, std::size_t ld, std::uintptr_t stream,
+                            const std::vector<Metadata>& metadata = {});
+    std::vector<SearchHit> search_device(const float* query, std::size_t len, std::int64_t k,
+                                         std::uintptr_t stream) const;
+    // device_scores (nq * k' floats on the device, k' = min(k, size())) also receives the
+    // scores when set.
+    BatchResult search_batch_device(const float* queries, std::size_t nq, std::size_t dim,
+                                    std::size_t ld, std::int64_t k, std::uintptr_t stream,
+                                    float* device_scores = nullptr) const;
+
     // Persistence (see docs/format.md). save() is atomic: temp file, fsync, rename.
     void save(const std::string& path) const;
     static std::shared_ptr<VectorStorage> load(const std::shared_ptr<Context>& context,
@@ -80,7 +94,18 @@ class VectorStorage {
     void renumber_ordinals();
     void remove_slot(std::size_t slot);
     std::size_t clamp_k(std::int64_t k) const;
-    BatchResult search_locked(const float* queries, std::size_t nq, std::int64_t k) const;
+    // Where rows or queries come from: host memory, or a device pointer (see *_device).
+    struct Source {
+        const float* data;
+        bool device = false;
+        std::size_t ld = 0;
+        std::uintptr_t stream = 0;
+        float* device_scores = nullptr;
+    };
+    void add_rows(const std::vector<std::string>& ids, const Source& src, std::size_t n,
+                  std::size_t dim, const std::vector<Metadata>& metadata);
+    BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
+    std::vector<SearchHit> hits_of(BatchResult&& r) const;
     float finish_score(float engine_score) const;
 
     std::shared_ptr<Context> context_;

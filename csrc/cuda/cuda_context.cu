@@ -1,0 +1,217 @@
+#include "cuda/cuda_context.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include "cuda/cuda_check.hpp"
+#include "cuda/cuda_engine.hpp"
+#include "hive_gpu/backends.hpp"
+#include "hive_gpu/error.hpp"
+
+namespace hive_gpu::cuda {
+
+namespace {
+
+constexpr std::uint64_t kDefaultReleaseThreshold = std::uint64_t{1} << 30;
+
+// Asked once per process: the driver's answer does not change while we run.
+struct Probe {
+    int count = 0;
+    std::string reason;
+};
+
+const Probe& probe() {
+    static const Probe p = [] {
+        Probe r;
+        int driver = 0;
+        cudaError_t e = cudaDriverGetVersion(&driver);
+        if (e != cudaSuccess || driver == 0) {
+            r.reason = "no CUDA driver is installed (libcuda.so could not be loaded)";
+            cudaGetLastError();
+            return r;
+        }
+        e = cudaGetDeviceCount(&r.count);
+        if (e != cudaSuccess) {
+            r.count = 0;
+            r.reason = std::string("the CUDA runtime found no usable device: ") + cudaGetErrorString(e);
+            cudaGetLastError();
+        } else if (r.count == 0) {
+            r.reason = "no CUDA device is present";
+        }
+        return r;
+    }();
+    return p;
+}
+
+std::string version_string(int v) {
+    return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+}  // namespace
+
+CudaContext::CudaContext(int device) : device_(device) {
+    DeviceGuard guard(device_);
+    check(cudaGetDeviceProperties(&props_, device_), "cudaGetDeviceProperties");
+    cudaMemPoolProps pp{};
+    pp.allocType = cudaMemAllocationTypePinned;
+    pp.handleTypes = cudaMemHandleTypeNone;
+    pp.location.type = cudaMemLocationTypeDevice;
+    pp.location.id = device_;
+    check(cudaMemPoolCreate(&pool_, &pp), "cudaMemPoolCreate");
+    config_.release_threshold = kDefaultReleaseThreshold;
+    std::uint64_t threshold = config_.release_threshold;
+    check(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &threshold),
+          "cudaMemPoolSetAttribute");
+}
+
+CudaContext::~CudaContext() {
+    DeviceGuard guard(device_);
+    cudaDeviceSynchronize();
+    for (void* p : staging_all_) cudaFreeHost(p);
+    if (pool_) cudaMemPoolDestroy(pool_);
+}
+
+DeviceInfo CudaContext::device_info() const {
+    DeviceGuard guard(device_);
+    DeviceInfo d;
+    d.name = props_.name;
+    d.backend = "cuda";
+    std::size_t free_b = 0, total_b = 0;
+    check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    d.vram_total = total_b;
+    d.vram_available = free_b;
+    d.vram_used = total_b - free_b;
+    int driver = 0, runtime = 0;
+    check(cudaDriverGetVersion(&driver), "cudaDriverGetVersion");
+    check(cudaRuntimeGetVersion(&runtime), "cudaRuntimeGetVersion");
+    d.driver_version = version_string(driver) + " (CUDA driver API; runtime " + version_string(runtime) + ")";
+    d.compute_capability = std::to_string(props_.major) + "." + std::to_string(props_.minor);
+    d.max_threads_per_block = static_cast<std::uint32_t>(props_.maxThreadsPerBlock);
+    d.max_shared_memory = props_.sharedMemPerBlockOptin;
+    d.device_id = device_;
+    char bus[32] = {0};
+    check(cudaDeviceGetPCIBusId(bus, sizeof bus, device_), "cudaDeviceGetPCIBusId");
+    d.pci_bus_id = bus;
+    return d;
+}
+
+std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric metric) {
+    return std::make_unique<CudaEngine>(
+        std::static_pointer_cast<CudaContext>(shared_from_this()), dimension, metric);
+}
+
+void* CudaContext::allocate(std::size_t bytes, cudaStream_t stream) {
+    const std::uint64_t cap = [&] {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return config_.max_bytes;
+    }();
+    const std::uint64_t now = used_.fetch_add(bytes) + bytes;
+    if (cap != 0 && now > cap) {
+        used_.fetch_sub(bytes);
+        throw OutOfMemoryError("cuda: the memory pool cap of " + std::to_string(cap) +
+                               " bytes would be exceeded by a request of " + std::to_string(bytes) +
+                               " bytes (see set_pool_config)");
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMallocFromPoolAsync(&p, bytes, pool_, stream);
+    if (e != cudaSuccess) {
+        used_.fetch_sub(bytes);
+        throw_cuda(e, ("pool allocation of " + std::to_string(bytes) + " bytes").c_str());
+    }
+    allocations_.fetch_add(1);
+    std::uint64_t reserved = 0;
+    if (cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (reserved > reserved_seen_) device_allocations_.fetch_add(1);
+        reserved_seen_ = reserved;
+    }
+    return p;
+}
+
+void CudaContext::release(void* p, std::size_t bytes, cudaStream_t stream) {
+    cudaFreeAsync(p, stream);
+    used_.fetch_sub(bytes);
+}
+
+void CudaContext::trim_pool() {
+    DeviceGuard guard(device_);
+    cudaDeviceSynchronize();
+    cudaMemPoolTrimTo(pool_, 0);
+    std::lock_guard<std::mutex> lock(mutex_);
+    reserved_seen_ = 0;
+}
+
+PoolStats CudaContext::pool_stats() const {
+    PoolStats s;
+    std::uint64_t v = 0;
+    if (cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &v) == cudaSuccess)
+        s.reserved_bytes = v;
+    if (cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &v) == cudaSuccess)
+        s.used_bytes = v;
+    if (cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &v) == cudaSuccess)
+        s.peak_bytes = v;
+    s.allocations = allocations_.load();
+    s.device_allocations = device_allocations_.load();
+    std::lock_guard<std::mutex> lock(mutex_);
+    s.config = config_;
+    return s;
+}
+
+void CudaContext::set_pool_config(const PoolConfig& config) {
+    DeviceGuard guard(device_);
+    std::uint64_t threshold = config.release_threshold;
+    check(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &threshold),
+          "cudaMemPoolSetAttribute");
+    std::lock_guard<std::mutex> lock(mutex_);
+    config_ = config;
+}
+
+std::vector<void*> CudaContext::acquire_staging(std::size_t count) {
+    std::vector<void*> out;
+    out.reserve(count);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        while (out.size() < count && !staging_free_.empty()) {
+            out.push_back(staging_free_.back());
+            staging_free_.pop_back();
+        }
+    }
+    while (out.size() < count) {
+        void* p = nullptr;
+        cudaError_t e = cudaHostAlloc(&p, kStagingBytes, cudaHostAllocPortable);
+        if (e != cudaSuccess) {
+            return_staging(out);
+            throw_cuda(e, "pinned staging allocation");
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            staging_all_.push_back(p);
+        }
+        out.push_back(p);
+    }
+    return out;
+}
+
+void CudaContext::return_staging(std::vector<void*>& buffers) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (void* p : buffers) staging_free_.push_back(p);
+    buffers.clear();
+}
+
+BackendEntry backend_entry() {
+    return BackendEntry{
+        "cuda",
+        [] { return probe().count; },
+        [] { return probe().reason; },
+        [](int device_id) -> std::shared_ptr<Context> {
+            const Probe& p = probe();
+            if (!p.reason.empty()) throw NoDeviceError("cuda: " + p.reason);
+            if (device_id < 0 || device_id >= p.count)
+                throw InvalidDeviceIdError("cuda: device id " + std::to_string(device_id) +
+                                           " is out of range (" + std::to_string(p.count) + " device(s))");
+            return std::make_shared<CudaContext>(device_id);
+        },
+    };
+}
+
+}  // namespace hive_gpu::cuda

@@ -1,0 +1,96 @@
+// The CUDA context: one device, its stream-ordered memory pool for scratch, and the
+// pinned staging buffers that bulk uploads stream through.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "hive_gpu/context.hpp"
+
+namespace hive_gpu::cuda {
+
+class CudaContext final : public Context {
+   public:
+    explicit CudaContext(int device);
+    ~CudaContext() override;
+
+    std::string backend() const override { return "cuda"; }
+    DeviceInfo device_info() const override;
+    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) override;
+    PoolStats pool_stats() const override;
+    void set_pool_config(const PoolConfig& config) override;
+
+    int device() const { return device_; }
+    const cudaDeviceProp& props() const { return props_; }
+
+    // Stream-ordered scratch from the pool: no cudaMalloc on the hot path once warm.
+    void* allocate(std::size_t bytes, cudaStream_t stream);
+    void release(void* p, std::size_t bytes, cudaStream_t stream);
+    // Gives cached pool memory back to the device (before retrying a failed cudaMalloc).
+    void trim_pool();
+
+    // Pinned host buffers of staging_bytes() each, kept for the context's life.
+    std::size_t staging_bytes() const { return kStagingBytes; }
+    std::vector<void*> acquire_staging(std::size_t count);
+    void return_staging(std::vector<void*>& buffers);
+
+   private:
+    static constexpr std::size_t kStagingBytes = std::size_t{8} << 20;
+
+    int device_;
+    cudaDeviceProp props_{};
+    cudaMemPool_t pool_ = nullptr;
+
+    mutable std::mutex mutex_;
+    PoolConfig config_;
+    std::atomic<std::uint64_t> used_{0};
+    std::atomic<std::uint64_t> allocations_{0};
+    std::atomic<std::uint64_t> device_allocations_{0};
+    std::uint64_t reserved_seen_ = 0;  // guarded by mutex_
+    std::vector<void*> staging_free_;  // guarded by mutex_
+    std::vector<void*> staging_all_;   // guarded by mutex_
+};
+
+// Scratch memory from the context's pool, returned on scope exit (stream ordered).
+class Scratch {
+   public:
+    Scratch() = default;
+    Scratch(CudaContext& ctx, std::size_t bytes, cudaStream_t stream)
+        : ctx_(&ctx), bytes_(bytes), stream_(stream), p_(bytes ? ctx.allocate(bytes, stream) : nullptr) {}
+    ~Scratch() { reset(); }
+    Scratch(Scratch&& o) noexcept { *this = std::move(o); }
+    Scratch& operator=(Scratch&& o) noexcept {
+        if (this != &o) {
+            reset();
+            ctx_ = o.ctx_;
+            bytes_ = o.bytes_;
+            stream_ = o.stream_;
+            p_ = o.p_;
+            o.p_ = nullptr;
+        }
+        return *this;
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+
+    template <typename T>
+    T* as() const { return static_cast<T*>(p_); }
+    std::size_t bytes() const { return bytes_; }
+    void reset() {
+        if (p_) ctx_->release(p_, bytes_, stream_);
+        p_ = nullptr;
+    }
+
+   private:
+    CudaContext* ctx_ = nullptr;
+    std::size_t bytes_ = 0;
+    cudaStream_t stream_ = nullptr;
+    void* p_ = nullptr;
+};
+
+}  // namespace hive_gpu::cuda

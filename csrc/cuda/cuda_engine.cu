@@ -1,0 +1,705 @@
+#include "cuda/cuda_engine.hpp"
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <thread>
+#include <type_traits>
+
+#include "core/validate.hpp"
+#include "cuda/cuda_check.hpp"
+#include "hive_gpu/storage.hpp"
+#include "kernels/scan.cuh"
+#include "kernels/select.cuh"
+
+namespace hive_gpu::cuda {
+
+namespace k = hive_gpu::kernels;
+
+namespace {
+
+constexpr std::size_t kQueryChunk = 4096;                    // queries per device pass
+constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // GEMM score tile: 256 MiB
+constexpr std::size_t kBlasWorkspace = std::size_t{32} << 20;
+constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
+
+std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
+
+int next_pow2(std::size_t v) {
+    int p = 1;
+    while (static_cast<std::size_t>(p) < v) p <<= 1;
+    return p;
+}
+
+template <typename F>
+void with_metric(Metric m, F&& f) {
+    switch (m) {
+        case Metric::Cosine: f(std::integral_constant<int, k::kCosine>{}); break;
+        case Metric::DotProduct: f(std::integral_constant<int, k::kDotProduct>{}); break;
+        case Metric::Euclidean: f(std::integral_constant<int, k::kEuclidean>{}); break;
+    }
+}
+
+template <typename F>
+void with_vpl(std::size_t ld4, F&& f) {
+    const std::size_t need = ceil_div(ld4, k::kWarpSize);
+    if (need <= 1) f(std::integral_constant<int, 1>{});
+    else if (need <= 2) f(std::integral_constant<int, 2>{});
+    else if (need <= 4) f(std::integral_constant<int, 4>{});
+    else if (need <= 6) f(std::integral_constant<int, 6>{});
+    else f(std::integral_constant<int, 8>{});
+}
+
+// Opens a kernel's dynamic shared memory beyond the 48 KiB default when it needs more.
+template <typename Kernel>
+void allow_shared(Kernel kernel, std::size_t bytes) {
+    if (bytes > 48 * 1024)
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(bytes)),
+              "cudaFuncSetAttribute");
+}
+
+unsigned grid_for(std::size_t items, unsigned threads, const cudaDeviceProp& p) {
+    const std::size_t want = std::max<std::size_t>(1, ceil_div(items, threads));
+    return static_cast<unsigned>(std::min<std::size_t>(want, static_cast<std::size_t>(p.multiProcessorCount) * 32));
+}
+
+cudaStream_t producer_stream(std::uintptr_t s) {
+    if (s == 1) return cudaStreamLegacy;
+    if (s == 2) return cudaStreamPerThread;
+    return reinterpret_cast<cudaStream_t>(s);
+}
+
+// Rows [0, n) of `src` (stride dim) into `dst` with stride ld, zero padding after dim.
+void pack_rows(const float* src, std::size_t n, std::size_t dim, std::size_t ld, float* dst) {
+    if (ld == dim) {
+        std::memcpy(dst, src, n * dim * sizeof(float));
+        return;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        std::memcpy(dst + i * ld, src + i * dim, dim * sizeof(float));
+        std::memset(dst + i * ld + dim, 0, (ld - dim) * sizeof(float));
+    }
+}
+
+}  // namespace
+
+// ---- lanes ------------------------------------------------------------------------------
+
+void CudaEngine::LaneDeleter::operator()(Lane* lane) const {
+    if (lane->stream) cudaStreamSynchronize(lane->stream);
+    if (lane->blas) cublasDestroy(lane->blas);
+    if (lane->blas_workspace) cudaFree(lane->blas_workspace);
+    if (lane->host) cudaFreeHost(lane->host);
+    if (lane->fault_device) cudaFree(lane->fault_device);
+    if (lane->fault_host) cudaFreeHost(lane->fault_host);
+    if (lane->ingest) cudaEventDestroy(lane->ingest);
+    if (lane->stream) cudaStreamDestroy(lane->stream);
+    delete lane;
+}
+
+// A lane borrowed for one call; goes back to the free list when the call ends.
+class CudaEngine::LeasedLane {
+   public:
+    explicit LeasedLane(const CudaEngine& e) : engine_(e) {
+        {
+            std::lock_guard<std::mutex> lock(e.lanes_mutex_);
+            if (!e.free_lanes_.empty()) {
+                lane_ = std::move(e.free_lanes_.back());
+                e.free_lanes_.pop_back();
+            }
+        }
+        if (!lane_) lane_ = e.make_lane();
+    }
+    ~LeasedLane() {
+        // A failed call may leave work queued: drain it before the lane is reused.
+        if (cudaStreamSynchronize(lane_->stream) != cudaSuccess) {
+            cudaGetLastError();
+            return;  // the lane is dropped (and destroyed) rather than reused
+        }
+        std::lock_guard<std::mutex> lock(engine_.lanes_mutex_);
+        engine_.free_lanes_.push_back(std::move(lane_));
+    }
+    Lane& operator*() const { return *lane_; }
+    Lane* operator->() const { return lane_.get(); }
+
+   private:
+    const CudaEngine& engine_;
+    LanePtr lane_;
+};
+
+CudaEngine::LanePtr CudaEngine::make_lane() const {
+    LanePtr lane(new Lane);
+    check(cudaStreamCreateWithFlags(&lane->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreateWithFlags(&lane->ingest, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaMalloc(&lane->fault_device, sizeof(unsigned long long)), "cudaMalloc");
+    check(cudaHostAlloc(&lane->fault_host, sizeof(unsigned long long), cudaHostAllocDefault),
+          "cudaHostAlloc");
+    return lane;
+}
+
+void CudaEngine::ensure_host(Lane& lane, std::size_t bytes) const {
+    if (lane.host_bytes >= bytes) return;
+    if (lane.host) cudaFreeHost(lane.host);
+    lane.host = nullptr;
+    lane.host_bytes = 0;
+    const std::size_t want = std::max<std::size_t>(bytes, std::size_t{1} << 16);
+    check(cudaHostAlloc(&lane.host, want, cudaHostAllocDefault), "cudaHostAlloc");
+    lane.host_bytes = want;
+}
+
+void CudaEngine::ensure_blas(Lane& lane) const {
+    if (lane.blas) return;
+    cublasHandle_t h = nullptr;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) throw BackendError("cuda: cublasCreate failed");
+    void* ws = nullptr;
+    cudaError_t e = cudaMalloc(&ws, kBlasWorkspace);
+    if (e != cudaSuccess) {
+        cublasDestroy(h);
+        throw_cuda(e, "cuBLAS workspace");
+    }
+    // Exact float32: no TF32 tensor-core rounding of the operands.
+    if (cublasSetStream(h, lane.stream) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetMathMode(h, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetWorkspace(h, ws, kBlasWorkspace) != CUBLAS_STATUS_SUCCESS) {
+        cublasDestroy(h);
+        cudaFree(ws);
+        throw BackendError("cuda: cuBLAS handle setup failed");
+    }
+    lane.blas = h;
+    lane.blas_workspace = ws;
+}
+
+// ---- life -------------------------------------------------------------------------------
+
+CudaEngine::CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric)
+    : ctx_(std::move(context)), dim_(dimension), ld_((dimension + 3) / 4 * 4), metric_(metric) {
+    DeviceGuard guard(ctx_->device());
+    const std::size_t optin = ctx_->props().sharedMemPerBlockOptin;
+    const int cap = 1 << (31 - __builtin_clz(static_cast<unsigned>(optin / k::topk_shared_bytes(1))));
+    max_select_k_ = cap - k::kSelectBlock * k::kSelectItems;
+    check(cudaStreamCreateWithFlags(&write_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreateWithFlags(&written_, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaEventCreateWithFlags(&producer_, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaMalloc(&fault_device_, sizeof(unsigned long long)), "cudaMalloc");
+    check(cudaHostAlloc(&fault_host_, sizeof(unsigned long long), cudaHostAllocDefault), "cudaHostAlloc");
+    small_host_bytes_ = std::max<std::size_t>(ld_ * sizeof(float), std::size_t{1} << 16);
+    check(cudaHostAlloc(reinterpret_cast<void**>(&small_host_), small_host_bytes_, cudaHostAllocDefault),
+          "cudaHostAlloc");
+    check(cudaEventRecord(written_, write_stream_), "cudaEventRecord");
+}
+
+CudaEngine::~CudaEngine() {
+    int previous = 0;
+    cudaGetDevice(&previous);
+    cudaSetDevice(ctx_->device());
+    cudaStreamSynchronize(write_stream_);
+    free_lanes_.clear();
+    cudaFree(rows_);
+    cudaFree(factors_);
+    cudaFree(ordinals_);
+    cudaFree(fault_device_);
+    cudaFreeHost(fault_host_);
+    cudaFreeHost(small_host_);
+    cudaEventDestroy(written_);
+    cudaEventDestroy(producer_);
+    cudaStreamDestroy(write_stream_);
+    cudaSetDevice(previous);
+}
+
+std::size_t CudaEngine::memory_bytes() const {
+    return capacity_ * (ld_ * sizeof(float) + sizeof(float) + sizeof(std::uint32_t));
+}
+
+// ---- writes -----------------------------------------------------------------------------
+
+void CudaEngine::grow(std::size_t rows) {
+    if (rows <= capacity_) return;
+    const std::size_t want = std::max(rows, capacity_ + capacity_ / 2);
+    float* r = nullptr;
+    float* f = nullptr;
+    std::uint32_t* o = nullptr;
+    auto try_alloc = [&](std::size_t cap) {
+        cudaError_t e = cudaMalloc(&r, cap * ld_ * sizeof(float));
+        if (e == cudaSuccess) e = cudaMalloc(&f, cap * sizeof(float));
+        if (e == cudaSuccess) e = cudaMalloc(&o, cap * sizeof(std::uint32_t));
+        if (e != cudaSuccess) {
+            cudaFree(r);
+            cudaFree(f);
+            cudaFree(o);
+            r = nullptr, f = nullptr, o = nullptr;
+            cudaGetLastError();
+        }
+        return e;
+    };
+    std::size_t cap = want;
+    cudaError_t e = try_alloc(cap);
+    if (e == cudaErrorMemoryAllocation) {
+        // Memory cached by the scratch pool is the first thing to give back.
+        ctx_->trim_pool();
+        e = try_alloc(cap);
+        if (e == cudaErrorMemoryAllocation && want > rows) e = try_alloc(cap = rows);
+    }
+    if (e == cudaErrorMemoryAllocation)
+        throw OutOfMemoryError("cuda: cannot hold " + std::to_string(rows) + " rows of dimension " +
+                               std::to_string(dim_) + " (" +
+                               std::to_string(rows * ld_ * sizeof(float) >> 20) +
+                               " MiB) on the device");
+    check(e, "cudaMalloc");
+    if (size_ > 0) {
+        cudaError_t c = cudaMemcpyAsync(r, rows_, size_ * ld_ * sizeof(float), cudaMemcpyDeviceToDevice, write_stream_);
+        if (c == cudaSuccess) c = cudaMemcpyAsync(f, factors_, size_ * sizeof(float), cudaMemcpyDeviceToDevice, write_stream_);
+        if (c == cudaSuccess) c = cudaMemcpyAsync(o, ordinals_, size_ * sizeof(std::uint32_t), cudaMemcpyDeviceToDevice, write_stream_);
+        if (c == cudaSuccess) c = cudaStreamSynchronize(write_stream_);
+        if (c != cudaSuccess) {
+            cudaFree(r);
+            cudaFree(f);
+            cudaFree(o);
+            throw_cuda(c, "copying rows to their new buffer");
+        }
+    }
+    cudaFree(rows_);
+    cudaFree(factors_);
+    cudaFree(ordinals_);
+    rows_ = r;
+    factors_ = f;
+    ordinals_ = o;
+    capacity_ = cap;
+}
+
+void CudaEngine::reserve(std::size_t rows) {
+    DeviceGuard guard(ctx_->device());
+    grow(rows);
+}
+
+void CudaEngine::upload_rows(const float* rows, std::size_t n, float* dst) {
+    const std::size_t row_bytes = ld_ * sizeof(float);
+    const std::size_t total = n * row_bytes;
+    if (total <= small_host_bytes_) {
+        pack_rows(rows, n, dim_, ld_, small_host_);
+        check(cudaMemcpyAsync(dst, small_host_, total, cudaMemcpyHostToDevice, write_stream_), "cudaMemcpyAsync");
+        check(cudaStreamSynchronize(write_stream_), "upload");
+        return;
+    }
+    // Bulk: several threads each pack chunks into their own pinned buffers (two, so the
+    // next pack overlaps the previous copy) and copy them up on their own stream.
+    const std::size_t chunk_rows = std::max<std::size_t>(1, ctx_->staging_bytes() / row_bytes);
+    if (chunk_rows * row_bytes > ctx_->staging_bytes())
+        throw InvalidArgumentError("cuda: a row is larger than a staging buffer");
+    const std::size_t chunks = ceil_div(n, chunk_rows);
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    const std::size_t threads = total <= kSmallAppendBytes
+                                    ? 1
+                                    : std::min<std::size_t>({chunks, std::max(1u, hw / 2), 8});
+    std::vector<void*> buffers = ctx_->acquire_staging(threads * 2);
+    std::vector<std::exception_ptr> errors(threads);
+    auto worker = [&](std::size_t t) {
+        cudaStream_t s = nullptr;
+        cudaEvent_t ev[2] = {nullptr, nullptr};
+        try {
+            DeviceGuard guard(ctx_->device());
+            check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+            for (auto& e : ev) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+            bool used[2] = {false, false};
+            int parity = 0;
+            for (std::size_t c = t; c < chunks; c += threads) {
+                const std::size_t first = c * chunk_rows;
+                const std::size_t count = std::min(chunk_rows, n - first);
+                float* buf = static_cast<float*>(buffers[t * 2 + parity]);
+                if (used[parity]) check(cudaEventSynchronize(ev[parity]), "staging");
+                pack_rows(rows + first * dim_, count, dim_, ld_, buf);
+                check(cudaMemcpyAsync(dst + first * ld_, buf, count * row_bytes, cudaMemcpyHostToDevice, s),
+                      "cudaMemcpyAsync");
+                check(cudaEventRecord(ev[parity], s), "cudaEventRecord");
+                used[parity] = true;
+                parity ^= 1;
+            }
+            check(cudaStreamSynchronize(s), "upload");
+        } catch (...) {
+            errors[t] = std::current_exception();
+        }
+        if (s) {
+            cudaStreamSynchronize(s);
+            cudaStreamDestroy(s);
+        }
+        for (auto e : ev)
+            if (e) cudaEventDestroy(e);
+    };
+    if (threads == 1) {
+        worker(0);
+    } else {
+        std::vector<std::thread> pool;
+        pool.reserve(threads);
+        for (std::size_t t = 0; t < threads; ++t) pool.emplace_back(worker, t);
+        for (auto& th : pool) th.join();
+    }
+    ctx_->return_staging(buffers);
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+
+// Rows [size_, size_ + n) are on the device: compute their factors, check them with the
+// core's rules, and only then make them part of the store.
+void CudaEngine::finish_append(std::size_t n, const char* what) {
+    check(cudaMemsetAsync(fault_device_, 0xff, sizeof(unsigned long long), write_stream_), "cudaMemsetAsync");
+    with_metric(metric_, [&](auto m) {
+        k::row_stats_kernel<decltype(m)::value>
+            <<<grid_for(n * k::kWarpSize, 256, ctx_->props()), 256, 0, write_stream_>>>(
+                rows_ + size_ * ld_, ld_, n, dim_, factors_ + size_, fault_device_, kMaxSquaredNorm);
+    });
+    check_launch("row_stats_kernel");
+    check(cudaMemcpyAsync(fault_host_, fault_device_, sizeof(unsigned long long), cudaMemcpyDeviceToHost, write_stream_),
+          "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(write_stream_), "append");
+    const unsigned long long fault = *fault_host_;
+    if (fault != ~0ull)
+        throw_row_fault(static_cast<RowFault>(fault & 3), static_cast<std::size_t>(fault >> 2), n, what);
+    size_ += n;
+    check(cudaEventRecord(written_, write_stream_), "cudaEventRecord");
+}
+
+void CudaEngine::append(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+    if (n == 0) return;
+    DeviceGuard guard(ctx_->device());
+    grow(size_ + n);
+    upload_rows(rows, n, rows_ + size_ * ld_);
+    check(cudaMemcpyAsync(ordinals_ + size_, ordinals, n * sizeof(std::uint32_t), cudaMemcpyHostToDevice, write_stream_),
+          "cudaMemcpyAsync");
+    finish_append(n, "vectors");
+}
+
+void CudaEngine::check_device_pointer(const void* p, const char* what) const {
+    cudaPointerAttributes a{};
+    cudaError_t e = cudaPointerGetAttributes(&a, p);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw InvalidArgumentError(std::string(what) + " is not a CUDA device pointer");
+    }
+    if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+        throw InvalidArgumentError(std::string(what) + " is not in CUDA device memory");
+    if (a.device != ctx_->device())
+        throw InvalidArgumentError(std::string(what) + " lives on CUDA device " + std::to_string(a.device) +
+                                   ", the storage on device " + std::to_string(ctx_->device()));
+}
+
+void CudaEngine::wait_producer(cudaStream_t ours, cudaEvent_t event, std::uintptr_t producer) const {
+    if (producer == 0) return;
+    check(cudaEventRecord(event, producer_stream(producer)), "cudaEventRecord on the producer's stream");
+    check(cudaStreamWaitEvent(ours, event, 0), "cudaStreamWaitEvent");
+}
+
+void CudaEngine::append_device(const float* rows, std::size_t ld, const std::uint32_t* ordinals,
+                               std::size_t n, std::uintptr_t stream) {
+    if (n == 0) return;
+    DeviceGuard guard(ctx_->device());
+    check_device_pointer(rows, "vectors");
+    grow(size_ + n);
+    wait_producer(write_stream_, producer_, stream);
+    float* dst = rows_ + size_ * ld_;
+    if (ld_ != dim_) check(cudaMemsetAsync(dst, 0, n * ld_ * sizeof(float), write_stream_), "cudaMemsetAsync");
+    check(cudaMemcpy2DAsync(dst, ld_ * sizeof(float), rows, ld * sizeof(float), dim_ * sizeof(float), n,
+                            cudaMemcpyDeviceToDevice, write_stream_),
+          "cudaMemcpy2DAsync");
+    check(cudaMemcpyAsync(ordinals_ + size_, ordinals, n * sizeof(std::uint32_t), cudaMemcpyHostToDevice, write_stream_),
+          "cudaMemcpyAsync");
+    finish_append(n, "vectors");
+}
+
+void CudaEngine::write(std::size_t slot, const float* row) {
+    DeviceGuard guard(ctx_->device());
+    pack_rows(row, 1, dim_, ld_, small_host_);
+    check(cudaMemcpyAsync(rows_ + slot * ld_, small_host_, ld_ * sizeof(float), cudaMemcpyHostToDevice, write_stream_),
+          "cudaMemcpyAsync");
+    with_metric(metric_, [&](auto m) {
+        k::row_stats_kernel<decltype(m)::value><<<1, 256, 0, write_stream_>>>(
+            rows_ + slot * ld_, ld_, 1, dim_, factors_ + slot, nullptr, kMaxSquaredNorm);
+    });
+    check_launch("row_stats_kernel");
+    check(cudaEventRecord(written_, write_stream_), "cudaEventRecord");
+    // small_host_ is reused by the next write.
+    check(cudaStreamSynchronize(write_stream_), "write");
+}
+
+void CudaEngine::move(std::size_t src, std::size_t dst) {
+    DeviceGuard guard(ctx_->device());
+    check(cudaMemcpyAsync(rows_ + dst * ld_, rows_ + src * ld_, ld_ * sizeof(float), cudaMemcpyDeviceToDevice, write_stream_),
+          "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(factors_ + dst, factors_ + src, sizeof(float), cudaMemcpyDeviceToDevice, write_stream_),
+          "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(ordinals_ + dst, ordinals_ + src, sizeof(std::uint32_t), cudaMemcpyDeviceToDevice, write_stream_),
+          "cudaMemcpyAsync");
+    check(cudaEventRecord(written_, write_stream_), "cudaEventRecord");
+}
+
+void CudaEngine::truncate(std::size_t n) {
+    DeviceGuard guard(ctx_->device());
+    if (n >= size_) return;
+    size_ = n;
+    if (n == 0) {
+        // An emptied store gives its device memory back.
+        check(cudaStreamSynchronize(write_stream_), "truncate");
+        cudaFree(rows_);
+        cudaFree(factors_);
+        cudaFree(ordinals_);
+        rows_ = nullptr;
+        factors_ = nullptr;
+        ordinals_ = nullptr;
+        capacity_ = 0;
+    }
+}
+
+void CudaEngine::set_ordinals(const std::uint32_t* ordinals, std::size_t n) {
+    DeviceGuard guard(ctx_->device());
+    check(cudaMemcpyAsync(ordinals_, ordinals, n * sizeof(std::uint32_t), cudaMemcpyHostToDevice, write_stream_),
+          "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(write_stream_), "set_ordinals");
+    check(cudaEventRecord(written_, write_stream_), "cudaEventRecord");
+}
+
+void CudaEngine::read(std::size_t first, std::size_t n, float* out) const {
+    if (n == 0) return;
+    DeviceGuard guard(ctx_->device());
+    LeasedLane lane(*this);
+    check(cudaStreamWaitEvent(lane->stream, written_, 0), "cudaStreamWaitEvent");
+    check(cudaMemcpy2DAsync(out, dim_ * sizeof(float), rows_ + first * ld_, ld_ * sizeof(float), dim_ * sizeof(float), n,
+                            cudaMemcpyDeviceToHost, lane->stream),
+          "cudaMemcpy2DAsync");
+    check(cudaStreamSynchronize(lane->stream), "read");
+}
+
+// ---- search -----------------------------------------------------------------------------
+
+void CudaEngine::search(const float* queries, std::size_t nq, std::size_t kk, float* scores,
+                        std::int64_t* slots) const {
+    DeviceGuard guard(ctx_->device());
+    LeasedLane lane(*this);
+    cudaStream_t s = lane->stream;
+    check(cudaStreamWaitEvent(s, written_, 0), "cudaStreamWaitEvent");
+    for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
+        const std::size_t qn = std::min(kQueryChunk, nq - q0);
+        const std::size_t qbytes = qn * ld_ * sizeof(float);
+        const std::size_t rbytes = qn * kk * (sizeof(float) + sizeof(std::int64_t));
+        ensure_host(*lane, std::max(qbytes, rbytes));
+        pack_rows(queries + q0 * dim_, qn, dim_, ld_, static_cast<float*>(lane->host));
+        Scratch dq(*ctx_, qbytes, s);
+        check(cudaMemcpyAsync(dq.as<float>(), lane->host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+        Scratch out(*ctx_, rbytes, s);
+        std::int64_t* dslots = out.as<std::int64_t>();
+        float* dscores = reinterpret_cast<float*>(dslots + qn * kk);
+        run_search(*lane, dq.as<float>(), qn, kk, dscores, dslots, nullptr);
+        check(cudaMemcpyAsync(lane->host, out.as<void>(), rbytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+        check(cudaStreamSynchronize(s), "search");
+        const auto* hslots = static_cast<const std::int64_t*>(lane->host);
+        std::memcpy(slots + q0 * kk, hslots, qn * kk * sizeof(std::int64_t));
+        std::memcpy(scores + q0 * kk, hslots + qn * kk, qn * kk * sizeof(float));
+    }
+}
+
+void CudaEngine::search_device(const float* queries, std::size_t ld, std::size_t nq, std::size_t kk,
+                               std::uintptr_t stream, float* scores, std::int64_t* slots,
+                               float* device_scores) const {
+    DeviceGuard guard(ctx_->device());
+    check_device_pointer(queries, "queries");
+    if (device_scores) check_device_pointer(device_scores, "the output array");
+    LeasedLane lane(*this);
+    cudaStream_t s = lane->stream;
+    check(cudaStreamWaitEvent(s, written_, 0), "cudaStreamWaitEvent");
+    wait_producer(s, lane->ingest, stream);
+    for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
+        const std::size_t qn = std::min(kQueryChunk, nq - q0);
+        const std::size_t qbytes = qn * ld_ * sizeof(float);
+        const std::size_t rbytes = qn * kk * (sizeof(float) + sizeof(std::int64_t));
+        ensure_host(*lane, rbytes);
+        Scratch dq(*ctx_, qbytes, s);
+        if (ld_ != dim_) check(cudaMemsetAsync(dq.as<void>(), 0, qbytes, s), "cudaMemsetAsync");
+        check(cudaMemcpy2DAsync(dq.as<float>(), ld_ * sizeof(float), queries + q0 * ld, ld * sizeof(float),
+                                dim_ * sizeof(float), qn, cudaMemcpyDeviceToDevice, s),
+              "cudaMemcpy2DAsync");
+        check(cudaMemsetAsync(lane->fault_device, 0xff, sizeof(unsigned long long), s), "cudaMemsetAsync");
+        Scratch out(*ctx_, rbytes, s);
+        std::int64_t* dslots = out.as<std::int64_t>();
+        float* dscores = reinterpret_cast<float*>(dslots + qn * kk);
+        run_search(*lane, dq.as<float>(), qn, kk, dscores, dslots, lane->fault_device);
+        if (device_scores) {
+            float* dst = device_scores + q0 * kk;
+            if (metric_ == Metric::Euclidean)
+                k::user_scores_kernel<true><<<grid_for(qn * kk, 256, ctx_->props()), 256, 0, s>>>(dscores, qn * kk, dst);
+            else
+                k::user_scores_kernel<false><<<grid_for(qn * kk, 256, ctx_->props()), 256, 0, s>>>(dscores, qn * kk, dst);
+            check_launch("user_scores_kernel");
+        }
+        check(cudaMemcpyAsync(lane->host, out.as<void>(), rbytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+        check(cudaMemcpyAsync(lane->fault_host, lane->fault_device, sizeof(unsigned long long), cudaMemcpyDeviceToHost, s),
+              "cudaMemcpyAsync");
+        check(cudaStreamSynchronize(s), "search");
+        const unsigned long long fault = *lane->fault_host;
+        if (fault != ~0ull)
+            throw_row_fault(static_cast<RowFault>(fault & 3), q0 + static_cast<std::size_t>(fault >> 2), nq,
+                            nq == 1 ? "query" : "queries");
+        const auto* hslots = static_cast<const std::int64_t*>(lane->host);
+        std::memcpy(slots + q0 * kk, hslots, qn * kk * sizeof(std::int64_t));
+        std::memcpy(scores + q0 * kk, hslots + qn * kk, qn * kk * sizeof(float));
+    }
+}
+
+void CudaEngine::run_search(Lane& lane, const float* dq, std::size_t nq, std::size_t kk,
+                            float* dscores, std::int64_t* dslots, unsigned long long* fault) const {
+    cudaStream_t s = lane.stream;
+    Scratch qf(*ctx_, nq * sizeof(float), s);
+    with_metric(metric_, [&](auto m) {
+        k::row_stats_kernel<decltype(m)::value><<<grid_for(nq * k::kWarpSize, 256, ctx_->props()), 256, 0, s>>>(
+            dq, ld_, nq, dim_, qf.as<float>(), fault, kMaxSquaredNorm);
+    });
+    check_launch("row_stats_kernel");
+    const std::size_t optin = ctx_->props().sharedMemPerBlockOptin;
+    const std::size_t fused_shared =
+        k::topk_shared_bytes(next_pow2(kk + k::kScanBlock)) + ld_ * sizeof(float);
+    if (kk > static_cast<std::size_t>(max_select_k_))
+        search_sorted(lane, dq, qf.as<float>(), nq, kk, dscores, dslots);
+    else if (nq == 1 && fused_shared <= optin)
+        search_fused(lane, dq, qf.as<float>(), kk, dscores, dslots);
+    else
+        search_gemm(lane, dq, qf.as<float>(), nq, kk, dscores, dslots);
+}
+
+void CudaEngine::search_fused(Lane& lane, const float* dq, const float* qf, std::size_t kk,
+                              float* dscores, std::int64_t* dslots) const {
+    cudaStream_t s = lane.stream;
+    const auto& p = ctx_->props();
+    const int cap = next_pow2(kk + k::kScanBlock);
+    const std::size_t shared = k::topk_shared_bytes(cap) + ld_ * sizeof(float);
+    const std::size_t ld4 = ld_ / 4;
+    std::size_t blocks = 0;
+    with_metric(metric_, [&](auto m) {
+        with_vpl(ld4, [&](auto v) {
+            auto kernel = k::scan_query_kernel<decltype(m)::value, decltype(v)::value>;
+            allow_shared(kernel, shared);
+            int per_sm = 0;
+            check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, shared),
+                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+            // Enough blocks to fill the chip, but not so many that merging their k-lists
+            // costs more than the scan (large k).
+            blocks = std::min<std::size_t>({static_cast<std::size_t>(std::max(1, per_sm)) * p.multiProcessorCount,
+                                            ceil_div(size_, k::kScanBlock),
+                                            std::max<std::size_t>(1, size_ / (8 * kk))});
+            blocks = std::max<std::size_t>(blocks, 1);
+            Scratch cand(*ctx_, blocks * kk * (sizeof(std::uint64_t) + sizeof(std::uint32_t)), s);
+            auto* ckeys = cand.as<std::uint64_t>();
+            auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + blocks * kk);
+            kernel<<<static_cast<unsigned>(blocks), k::kScanBlock, shared, s>>>(
+                reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), qf,
+                factors_, ordinals_, static_cast<int>(kk), cap, ckeys, cvals);
+            check_launch("scan_query_kernel");
+            const int mcap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
+            const std::size_t mshared = k::topk_shared_bytes(mcap);
+            auto merge = k::merge_lists_kernel<k::MetricTraits<decltype(m)::value>::kHigherFirst>;
+            allow_shared(merge, mshared);
+            merge<<<1, k::kSelectBlock, mshared, s>>>(ckeys, cvals, blocks * kk, static_cast<int>(kk), mcap, nullptr,
+                                                      nullptr, nullptr, nullptr, dscores, dslots);
+            check_launch("merge_lists_kernel");
+        });
+    });
+}
+
+void CudaEngine::gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+                             std::size_t cols, float* out) const {
+    ensure_blas(lane);
+    const float one = 1.0f, zero = 0.0f;
+    // Column-major view: out (cols x nq, ld cols) = rows(col0..)^T (cols x dim) * Q (dim x nq).
+    cublasStatus_t st = cublasSgemm(lane.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(nq),
+                                    static_cast<int>(dim_), &one, rows_ + col0 * ld_, static_cast<int>(ld_), dq,
+                                    static_cast<int>(ld_), &zero, out, static_cast<int>(cols));
+    if (st != CUBLAS_STATUS_SUCCESS)
+        throw BackendError("cuda: cublasSgemm failed with status " + std::to_string(static_cast<int>(st)));
+}
+
+void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+                             std::size_t kk, float* dscores, std::int64_t* dslots) const {
+    cudaStream_t s = lane.stream;
+    const auto& p = ctx_->props();
+    const std::size_t n = size_;
+    std::size_t tile = std::min(n, std::max<std::size_t>(1024, kTileBudgetFloats / nq));
+    if (tile < n) tile = std::max<std::size_t>(256, tile / 256 * 256);
+    tile = std::min<std::size_t>(tile, static_cast<std::size_t>(1) << 30);  // cuBLAS takes int sizes
+    const std::size_t want_blocks = static_cast<std::size_t>(p.multiProcessorCount) * 2;
+    std::size_t splits = nq >= want_blocks ? 1 : std::min(ceil_div(want_blocks, nq), std::max<std::size_t>(1, tile / 8192));
+    splits = std::max<std::size_t>(1, splits);
+    Scratch tile_scores(*ctx_, nq * tile * sizeof(float), s);
+    const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
+    Scratch running(*ctx_, nq * kk * entry, s);
+    auto* rkeys = running.as<std::uint64_t>();
+    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
+    Scratch cand(*ctx_, splits > 1 ? nq * splits * kk * entry : 0, s);
+    auto* ckeys = cand.as<std::uint64_t>();
+    auto* cvals = splits > 1 ? reinterpret_cast<std::uint32_t*>(ckeys + nq * splits * kk) : nullptr;
+    const int cap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
+    const std::size_t shared = k::topk_shared_bytes(cap);
+    with_metric(metric_, [&](auto m) {
+        constexpr int M = decltype(m)::value;
+        constexpr bool kHigher = k::MetricTraits<M>::kHigherFirst;
+        auto select = k::select_tile_kernel<M>;
+        auto merge = k::merge_lists_kernel<kHigher>;
+        allow_shared(select, shared);
+        allow_shared(merge, shared);
+        for (std::size_t c0 = 0; c0 < n; c0 += tile) {
+            const std::size_t cols = std::min(tile, n - c0);
+            const bool first = c0 == 0;
+            gemm_scores(lane, dq, nq, c0, cols, tile_scores.as<float>());
+            const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
+            if (splits == 1) {
+                select<<<grid, k::kSelectBlock, shared, s>>>(tile_scores.as<float>(), cols, cols, c0, factors_, ordinals_,
+                                                             qf, static_cast<int>(kk), cap, first ? nullptr : rkeys,
+                                                             rvals, rkeys, rvals);
+                check_launch("select_tile_kernel");
+            } else {
+                select<<<grid, k::kSelectBlock, shared, s>>>(tile_scores.as<float>(), cols, cols, c0, factors_, ordinals_,
+                                                             qf, static_cast<int>(kk), cap, nullptr, nullptr, ckeys,
+                                                             cvals);
+                check_launch("select_tile_kernel");
+                merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, s>>>(
+                    ckeys, cvals, splits * kk, static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals, rkeys, rvals,
+                    nullptr, nullptr);
+                check_launch("merge_lists_kernel");
+            }
+        }
+        k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, p), 256, 0, s>>>(rkeys, rvals, nq * kk, dscores, dslots);
+        check_launch("finalize_kernel");
+    });
+}
+
+void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+                               std::size_t kk, float* dscores, std::int64_t* dslots) const {
+    // k beyond shared memory: score every row, sort all keys, keep the first k.
+    cudaStream_t s = lane.stream;
+    const std::size_t n = size_;
+    Scratch dots(*ctx_, n * sizeof(float), s);
+    Scratch keys(*ctx_, 2 * n * sizeof(std::uint64_t), s);
+    Scratch vals(*ctx_, 2 * n * sizeof(std::uint32_t), s);
+    auto* k_in = keys.as<std::uint64_t>();
+    auto* k_out = k_in + n;
+    auto* v_in = vals.as<std::uint32_t>();
+    auto* v_out = v_in + n;
+    std::size_t temp_bytes = 0;
+    check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, v_in, v_out, static_cast<int>(n), 0, 64, s),
+          "cub::DeviceRadixSort");
+    Scratch temp(*ctx_, temp_bytes, s);
+    with_metric(metric_, [&](auto m) {
+        constexpr int M = decltype(m)::value;
+        for (std::size_t q = 0; q < nq; ++q) {
+            gemm_scores(lane, dq + q * ld_, 1, 0, n, dots.as<float>());
+            k::keys_from_scores_kernel<M><<<grid_for(n, 256, ctx_->props()), 256, 0, s>>>(
+                dots.as<float>(), n, factors_, ordinals_, qf + q, k_in, v_in);
+            check_launch("keys_from_scores_kernel");
+            check(cub::DeviceRadixSort::SortPairs(temp.as<void>(), temp_bytes, k_in, k_out, v_in, v_out,
+                                                  static_cast<int>(n), 0, 64, s),
+                  "cub::DeviceRadixSort");
+            k::finalize_kernel<k::MetricTraits<M>::kHigherFirst><<<grid_for(kk, 256, ctx_->props()), 256, 0, s>>>(
+                k_out, v_out, kk, dscores + q * kk, dslots + q * kk);
+            check_launch("finalize_kernel");
+        }
+    });
+}
+
+}  // namespace hive_gpu::cuda

@@ -1,0 +1,112 @@
+// The CUDA engine: rows in device memory (row stride padded to 16 bytes), norms computed
+// once at insert, a fused one-pass scan for single queries, cuBLAS SGEMM tiles plus
+// device top-k for batches. Each concurrent search runs on its own lane (stream, cuBLAS
+// handle, pinned buffers), so searches from several threads overlap.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "cuda/cuda_context.hpp"
+#include "hive_gpu/engine.hpp"
+
+namespace hive_gpu::cuda {
+
+class CudaEngine final : public Engine {
+   public:
+    CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric);
+    ~CudaEngine() override;
+
+    std::size_t dimension() const override { return dim_; }
+    Metric metric() const override { return metric_; }
+    std::size_t size() const override { return size_; }
+
+    void reserve(std::size_t rows) override;
+    void append(const float* rows, const std::uint32_t* ordinals, std::size_t n) override;
+    void write(std::size_t slot, const float* row) override;
+    void move(std::size_t src, std::size_t dst) override;
+    void truncate(std::size_t n) override;
+    void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;
+    void read(std::size_t first, std::size_t n, float* out) const override;
+    void search(const float* queries, std::size_t nq, std::size_t k, float* scores,
+                std::int64_t* slots) const override;
+    std::size_t memory_bytes() const override;
+
+    bool checks_appended_rows() const override { return true; }
+    void append_device(const float* rows, std::size_t ld, const std::uint32_t* ordinals,
+                       std::size_t n, std::uintptr_t stream) override;
+    void search_device(const float* queries, std::size_t ld, std::size_t nq, std::size_t k,
+                       std::uintptr_t stream, float* scores, std::int64_t* slots,
+                       float* device_scores) const override;
+
+   private:
+    // What one search in flight owns.
+    struct Lane {
+        cudaStream_t stream = nullptr;
+        cudaEvent_t ingest = nullptr;  // recorded on a producer's stream
+        cublasHandle_t blas = nullptr;
+        void* blas_workspace = nullptr;
+        void* host = nullptr;  // pinned: queries up, results down
+        std::size_t host_bytes = 0;
+        unsigned long long* fault_device = nullptr;
+        unsigned long long* fault_host = nullptr;
+    };
+    struct LaneDeleter {
+        void operator()(Lane* lane) const;
+    };
+    using LanePtr = std::unique_ptr<Lane, LaneDeleter>;
+    class LeasedLane;
+
+    LanePtr make_lane() const;
+    void ensure_host(Lane& lane, std::size_t bytes) const;
+    void ensure_blas(Lane& lane) const;
+
+    void grow(std::size_t rows);
+    void wait_producer(cudaStream_t ours, cudaEvent_t event, std::uintptr_t producer) const;
+    void check_device_pointer(const void* p, const char* what) const;
+    void upload_rows(const float* rows, std::size_t n, float* dst);
+    void finish_append(std::size_t n, const char* what);
+
+    // Searches nq padded queries already on the device; results land in dscores/dslots.
+    void run_search(Lane& lane, const float* dq, std::size_t nq, std::size_t k, float* dscores,
+                    std::int64_t* dslots, unsigned long long* fault) const;
+    void search_fused(Lane& lane, const float* dq, const float* qf, std::size_t k,
+                      float* dscores, std::int64_t* dslots) const;
+    void search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k,
+                     float* dscores, std::int64_t* dslots) const;
+    void search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+                       std::size_t k, float* dscores, std::int64_t* dslots) const;
+    void gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+                     std::size_t cols, float* out) const;
+
+    std::shared_ptr<CudaContext> ctx_;
+    std::size_t dim_;
+    std::size_t ld_;  // row stride in floats, a multiple of 4 (16-byte aligned rows)
+    Metric metric_;
+    int max_select_k_;  // largest k the shared-memory selection handles
+
+    std::size_t size_ = 0;
+    std::size_t capacity_ = 0;
+    float* rows_ = nullptr;
+    float* factors_ = nullptr;
+    std::uint32_t* ordinals_ = nullptr;
+
+    cudaStream_t write_stream_ = nullptr;
+    cudaEvent_t written_ = nullptr;   // searches wait on the last write
+    cudaEvent_t producer_ = nullptr;  // for append_device
+    unsigned long long* fault_device_ = nullptr;
+    unsigned long long* fault_host_ = nullptr;
+    float* small_host_ = nullptr;  // pinned, one padded row (write) or small appends
+    std::size_t small_host_bytes_ = 0;
+
+    mutable std::mutex lanes_mutex_;
+    mutable std::vector<LanePtr> free_lanes_;
+};
+
+}  // namespace hive_gpu::cuda

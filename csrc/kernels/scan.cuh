@@ -1,0 +1,216 @@
+// Distance kernels: per-row statistics (norms and input checks), the fused one-pass scan
+// of the rows for a single query, selection over GEMM score tiles, and full scoring for
+// the rare k too large for shared memory.
+#pragma once
+
+#include "kernels/compat.cuh"
+#include "kernels/keys.cuh"
+#include "kernels/select.cuh"
+
+namespace hive_gpu::kernels {
+
+// Row fault codes, the same as core/validate.hpp's RowFault.
+constexpr unsigned long long kFaultNonFinite = 1;
+constexpr unsigned long long kFaultTooLarge = 2;
+
+// One warp per row: the per-row factor (1/|x| for Cosine, |x|^2 otherwise, in double as the
+// CPU engine does) and, for rows that break the input rules, the smallest faulty row packed
+// as (row << 2 | code) into *fault with atomicMin.
+template <int kMetric>
+__global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld, std::size_t n,
+                                 std::size_t dim, float* __restrict__ factor,
+                                 unsigned long long* fault, double max_squared_norm) {
+    const std::size_t warps = (static_cast<std::size_t>(gridDim.x) * blockDim.x) / kWarpSize;
+    const std::size_t first = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+    const int lane = lane_id();
+    for (std::size_t r = first; r < n; r += warps) {
+        const float* x = rows + r * ld;
+        double s = 0.0;
+        int bad = 0;
+        for (std::size_t j = lane; j < dim; j += kWarpSize) {
+            const float v = x[j];
+            bad |= !isfinite(v);
+            s += static_cast<double>(v) * v;
+        }
+        s = warp_sum(s);
+        bad = warp_sum(bad);
+        if (lane == 0) {
+            unsigned long long code = bad ? kFaultNonFinite : (s > max_squared_norm ? kFaultTooLarge : 0);
+            if (code != 0 && fault != nullptr)
+                atomicMin(fault, (static_cast<unsigned long long>(r) << 2) | code);
+            if (kMetric == kCosine)
+                factor[r] = s > 0.0 ? static_cast<float>(1.0 / sqrt(s)) : 0.0f;
+            else
+                factor[r] = static_cast<float>(s);
+        }
+    }
+}
+
+// Raw accumulations of kWarpSize consecutive rows [wbase, wbase + kWarpSize) against the
+// query in shared memory: the return value of lane i belongs to row wbase + i. kRows rows
+// are loaded together so that several 16-byte loads per lane are in flight.
+template <int kMetric, int kVpl, int kRows>
+__device__ __forceinline__ float warp_row_scores(const float4* __restrict__ rows, std::size_t ld4,
+                                                 std::size_t n, const float4* q, std::size_t wbase) {
+    const int lane = lane_id();
+    float mine = 0.0f;
+    for (int i = 0; i < kWarpSize; i += kRows) {
+        float acc[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+        for (std::size_t c0 = 0; c0 < ld4; c0 += static_cast<std::size_t>(kVpl) * kWarpSize) {
+            float4 v[kRows][kVpl];
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                const std::size_t row = wbase + i + r;
+#pragma unroll
+                for (int c = 0; c < kVpl; ++c) {
+                    const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
+                    v[r][c] = (row < n && col < ld4) ? __ldg(rows + row * ld4 + col)
+                                                     : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < kVpl; ++c) {
+                const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
+                const float4 b = col < ld4 ? q[col] : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) {
+                    const float4 a = v[r][c];
+                    if (kMetric == kEuclidean) {
+                        const float dx = b.x - a.x, dy = b.y - a.y, dz = b.z - a.z, dw = b.w - a.w;
+                        acc[r] += dx * dx + dy * dy + dz * dz + dw * dw;
+                    } else {
+                        acc[r] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+            const float total = warp_sum(acc[r]);
+            if (lane == i + r) mine = total;
+        }
+    }
+    return mine;
+}
+
+template <int kVpl>
+struct ScanShape {
+    static constexpr int kRows = kVpl >= 4 ? 2 : 4;
+};
+
+constexpr int kScanBlock = 256;
+
+// One query against all rows in one pass: each block scores interleaved rounds of
+// kScanBlock rows and keeps its k best in shared memory; out gets k keys per block.
+// Shared memory: BlockTopK (cap entries) then the query (ld4 float4).
+template <int kMetric, int kVpl>
+__global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
+    const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
+    const float4* __restrict__ query, const float* __restrict__ query_factor,
+    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals, int k,
+    int cap, std::uint64_t* __restrict__ out_keys, std::uint32_t* __restrict__ out_vals) {
+    constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ int count;
+    __shared__ std::uint64_t bound;
+    BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),
+                  reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
+                  &count, &bound};
+    float4* q = reinterpret_cast<float4*>(smem + topk_shared_bytes(cap));
+    for (std::size_t i = threadIdx.x; i < ld4; i += blockDim.x) q[i] = query[i];
+    top.init(nullptr, nullptr);
+    const float qf = *query_factor;
+    const std::size_t per_round = blockDim.x;
+    for (std::size_t base = blockIdx.x * per_round; base < n; base += gridDim.x * per_round) {
+        const std::size_t wbase = base + static_cast<std::size_t>(warp_id()) * kWarpSize;
+        const float acc = warp_row_scores<kMetric, kVpl, ScanShape<kVpl>::kRows>(rows, ld4, n, q, wbase);
+        const std::size_t row = wbase + lane_id();
+        if (row < n) {
+            const float s = finish_score<kMetric, false>(acc, row_factor[row], qf);
+            top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
+        }
+        top.end_round(1);
+    }
+    top.merge();
+    top.store(out_keys + static_cast<std::size_t>(blockIdx.x) * k,
+              out_vals + static_cast<std::size_t>(blockIdx.x) * k);
+}
+
+// Keys of every score of a GEMM result (k beyond shared memory: a full sort follows).
+template <int kMetric>
+__global__ void keys_from_scores_kernel(const float* __restrict__ dots, std::size_t n,
+                                        const float* __restrict__ row_factor,
+                                        const std::uint32_t* __restrict__ ordinals,
+                                        const float* __restrict__ query_factor,
+                                        std::uint64_t* __restrict__ keys,
+                                        std::uint32_t* __restrict__ vals) {
+    constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
+    const float qf = *query_factor;
+    for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+        const float s = finish_score<kMetric, true>(dots[i], row_factor[i], qf);
+        keys[i] = make_key<kHigher>(s, ordinals[i]);
+        vals[i] = static_cast<std::uint32_t>(i);
+    }
+}
+
+// The scores users see, for results returned in device memory (Euclidean is rooted).
+template <bool kRoot>
+__global__ void user_scores_kernel(const float* __restrict__ in, std::size_t n,
+                                   float* __restrict__ out) {
+    for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+        out[i] = kRoot ? sqrtf(fmaxf(in[i], 0.0f)) : in[i];
+}
+
+// Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols.
+// Block (q, s) takes the s-th of gridDim.y column ranges and writes its k best keys to
+// out[(q * gridDim.y + s) * k]; with one range it starts from seed (the running top-k).
+template <int kMetric>
+__global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
+    const float* __restrict__ scores, std::size_t ld_scores, std::size_t cols, std::size_t col0,
+    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
+    const float* __restrict__ query_factor, int k, int cap, const std::uint64_t* seed_keys,
+    const std::uint32_t* seed_vals, std::uint64_t* out_keys, std::uint32_t* out_vals) {
+    constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ int count;
+    __shared__ std::uint64_t bound;
+    const std::size_t q = blockIdx.x;
+    const std::size_t per = (cols + gridDim.y - 1) / gridDim.y;
+    const std::size_t begin = per * blockIdx.y;
+    const std::size_t end = begin + per < cols ? begin + per : cols;
+    BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),
+                  reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
+                  &count, &bound};
+    const bool seeded = seed_keys != nullptr && gridDim.y == 1;
+    top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr);
+    const float qf = query_factor[q];
+    const float* s_row = scores + q * ld_scores;
+    const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
+    for (std::size_t base = begin; base < end; base += step) {
+        float acc[kSelectItems];
+#pragma unroll
+        for (int j = 0; j < kSelectItems; ++j) {
+            const std::size_t c = base + j * blockDim.x + threadIdx.x;
+            acc[j] = c < end ? s_row[c] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < kSelectItems; ++j) {
+            const std::size_t c = base + j * blockDim.x + threadIdx.x;
+            if (c < end) {
+                const std::size_t row = col0 + c;
+                const float s = finish_score<kMetric, true>(acc[j], row_factor[row], qf);
+                top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
+            }
+        }
+        top.end_round(kSelectItems);
+    }
+    top.merge();
+    const std::size_t slot = q * gridDim.y + blockIdx.y;
+    top.store(out_keys + slot * k, out_vals + slot * k);
+}
+
+}  // namespace hive_gpu::kernels
