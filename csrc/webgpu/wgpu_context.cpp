@@ -379,7 +379,8 @@ WGPUBindGroupLayout WgpuContext::layout(Kernel kernel) {
     switch (kernel) {
         case Kernel::ScoreGemv:
         case Kernel::ScoreGemm: types = {ro, ro, ro, ro, rw, uni}; break;
-        case Kernel::Select: types = {ro, ro, rw, uni}; break;
+        case Kernel::Select:
+        case Kernel::SelectSmall: types = {ro, ro, rw, uni}; break;
         case Kernel::Merge: types = {ro, rw, uni}; break;
     }
     std::vector<WGPUBindGroupLayoutEntry> entries(types.size());
@@ -411,6 +412,7 @@ WGPUComputePipeline WgpuContext::pipeline(Kernel kernel, Metric metric, std::uin
         const char* body = kernel == Kernel::ScoreGemv   ? kShader_score_gemv
                            : kernel == Kernel::ScoreGemm ? kShader_score_gemm
                            : kernel == Kernel::Select    ? kShader_select
+                           : kernel == Kernel::SelectSmall ? kShader_select_small
                                                          : kShader_merge;
         std::string code = std::string(kShader_common) + body;
         WGPUShaderSourceWGSL src{};

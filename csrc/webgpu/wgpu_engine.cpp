@@ -15,6 +15,9 @@ namespace hive_gpu::webgpu {
 namespace {
 
 constexpr std::size_t kSegment = 2048;               // scores one select workgroup sorts
+constexpr std::size_t kSmallK = 32;                  // largest k of the per-thread select
+constexpr std::size_t kSmallRows = 64 * 64;          // rows one per-thread select workgroup scans
+constexpr std::size_t kSmallLists = 64;              // lists it writes (one per thread)
 constexpr std::uint64_t kChunkCap = 1ull << 30;      // keeps regrowth copies bounded
 constexpr std::uint64_t kStagingBytes = 32ull << 20;  // one upload / read-back piece
 constexpr std::uint64_t kTileBudget = 256ull << 20;   // scratch bytes one query tile may use
@@ -237,24 +240,32 @@ void WgpuEngine::ensure(Buffer& b, std::uint64_t bytes, WGPUBufferUsage usage, c
     b = ctx_->create_buffer(bytes, usage, false, what);
 }
 
+WgpuEngine::Plan WgpuEngine::plan(std::size_t k) const {
+    Plan pl{};
+    pl.small = k <= kSmallK;
+    pl.list_len = pl.small ? k : std::min(k, kSegment);
+    for (std::size_t first = 0; first < size_; first += rows_per_chunk_) {
+        const std::size_t rows = std::min(rows_per_chunk_, size_ - first);
+        const std::size_t lists = pl.small ? kSmallLists * ceil_div(rows, kSmallRows) : ceil_div(rows, kSegment);
+        pl.parts.push_back({rows, pl.lists, lists});
+        pl.lists += lists;
+        pl.max_rows = std::max(pl.max_rows, rows);
+    }
+    pl.max_cands = pl.lists * pl.list_len;
+    for (std::size_t mi = pl.lists, len = pl.list_len; mi > 1; ++pl.passes) {
+        len = std::min(k, 2 * len);
+        mi = ceil_div(mi, 2);
+        pl.max_cands = std::max(pl.max_cands, mi * len);
+    }
+    return pl;
+}
+
 std::size_t WgpuEngine::tile_queries(std::size_t nq, std::size_t k) const {
     const WGPULimits& lim = ctx_->limits();
     const std::uint64_t limit = std::min<std::uint64_t>({lim.maxStorageBufferBindingSize, lim.maxBufferSize, kTileBudget});
-    const std::size_t L = std::min(k, kSegment);
-    std::size_t m = 0, max_rows = 0;
-    for (std::size_t first = 0; first < size_; first += rows_per_chunk_) {
-        const std::size_t rows = std::min(rows_per_chunk_, size_ - first);
-        m += ceil_div(rows, kSegment);
-        max_rows = std::max(max_rows, rows);
-    }
-    // Largest candidate array any merge pass writes, per query.
-    std::uint64_t cands = std::uint64_t{m} * L;
-    for (std::size_t mi = m, len = L; mi > 1;) {
-        len = std::min(k, 2 * len);
-        mi = ceil_div(mi, 2);
-        cands = std::max<std::uint64_t>(cands, std::uint64_t{mi} * len);
-    }
-    const std::uint64_t per_query = std::max<std::uint64_t>({cands * 12, std::uint64_t{max_rows} * 4,
+    const Plan pl = plan(k);
+    const std::uint64_t per_query = std::max<std::uint64_t>({std::uint64_t{pl.max_cands} * 12,
+                                                             std::uint64_t{pl.max_rows} * 4,
                                                              std::uint64_t{dim4_} * 16});
     std::size_t t = static_cast<std::size_t>(std::min<std::uint64_t>(nq, limit / per_query));
     if (t == 0)
@@ -281,7 +292,6 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     const Api& a = ctx_->api();
     const WGPULimits& lim = ctx_->limits();
     const std::size_t rpc = rows_per_chunk_;
-    const std::size_t L = std::min(k, kSegment);
     const bool gemv = nq <= 8;
     const std::uint32_t qn = nq <= 1 ? 1 : nq <= 2 ? 2 : nq <= 4 ? 4 : 8;
     const std::size_t qslots = gemv ? 8 : nq;  // the small kernel reads 8 query rows
@@ -297,34 +307,20 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
         }
     }
 
-    struct Part {
-        std::size_t rows, list_base;
-    };
-    std::vector<Part> parts;
-    std::size_t m = 0, max_rows = 0;
-    for (std::size_t first = 0; first < size_; first += rpc) {
-        const std::size_t rows = std::min(rpc, size_ - first);
-        parts.push_back({rows, m});
-        m += ceil_div(rows, kSegment);
-        max_rows = std::max(max_rows, rows);
-    }
-    std::size_t passes = 0, cands_b = 1;
-    for (std::size_t mi = m, len = L; mi > 1; ++passes) {
-        len = std::min(k, 2 * len);
-        mi = ceil_div(mi, 2);
-        cands_b = std::max(cands_b, mi * len);
-    }
+    const Plan pl = plan(k);
+    const std::size_t m = pl.lists, max_rows = pl.max_rows, passes = pl.passes;
+    const std::size_t L = pl.list_len;
     if (ceil_div(2 * std::max(L, k), 256) > lim.maxComputeWorkgroupsPerDimension)
         throw InvalidArgumentError("webgpu: k = " + std::to_string(k) + " is above what one merge pass can place");
 
     const std::uint64_t slot_bytes = std::max<std::uint64_t>(256, lim.minUniformBufferOffsetAlignment);
-    const std::size_t dispatches = 2 * parts.size() + passes;
+    const std::size_t dispatches = 2 * pl.parts.size() + passes;
     Scratch& s = scratch_;
     ensure(s.queries, q.size() * 4, WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "queries");
     ensure(s.qscale, qscale.size() * 4, WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "query norms");
     ensure(s.scores, std::uint64_t{nq} * max_rows * 4, WGPUBufferUsage_Storage, "scores");
     ensure(s.cands_a, std::uint64_t{nq} * m * L * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
-    ensure(s.cands_b, std::uint64_t{nq} * cands_b * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
+    ensure(s.cands_b, std::uint64_t{nq} * pl.max_cands * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
     ensure(s.params, dispatches * slot_bytes, WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst, "parameters");
     ensure(s.readback, std::uint64_t{nq} * k * 12, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst, "results");
 
@@ -336,7 +332,8 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     };
     const Kernel score_kernel = gemv ? Kernel::ScoreGemv : Kernel::ScoreGemm;
     WGPUComputePipeline score_pipe = ctx_->pipeline(score_kernel, metric_, gemv ? qn : 1);
-    WGPUComputePipeline select_pipe = ctx_->pipeline(Kernel::Select, metric_);
+    const Kernel select_kernel = pl.small ? Kernel::SelectSmall : Kernel::Select;
+    WGPUComputePipeline select_pipe = ctx_->pipeline(select_kernel, metric_);
     WGPUComputePipeline merge_pipe = ctx_->pipeline(Kernel::Merge, metric_);
     std::vector<WGPUBindGroup> groups;
     WGPUCommandEncoder enc = ctx_->encoder();
@@ -357,17 +354,18 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
         return std::array<std::uint32_t, 2>{u32(x), u32(ceil_div(blocks, x))};
     };
 
-    for (std::size_t c = 0; c < parts.size(); ++c) {
+    for (std::size_t c = 0; c < pl.parts.size(); ++c) {
         const Chunk& ch = chunks_[c];
-        const std::size_t rows = parts[c].rows;
+        const std::size_t rows = pl.parts[c].rows;
         Params sp{u32(rows), u32(dim4_), u32(nq), u32(rows), 0, 0, 0, 0};
         auto xy = fold(ceil_div(rows, gemv ? 32 : 64));
         dispatch(score_kernel, score_pipe,
                  {ch.rows.get(), ch.factors.get(), s.queries.get(), s.qscale.get(), s.scores.get()}, sp,
                  xy[0], xy[1], gemv ? 1 : u32(ceil_div(nq, 64)));
-        Params sel{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(c * rpc), u32(parts[c].list_base), u32(m), u32(L)};
-        dispatch(Kernel::Select, select_pipe, {s.scores.get(), ch.ordinals.get(), s.cands_a.get()}, sel,
-                 u32(ceil_div(rows, kSegment)), u32(nq), 1);
+        Params sel{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(c * rpc), u32(pl.parts[c].list_base), u32(m), u32(L)};
+        const std::size_t groups_x = pl.small ? pl.parts[c].lists / kSmallLists : pl.parts[c].lists;
+        dispatch(select_kernel, select_pipe, {s.scores.get(), ch.ordinals.get(), s.cands_a.get()}, sel,
+                 u32(groups_x), u32(nq), 1);
     }
     WGPUBuffer src = s.cands_a.get(), dst = s.cands_b.get();
     std::size_t len = L;

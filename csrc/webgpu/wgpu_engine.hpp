@@ -47,6 +47,20 @@ class WgpuEngine final : public Engine {
         Buffer queries, qscale, scores, cands_a, cands_b, params, readback;
     };
 
+    // How a search of k splits the rows into candidate lists and merges them.
+    struct Plan {
+        struct Part {
+            std::size_t rows, list_base, lists;
+        };
+        std::vector<Part> parts;  // one per chunk in use
+        bool small;               // k <= 32: per-thread selection, else bitonic segments
+        std::size_t lists;        // candidate lists per query
+        std::size_t list_len;     // entries per list before merging
+        std::size_t max_rows;     // rows of the largest chunk
+        std::size_t passes;       // pairwise merge passes
+        std::size_t max_cands;    // largest candidate array per query (entries)
+    };
+    Plan plan(std::size_t k) const;
     Chunk make_chunk(std::size_t capacity) const;
     std::size_t capacity() const;
     float row_factor(const float* row) const;
