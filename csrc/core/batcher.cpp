@@ -169,19 +169,28 @@ void Batcher::work() {
             continue;
         }
 
-        // A run of single searches: it closes when full, when something else queues behind
-        // it (that request may not start before it), or when its oldest member has waited enough.
+        // A run of single searches closes when full, or when something else queues behind it
+        // (that request may not start before it). Otherwise it waits for company up to
+        // max_wait, and beyond that only while another search batch still holds the engine:
+        // the run keeps growing then, and the engine never idles with work queued.
         const std::size_t run = head_run();
         const bool closed = stopping_ || run >= config_.max_batch || run < queue_.size();
-        const Clock::time_point deadline = head.submitted + config_.max_wait;
-        if (!closed && Clock::now() < deadline) {
-            wake_.wait_until(lock, deadline);
-            continue;
+        if (!closed) {
+            const Clock::time_point deadline = head.submitted + config_.max_wait;
+            if (Clock::now() < deadline) {
+                wake_.wait_until(lock, deadline);
+                continue;
+            }
+            if (search_batches_running_ > 0) {
+                wake_.wait(lock);  // the running batch notifies when it ends
+                continue;
+            }
         }
         std::vector<std::shared_ptr<Request>> batch(std::make_move_iterator(queue_.begin()),
                                                     std::make_move_iterator(queue_.begin() + run));
         queue_.erase(queue_.begin(), queue_.begin() + run);
         ++reads_running_;
+        ++search_batches_running_;
         lock.unlock();
         execute_searches(batch);
         lock.lock();
@@ -270,6 +279,7 @@ void Batcher::execute_searches(std::vector<std::shared_ptr<Request>>& batch) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         --reads_running_;
+        --search_batches_running_;
         stats_.searches += live.size();
         stats_.search_batches += engine_calls;
         stats_.largest_batch = std::max<std::uint64_t>(stats_.largest_batch, largest);

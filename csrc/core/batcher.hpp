@@ -68,6 +68,7 @@ class Batcher {
     BatchingConfig config_;
     AsyncStats stats_;
     std::size_t reads_running_ = 0;
+    std::size_t search_batches_running_ = 0;  // coalesced single-search batches in the engine
     bool write_running_ = false;
     std::size_t idle_workers_ = 0;  // waiting on an empty queue: the only ones a submit must wake
     bool stopping_ = false;

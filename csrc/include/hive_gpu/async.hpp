@@ -26,7 +26,8 @@ class CancelledError : public Error {
 };
 
 struct BatchingConfig {
-    // Longest time the oldest waiting single search waits for company before its batch runs.
+    // Longest time the oldest waiting single search waits for company while the engine has no
+    // search batch running; while one runs, the next batch keeps filling until it ends.
     std::chrono::microseconds max_wait{200};
     // Most single searches in one engine call; 1 turns coalescing off.
     std::size_t max_batch = 256;
