@@ -25,7 +25,8 @@ VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<E
     : context_(std::move(context)),
       engine_(std::move(engine)),
       dimension_(engine_->dimension()),
-      metric_(engine_->metric()) {}
+      metric_(engine_->metric()),
+      engine_checks_rows_(engine_->checks_appended_rows()) {}
 
 VectorStorage::~VectorStorage() = default;
 
@@ -145,7 +146,7 @@ void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& 
     }
     // Device rows, and host rows of engines that check after their upload, are checked by
     // the engine under the lock instead.
-    if (!src.device && !engine_->checks_appended_rows()) check_rows(src.data, n, dim, "vectors");
+    if (!src.device && !engine_checks_rows_) check_rows(src.data, n, dim, "vectors");
 
     WriteLock lock(mutex_);
     check_open();

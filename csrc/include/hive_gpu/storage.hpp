@@ -112,6 +112,8 @@ class VectorStorage {
     std::unique_ptr<Engine> engine_;
     std::size_t dimension_;
     Metric metric_;
+    // Read once: engine_ is null after close() and may not be touched outside the lock.
+    bool engine_checks_rows_;
 
     mutable std::shared_mutex mutex_;
     bool closed_ = false;
