@@ -17,7 +17,8 @@ else()
   endif()
   if(Python_EXECUTABLE)
     execute_process(
-      COMMAND "${Python_EXECUTABLE}" -c "import os, wgpu; print(os.path.join(os.path.dirname(wgpu.__file__), 'resources'))"
+      # find_spec locates the package without importing it (its cffi layer is not needed).
+      COMMAND "${Python_EXECUTABLE}" -c "import importlib.util as u, os; s = u.find_spec('wgpu'); print(os.path.join(list(s.submodule_search_locations)[0], 'resources'))"
       OUTPUT_VARIABLE _wgpu_resources OUTPUT_STRIP_TRAILING_WHITESPACE
       RESULT_VARIABLE _wgpu_rc ERROR_QUIET)
     if(_wgpu_rc EQUAL 0 AND EXISTS "${_wgpu_resources}")

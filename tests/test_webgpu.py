@@ -80,10 +80,10 @@ def test_chunked_store_survives_removes_updates_and_growth(monkeypatch, wctx, me
         store.add_vectors(ids, X)
         model.update(zip(ids, X))
     # Swap-removes move rows across chunk boundaries.
-    for rid in rng.choice(sorted(model), 120, replace=False):
+    for rid in map(str, rng.choice(sorted(model), 120, replace=False)):
         assert store.remove_vector(rid)
         del model[rid]
-    for rid in rng.choice(sorted(model), 40, replace=False):
+    for rid in map(str, rng.choice(sorted(model), 40, replace=False)):
         v = _rows(rng, 1, d)[0]
         store.update_vector(rid, v)
         model[rid] = v

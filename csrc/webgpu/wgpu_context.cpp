@@ -381,6 +381,7 @@ WGPUBindGroupLayout WgpuContext::layout(Kernel kernel) {
         case Kernel::ScoreGemm: types = {ro, ro, ro, ro, rw, uni}; break;
         case Kernel::Select:
         case Kernel::SelectSmall: types = {ro, ro, rw, uni}; break;
+        case Kernel::ReduceSmall:
         case Kernel::Merge: types = {ro, rw, uni}; break;
     }
     std::vector<WGPUBindGroupLayoutEntry> entries(types.size());
@@ -413,6 +414,7 @@ WGPUComputePipeline WgpuContext::pipeline(Kernel kernel, Metric metric, std::uin
                            : kernel == Kernel::ScoreGemm ? kShader_score_gemm
                            : kernel == Kernel::Select    ? kShader_select
                            : kernel == Kernel::SelectSmall ? kShader_select_small
+                           : kernel == Kernel::ReduceSmall ? kShader_reduce_small
                                                          : kShader_merge;
         std::string code = std::string(kShader_common) + body;
         WGPUShaderSourceWGSL src{};

@@ -30,7 +30,7 @@ struct Runtime {
 };
 const Runtime& runtime();
 
-enum class Kernel { ScoreGemv, ScoreGemm, Select, SelectSmall, Merge };
+enum class Kernel { ScoreGemv, ScoreGemm, Select, SelectSmall, ReduceSmall, Merge };
 
 // An owned buffer: destroyed and released with its owner.
 class Buffer {

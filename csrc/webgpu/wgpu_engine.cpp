@@ -18,6 +18,7 @@ constexpr std::size_t kSegment = 2048;               // scores one select workgr
 constexpr std::size_t kSmallK = 32;                  // largest k of the per-thread select
 constexpr std::size_t kSmallRows = 64 * 64;          // rows one per-thread select workgroup scans
 constexpr std::size_t kSmallLists = 64;              // lists it writes (one per thread)
+constexpr std::size_t kFanIn = 16;                   // lists one reduce_small thread folds
 constexpr std::uint64_t kChunkCap = 1ull << 30;      // keeps regrowth copies bounded
 constexpr std::uint64_t kStagingBytes = 32ull << 20;  // one upload / read-back piece
 constexpr std::uint64_t kTileBudget = 256ull << 20;   // scratch bytes one query tile may use
@@ -253,6 +254,10 @@ WgpuEngine::Plan WgpuEngine::plan(std::size_t k) const {
     }
     pl.max_cands = pl.lists * pl.list_len;
     for (std::size_t mi = pl.lists, len = pl.list_len; mi > 1; ++pl.passes) {
+        if (pl.small) {
+            mi = ceil_div(mi, kFanIn);
+            continue;
+        }
         len = std::min(k, 2 * len);
         mi = ceil_div(mi, 2);
         pl.max_cands = std::max(pl.max_cands, mi * len);
@@ -334,7 +339,8 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     WGPUComputePipeline score_pipe = ctx_->pipeline(score_kernel, metric_, gemv ? qn : 1);
     const Kernel select_kernel = pl.small ? Kernel::SelectSmall : Kernel::Select;
     WGPUComputePipeline select_pipe = ctx_->pipeline(select_kernel, metric_);
-    WGPUComputePipeline merge_pipe = ctx_->pipeline(Kernel::Merge, metric_);
+    const Kernel merge_kernel = pl.small ? Kernel::ReduceSmall : Kernel::Merge;
+    WGPUComputePipeline merge_pipe = ctx_->pipeline(merge_kernel, metric_);
     std::vector<WGPUBindGroup> groups;
     WGPUCommandEncoder enc = ctx_->encoder();
     WGPUComputePassDescriptor pd{};
@@ -370,9 +376,17 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     WGPUBuffer src = s.cands_a.get(), dst = s.cands_b.get();
     std::size_t len = L;
     for (std::size_t mi = m; mi > 1;) {
+        if (pl.small) {
+            const std::size_t mo = ceil_div(mi, kFanIn);
+            Params rp{0, 0, u32(nq), 0, u32(mi), u32(mo), 0, u32(k)};
+            dispatch(merge_kernel, merge_pipe, {src, dst}, rp, u32(ceil_div(mo, 64)), u32(nq), 1);
+            std::swap(src, dst);
+            mi = mo;
+            continue;
+        }
         const std::size_t out_len = std::min(k, 2 * len), mo = ceil_div(mi, 2);
         Params mp{0, 0, u32(nq), 0, u32(len), u32(out_len), u32(mi), u32(mo)};
-        dispatch(Kernel::Merge, merge_pipe, {src, dst}, mp, u32(ceil_div(2 * len, 256)), u32(mo), u32(nq));
+        dispatch(merge_kernel, merge_pipe, {src, dst}, mp, u32(ceil_div(2 * len, 256)), u32(mo), u32(nq));
         std::swap(src, dst);
         len = out_len;
         mi = mo;

@@ -30,16 +30,16 @@ fn main(@builtin(local_invocation_index) li: u32,
             }
         }
     }
-    for (var q = 0u; q < 8u; q++) {
-        partial[li * 8u + q] = acc[q];
+    for (var q = 0u; q < QN; q++) {
+        partial[li * QN + q] = acc[q];
     }
     workgroupBarrier();
     // Thread (row, lane) finishes query `lane` of its row from the 8 lanes' sums.
     let q = lane;
-    if (r < p.n_rows && q < p.nq) {
+    if (r < p.n_rows && q < p.nq && q < QN) {
         var s = 0.0;
         for (var l = 0u; l < LANES; l++) {
-            s += partial[(local_row * LANES + l) * 8u + q];
+            s += partial[(local_row * LANES + l) * QN + q];
         }
         if (METRIC == 0u) { s = s * factors[r] * qscale[q]; }
         scores[q * p.stride + r] = s;
