@@ -21,7 +21,7 @@ namespace k = hive_gpu::kernels;
 namespace {
 
 constexpr std::size_t kQueryChunk = 4096;                    // queries per device pass
-constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // GEMM score tile: 256 MiB
+constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both SGEMM score tiles: 256 MiB
 constexpr std::size_t kBlasWorkspace = std::size_t{32} << 20;
 constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
 
@@ -55,7 +55,7 @@ void with_vpl(std::size_t ld4, F&& f) {
 // Opens a kernel's dynamic shared memory beyond the 48 KiB default when it needs more.
 template <typename Kernel>
 void allow_shared(Kernel kernel, std::size_t bytes) {
-    if (bytes > 48 * 1024)
+    if (bytes > 40 * 1024)  // leave room for the kernels' static shared memory
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(bytes)),
               "cudaFuncSetAttribute");
@@ -84,6 +84,13 @@ void pack_rows(const float* src, std::size_t n, std::size_t dim, std::size_t ld,
     }
 }
 
+// A row fault found on the device in one pass over queries, rethrown with the row
+// number of the whole call.
+struct RowFaultAt {
+    int code;
+    std::size_t row;
+};
+
 }  // namespace
 
 // ---- lanes ------------------------------------------------------------------------------
@@ -96,6 +103,12 @@ void CudaEngine::LaneDeleter::operator()(Lane* lane) const {
     if (lane->fault_device) cudaFree(lane->fault_device);
     if (lane->fault_host) cudaFreeHost(lane->fault_host);
     if (lane->ingest) cudaEventDestroy(lane->ingest);
+    if (lane->aux) {
+        cudaStreamSynchronize(lane->aux);
+        cudaStreamDestroy(lane->aux);
+    }
+    for (cudaEvent_t e : {lane->tile_scored[0], lane->tile_scored[1], lane->tile_free[0], lane->tile_free[1], lane->selected})
+        if (e) cudaEventDestroy(e);
     if (lane->stream) cudaStreamDestroy(lane->stream);
     delete lane;
 }
@@ -134,6 +147,9 @@ CudaEngine::LanePtr CudaEngine::make_lane() const {
     LanePtr lane(new Lane);
     check(cudaStreamCreateWithFlags(&lane->stream, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&lane->ingest, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaStreamCreateWithFlags(&lane->aux, cudaStreamNonBlocking), "cudaStreamCreate");
+    for (cudaEvent_t* e : {&lane->tile_scored[0], &lane->tile_scored[1], &lane->tile_free[0], &lane->tile_free[1], &lane->selected})
+        check(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "cudaEventCreate");
     check(cudaMalloc(&lane->fault_device, sizeof(unsigned long long)), "cudaMalloc");
     check(cudaHostAlloc(&lane->fault_host, sizeof(unsigned long long), cudaHostAllocDefault),
           "cudaHostAlloc");
@@ -471,29 +487,111 @@ void CudaEngine::read(std::size_t first, std::size_t n, float* out) const {
 
 // ---- search -----------------------------------------------------------------------------
 
+// Byte offsets of the pieces of one search's scratch, each 256-byte aligned.
+struct Carve {
+    std::size_t at = 0;
+    std::size_t take(std::size_t bytes) {
+        const std::size_t here = at;
+        at += (bytes + 255) / 256 * 256;
+        return here;
+    }
+};
+
+CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
+    Plan p;
+    const std::size_t optin = ctx_->props().sharedMemPerBlockOptin;
+    if (kk > static_cast<std::size_t>(max_select_k_)) {
+        p.path = Path::Sorted;
+        return p;
+    }
+    p.cap = next_pow2(kk + k::kScanBlock);
+    p.shared = k::topk_shared_bytes(p.cap) + ld_ * sizeof(float);
+    if (nq != 1 || p.shared > optin) {
+        p.path = Path::Gemm;
+        return p;
+    }
+    p.path = Path::Fused;
+    const int slot = 31 - __builtin_clz(static_cast<unsigned>(p.cap));
+    int per_sm = scan_blocks_per_sm_[slot].load(std::memory_order_relaxed);
+    if (per_sm == 0) {
+        with_metric(metric_, [&](auto m) {
+            with_vpl(ld_ / 4, [&](auto v) {
+                auto kernel = k::scan_query_kernel<decltype(m)::value, decltype(v)::value>;
+                allow_shared(kernel, p.shared);
+                check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, p.shared),
+                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+            });
+        });
+        per_sm = std::max(per_sm, 1);
+        scan_blocks_per_sm_[slot].store(per_sm, std::memory_order_relaxed);
+    }
+    // Enough blocks to fill the chip, but not so many that merging their k-lists costs
+    // more than the scan (large k).
+    p.blocks = std::min<std::size_t>({static_cast<std::size_t>(per_sm) * ctx_->props().multiProcessorCount,
+                                      ceil_div(size_, k::kScanBlock), std::max<std::size_t>(1, size_ / (8 * kk))});
+    p.blocks = std::max<std::size_t>(p.blocks, 1);
+    p.workspace = p.blocks * kk * (sizeof(std::uint64_t) + sizeof(std::uint32_t));
+    return p;
+}
+
+void CudaEngine::search_chunk(Lane& lane, const float* host_queries, const float* device_queries,
+                              std::size_t device_ld, std::size_t qn, std::size_t kk, float* scores,
+                              std::int64_t* slots, float* device_scores) const {
+    cudaStream_t s = lane.stream;
+    const Plan pl = plan(qn, kk);
+    const std::size_t qbytes = qn * ld_ * sizeof(float);
+    const std::size_t rbytes = qn * kk * (sizeof(float) + sizeof(std::int64_t));
+    // One pool allocation per pass: results, queries, then the path's own scratch.
+    Carve c;
+    const std::size_t at_out = c.take(rbytes), at_q = c.take(qbytes), at_work = c.take(pl.workspace);
+    Scratch ws(*ctx_, c.at, s);
+    auto* base = ws.as<unsigned char>();
+    std::int64_t* dslots = reinterpret_cast<std::int64_t*>(base + at_out);
+    float* dscores = reinterpret_cast<float*>(dslots + qn * kk);
+    float* dq = reinterpret_cast<float*>(base + at_q);
+    if (host_queries) {
+        ensure_host(lane, std::max(qbytes, rbytes));
+        pack_rows(host_queries, qn, dim_, ld_, static_cast<float*>(lane.host));
+        check(cudaMemcpyAsync(dq, lane.host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+    } else {
+        ensure_host(lane, rbytes);
+        if (ld_ != dim_) check(cudaMemsetAsync(dq, 0, qbytes, s), "cudaMemsetAsync");
+        check(cudaMemcpy2DAsync(dq, ld_ * sizeof(float), device_queries, device_ld * sizeof(float),
+                                dim_ * sizeof(float), qn, cudaMemcpyDeviceToDevice, s),
+              "cudaMemcpy2DAsync");
+        check(cudaMemsetAsync(lane.fault_device, 0xff, sizeof(unsigned long long), s), "cudaMemsetAsync");
+    }
+    run_search(lane, pl, dq, qn, kk, dscores, dslots, base + at_work, host_queries ? nullptr : lane.fault_device);
+    if (device_scores) {
+        const unsigned grid = grid_for(qn * kk, 256, ctx_->props());
+        if (metric_ == Metric::Euclidean)
+            k::user_scores_kernel<true><<<grid, 256, 0, s>>>(dscores, qn * kk, device_scores);
+        else
+            k::user_scores_kernel<false><<<grid, 256, 0, s>>>(dscores, qn * kk, device_scores);
+        check_launch("user_scores_kernel");
+    }
+    check(cudaMemcpyAsync(lane.host, dslots, rbytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    if (!host_queries)
+        check(cudaMemcpyAsync(lane.fault_host, lane.fault_device, sizeof(unsigned long long), cudaMemcpyDeviceToHost, s),
+              "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s), "search");
+    if (!host_queries && *lane.fault_host != ~0ull) {
+        const unsigned long long fault = *lane.fault_host;
+        throw RowFaultAt{static_cast<int>(fault & 3), static_cast<std::size_t>(fault >> 2)};
+    }
+    const auto* hslots = static_cast<const std::int64_t*>(lane.host);
+    std::memcpy(slots, hslots, qn * kk * sizeof(std::int64_t));
+    std::memcpy(scores, hslots + qn * kk, qn * kk * sizeof(float));
+}
+
 void CudaEngine::search(const float* queries, std::size_t nq, std::size_t kk, float* scores,
                         std::int64_t* slots) const {
     DeviceGuard guard(ctx_->device());
     LeasedLane lane(*this);
-    cudaStream_t s = lane->stream;
-    check(cudaStreamWaitEvent(s, written_, 0), "cudaStreamWaitEvent");
+    check(cudaStreamWaitEvent(lane->stream, written_, 0), "cudaStreamWaitEvent");
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
         const std::size_t qn = std::min(kQueryChunk, nq - q0);
-        const std::size_t qbytes = qn * ld_ * sizeof(float);
-        const std::size_t rbytes = qn * kk * (sizeof(float) + sizeof(std::int64_t));
-        ensure_host(*lane, std::max(qbytes, rbytes));
-        pack_rows(queries + q0 * dim_, qn, dim_, ld_, static_cast<float*>(lane->host));
-        Scratch dq(*ctx_, qbytes, s);
-        check(cudaMemcpyAsync(dq.as<float>(), lane->host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
-        Scratch out(*ctx_, rbytes, s);
-        std::int64_t* dslots = out.as<std::int64_t>();
-        float* dscores = reinterpret_cast<float*>(dslots + qn * kk);
-        run_search(*lane, dq.as<float>(), qn, kk, dscores, dslots, nullptr);
-        check(cudaMemcpyAsync(lane->host, out.as<void>(), rbytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
-        check(cudaStreamSynchronize(s), "search");
-        const auto* hslots = static_cast<const std::int64_t*>(lane->host);
-        std::memcpy(slots + q0 * kk, hslots, qn * kk * sizeof(std::int64_t));
-        std::memcpy(scores + q0 * kk, hslots + qn * kk, qn * kk * sizeof(float));
+        search_chunk(*lane, queries + q0 * dim_, nullptr, 0, qn, kk, scores + q0 * kk, slots + q0 * kk, nullptr);
     }
 }
 
@@ -504,102 +602,64 @@ void CudaEngine::search_device(const float* queries, std::size_t ld, std::size_t
     check_device_pointer(queries, "queries");
     if (device_scores) check_device_pointer(device_scores, "the output array");
     LeasedLane lane(*this);
-    cudaStream_t s = lane->stream;
-    check(cudaStreamWaitEvent(s, written_, 0), "cudaStreamWaitEvent");
-    wait_producer(s, lane->ingest, stream);
+    check(cudaStreamWaitEvent(lane->stream, written_, 0), "cudaStreamWaitEvent");
+    wait_producer(lane->stream, lane->ingest, stream);
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
         const std::size_t qn = std::min(kQueryChunk, nq - q0);
-        const std::size_t qbytes = qn * ld_ * sizeof(float);
-        const std::size_t rbytes = qn * kk * (sizeof(float) + sizeof(std::int64_t));
-        ensure_host(*lane, rbytes);
-        Scratch dq(*ctx_, qbytes, s);
-        if (ld_ != dim_) check(cudaMemsetAsync(dq.as<void>(), 0, qbytes, s), "cudaMemsetAsync");
-        check(cudaMemcpy2DAsync(dq.as<float>(), ld_ * sizeof(float), queries + q0 * ld, ld * sizeof(float),
-                                dim_ * sizeof(float), qn, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpy2DAsync");
-        check(cudaMemsetAsync(lane->fault_device, 0xff, sizeof(unsigned long long), s), "cudaMemsetAsync");
-        Scratch out(*ctx_, rbytes, s);
-        std::int64_t* dslots = out.as<std::int64_t>();
-        float* dscores = reinterpret_cast<float*>(dslots + qn * kk);
-        run_search(*lane, dq.as<float>(), qn, kk, dscores, dslots, lane->fault_device);
-        if (device_scores) {
-            float* dst = device_scores + q0 * kk;
-            if (metric_ == Metric::Euclidean)
-                k::user_scores_kernel<true><<<grid_for(qn * kk, 256, ctx_->props()), 256, 0, s>>>(dscores, qn * kk, dst);
-            else
-                k::user_scores_kernel<false><<<grid_for(qn * kk, 256, ctx_->props()), 256, 0, s>>>(dscores, qn * kk, dst);
-            check_launch("user_scores_kernel");
+        try {
+            search_chunk(*lane, nullptr, queries + q0 * ld, ld, qn, kk, scores + q0 * kk, slots + q0 * kk,
+                         device_scores ? device_scores + q0 * kk : nullptr);
+        } catch (const RowFaultAt& f) {
+            throw_row_fault(static_cast<RowFault>(f.code), q0 + f.row, nq, nq == 1 ? "query" : "queries");
         }
-        check(cudaMemcpyAsync(lane->host, out.as<void>(), rbytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
-        check(cudaMemcpyAsync(lane->fault_host, lane->fault_device, sizeof(unsigned long long), cudaMemcpyDeviceToHost, s),
-              "cudaMemcpyAsync");
-        check(cudaStreamSynchronize(s), "search");
-        const unsigned long long fault = *lane->fault_host;
-        if (fault != ~0ull)
-            throw_row_fault(static_cast<RowFault>(fault & 3), q0 + static_cast<std::size_t>(fault >> 2), nq,
-                            nq == 1 ? "query" : "queries");
-        const auto* hslots = static_cast<const std::int64_t*>(lane->host);
-        std::memcpy(slots + q0 * kk, hslots, qn * kk * sizeof(std::int64_t));
-        std::memcpy(scores + q0 * kk, hslots + qn * kk, qn * kk * sizeof(float));
     }
 }
 
-void CudaEngine::run_search(Lane& lane, const float* dq, std::size_t nq, std::size_t kk,
-                            float* dscores, std::int64_t* dslots, unsigned long long* fault) const {
+void CudaEngine::run_search(Lane& lane, const Plan& pl, const float* dq, std::size_t nq, std::size_t kk,
+                            float* dscores, std::int64_t* dslots, void* work,
+                            unsigned long long* fault) const {
     cudaStream_t s = lane.stream;
+    if (pl.path == Path::Fused && fault == nullptr) {
+        // Host queries were checked by the core and the scan computes the query's norm.
+        search_fused(lane, pl, dq, kk, work, dscores, dslots);
+        return;
+    }
     Scratch qf(*ctx_, nq * sizeof(float), s);
     with_metric(metric_, [&](auto m) {
         k::row_stats_kernel<decltype(m)::value><<<grid_for(nq * k::kWarpSize, 256, ctx_->props()), 256, 0, s>>>(
             dq, ld_, nq, dim_, qf.as<float>(), fault, kMaxSquaredNorm);
     });
     check_launch("row_stats_kernel");
-    const std::size_t optin = ctx_->props().sharedMemPerBlockOptin;
-    const std::size_t fused_shared =
-        k::topk_shared_bytes(next_pow2(kk + k::kScanBlock)) + ld_ * sizeof(float);
-    if (kk > static_cast<std::size_t>(max_select_k_))
+    if (pl.path == Path::Fused)
+        search_fused(lane, pl, dq, kk, work, dscores, dslots);
+    else if (pl.path == Path::Sorted)
         search_sorted(lane, dq, qf.as<float>(), nq, kk, dscores, dslots);
-    else if (nq == 1 && fused_shared <= optin)
-        search_fused(lane, dq, qf.as<float>(), kk, dscores, dslots);
     else
         search_gemm(lane, dq, qf.as<float>(), nq, kk, dscores, dslots);
 }
 
-void CudaEngine::search_fused(Lane& lane, const float* dq, const float* qf, std::size_t kk,
+void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::size_t kk, void* work,
                               float* dscores, std::int64_t* dslots) const {
     cudaStream_t s = lane.stream;
-    const auto& p = ctx_->props();
-    const int cap = next_pow2(kk + k::kScanBlock);
-    const std::size_t shared = k::topk_shared_bytes(cap) + ld_ * sizeof(float);
     const std::size_t ld4 = ld_ / 4;
-    std::size_t blocks = 0;
+    auto* ckeys = static_cast<std::uint64_t*>(work);
+    auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + pl.blocks * kk);
     with_metric(metric_, [&](auto m) {
         with_vpl(ld4, [&](auto v) {
             auto kernel = k::scan_query_kernel<decltype(m)::value, decltype(v)::value>;
-            allow_shared(kernel, shared);
-            int per_sm = 0;
-            check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, shared),
-                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-            // Enough blocks to fill the chip, but not so many that merging their k-lists
-            // costs more than the scan (large k).
-            blocks = std::min<std::size_t>({static_cast<std::size_t>(std::max(1, per_sm)) * p.multiProcessorCount,
-                                            ceil_div(size_, k::kScanBlock),
-                                            std::max<std::size_t>(1, size_ / (8 * kk))});
-            blocks = std::max<std::size_t>(blocks, 1);
-            Scratch cand(*ctx_, blocks * kk * (sizeof(std::uint64_t) + sizeof(std::uint32_t)), s);
-            auto* ckeys = cand.as<std::uint64_t>();
-            auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + blocks * kk);
-            kernel<<<static_cast<unsigned>(blocks), k::kScanBlock, shared, s>>>(
-                reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), qf,
-                factors_, ordinals_, static_cast<int>(kk), cap, ckeys, cvals);
+            allow_shared(kernel, pl.shared);
+            kernel<<<static_cast<unsigned>(pl.blocks), k::kScanBlock, pl.shared, s>>>(
+                reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), factors_,
+                ordinals_, static_cast<int>(kk), pl.cap, ckeys, cvals);
             check_launch("scan_query_kernel");
-            const int mcap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
-            const std::size_t mshared = k::topk_shared_bytes(mcap);
-            auto merge = k::merge_lists_kernel<k::MetricTraits<decltype(m)::value>::kHigherFirst>;
-            allow_shared(merge, mshared);
-            merge<<<1, k::kSelectBlock, mshared, s>>>(ckeys, cvals, blocks * kk, static_cast<int>(kk), mcap, nullptr,
-                                                      nullptr, nullptr, nullptr, dscores, dslots);
-            check_launch("merge_lists_kernel");
         });
+        const int mcap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
+        const std::size_t mshared = k::topk_shared_bytes(mcap);
+        auto merge = k::merge_lists_kernel<k::MetricTraits<decltype(m)::value>::kHigherFirst>;
+        allow_shared(merge, mshared);
+        merge<<<1, k::kSelectBlock, mshared, s>>>(ckeys, cvals, pl.blocks * kk, static_cast<int>(kk), mcap, nullptr,
+                                                  nullptr, nullptr, nullptr, dscores, dslots);
+        check_launch("merge_lists_kernel");
     });
 }
 
@@ -617,23 +677,31 @@ void CudaEngine::gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::s
 
 void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq,
                              std::size_t kk, float* dscores, std::int64_t* dslots) const {
-    cudaStream_t s = lane.stream;
+    // SGEMM tiles on lane.stream, selection on lane.aux: the selection of tile t runs while
+    // tile t + 1 is multiplied. Two score buffers bound the scratch.
+    cudaStream_t s = lane.stream, a = lane.aux;
     const auto& p = ctx_->props();
     const std::size_t n = size_;
-    std::size_t tile = std::min(n, std::max<std::size_t>(1024, kTileBudgetFloats / nq));
+    std::size_t tile = std::min(n, std::max<std::size_t>(1024, kTileBudgetFloats / 2 / nq));
     if (tile < n) tile = std::max<std::size_t>(256, tile / 256 * 256);
     tile = std::min<std::size_t>(tile, static_cast<std::size_t>(1) << 30);  // cuBLAS takes int sizes
     const std::size_t want_blocks = static_cast<std::size_t>(p.multiProcessorCount) * 2;
     std::size_t splits = nq >= want_blocks ? 1 : std::min(ceil_div(want_blocks, nq), std::max<std::size_t>(1, tile / 8192));
     splits = std::max<std::size_t>(1, splits);
-    Scratch tile_scores(*ctx_, nq * tile * sizeof(float), s);
+    const std::size_t tiles = ceil_div(n, tile);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
-    Scratch running(*ctx_, nq * kk * entry, s);
-    auto* rkeys = running.as<std::uint64_t>();
+    Carve c;
+    const std::size_t at_t0 = c.take(nq * tile * sizeof(float));
+    const std::size_t at_t1 = c.take(tiles > 1 ? nq * tile * sizeof(float) : 0);
+    const std::size_t at_run = c.take(nq * kk * entry);
+    const std::size_t at_cand = c.take(splits > 1 ? nq * splits * kk * entry : 0);
+    Scratch ws(*ctx_, c.at, s);
+    auto* base = ws.as<unsigned char>();
+    float* tile_buf[2] = {reinterpret_cast<float*>(base + at_t0), reinterpret_cast<float*>(base + at_t1)};
+    auto* rkeys = reinterpret_cast<std::uint64_t*>(base + at_run);
     auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
-    Scratch cand(*ctx_, splits > 1 ? nq * splits * kk * entry : 0, s);
-    auto* ckeys = cand.as<std::uint64_t>();
-    auto* cvals = splits > 1 ? reinterpret_cast<std::uint32_t*>(ckeys + nq * splits * kk) : nullptr;
+    auto* ckeys = reinterpret_cast<std::uint64_t*>(base + at_cand);
+    auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + nq * splits * kk);
     const int cap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
     const std::size_t shared = k::topk_shared_bytes(cap);
     with_metric(metric_, [&](auto m) {
@@ -643,27 +711,35 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
         auto merge = k::merge_lists_kernel<kHigher>;
         allow_shared(select, shared);
         allow_shared(merge, shared);
-        for (std::size_t c0 = 0; c0 < n; c0 += tile) {
+        for (std::size_t t = 0; t < tiles; ++t) {
+            const std::size_t c0 = t * tile;
             const std::size_t cols = std::min(tile, n - c0);
-            const bool first = c0 == 0;
-            gemm_scores(lane, dq, nq, c0, cols, tile_scores.as<float>());
+            const bool first = t == 0;
+            const int b = static_cast<int>(t % 2);
+            float* buf = tile_buf[b];
+            if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
+            gemm_scores(lane, dq, nq, c0, cols, buf);
+            check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
+            check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
             const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
             if (splits == 1) {
-                select<<<grid, k::kSelectBlock, shared, s>>>(tile_scores.as<float>(), cols, cols, c0, factors_, ordinals_,
-                                                             qf, static_cast<int>(kk), cap, first ? nullptr : rkeys,
-                                                             rvals, rkeys, rvals);
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors_, ordinals_, qf,
+                                                             static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals,
+                                                             rkeys, rvals);
                 check_launch("select_tile_kernel");
             } else {
-                select<<<grid, k::kSelectBlock, shared, s>>>(tile_scores.as<float>(), cols, cols, c0, factors_, ordinals_,
-                                                             qf, static_cast<int>(kk), cap, nullptr, nullptr, ckeys,
-                                                             cvals);
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors_, ordinals_, qf,
+                                                             static_cast<int>(kk), cap, nullptr, nullptr, ckeys, cvals);
                 check_launch("select_tile_kernel");
-                merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, s>>>(
+                merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
                     ckeys, cvals, splits * kk, static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals, rkeys, rvals,
                     nullptr, nullptr);
                 check_launch("merge_lists_kernel");
             }
+            check(cudaEventRecord(lane.tile_free[b], a), "cudaEventRecord");
         }
+        check(cudaEventRecord(lane.selected, a), "cudaEventRecord");
+        check(cudaStreamWaitEvent(s, lane.selected, 0), "cudaStreamWaitEvent");
         k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, p), 256, 0, s>>>(rkeys, rvals, nq * kk, dscores, dslots);
         check_launch("finalize_kernel");
     });

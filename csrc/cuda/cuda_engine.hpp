@@ -7,6 +7,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -56,6 +58,19 @@ class CudaEngine final : public Engine {
         std::size_t host_bytes = 0;
         unsigned long long* fault_device = nullptr;
         unsigned long long* fault_host = nullptr;
+        // Batches: selection on `aux` overlaps the next SGEMM tile on `stream`.
+        cudaStream_t aux = nullptr;
+        cudaEvent_t tile_scored[2] = {nullptr, nullptr};
+        cudaEvent_t tile_free[2] = {nullptr, nullptr};
+        cudaEvent_t selected = nullptr;
+    };
+    enum class Path { Fused, Gemm, Sorted };
+    struct Plan {
+        Path path = Path::Gemm;
+        std::size_t blocks = 0;  // fused: scan blocks
+        int cap = 0;             // fused: BlockTopK entries of a scan block
+        std::size_t shared = 0;  // fused: dynamic shared bytes of a scan block
+        std::size_t workspace = 0;  // bytes of scratch the path needs beyond queries/results
     };
     struct LaneDeleter {
         void operator()(Lane* lane) const;
@@ -73,11 +88,18 @@ class CudaEngine final : public Engine {
     void upload_rows(const float* rows, std::size_t n, float* dst);
     void finish_append(std::size_t n, const char* what);
 
+    Plan plan(std::size_t nq, std::size_t k) const;
     // Searches nq padded queries already on the device; results land in dscores/dslots.
-    void run_search(Lane& lane, const float* dq, std::size_t nq, std::size_t k, float* dscores,
-                    std::int64_t* dslots, unsigned long long* fault) const;
-    void search_fused(Lane& lane, const float* dq, const float* qf, std::size_t k,
+    // `work` holds plan.workspace bytes; fault (device queries) gets row faults.
+    void run_search(Lane& lane, const Plan& plan, const float* dq, std::size_t nq, std::size_t k,
+                    float* dscores, std::int64_t* dslots, void* work,
+                    unsigned long long* fault) const;
+    void search_fused(Lane& lane, const Plan& plan, const float* dq, std::size_t k, void* work,
                       float* dscores, std::int64_t* dslots) const;
+    // One pass over queries [q0, q0 + qn): upload or copy, search, results to the host.
+    void search_chunk(Lane& lane, const float* host_queries, const float* device_queries,
+                      std::size_t device_ld, std::size_t qn, std::size_t k, float* scores,
+                      std::int64_t* slots, float* device_scores) const;
     void search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k,
                      float* dscores, std::int64_t* dslots) const;
     void search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,
@@ -90,6 +112,7 @@ class CudaEngine final : public Engine {
     std::size_t ld_;  // row stride in floats, a multiple of 4 (16-byte aligned rows)
     Metric metric_;
     int max_select_k_;  // largest k the shared-memory selection handles
+    mutable std::array<std::atomic<int>, 32> scan_blocks_per_sm_{};  // by log2(cap); 0: unknown
 
     std::size_t size_ = 0;
     std::size_t capacity_ = 0;

@@ -108,9 +108,9 @@ constexpr int kScanBlock = 256;
 template <int kMetric, int kVpl>
 __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
-    const float4* __restrict__ query, const float* __restrict__ query_factor,
-    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals, int k,
-    int cap, std::uint64_t* __restrict__ out_keys, std::uint32_t* __restrict__ out_vals) {
+    const float4* __restrict__ query, const float* __restrict__ row_factor,
+    const std::uint32_t* __restrict__ ordinals, int k, int cap,
+    std::uint64_t* __restrict__ out_keys, std::uint32_t* __restrict__ out_vals) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int count;
@@ -121,7 +121,16 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     float4* q = reinterpret_cast<float4*>(smem + topk_shared_bytes(cap));
     for (std::size_t i = threadIdx.x; i < ld4; i += blockDim.x) q[i] = query[i];
     top.init(nullptr, nullptr);
-    const float qf = *query_factor;
+    // The query's factor, as row_stats_kernel computes it; every warp sums for itself.
+    double qq = 0.0;
+    for (std::size_t i = lane_id(); i < ld4; i += kWarpSize) {
+        const float4 v = q[i];
+        qq += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y +
+              static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
+    }
+    qq = warp_sum(qq);
+    const float qf = kMetric == kCosine ? (qq > 0.0 ? static_cast<float>(1.0 / sqrt(qq)) : 0.0f)
+                                        : static_cast<float>(qq);
     const std::size_t per_round = blockDim.x;
     for (std::size_t base = blockIdx.x * per_round; base < n; base += gridDim.x * per_round) {
         const std::size_t wbase = base + static_cast<std::size_t>(warp_id()) * kWarpSize;

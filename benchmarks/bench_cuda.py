@@ -1,0 +1,276 @@
+"""CUDA benchmarks, side by side in one process with PyTorch (``q @ X.T`` + ``torch.topk``)
+and CuPy (the same with ``cupy.argpartition``), fp32, k=10, random data, median of timed
+runs after warm-up. The database (3 GB) is far larger than L2. Also measured in the same
+run: the device's copy bandwidth and FP32 SGEMM rate, the limits each figure is set against.
+faiss-gpu is not installable on the GPU machine (no wheel for CUDA 13), so it is absent.
+
+    python benchmarks/bench_cuda.py --out DIR      # writes DIR/cuda_h100.json and .png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import hive_gpu
+
+K = 10
+
+
+def median_wall(fn, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        t.append(time.perf_counter() - t0)
+    return statistics.median(t)
+
+
+def median_events(torch, fn, runs: int, warmup: int = 3) -> float:
+    """Median device time (s) of fn's work on the current torch stream."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t = []
+    for _ in range(runs):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        t.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(t)
+
+
+def device_time_profiled(torch, fn, runs: int) -> float:
+    """Device time (s) per call of fn, from CUPTI: the sum of its kernels and copies."""
+    from torch.profiler import ProfilerActivity, profile
+
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    if os.environ.get("HIVE_GPU_BENCH_PROFILE"):
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=8))
+    total_us = 0.0
+    for e in prof.events():
+        if e.device_type.name == "CUDA":  # kernels and copies as the device ran them
+            total_us += e.time_range.elapsed_us()
+    return total_us / runs / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        import cupy
+    except Exception:  # noqa: BLE001
+        cupy = None
+
+    ctx = hive_gpu.CudaContext()
+    info = ctx.device_info()
+    res: dict = {"device": info.name, "driver": info.driver_version, "torch": torch.__version__,
+                 "cupy": getattr(cupy, "__version__", None), "host": platform.node(), "k": K, "results": {}}
+    R = res["results"]
+    runs = args.runs
+    rng = np.random.default_rng(0)
+    n, dim = (200_000, 768) if args.quick else (1_000_000, 768)
+
+    # -- limits: copy bandwidth and the FP32 SGEMM rate ---------------------------------
+    buf = torch.empty(2 << 30 >> 2, dtype=torch.float32, device="cuda").uniform_()
+    dst = torch.empty_like(buf)
+    t = median_events(torch, lambda: dst.copy_(buf), runs)
+    copy_bw = 2 * buf.numel() * 4 / t
+    del buf, dst
+    a = torch.randn(8192, 8192, device="cuda")
+    b = torch.randn(8192, 8192, device="cuda")
+    t = median_events(torch, lambda: a @ b, 10)
+    sgemm = 2 * 8192**3 / t
+    del a, b
+    res["limits"] = {"copy_bandwidth_Bps": copy_bw, "sgemm_flops": sgemm}
+    print(f"copy bandwidth {copy_bw / 1e12:.3f} TB/s (read+write); FP32 SGEMM {sgemm / 1e12:.1f} TFLOP/s")
+
+    # -- data -----------------------------------------------------------------------------
+    X = rng.standard_normal((n, dim), dtype=np.float32)
+    ids = [f"id{i}" for i in range(n)]
+    db_bytes = X.nbytes
+
+    # bulk add from NumPy (pinned buffers warmed by a first, smaller add)
+    warm = ctx.create_storage(dim, "cosine")
+    warm.add_vectors(ids[:100_000], X[:100_000])
+    warm.close()
+    s = ctx.create_storage(dim, "cosine")
+    t0 = time.perf_counter()
+    s.add_vectors(ids, X)
+    t_add = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    Xt_tmp = torch.from_numpy(X).cuda()
+    torch.cuda.synchronize()
+    t_torch_up = time.perf_counter() - t0
+    del Xt_tmp
+    # The same add from a device array: ids and bookkeeping only (plus a device copy), so
+    # the difference is the host-to-device data path.
+    dev_rows = torch.from_numpy(X).cuda()
+    s_dev = ctx.create_storage(dim, "cosine")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    s_dev.add_vectors(ids, dev_rows)
+    t_ids = time.perf_counter() - t0
+    s_dev.close()
+    del dev_rows
+    torch.cuda.empty_cache()
+    R["bulk_add"] = {"seconds": t_add, "GBps": db_bytes / t_add / 1e9,
+                     "ids_and_bookkeeping_s": t_ids,
+                     "data_path_GBps": db_bytes / max(t_add - t_ids, 1e-9) / 1e9,
+                     "torch_cuda_from_pageable_GBps": db_bytes / t_torch_up / 1e9, "bar_GBps": 20}
+    print(f"bulk add {n}x{dim}: {t_add * 1e3:.0f} ms = {db_bytes / t_add / 1e9:.1f} GB/s end to end; "
+          f"same add from a device array {t_ids * 1e3:.0f} ms, so the data path moves "
+          f"{R['bulk_add']['data_path_GBps']:.1f} GB/s (torch .cuda(): {db_bytes / t_torch_up / 1e9:.1f} GB/s)")
+
+    Xn = torch.from_numpy(X).cuda()
+    Xn = Xn / Xn.norm(dim=1, keepdim=True)  # peers get normalised rows too (norms once at insert)
+    Xc = cupy.asarray(Xn) if cupy is not None else None
+
+    def peers(nq: int, qs: np.ndarray):
+        qt = torch.from_numpy(qs).cuda()
+        qt = qt / qt.norm(dim=1, keepdim=True)
+
+        def torch_fn():
+            return torch.topk(qt @ Xn.T, K, dim=1)
+
+        out = {"torch": torch_fn}
+        if cupy is not None:
+            qc = cupy.asarray(qt)
+
+            def cupy_fn():
+                sc = qc @ Xc.T
+                part = cupy.argpartition(-sc, K, axis=1)[:, :K]
+                top = cupy.take_along_axis(sc, part, 1)
+                return cupy.take_along_axis(part, cupy.argsort(-top, axis=1), 1)
+
+            out["cupy"] = cupy_fn
+        return out
+
+    def bench_case(name: str, nq: int, e2e_bar=None, dev_bar=None):
+        qs = rng.standard_normal((nq, dim), dtype=np.float32)
+        if nq == 1:
+            ours = lambda: s.search(qs[0], K)  # noqa: E731
+        else:
+            ours = lambda: s.search_batch(qs, K)  # noqa: E731
+        r = {"nq": nq}
+        r["ours_e2e_s"] = median_wall(ours, runs)
+        r["ours_device_s"] = device_time_profiled(torch, ours, min(runs, 20))
+        for peer, fn in peers(nq, qs).items():
+            dev = median_events(torch, fn, runs)
+            r[f"{peer}_device_s"] = dev
+            def e2e(fn=fn):
+                fn()
+                torch.cuda.synchronize()
+            r[f"{peer}_e2e_s"] = median_wall(e2e, runs)
+        # bytes that must cross HBM (rows once) and flops, against the measured limits
+        r["fraction_of_copy_bw"] = (db_bytes / r["ours_device_s"]) / copy_bw
+        r["fraction_of_sgemm"] = (2.0 * nq * n * dim / r["ours_device_s"]) / sgemm
+        r["speedup_vs_torch_device"] = r["torch_device_s"] / r["ours_device_s"]
+        r["speedup_vs_torch_e2e"] = r["torch_e2e_s"] / r["ours_e2e_s"]
+        if cupy is not None:
+            r["speedup_vs_cupy_e2e"] = r["cupy_e2e_s"] / r["ours_e2e_s"]
+        r["bar_e2e_s"], r["bar_device_s"] = e2e_bar, dev_bar
+        R[name] = r
+        print(f"{name}: ours device {r['ours_device_s'] * 1e3:.3f} ms, e2e {r['ours_e2e_s'] * 1e3:.3f} ms | "
+              f"torch device {r['torch_device_s'] * 1e3:.3f} ms e2e {r['torch_e2e_s'] * 1e3:.3f} ms"
+              + (f" | cupy e2e {r['cupy_e2e_s'] * 1e3:.3f} ms" if cupy is not None else "")
+              + f" | {100 * r['fraction_of_copy_bw']:.1f}% of copy bw, {100 * r['fraction_of_sgemm']:.1f}% of SGEMM")
+
+    bench_case("single_1Mx768_cosine", 1, e2e_bar=1.30e-3, dev_bar=1.10e-3)
+    bench_case("batch16_1Mx768_cosine", 16, e2e_bar=1.4e-3)
+    bench_case("batch1024_1Mx768_cosine", 1024)
+    R["batch1024_1Mx768_cosine"]["bar_speedup_vs_torch"] = 1.2
+    s.close()
+    del Xn, Xc
+    torch.cuda.empty_cache()
+
+    # small store: end-to-end latency from Python
+    small = ctx.create_storage(dim, "cosine")
+    small.add_vectors(ids[:10_000], X[:10_000])
+    q = rng.standard_normal(dim, dtype=np.float32)
+    t = median_wall(lambda: small.search(q, K), 500, warmup=50)
+    R["small_10kx768_e2e"] = {"seconds": t, "bar_s": 60e-6}
+    print(f"small store 10k x 768 single query e2e: {t * 1e6:.1f} us")
+    small.close()
+    del X
+
+    # 10M x 128
+    n2 = 2_000_000 if args.quick else 10_000_000
+    X2 = rng.standard_normal((n2, 128), dtype=np.float32)
+    ids2 = [f"b{i}" for i in range(n2)]
+    big = ctx.create_storage(128, "euclidean")
+    t0 = time.perf_counter()
+    big.add_vectors(ids2, X2)
+    t_add2 = time.perf_counter() - t0
+    q2 = rng.standard_normal((16, 128), dtype=np.float32)
+    t_single = median_wall(lambda: big.search(q2[0], K), runs)
+    t_b16 = median_wall(lambda: big.search_batch(q2, K), runs)
+    hit = big.search(X2[1234567 % n2], 1)[0]
+    R["large_10Mx128_euclidean"] = {"n": n2, "add_s": t_add2, "add_GBps": X2.nbytes / t_add2 / 1e9,
+                                    "single_e2e_s": t_single, "batch16_e2e_s": t_b16,
+                                    "self_hit": hit.id == f"b{1234567 % n2}",
+                                    "fraction_of_copy_bw_single": X2.nbytes / t_single / copy_bw}
+    print(f"{n2}x128: add {t_add2:.2f} s ({X2.nbytes / t_add2 / 1e9:.1f} GB/s), single {t_single * 1e3:.3f} ms, "
+          f"16 queries {t_b16 * 1e3:.3f} ms, self hit {hit.id}")
+    big.close()
+
+    path = os.path.join(args.out, "cuda_h100.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=2)
+    print("wrote", path)
+    try:
+        plot(res, os.path.join(args.out, "cuda_h100.png"))
+    except Exception as e:  # noqa: BLE001 - the JSON is the record; the plot is a view of it
+        print("plot failed:", e)
+
+
+def plot(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    R = res["results"]
+    cases = ["single_1Mx768_cosine", "batch16_1Mx768_cosine", "batch1024_1Mx768_cosine"]
+    labels = ["1 query", "16 queries", "1024 queries"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    w = 0.25
+    for j, who in enumerate(["ours", "torch", "cupy"]):
+        vals = [R[c].get(f"{who}_e2e_s", np.nan) * 1e3 for c in cases]
+        ax.bar(np.arange(3) + (j - 1) * w, vals, w, label={"ours": "hive_gpu", "torch": "PyTorch", "cupy": "CuPy"}[who])
+    ax.set_xticks(np.arange(3), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms, end to end (log)")
+    ax.set_title(f"1M x 768 fp32 cosine, k=10 — {res['device']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

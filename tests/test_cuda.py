@@ -1,0 +1,365 @@
+"""CUDA-specific checks: device info, the memory pool, out-of-memory atomicity, the search
+paths (fused scan, SGEMM tiles, full sort) against a float64 reference, device arrays in
+and out, and concurrent searches. The shared suite covers the rest."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+import pytest
+
+import hive_gpu
+from hive_gpu import GpuDistanceMetric as M
+
+pytestmark = pytest.mark.skipif(
+    not hive_gpu.CudaContext.is_available(), reason=f"cuda: {hive_gpu.CudaContext.unavailable_reason()}"
+)
+
+METRICS = [M.COSINE, M.DOT_PRODUCT, M.EUCLIDEAN]
+
+
+@pytest.fixture(scope="module")
+def cctx() -> hive_gpu.CudaContext:
+    return hive_gpu.CudaContext()
+
+
+def reference(x: np.ndarray, q: np.ndarray, metric: M) -> np.ndarray:
+    """float64 scores [nq, n] in the user's units (Euclidean: distance)."""
+    x64, q64 = x.astype(np.float64), q.astype(np.float64)
+    if metric == M.DOT_PRODUCT:
+        return q64 @ x64.T
+    if metric == M.COSINE:
+        xn = np.linalg.norm(x64, axis=1)
+        qn = np.linalg.norm(q64, axis=1)
+        return (q64 @ x64.T) / np.outer(np.where(qn > 0, qn, 1), np.where(xn > 0, xn, 1))
+    d = (q64 * q64).sum(1)[:, None] - 2 * q64 @ x64.T + (x64 * x64).sum(1)[None, :]
+    return np.sqrt(np.maximum(d, 0))
+
+
+def check_results(scores, ids, x, q, metric, k, id_index):
+    """Returned scores match the reference scores of the returned ids and the reference
+    k-th best, best first; every id is real and appears once per query."""
+    ref = reference(x, q, metric)
+    higher = metric != M.EUCLIDEAN
+    kk = min(k, x.shape[0])
+    assert scores.shape == (q.shape[0], kk) and ids.shape == (q.shape[0], kk)
+    scale = np.abs(ref).max() + 1e-30
+    tol = 2e-5 * scale if metric != M.EUCLIDEAN else 2e-3 * scale
+    for i in range(q.shape[0]):
+        cols = np.array([id_index[s] for s in ids[i]])
+        assert len(set(cols.tolist())) == kk
+        np.testing.assert_allclose(scores[i], ref[i, cols], atol=tol, rtol=0)
+        best = np.sort(ref[i])[::-1][:kk] if higher else np.sort(ref[i])[:kk]
+        np.testing.assert_allclose(scores[i], best, atol=tol, rtol=0)
+        d = np.diff(scores[i].astype(np.float64))
+        assert (d <= 0).all() if higher else (d >= 0).all()
+
+
+def test_device_info_fields(cctx):
+    d = cctx.device_info()
+    assert d.backend == "cuda" and d.name and "unknown" not in d.name.lower()
+    assert d.vram_total > 1 << 30 and 0 < d.vram_available <= d.vram_total
+    assert d.vram_used == d.vram_total - d.vram_available
+    assert re.fullmatch(r"\d+\.\d+", d.compute_capability)
+    assert re.match(r"\d+\.\d+", d.driver_version)
+    assert d.max_threads_per_block >= 512 and d.max_shared_memory >= 48 * 1024
+    assert d.device_id == 0 and re.fullmatch(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d", d.pci_bus_id)
+    assert not d.unknown
+    assert hive_gpu.CudaContext.device_count() >= 1
+
+
+def test_invalid_device_id():
+    with pytest.raises(hive_gpu.InvalidDeviceIdError):
+        hive_gpu.CudaContext(device_id=hive_gpu.CudaContext.device_count())
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dim", [3, 13, 128, 768, 1500])
+@pytest.mark.parametrize("nq", [1, 7, 300])
+def test_search_paths_match_reference(cctx, rng, metric, dim, nq):
+    n = 3000 if dim < 1000 else 1200
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"r{i}" for i in range(n)]
+    s.add_vectors(ids, x)
+    index = {v: i for i, v in enumerate(ids)}
+    for k in (1, 10, 257):
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, x, q, metric, k, index)
+    hits = s.search(q[0], 5)
+    np.testing.assert_allclose([h.distance for h in hits], s.search_batch(q[:1], 5)[0][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_large_k_and_k_beyond_n(cctx, rng, metric):
+    # 2048 runs the shared-memory selection at its upper range; 20000 the full-sort path.
+    n, dim = 30000, 40
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal((3, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"r{i}" for i in range(n)]
+    s.add_vectors(ids, x)
+    index = {v: i for i, v in enumerate(ids)}
+    for k in (2048, 20000, n + 5):
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, x, q, metric, k, index)
+        one = s.search(q[1], k)
+        assert [h.id for h in one[:50]] == list(got[1][:50])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("nq", [1, 5])
+def test_ties_rank_older_first_after_removals(cctx, rng, metric, nq):
+    dim = 24
+    base = rng.standard_normal(dim).astype(np.float32)
+    other = rng.standard_normal((50, dim)).astype(np.float32) * 0.1 + 5
+    s = cctx.create_storage(dim, metric)
+    s.add_vectors([f"o{i}" for i in range(25)], other[:25])
+    s.add_vectors([f"d{i}" for i in range(6)], np.repeat(base[None], 6, axis=0))
+    s.add_vectors([f"o{i}" for i in range(25, 50)], other[25:])
+    # Swap-removes move the newest rows into old slots: slot order no longer equals age.
+    for i in (0, 3, 7, 11):
+        assert s.remove_vector(f"o{i}")
+    assert s.remove_vector("d1")
+    q = np.repeat(base[None], nq, axis=0) * (2.0 if metric != M.EUCLIDEAN else 1.0)
+    _, ids = s.search_batch(q, 5)
+    for row in ids:
+        assert list(row) == ["d0", "d2", "d3", "d4", "d5"]
+    assert [h.id for h in s.search(q[0], 3)] == ["d0", "d2", "d3"]
+
+
+def test_empty_store_and_removed_ids(cctx, rng):
+    s = cctx.create_storage(16, M.COSINE)
+    assert s.search(rng.standard_normal(16).astype(np.float32), 3) == []
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    s.add_vectors([f"v{i}" for i in range(40)], x)
+    s.remove_vectors([f"v{i}" for i in range(0, 40, 2)])
+    _, ids = s.search_batch(x, 40)
+    assert ids.shape == (40, 20)
+    assert all(int(v[1:]) % 2 == 1 for v in ids.ravel())
+    s.clear()
+    assert s.search_batch(x[:2], 3)[1].shape == (2, 0)
+    s.add_vectors(["again"], x[:1])
+    assert s.search(x[0], 2)[0].id == "again"
+
+
+def test_bulk_add_pipeline_roundtrip(cctx, rng):
+    # Beyond the small-append threshold: chunks go through several pinned buffers and threads.
+    n, dim = 20000, 301
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, M.EUCLIDEAN)
+    ids = [f"b{i}" for i in range(n)]
+    s.add_vectors(ids, x)
+    for i in (0, 1, 4097, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"b{i}").data, x[i])
+    _, got = s.search_batch(x[[5, 12345, n - 1]], 1)
+    assert list(got[:, 0]) == ["b5", "b12345", f"b{n - 1}"]
+    assert s.memory_usage() >= n * dim * 4
+
+
+def test_bad_bulk_add_leaves_store_unchanged(cctx, rng):
+    s = cctx.create_storage(8, M.COSINE)
+    s.add_vectors(["keep"], rng.standard_normal((1, 8)).astype(np.float32))
+    x = rng.standard_normal((300000, 8)).astype(np.float32)
+    x[123456, 3] = np.nan
+    with pytest.raises(hive_gpu.NonFiniteValueError, match="row 123456"):
+        s.add_vectors([f"x{i}" for i in range(len(x))], x)
+    x[123456, 3] = 0
+    x[200000] = 3e38
+    with pytest.raises(hive_gpu.InvalidArgumentError, match="row 200000"):
+        s.add_vectors([f"x{i}" for i in range(len(x))], x)
+    assert len(s) == 1 and s.ids() == ["keep"]
+    assert s.search(x[0], 5)[0].id == "keep"
+
+
+def test_pool_config_and_stats(cctx, rng):
+    s = cctx.create_storage(64, M.DOT_PRODUCT)
+    s.add_vectors([f"p{i}" for i in range(5000)], rng.standard_normal((5000, 64)).astype(np.float32))
+    before = cctx.pool_stats()
+    s.search_batch(rng.standard_normal((64, 64)).astype(np.float32), 10)
+    after = cctx.pool_stats()
+    assert after.allocations > before.allocations
+    assert after.device_allocations <= after.allocations
+    assert after.peak_bytes >= after.used_bytes and after.reserved_bytes >= after.used_bytes
+    old = (after.release_threshold, after.max_bytes)
+    try:
+        cctx.configure_pool(release_threshold=123 << 20, max_bytes=4096)
+        st = cctx.pool_stats()
+        assert (st.release_threshold, st.max_bytes) == (123 << 20, 4096)
+        with pytest.raises(hive_gpu.OutOfMemoryError, match="pool cap"):
+            s.search_batch(rng.standard_normal((64, 64)).astype(np.float32), 10)
+        assert len(s) == 5000
+    finally:
+        cctx.configure_pool(release_threshold=old[0], max_bytes=old[1])
+    assert s.search_batch(rng.standard_normal((2, 64)).astype(np.float32), 3)[1].shape == (2, 3)
+
+
+def test_out_of_memory_leaves_store_intact(cctx, rng):
+    torch = pytest.importorskip("torch")
+    s = cctx.create_storage(256, M.COSINE)
+    x = rng.standard_normal((1000, 256)).astype(np.float32)
+    s.add_vectors([f"k{i}" for i in range(1000)], x)
+    free, _ = torch.cuda.mem_get_info()
+    hog = torch.empty(max(free - (256 << 20), 0), dtype=torch.uint8, device="cuda")
+    try:
+        big = np.ones((1_000_000, 256), dtype=np.float32)  # 1 GiB: more than is left
+        with pytest.raises(hive_gpu.OutOfMemoryError):
+            s.add_vectors([f"big{i}" for i in range(len(big))], big)
+    finally:
+        del hog
+        torch.cuda.empty_cache()
+    assert len(s) == 1000 and "big0" not in s
+    _, ids = s.search_batch(x[:3], 1)
+    assert list(ids[:, 0]) == ["k0", "k1", "k2"]
+
+
+# ---- device arrays ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_torch_arrays_in_and_out(cctx, rng, metric):
+    torch = pytest.importorskip("torch")
+    n, dim = 4000, 70
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal((9, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"t{i}" for i in range(n)]
+    s.add_vectors(ids, torch.from_numpy(x).cuda())
+    np.testing.assert_array_equal(s.get_vector("t17").data, x[17])
+    host_scores, host_ids = s.search_batch(q, 10)
+    tq = torch.from_numpy(q).cuda()
+    scores, got = s.search_batch(tq, 10)
+    assert isinstance(scores, np.ndarray)
+    np.testing.assert_array_equal(got, host_ids)
+    np.testing.assert_allclose(scores, host_scores, rtol=1e-6, atol=1e-6)
+    dscores, got2 = s.search_batch(tq, 10, device_output=True)
+    assert isinstance(dscores, torch.Tensor) and dscores.is_cuda and dscores.shape == (9, 10)
+    np.testing.assert_allclose(dscores.cpu().numpy(), host_scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got2, host_ids)
+    assert [h.id for h in s.search(tq[3], 4)] == list(host_ids[3, :4])
+    check_results(dscores.cpu().numpy(), got2, x, q, metric, 10, {v: i for i, v in enumerate(ids)})
+
+
+def test_torch_strided_and_converted_inputs(cctx, rng):
+    torch = pytest.importorskip("torch")
+    wide = torch.from_numpy(rng.standard_normal((100, 48)).astype(np.float32)).cuda()
+    view = wide[:, :32]  # row stride 48: read in place
+    s = cctx.create_storage(32, M.DOT_PRODUCT)
+    s.add_vectors([f"s{i}" for i in range(100)], view)
+    np.testing.assert_array_equal(s.get_vector("s42").data, view[42].cpu().numpy())
+    s.add_vectors(["half"], view[:1].to(torch.float16))
+    wider = torch.from_numpy(rng.standard_normal((1, 64)).astype(np.float32)).cuda()
+    s.add_vectors(["col"], wider[:, ::2])  # stride 2 along the row: copied by torch first
+    np.testing.assert_array_equal(s.get_vector("col").data, wider[0, ::2].cpu().numpy())
+    with pytest.raises(hive_gpu.InvalidDtypeError):
+        s.add_vectors(["int"], torch.ones((1, 32), dtype=torch.int32, device="cuda"))
+    _, ids = s.search_batch(view[:4], 1)
+    assert list(ids[:, 0]) == [s_id for s_id in _best_dot_ids(view[:4].cpu().numpy(), s)]
+
+
+def _best_dot_ids(q, s):
+    all_ids = s.ids()
+    vecs = np.stack([s.get_vector(i).data for i in all_ids])
+    return [all_ids[int(np.argmax(vecs @ qq))] for qq in q]
+
+
+def test_device_rows_are_checked_on_the_device(cctx, rng):
+    torch = pytest.importorskip("torch")
+    s = cctx.create_storage(16, M.COSINE)
+    s.add_vectors(["keep"], rng.standard_normal((1, 16)).astype(np.float32))
+    bad = torch.from_numpy(rng.standard_normal((50, 16)).astype(np.float32)).cuda()
+    bad[31, 2] = float("inf")
+    with pytest.raises(hive_gpu.NonFiniteValueError, match="row 31"):
+        s.add_vectors([f"b{i}" for i in range(50)], bad)
+    assert s.ids() == ["keep"]
+    with pytest.raises(hive_gpu.NonFiniteValueError):
+        s.search_batch(bad[30:33], 1)
+    with pytest.raises(hive_gpu.DimensionMismatchError):
+        s.search(bad[0, :8], 1)
+    with pytest.raises(hive_gpu.InvalidArgumentError):
+        s.add_vectors(["a", "b"], bad[:3])
+
+
+def test_producer_stream_is_respected(cctx, rng):
+    torch = pytest.importorskip("torch")
+    s = cctx.create_storage(256, M.DOT_PRODUCT)
+    side = torch.cuda.Stream()
+    big = torch.randn(4096, 4096, device="cuda")
+    with torch.cuda.stream(side):
+        # A long product queued before the rows are written on the side stream.
+        for _ in range(8):
+            big = big @ big / 64
+        rows = torch.zeros(2000, 256, device="cuda")
+        rows += torch.arange(2000, device="cuda", dtype=torch.float32)[:, None] / 1000
+        s.add_vectors([f"z{i}" for i in range(2000)], rows)
+        q = torch.ones(1, 256, device="cuda")
+        _, ids = s.search_batch(q, 1)
+    assert ids[0, 0] == "z1999"
+    np.testing.assert_allclose(s.get_vector("z1000").data, np.full(256, 1.0, np.float32))
+
+
+def test_cupy_and_dlpack_inputs(cctx, rng):
+    cupy = pytest.importorskip("cupy")
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((500, 20)).astype(np.float32)
+    s = cctx.create_storage(20, M.EUCLIDEAN)
+    s.add_vectors([f"c{i}" for i in range(500)], cupy.asarray(x))
+    scores, ids = s.search_batch(cupy.asarray(x[:3]), 2, device_output=True)
+    assert isinstance(scores, cupy.ndarray)
+    assert list(ids[:, 0]) == ["c0", "c1", "c2"]
+    np.testing.assert_allclose(cupy.asnumpy(scores[:, 0]), 0, atol=1e-3)
+
+    class DLPackOnly:  # a producer without __cuda_array_interface__
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack__(self, stream=None):
+            return self.t.__dlpack__(stream=stream)
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+    s.add_vectors(["dl0", "dl1"], DLPackOnly(torch.from_numpy(x[:2] + 100).cuda()))
+    assert s.search(DLPackOnly(torch.from_numpy(x[1] + 100).cuda()), 1)[0].id == "dl1"
+
+
+def test_concurrent_searches_from_threads(cctx, rng):
+    n, dim = 50000, 96
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, M.COSINE)
+    s.add_vectors([f"c{i}" for i in range(n)], x)
+    queries = [rng.standard_normal((nq, dim)).astype(np.float32) for nq in (1, 3, 64, 1, 200, 1, 8, 1)]
+    expected = [s.search_batch(q, 7) for q in queries]
+    errors: list[BaseException] = []
+
+    def work(t):
+        try:
+            for r in range(6):
+                i = (t + r) % len(queries)
+                sc, ids = s.search_batch(queries[i], 7)
+                np.testing.assert_array_equal(ids, expected[i][1])
+                np.testing.assert_array_equal(sc, expected[i][0])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_update_and_swap_remove_on_device(cctx, rng):
+    s = cctx.create_storage(10, M.EUCLIDEAN)
+    x = rng.standard_normal((100, 10)).astype(np.float32)
+    s.add_vectors([f"u{i}" for i in range(100)], x)
+    y = rng.standard_normal(10).astype(np.float32) * 50
+    assert s.update_vector("u3", y)
+    assert s.search(y, 1)[0].id == "u3" and s.search(y, 1)[0].distance == pytest.approx(0, abs=1e-3)
+    s.remove_vector("u0")  # u99 moves into slot 0
+    np.testing.assert_array_equal(s.get_vector("u99").data, x[99])
+    assert s.search(x[99], 1)[0].id == "u99"
