@@ -14,21 +14,29 @@ namespace hive_gpu {
 
 class VectorStorage;
 
+// Always held by std::shared_ptr (create_context returns one); every storage and engine
+// made from a context keeps it alive, so the caller may drop its own pointer first.
 class Context : public std::enable_shared_from_this<Context> {
    public:
     virtual ~Context() = default;
 
     // "cpu", "cuda", "rocm", "metal" or "webgpu".
     virtual std::string backend() const = 0;
+    // A fresh snapshot: free/used memory are read from the driver at each call. Fields the
+    // backend cannot know are 0 or empty and named in DeviceInfo::unknown.
     virtual DeviceInfo device_info() const = 0;
 
-    // A fresh, empty engine bound to this context. Engines keep their context alive.
+    // A fresh, empty engine bound to this context. Engines keep their context alive. Users
+    // call create_storage() instead; this is the hook a backend implements.
     virtual std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) = 0;
 
+    // The device memory pool shared by this context's engines (backends without one report
+    // zeros and ignore the configuration).
     virtual PoolStats pool_stats() const { return {}; }
     virtual void set_pool_config(const PoolConfig& config) { (void)config; }
 
-    // dimension >= 1; throws InvalidArgumentError otherwise.
+    // An empty store of `dimension`-float rows compared with `metric`, held on this device.
+    // 1 <= dimension <= kMaxDimension; throws InvalidArgumentError otherwise.
     std::shared_ptr<VectorStorage> create_storage(std::size_t dimension, Metric metric);
 };
 

@@ -30,15 +30,19 @@ class DuplicateIdError : public InvalidArgumentError {
     using InvalidArgumentError::InvalidArgumentError;
 };
 
+// An id that had to exist does not. VectorStorage's own calls answer an unknown id with
+// false or std::nullopt rather than throwing this.
 class VectorNotFoundError : public Error {
    public:
     using Error::Error;
 };
 
+// The backend has no driver or no usable device here ("auto": no backend has one).
 class NoDeviceError : public Error {
    public:
     using Error::Error;
 };
+// A device id outside [0, device_count(backend)).
 class InvalidDeviceIdError : public Error {
    public:
     using Error::Error;
@@ -68,6 +72,7 @@ class IoError : public Error {
     using Error::Error;
 };
 
+// A call on a VectorStorage after close().
 class StorageClosedError : public Error {
    public:
     using Error::Error;

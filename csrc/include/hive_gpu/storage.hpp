@@ -23,8 +23,14 @@ inline constexpr std::size_t kMaxDimension = 1u << 20;
 // Squared norms above this could overflow float32 distance arithmetic.
 inline constexpr double kMaxSquaredNorm = 3.4028234663852886e38 / 4.0;
 
+// Made by Context::create_storage() or VectorStorage::load(). Rows are `dimension()` floats,
+// row major, in host memory unless a *_device call says otherwise.
+//
 // Thread safety: any number of concurrent readers (search, get, contains, size), writers
 // exclusive. Every mutating call is all-or-nothing: when it throws, the store is unchanged.
+// Validation: a row of the wrong length throws DimensionMismatchError, NaN or infinity
+// NonFiniteValueError, an empty id or one over kMaxIdBytes InvalidArgumentError. Every call
+// on a closed store throws StorageClosedError.
 class VectorStorage {
    public:
     VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<Engine> engine);
@@ -37,15 +43,18 @@ class VectorStorage {
     const std::shared_ptr<Context>& context() const { return context_; }
     std::size_t size() const;
     bool contains(const std::string& id) const;
-    std::vector<std::string> ids() const;  // slot order
+    std::vector<std::string> ids() const;  // slot order (changes with removals)
+    // Bytes the engine holds for rows and per-row data (device memory on GPU backends).
     std::size_t memory_bytes() const;
 
-    // Throws DuplicateIdError if `id` exists.
+    // `len` must equal dimension(). Throws DuplicateIdError if `id` exists.
     void add_vector(const std::string& id, const float* data, std::size_t len,
                     const Metadata& metadata = {});
-    // n rows of `dim` floats, row major; metadata empty or one per row. All or nothing.
+    // n rows of `dim` floats, row major; metadata empty or one per row. All or nothing: one
+    // bad row, or an id repeated in `ids` or already stored, rejects the whole batch.
     void add_vectors(const std::vector<std::string>& ids, const float* data, std::size_t n,
                      std::size_t dim, const std::vector<Metadata>& metadata = {});
+    // Replaces the row of `id` (its insertion order, hence its rank among ties, stays).
     // false when `id` is unknown. metadata == nullptr keeps the current metadata.
     bool update_vector(const std::string& id, const float* data, std::size_t len,
                        const Metadata* metadata = nullptr);
@@ -55,11 +64,15 @@ class VectorStorage {
     std::size_t remove_vectors(const std::vector<std::string>& ids);
     void clear();
 
+    // Copies: the row bit for bit as it was given, and its metadata. nullopt for an unknown id.
     std::optional<Vector> get_vector(const std::string& id) const;
     std::optional<Metadata> get_metadata(const std::string& id) const;
 
-    // k >= 1 (InvalidArgumentError otherwise); returns min(k, size()) hits, best first.
+    // k >= 1 (InvalidArgumentError otherwise); returns min(k, size()) hits, best first (an
+    // empty store returns none). SearchHit::score follows Metric; equal scores rank the
+    // vector added first first. The query is validated like a row.
     std::vector<SearchHit> search(const float* query, std::size_t len, std::int64_t k) const;
+    // nq queries of `dim` floats, row major; the result holds nq rows of min(k, size()) hits.
     BatchResult search_batch(const float* queries, std::size_t nq, std::size_t dim,
                              std::int64_t k) const;
 
@@ -77,7 +90,9 @@ class VectorStorage {
                                     std::size_t ld, std::int64_t k, std::uintptr_t stream,
                                     float* device_scores = nullptr) const;
 
-    // Persistence (see docs/format.md). save() is atomic: temp file, fsync, rename.
+    // Persistence (see docs/format.md). save() is atomic: temp file, fsync, rename. load()
+    // puts the rows on `context`'s device, whichever backend saved them. Failures throw
+    // IoError (file system) or CorruptFileError (not a hive_gpu file, truncated, damaged).
     void save(const std::string& path) const;
     static std::shared_ptr<VectorStorage> load(const std::shared_ptr<Context>& context,
                                                const std::string& path);
