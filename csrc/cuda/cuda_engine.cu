@@ -23,6 +23,7 @@ namespace {
 constexpr std::size_t kQueryChunk = 4096;                    // queries per device pass
 constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both SGEMM score tiles: 256 MiB
 constexpr std::size_t kBlasWorkspace = std::size_t{32} << 20;
+constexpr std::size_t kSkinnyMaxQueries = 16;
 constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
@@ -689,6 +690,9 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
     std::size_t splits = nq >= want_blocks ? 1 : std::min(ceil_div(want_blocks, nq), std::max<std::size_t>(1, tile / 8192));
     splits = std::max<std::size_t>(1, splits);
     const std::size_t tiles = ceil_div(n, tile);
+    // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
+    const bool skinny = nq <= kSkinnyMaxQueries &&
+                        kSkinnyMaxQueries * ld_ * sizeof(float) <= p.sharedMemPerBlockOptin;
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     Carve c;
     const std::size_t at_t0 = c.take(nq * tile * sizeof(float));
@@ -718,7 +722,10 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
             const int b = static_cast<int>(t % 2);
             float* buf = tile_buf[b];
             if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
-            gemm_scores(lane, dq, nq, c0, cols, buf);
+            if (skinny)
+                skinny_scores(lane, dq, nq, c0, cols, buf);
+            else
+                gemm_scores(lane, dq, nq, c0, cols, buf);
             check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
             check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
             const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
@@ -743,6 +750,33 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
         k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, p), 256, 0, s>>>(rkeys, rvals, nq * kk, dscores, dslots);
         check_launch("finalize_kernel");
     });
+}
+
+void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+                               std::size_t cols, float* out) const {
+    const std::size_t ld4 = ld_ / 4;
+    auto launch = [&](auto qn) {
+        constexpr int Q = decltype(qn)::value;
+        with_vpl(ld4, [&](auto v) {
+            auto kernel = k::skinny_dots_kernel<Q, decltype(v)::value>;
+            const std::size_t shared = Q * ld_ * sizeof(float);
+            allow_shared(kernel, shared);
+            int per_sm = 0;
+            check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kSkinnyBlock, shared),
+                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+            const std::size_t blocks = std::min<std::size_t>(
+                static_cast<std::size_t>(std::max(per_sm, 1)) * ctx_->props().multiProcessorCount,
+                std::max<std::size_t>(1, ceil_div(cols, 2 * (k::kSkinnyBlock / k::kWarpSize))));
+            kernel<<<static_cast<unsigned>(blocks), k::kSkinnyBlock, shared, lane.stream>>>(
+                reinterpret_cast<const float4*>(rows_ + col0 * ld_), ld4, cols, reinterpret_cast<const float4*>(dq),
+                static_cast<int>(nq), out, cols);
+            check_launch("skinny_dots_kernel");
+        });
+    };
+    if (nq <= 2) launch(std::integral_constant<int, 2>{});
+    else if (nq <= 4) launch(std::integral_constant<int, 4>{});
+    else if (nq <= 8) launch(std::integral_constant<int, 8>{});
+    else launch(std::integral_constant<int, 16>{});
 }
 
 void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,

@@ -104,6 +104,8 @@ class CudaEngine final : public Engine {
                      float* dscores, std::int64_t* dslots) const;
     void search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,
                        std::size_t k, float* dscores, std::int64_t* dslots) const;
+    void skinny_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+                       std::size_t cols, float* out) const;
     void gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
                      std::size_t cols, float* out) const;
 

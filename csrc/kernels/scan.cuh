@@ -174,6 +174,81 @@ __global__ void user_scores_kernel(const float* __restrict__ in, std::size_t n,
         out[i] = kRoot ? sqrtf(fmaxf(in[i], 0.0f)) : in[i];
 }
 
+constexpr int kSkinnyBlock = 256;
+
+// Dot products of a few queries (nq <= kQ <= 16) with rows [0, n): out[j * ld_out + r].
+// A skinny matrix product that stays bound by the rows' bandwidth: each warp streams two
+// rows at a time, the queries sit in shared memory, and the 2 * kQ partial sums of a lane
+// are reduced across the warp with a butterfly that leaves one finished sum per lane
+// (2 * kQ - 1 shuffles instead of 5 per sum).
+template <int kQ, int kVpl>
+__global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
+    const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
+    const float4* __restrict__ queries, int nq, float* __restrict__ out, std::size_t ld_out) {
+    constexpr int kRowsPerStep = 2;
+    constexpr int kV = kRowsPerStep * kQ;  // sums per lane before the reduction, <= 32
+    static_assert(kV <= 32, "one finished sum per lane needs at most 32 sums");
+    extern __shared__ __align__(16) unsigned char smem[];
+    float4* qs = reinterpret_cast<float4*>(smem);
+    for (std::size_t i = threadIdx.x; i < static_cast<std::size_t>(kQ) * ld4; i += blockDim.x)
+        qs[i] = i / ld4 < static_cast<std::size_t>(nq) ? queries[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+    __syncthreads();
+    const int lane = lane_id();
+    const std::size_t warp = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+    const std::size_t warps = static_cast<std::size_t>(gridDim.x) * blockDim.x / kWarpSize;
+    for (std::size_t r0 = warp * kRowsPerStep; r0 < n; r0 += warps * kRowsPerStep) {
+        float acc[kV];
+#pragma unroll
+        for (int i = 0; i < kV; ++i) acc[i] = 0.0f;
+        for (std::size_t c0 = 0; c0 < ld4; c0 += static_cast<std::size_t>(kVpl) * kWarpSize) {
+            float4 v[kRowsPerStep][kVpl];
+#pragma unroll
+            for (int r = 0; r < kRowsPerStep; ++r) {
+#pragma unroll
+                for (int c = 0; c < kVpl; ++c) {
+                    const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
+                    v[r][c] = (r0 + r < n && col < ld4) ? __ldg(rows + (r0 + r) * ld4 + col)
+                                                        : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < kVpl; ++c) {
+                const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
+                if (col < ld4) {
+#pragma unroll
+                    for (int j = 0; j < kQ; ++j) {
+                        const float4 b = qs[j * ld4 + col];
+#pragma unroll
+                        for (int r = 0; r < kRowsPerStep; ++r) {
+                            const float4 a = v[r][c];
+                            acc[r * kQ + j] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                        }
+                    }
+                }
+            }
+        }
+        // Lanes further apart than kV add all their sums; closer ones split them in halves.
+#pragma unroll
+        for (int off = kWarpSize / 2; off >= kV; off >>= 1) {
+#pragma unroll
+            for (int i = 0; i < kV; ++i) acc[i] += shfl_xor(acc[i], off);
+        }
+#pragma unroll
+        for (int off = kV / 2; off > 0; off >>= 1) {
+            const bool upper = (lane & off) != 0;
+#pragma unroll
+            for (int i = 0; i < off; ++i) {
+                const float send = upper ? acc[i] : acc[i + off];
+                const float keep = upper ? acc[i + off] : acc[i];
+                acc[i] = keep + shfl_xor(send, off);
+            }
+        }
+        const int idx = lane & (kV - 1);  // the sum this lane finished: row idx / kQ, query idx % kQ
+        const int r = idx / kQ, j = idx % kQ;
+        if (lane < kV && j < nq && r0 + r < n) out[static_cast<std::size_t>(j) * ld_out + r0 + r] = acc[0];
+    }
+}
+
 // Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols.
 // Block (q, s) takes the s-th of gridDim.y column ranges and writes its k best keys to
 // out[(q * gridDim.y + s) * k]; with one range it starts from seed (the running top-k).
