@@ -39,8 +39,10 @@ fi
 
 if has tests; then
   step "shared suite on WgpuContext"
-  (cd /tmp && HIVE_GPU_TEST_BACKENDS=webgpu timeout 400 $PY -m pytest -q -p no:cacheprovider "$OLDPWD/tests" \
-      --timeout=120 2>&1 || true) | tee "$OUT/pytest_webgpu.log" | tail -n 25
+  # -k webgpu: the WebGPU parametrizations of the shared suite plus tests/test_webgpu.py.
+  (cd /tmp && HIVE_GPU_TEST_BACKENDS=webgpu timeout "${HIVE_GPU_TEST_TIMEOUT:-300}" $PY -m pytest -q \
+      -p no:cacheprovider "$OLDPWD/tests" -k webgpu --timeout=120 --durations=10 2>&1 || true) \
+      | tee "$OUT/pytest_webgpu.log" | tail -n 40
   grep -qE "^(FAILED|ERROR)| failed| error" "$OUT/pytest_webgpu.log" && status=1
 fi
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "hive_gpu/backends.hpp"
@@ -131,6 +133,7 @@ Runtime make_runtime() {
     std::string arch = str(ai.architecture);
     d.compute_capability = std::string(adapter_type_name(ai.adapterType)) +
                            (arch.empty() ? "" : ", " + arch) + ", vendor " + str(ai.vendor);
+    rt.host_memory = ai.adapterType == WGPUAdapterType_CPU;
     api.wgpuAdapterInfoFreeMembers(ai);
     if (const char* want = std::getenv("HIVE_GPU_WEBGPU_ADAPTER"); want && *want) {
         if (lower(d.name).find(lower(want)) == std::string::npos) {
@@ -229,6 +232,22 @@ WgpuContext::~WgpuContext() {
     for (auto& [k, m] : modules_) a.wgpuShaderModuleRelease(m);
     if (queue_) a.wgpuQueueRelease(queue_);
     if (device_) a.wgpuDeviceRelease(device_);
+}
+
+std::uint64_t WgpuContext::allocatable_bytes() const {
+    if (!rt_.host_memory) return 0;
+    // A software adapter fills allocations page by page; past this the host would swap.
+    std::ifstream f("/proc/meminfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (line.rfind("MemAvailable:", 0) == 0) {
+            std::istringstream in(line.substr(13));
+            std::uint64_t kb = 0;
+            in >> kb;
+            return kb * 1024;
+        }
+    }
+    return 0;
 }
 
 void WgpuContext::on_error(WGPUDevice const*, WGPUErrorType type, WGPUStringView message, void* self, void*) {

@@ -26,6 +26,7 @@ struct Runtime {
     WGPUAdapter adapter = nullptr;
     WGPULimits limits{};
     DeviceInfo info;
+    bool host_memory = false;  // a CPU adapter (lavapipe): "device" memory is host memory
     std::string unavailable;  // "" when usable
 };
 const Runtime& runtime();
@@ -68,6 +69,9 @@ class WgpuContext final : public Context {
     // The device's limits (the adapter's, all requested).
     const WGPULimits& limits() const { return rt_.limits; }
     std::mutex& gpu_mutex() const { return gpu_mutex_; }
+    // Bytes a new allocation may still take, when knowable: host MemAvailable for CPU
+    // adapters; 0 = unknown (GPU drivers report exhaustion themselves).
+    std::uint64_t allocatable_bytes() const;
 
     // The calls below expect gpu_mutex() held.
     // Throws OutOfMemoryError when the device refuses the allocation.

@@ -80,6 +80,11 @@ WgpuEngine::Chunk WgpuEngine::make_chunk(std::size_t cap) const {
 void WgpuEngine::reserve(std::size_t rows) {
     if (rows <= capacity()) return;
     const std::size_t rpc = rows_per_chunk_;
+    const std::uint64_t want = std::uint64_t{rows - capacity()} * (dim4_ * 16 + 8);
+    if (const std::uint64_t avail = ctx_->allocatable_bytes(); avail && want > avail)
+        throw OutOfMemoryError("webgpu: " + std::to_string(rows) + " rows need " + std::to_string(want) +
+                               " more bytes; the adapter's memory (host memory) has " +
+                               std::to_string(avail) + " available");
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     // Build everything first: a failed allocation leaves the engine untouched.
     Chunk grown;
