@@ -3,6 +3,7 @@
 set(_cpu_dir ${CMAKE_CURRENT_LIST_DIR})
 target_sources(hive_gpu PRIVATE
   ${_cpu_dir}/thread_pool.cpp
+  ${_cpu_dir}/host_buffer.cpp
   ${_cpu_dir}/dispatch.cpp
   ${_cpu_dir}/kernels_generic.cpp)
 

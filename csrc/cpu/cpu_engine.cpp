@@ -26,8 +26,10 @@ float CpuEngine::row_factor(const float* row) const {
 }
 
 void CpuEngine::reserve(std::size_t rows) {
+    if (rows > std::numeric_limits<std::size_t>::max() / (dim_ * sizeof(float)))
+        throw OutOfMemoryError("cpu: cannot reserve " + std::to_string(rows) + " rows");
+    // The vectors first: if they throw, the row buffer is still as it was.
     try {
-        rows_.reserve(rows * dim_);
         factors_.reserve(rows);
         ordinals_.reserve(rows);
     } catch (const std::bad_alloc&) {
@@ -35,12 +37,15 @@ void CpuEngine::reserve(std::size_t rows) {
     } catch (const std::length_error&) {
         throw OutOfMemoryError("cpu: cannot reserve " + std::to_string(rows) + " rows");
     }
+    rows_.reserve(rows * dim_, size() * dim_);
 }
 
 void CpuEngine::append(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
-    const std::size_t need = size() + n;
-    if (need > ordinals_.capacity()) reserve(std::max(need, ordinals_.capacity() * 2));
-    rows_.insert(rows_.end(), rows, rows + n * dim_);
+    if (n == 0) return;
+    const std::size_t old = size(), need = old + n;
+    if (need * dim_ > rows_.capacity() || need > ordinals_.capacity() || need > factors_.capacity())
+        reserve(std::max(need, old * 2));
+    std::memcpy(rows_.data() + old * dim_, rows, n * dim_ * sizeof(float));
     for (std::size_t i = 0; i < n; ++i) factors_.push_back(row_factor(rows + i * dim_));
     ordinals_.insert(ordinals_.end(), ordinals, ordinals + n);
 }
@@ -57,11 +62,10 @@ void CpuEngine::move(std::size_t src, std::size_t dst) {
 }
 
 void CpuEngine::truncate(std::size_t n) {
-    rows_.resize(n * dim_);
     factors_.resize(n);
     ordinals_.resize(n);
     if (n == 0) {
-        rows_.shrink_to_fit();
+        rows_.release();
         factors_.shrink_to_fit();
         ordinals_.shrink_to_fit();
     }
@@ -72,6 +76,7 @@ void CpuEngine::set_ordinals(const std::uint32_t* ordinals, std::size_t n) {
 }
 
 void CpuEngine::read(std::size_t first, std::size_t n, float* out) const {
+    if (n == 0) return;
     std::memcpy(out, rows_.data() + first * dim_, n * dim_ * sizeof(float));
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/host_buffer.hpp"
 #include "hive_gpu/context.hpp"
 #include "hive_gpu/engine.hpp"
 
@@ -42,7 +43,7 @@ class CpuEngine final : public Engine {
     std::shared_ptr<CpuContext> context_;
     std::size_t dim_;
     Metric metric_;
-    std::vector<float> rows_;
+    HostBuffer rows_;  // size() * dim_ floats in use
     std::vector<float> factors_;
     std::vector<std::uint32_t> ordinals_;
 };
