@@ -115,7 +115,7 @@ def test_large_k_and_k_beyond_n(cctx, rng, metric):
 def test_ties_rank_older_first_after_removals(cctx, rng, metric, nq):
     dim = 24
     base = rng.standard_normal(dim).astype(np.float32)
-    other = rng.standard_normal((50, dim)).astype(np.float32) * 0.1 + 5
+    other = rng.standard_normal((50, dim)).astype(np.float32) * 0.1  # far below the duplicates
     s = cctx.create_storage(dim, metric)
     s.add_vectors([f"o{i}" for i in range(25)], other[:25])
     s.add_vectors([f"d{i}" for i in range(6)], np.repeat(base[None], 6, axis=0))

@@ -654,9 +654,14 @@ void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::
                 ordinals_, static_cast<int>(kk), pl.cap, ckeys, cvals);
             check_launch("scan_query_kernel");
         });
-        const int mcap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
+        // Short candidate lists (small stores) merge one item per thread per round: a
+        // smaller shared array, so a cheaper sort, where latency is what counts.
+        constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
+        const bool short_list = pl.blocks * kk <= 4 * static_cast<std::size_t>(k::kSelectBlock);
+        const int items = short_list ? 1 : k::kSelectItems;
+        const int mcap = next_pow2(kk + k::kSelectBlock * items);
         const std::size_t mshared = k::topk_shared_bytes(mcap);
-        auto merge = k::merge_lists_kernel<k::MetricTraits<decltype(m)::value>::kHigherFirst>;
+        auto merge = short_list ? k::merge_lists_kernel<kHigher, 1> : k::merge_lists_kernel<kHigher, k::kSelectItems>;
         allow_shared(merge, mshared);
         merge<<<1, k::kSelectBlock, mshared, s>>>(ckeys, cvals, pl.blocks * kk, static_cast<int>(kk), mcap, nullptr,
                                                   nullptr, nullptr, nullptr, dscores, dslots);

@@ -177,17 +177,20 @@ __global__ void user_scores_kernel(const float* __restrict__ in, std::size_t n,
 constexpr int kSkinnyBlock = 256;
 
 // Dot products of a few queries (nq <= kQ <= 16) with rows [0, n): out[j * ld_out + r].
-// A skinny matrix product that stays bound by the rows' bandwidth: each warp streams two
-// rows at a time, the queries sit in shared memory, and the 2 * kQ partial sums of a lane
-// are reduced across the warp with a butterfly that leaves one finished sum per lane
-// (2 * kQ - 1 shuffles instead of 5 per sum).
+// A skinny matrix product that stays bound by the rows' bandwidth: each warp streams a few
+// rows at a time, the queries sit in shared memory, and a lane's partial sums are reduced
+// across the warp with a butterfly that leaves finished sums spread over the lanes (about
+// one shuffle per sum instead of five).
 template <int kQ, int kVpl>
 __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
     const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
     const float4* __restrict__ queries, int nq, float* __restrict__ out, std::size_t ld_out) {
-    constexpr int kRowsPerStep = 2;
-    constexpr int kV = kRowsPerStep * kQ;  // sums per lane before the reduction, <= 32
-    static_assert(kV <= 32, "one finished sum per lane needs at most 32 sums");
+    // Four rows a step halve the shared-memory reads of the queries per row; wide rows
+    // take two to stay within the registers.
+    constexpr int kRowsPerStep = kVpl <= 6 ? 4 : 2;
+    constexpr int kV = kRowsPerStep * kQ;                      // sums per lane before the reduction
+    constexpr int kSpan = kV < kWarpSize ? kV : kWarpSize;      // lanes that finish distinct sums
+    constexpr int kLeft = kV / kSpan;                           // finished sums per lane
     extern __shared__ __align__(16) unsigned char smem[];
     float4* qs = reinterpret_cast<float4*>(smem);
     for (std::size_t i = threadIdx.x; i < static_cast<std::size_t>(kQ) * ld4; i += blockDim.x)
@@ -227,25 +230,31 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
                 }
             }
         }
-        // Lanes further apart than kV add all their sums; closer ones split them in halves.
+        // Lanes at least kSpan apart add all their sums; closer ones trade halves, each level
+        // halving the sums a lane holds. acc[i] ends as sum number i + kLeft * (lane % kSpan).
 #pragma unroll
-        for (int off = kWarpSize / 2; off >= kV; off >>= 1) {
+        for (int off = kWarpSize / 2; off >= kSpan; off >>= 1) {
 #pragma unroll
             for (int i = 0; i < kV; ++i) acc[i] += shfl_xor(acc[i], off);
         }
 #pragma unroll
-        for (int off = kV / 2; off > 0; off >>= 1) {
+        for (int off = kSpan / 2, held = kV; off > 0; off >>= 1, held >>= 1) {
             const bool upper = (lane & off) != 0;
 #pragma unroll
-            for (int i = 0; i < off; ++i) {
-                const float send = upper ? acc[i] : acc[i + off];
-                const float keep = upper ? acc[i + off] : acc[i];
+            for (int i = 0; i < held / 2; ++i) {
+                const float send = upper ? acc[i] : acc[i + held / 2];
+                const float keep = upper ? acc[i + held / 2] : acc[i];
                 acc[i] = keep + shfl_xor(send, off);
             }
         }
-        const int idx = lane & (kV - 1);  // the sum this lane finished: row idx / kQ, query idx % kQ
-        const int r = idx / kQ, j = idx % kQ;
-        if (lane < kV && j < nq && r0 + r < n) out[static_cast<std::size_t>(j) * ld_out + r0 + r] = acc[0];
+        if (lane < kSpan) {
+#pragma unroll
+            for (int i = 0; i < kLeft; ++i) {
+                const int idx = i + kLeft * lane;  // row idx / kQ of the step, query idx % kQ
+                const int r = idx / kQ, j = idx % kQ;
+                if (j < nq && r0 + r < n) out[static_cast<std::size_t>(j) * ld_out + r0 + r] = acc[i];
+            }
+        }
     }
 }
 
@@ -275,18 +284,20 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float* s_row = scores + q * ld_scores;
     const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
     for (std::size_t base = begin; base < end; base += step) {
-        float acc[kSelectItems];
+        // All loads of the round first, so they are in flight together.
+        float acc[kSelectItems], rf[kSelectItems];
 #pragma unroll
         for (int j = 0; j < kSelectItems; ++j) {
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
             acc[j] = c < end ? s_row[c] : 0.0f;
+            rf[j] = c < end ? row_factor[col0 + c] : 0.0f;
         }
 #pragma unroll
         for (int j = 0; j < kSelectItems; ++j) {
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
             if (c < end) {
                 const std::size_t row = col0 + c;
-                const float s = finish_score<kMetric, true>(acc[j], row_factor[row], qf);
+                const float s = finish_score<kMetric, true>(acc[j], rf[j], qf);
                 top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
             }
         }

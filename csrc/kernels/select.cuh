@@ -101,7 +101,7 @@ constexpr std::size_t topk_shared_bytes(int cap) {
 // Merges, per query (blockIdx.x), `per_query` candidate keys plus an optional seed of k
 // sorted keys into the k best. Writes them as keys (out_keys/out_vals, may alias the seed)
 // or, when out_scores is set, as final scores and slots.
-template <bool kHigherFirst>
+template <bool kHigherFirst, int kItems = kSelectItems>
 __global__ void __launch_bounds__(kSelectBlock) merge_lists_kernel(
     const std::uint64_t* __restrict__ in_keys, const std::uint32_t* __restrict__ in_vals,
     std::size_t per_query, int k, int cap, const std::uint64_t* seed_keys,
@@ -117,20 +117,20 @@ __global__ void __launch_bounds__(kSelectBlock) merge_lists_kernel(
     top.init(seed_keys ? seed_keys + q * k : nullptr, seed_vals ? seed_vals + q * k : nullptr);
     const std::uint64_t* keys = in_keys + q * per_query;
     const std::uint32_t* vals = in_vals + q * per_query;
-    const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
+    const std::size_t step = static_cast<std::size_t>(blockDim.x) * kItems;
     for (std::size_t base = 0; base < per_query; base += step) {
-        std::uint64_t kk[kSelectItems];
+        std::uint64_t kk[kItems];
 #pragma unroll
-        for (int j = 0; j < kSelectItems; ++j) {
+        for (int j = 0; j < kItems; ++j) {
             const std::size_t i = base + j * blockDim.x + threadIdx.x;
             kk[j] = i < per_query ? keys[i] : kEmptyKey;
         }
 #pragma unroll
-        for (int j = 0; j < kSelectItems; ++j) {
+        for (int j = 0; j < kItems; ++j) {
             const std::size_t i = base + j * blockDim.x + threadIdx.x;
-            if (kk[j] != kEmptyKey) top.push(kk[j], vals[i]);
+            if (kk[j] < *top.bound) top.push(kk[j], vals[i]);
         }
-        top.end_round(kSelectItems);
+        top.end_round(kItems);
     }
     top.merge();
     if (out_scores != nullptr) {
