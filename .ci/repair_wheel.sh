@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# auditwheel repair for hive_gpu: usage repair_wheel.sh WHEEL DEST_DIR.
-# Shared by .ci/wheel_test.sh and cibuildwheel, so the list below exists once. The libraries
-# it names come from their own wheels (nvidia-cublas, wgpu) or from the driver: a second copy
-# grafted into our wheel would clash with them at run time.
+# auditwheel repair for hive_gpu: `repair_wheel.sh WHEEL DEST_DIR`; `repair_wheel.sh --excluded`
+# prints the libraries left out, one pattern a line. Shared by .ci/wheel_test.sh and
+# cibuildwheel, so the list exists once. Those libraries come from their own wheels
+# (nvidia-cublas, wgpu) or from the driver: a second copy inside our wheel would clash with them.
 set -euo pipefail
-[ $# -eq 2 ] || { echo "usage: $0 WHEEL DEST_DIR" >&2; exit 2; }
+excluded=(
+  'libcuda.so.*' 'libcudart.so.*' 'libcublas.so.*' 'libcublasLt.so.*' 'libnvrtc.so.*'
+  'libnvJitLink.so.*' 'libwgpu_native*' 'libwebgpu_dawn*' 'libvulkan.so.*'
+)
+if [ "${1:-}" = --excluded ]; then
+  printf '%s\n' "${excluded[@]}"
+  exit 0
+fi
+[ $# -eq 2 ] || { echo "usage: $0 WHEEL DEST_DIR | --excluded" >&2; exit 2; }
 if command -v auditwheel >/dev/null; then aw=(auditwheel); else aw=(python3 -m auditwheel); fi
-"${aw[@]}" repair "$1" -w "$2" \
-  --exclude 'libcuda.so.*' --exclude 'libcudart.so.*' \
-  --exclude 'libcublas.so.*' --exclude 'libcublasLt.so.*' \
-  --exclude 'libnvrtc.so.*' --exclude 'libnvJitLink.so.*' \
-  --exclude 'libwgpu_native*' --exclude 'libwebgpu_dawn*' \
-  --exclude 'libvulkan.so.*'
+args=()
+for lib in "${excluded[@]}"; do args+=(--exclude "$lib"); done
+"${aw[@]}" repair "$1" -w "$2" "${args[@]}"
