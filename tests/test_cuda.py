@@ -77,7 +77,7 @@ def test_invalid_device_id():
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("dim", [3, 13, 128, 768, 1500])
-@pytest.mark.parametrize("nq", [1, 7, 300])
+@pytest.mark.parametrize("nq", [1, 3, 7, 300])
 def test_search_paths_match_reference(cctx, rng, metric, dim, nq):
     n = 3000 if dim < 1000 else 1200
     x = rng.standard_normal((n, dim)).astype(np.float32)
@@ -111,7 +111,7 @@ def test_large_k_and_k_beyond_n(cctx, rng, metric):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("nq", [1, 5])
+@pytest.mark.parametrize("nq", [1, 2, 5])
 def test_ties_rank_older_first_after_removals(cctx, rng, metric, nq):
     dim = 24
     base = rng.standard_normal(dim).astype(np.float32)

@@ -23,7 +23,7 @@ namespace {
 constexpr std::size_t kQueryChunk = 4096;                    // queries per device pass
 constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both SGEMM score tiles: 256 MiB
 constexpr std::size_t kBlasWorkspace = std::size_t{32} << 20;
-constexpr std::size_t kSkinnyMaxQueries = 16;
+constexpr std::size_t kSkinnyMaxQueries = 4;  // beyond, cuBLAS measured faster on the H100
 constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
@@ -696,8 +696,7 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
     splits = std::max<std::size_t>(1, splits);
     const std::size_t tiles = ceil_div(n, tile);
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
-    const bool skinny = nq <= kSkinnyMaxQueries &&
-                        kSkinnyMaxQueries * ld_ * sizeof(float) <= p.sharedMemPerBlockOptin;
+    const bool skinny = nq <= kSkinnyMaxQueries && kSkinnyMaxQueries * ld_ * sizeof(float) <= 40 * 1024;
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     Carve c;
     const std::size_t at_t0 = c.take(nq * tile * sizeof(float));
@@ -779,9 +778,7 @@ void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std:
         });
     };
     if (nq <= 2) launch(std::integral_constant<int, 2>{});
-    else if (nq <= 4) launch(std::integral_constant<int, 4>{});
-    else if (nq <= 8) launch(std::integral_constant<int, 8>{});
-    else launch(std::integral_constant<int, 16>{});
+    else launch(std::integral_constant<int, 4>{});
 }
 
 void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,

@@ -283,15 +283,26 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float qf = query_factor[q];
     const float* s_row = scores + q * ld_scores;
     const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
-    for (std::size_t base = begin; base < end; base += step) {
-        // All loads of the round first, so they are in flight together.
-        float acc[kSelectItems], rf[kSelectItems];
+    // The loads of round r + 1 are issued before round r is ranked, so a memory latency is
+    // paid once per kernel rather than once per round.
+    float next_acc[kSelectItems], next_rf[kSelectItems];
+    auto load = [&](std::size_t base, float* acc, float* rf) {
 #pragma unroll
         for (int j = 0; j < kSelectItems; ++j) {
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
             acc[j] = c < end ? s_row[c] : 0.0f;
             rf[j] = c < end ? row_factor[col0 + c] : 0.0f;
         }
+    };
+    load(begin, next_acc, next_rf);
+    for (std::size_t base = begin; base < end; base += step) {
+        float acc[kSelectItems], rf[kSelectItems];
+#pragma unroll
+        for (int j = 0; j < kSelectItems; ++j) {
+            acc[j] = next_acc[j];
+            rf[j] = next_rf[j];
+        }
+        load(base + step, next_acc, next_rf);
 #pragma unroll
         for (int j = 0; j < kSelectItems; ++j) {
             const std::size_t c = base + j * blockDim.x + threadIdx.x;

@@ -71,9 +71,14 @@ struct BlockTopK {
     }
 
     __device__ void merge() {
-        bitonic_sort(keys, vals, cap);
-        const int kept = min(*count, k);
-        for (int i = kept + threadIdx.x; i < cap; i += blockDim.x) keys[i] = kEmptyKey;
+        // Entries from *count on are empty (the largest key), so sorting the filled prefix
+        // rounded up to a power of two sorts the whole array.
+        const int filled = *count;
+        int width = 2;
+        while (width < filled) width <<= 1;
+        bitonic_sort(keys, vals, min(width, cap));
+        const int kept = min(filled, k);
+        for (int i = kept + threadIdx.x; i < filled; i += blockDim.x) keys[i] = kEmptyKey;
         __syncthreads();
         if (threadIdx.x == 0) {
             *count = kept;
@@ -114,9 +119,19 @@ __global__ void __launch_bounds__(kSelectBlock) merge_lists_kernel(
     BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),
                   reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
                   &count, &bound};
-    top.init(seed_keys ? seed_keys + q * k : nullptr, seed_vals ? seed_vals + q * k : nullptr);
     const std::uint64_t* keys = in_keys + q * per_query;
     const std::uint32_t* vals = in_vals + q * per_query;
+    // The inputs are sorted k-lists: without a seed the first list is one, and its k-th
+    // key bounds what can still enter from the start.
+    const bool first_as_seed = seed_keys == nullptr && per_query >= static_cast<std::size_t>(k);
+    if (first_as_seed) {
+        top.init(keys, vals);
+        keys += k;
+        vals += k;
+        per_query -= k;
+    } else {
+        top.init(seed_keys ? seed_keys + q * k : nullptr, seed_vals ? seed_vals + q * k : nullptr);
+    }
     const std::size_t step = static_cast<std::size_t>(blockDim.x) * kItems;
     for (std::size_t base = 0; base < per_query; base += step) {
         std::uint64_t kk[kItems];
