@@ -1,5 +1,6 @@
 """CPU backend against faiss-cpu (IndexFlatIP / IndexFlatL2) and NumPy, side by side in one
-process: 100k x 768 and 1M x 128, 1 and 64 queries, k = 10, median of repeats.
+process: 100k x 768 and 1M x 128, 1 and 64 queries, k = 10, median of repeats taken in
+turns (hive_gpu, NumPy, faiss, hive_gpu, ...) so that load from elsewhere hits all alike.
 
     python benchmarks/bench_cpu.py [--repeats 7] [--cases 100000x768,1000000x128] [--out PATH]
 
@@ -31,14 +32,17 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up: page faults, thread start-up, BLAS buffers
-    times = []
+def race(fns: dict, repeats: int) -> dict[str, tuple[float, object]]:
+    """Median seconds and last answer of each contender. Contenders take turns, one call
+    each per round, so a burst of load from elsewhere hits all of them alike."""
+    outs = {name: fn() for name, fn in fns.items()}  # warm-up: page faults, thread start-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), outs[name]) for name in fns}
 
 
 def numpy_search(X: np.ndarray, xnorm: np.ndarray | None, Q: np.ndarray, k: int):
@@ -106,17 +110,25 @@ def run_case(n: int, d: int, repeats: int, rng: np.random.Generator, faiss) -> l
             index.add(X)
         for nq in (1, 64):
             Q = rng.standard_normal((nq, d), dtype=np.float32)
-            t_hive, (hd, hi) = timed(lambda: store.search_batch(Q, K), repeats)
+            fns = {
+                "hive_gpu": lambda: store.search_batch(Q, K),
+                "numpy": lambda: numpy_search(X, xnorm if l2 else None, Q, K),
+            }
+            if index is not None:
+                fns["faiss"] = lambda: index.search(Q, K)
+            load_before = load()
+            got = race(fns, repeats)
+            t_hive, (hd, hi) = got["hive_gpu"]
             hive_ids = hi.astype(np.int64)
-            t_np, (nd, ni) = timed(lambda: numpy_search(X, xnorm if l2 else None, Q, K), repeats)
+            t_np, (nd, ni) = got["numpy"]
             row = {
                 "n": n, "d": d, "nq": nq, "k": K, "metric": metric,
-                "hive_gpu_ms": t_hive * 1e3, "numpy_ms": t_np * 1e3,
+                "hive_gpu_ms": t_hive * 1e3, "numpy_ms": t_np * 1e3, "load_before": load_before,
             }
             exact = exact_scores(X, Q, l2)
             row["recall_vs_numpy"] = agree(hive_ids, hd, ni, exact, not l2, 1e-5)
             if index is not None:
-                t_fa, (fd, fi) = timed(lambda: index.search(Q, K), repeats)
+                t_fa, (fd, fi) = got["faiss"]
                 row["faiss_ms"] = t_fa * 1e3
                 row["recall_vs_faiss"] = agree(hive_ids, hd, fi, exact, not l2, 1e-5)
             best = min(row["numpy_ms"], row.get("faiss_ms", float("inf")))
