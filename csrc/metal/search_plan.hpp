@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -136,12 +137,14 @@ inline Plan plan_chunk(const ChunkShape& s) {
 }
 
 // The per-row (and per-query) factor the kernels use, accumulated in double once at insert:
-// 1/|v| for cosine (0 for a zero vector), |v|^2 for Euclidean, unused (0) for the dot product.
+// 1/|v| for cosine, |v|^2 for Euclidean, unused (0) for the dot product. A cosine vector
+// whose squared norm is below FLT_MIN counts as zero (factor 0, every similarity 0): the GPU
+// flushes denormal products to zero, so such a vector has no reliable direction there.
 inline float vector_factor(const float* v, std::size_t dim, uint metric) {
     if (metric == kDotProduct) return 0.0f;
     double s = 0.0;
     for (std::size_t j = 0; j < dim; ++j) s += static_cast<double>(v[j]) * v[j];
-    if (metric == kCosine) return s > 0.0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+    if (metric == kCosine) return s >= FLT_MIN ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
     return static_cast<float>(s);
 }
 

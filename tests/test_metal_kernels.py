@@ -1,0 +1,233 @@
+"""The Metal backend's kernels, run on the CPU: tests/metal_sim compiles csrc/metal/kernels.metal
+as C++ (csrc/metal/msl_shim.hpp), plays the engine's dispatch plan (csrc/metal/search_plan.hpp)
+with every threadgroup simulated (barriers included), and the results are checked here against
+the float64 NumPy oracle. Runs wherever a C++17 compiler and <ucontext.h> exist (Linux, macOS);
+the real GPU run is the macOS workflow's.
+
+Shapes cover one row, dimensions that are odd or not multiples of 4/32, row counts around the
+threadgroup size (256) and the sorted segment (2048), k = 1, k = n, several merge levels with an
+odd number of lists, query chunking, both scoring paths (direct kernel and the MPS product path,
+whose product is a float32 loop here), exact ties ranked by ordinal, cosine zero vectors and
+vectors whose squared norm is below FLT_MIN (zero for cosine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hive_gpu import GpuDistanceMetric
+from reference import METRICS, assert_matches
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM = ROOT / "tests" / "metal_sim"
+METRIC_ID = {GpuDistanceMetric.COSINE: 0, GpuDistanceMetric.DOT_PRODUCT: 1, GpuDistanceMetric.EUCLIDEAN: 2}
+PATHS = {"direct": 0, "product": 1}
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the grid simulator needs <ucontext.h>")
+
+
+def _compiler() -> str | None:
+    for c in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if c and shutil.which(c):
+            return c
+    return None
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Path:
+    cxx = _compiler()
+    # A missing compiler fails rather than skips: these are the only checks the Metal kernels
+    # get outside macOS, and a silent skip would look like a pass.
+    assert cxx is not None, "tests/test_metal_kernels.py needs a C++17 compiler (c++, g++ or clang++; or set CXX)"
+    exe = tmp_path_factory.mktemp("metal_sim") / "metal_sim"
+    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'csrc'}", f"-I{SIM}",
+           str(SIM / "harness.cpp"), str(SIM / "grid_sim.cpp"), "-o", str(exe)]
+    if sys.platform == "darwin":
+        cmd[1:1] = ["-D_XOPEN_SOURCE=600", "-Wno-deprecated-declarations"]  # ucontext on macOS
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stderr}"
+    return exe
+
+
+def run_sim(exe: Path, tmp: Path, X, ordinals, Q, k, metric, path="direct", budget=0):
+    """(scores[nq, k] in engine units, slots[nq, k]) from the simulated GPU search."""
+    X = np.ascontiguousarray(X, np.float32)
+    Q = np.ascontiguousarray(np.atleast_2d(Q), np.float32)
+    n, d = X.shape
+    nq = len(Q)
+    src, dst = tmp / "in.bin", tmp / "out.bin"
+    header = np.array([n, d, nq, k, METRIC_ID[metric], PATHS[path], budget, 0], np.uint64)
+    src.write_bytes(header.tobytes() + X.tobytes() + np.asarray(ordinals, np.uint32).tobytes() + Q.tobytes())
+    done = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    raw = dst.read_bytes()
+    assert len(raw) == nq * k * 12
+    scores = np.frombuffer(raw[: nq * k * 4], np.float32).reshape(nq, k)
+    slots = np.frombuffer(raw[nq * k * 4 :], np.int64).reshape(nq, k)
+    return scores, slots
+
+
+def check_against_reference(X, ordinals, Q, k, metric, scores, slots):
+    """Every query's hits against the oracle, rows ranked by ordinal (the insertion order)."""
+    order = np.argsort(ordinals, kind="stable")
+    X_ref = X[order]
+    ids_ref = [f"o{o}" for o in np.asarray(ordinals)[order]]
+    for q in range(len(Q)):
+        assert (slots[q] >= 0).all() and (slots[q] < len(X)).all(), slots[q]
+        got_ids = [f"o{ordinals[s]}" for s in slots[q]]
+        got = scores[q].astype(np.float64)
+        if metric is GpuDistanceMetric.EUCLIDEAN:
+            assert (got >= 0).all()
+            got = np.sqrt(got)  # the engine reports squared distances; the core takes the root
+        assert_matches(got_ids, got, X_ref, ids_ref, Q[q : q + 1], metric, k)
+
+
+def check_key_order(scores, slots, ordinals, metric):
+    """Within each query: better score first, equal scores by the smaller ordinal, no repeats."""
+    for q in range(len(scores)):
+        s = scores[q].astype(np.float64)
+        o = np.asarray(ordinals, np.int64)[slots[q]]
+        assert len(set(slots[q].tolist())) == len(slots[q])
+        s_key = -s if metric.higher_is_better else s
+        for i in range(len(s) - 1):
+            assert (s_key[i], o[i]) < (s_key[i + 1], o[i + 1]), (q, i, s[i], s[i + 1], o[i], o[i + 1])
+
+
+# (n, dim): n around the threadgroup (256) and the segment (2048); dims 1, odd, not multiples
+# of 4 or 32, and one large.
+SHAPES = [(1, 1), (2, 3), (255, 17), (256, 5), (257, 33), (2047, 7), (2048, 1), (2049, 13), (5003, 31), (300, 768)]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_kernels_match_float64_reference(sim, tmp_path, n, d, metric, path):
+    rng = np.random.default_rng(n * 1009 + d)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    # Ordinals unrelated to slots and spread over 32 bits, as after swap-removes.
+    ordinals = rng.choice(2**32 - 1, size=n, replace=False).astype(np.uint32)
+    Q = rng.standard_normal((3, d)).astype(np.float32)
+    for k in sorted({1, min(10, n), n}):
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path)
+        check_against_reference(X, ordinals, Q, k, metric, scores, slots)
+        check_key_order(scores, slots, ordinals, metric)
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+def test_deep_merge_tree_with_odd_list_counts(sim, tmp_path, metric):
+    # 11 segments of 2048: merge levels with 11, 6, 3 and 2 lists; k above one segment.
+    rng = np.random.default_rng(5)
+    n, d = 2048 * 10 + 77, 9
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    ordinals = rng.permutation(n).astype(np.uint32)
+    Q = rng.standard_normal((2, d)).astype(np.float32)
+    for k in (3, 2500, n):
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric)
+        check_against_reference(X, ordinals, Q, k, metric, scores, slots)
+        check_key_order(scores, slots, ordinals, metric)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+def test_query_chunks_give_the_same_results(sim, tmp_path, metric, path):
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((700, 19)).astype(np.float32)
+    ordinals = rng.permutation(700).astype(np.uint32)
+    Q = rng.standard_normal((7, 19)).astype(np.float32)
+    whole = run_sim(sim, tmp_path, X, ordinals, Q, 25, metric, path)
+    # A 1-byte budget forces one query per chunk.
+    chunked = run_sim(sim, tmp_path, X, ordinals, Q, 25, metric, path, budget=1)
+    np.testing.assert_array_equal(whole[0], chunked[0])
+    np.testing.assert_array_equal(whole[1], chunked[1])
+    check_against_reference(X, ordinals, Q, 25, metric, *whole)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("metric", [GpuDistanceMetric.DOT_PRODUCT, GpuDistanceMetric.EUCLIDEAN], ids=lambda m: m.value)
+def test_exact_ties_rank_by_ordinal(sim, tmp_path, metric, path):
+    # Small integers: float32 arithmetic is exact, so the expected ranking is exact too, and
+    # many rows share each score across segments and merge levels.
+    rng = np.random.default_rng(21)
+    n, d = 4500, 6
+    X = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
+    ordinals = rng.permutation(n).astype(np.uint32)
+    Q = rng.integers(-2, 3, size=(4, d)).astype(np.float32)
+    Q[0] = 0  # every row ties for this query (dot) or ties by norm (Euclidean)
+    X64, Q64 = X.astype(np.float64), Q.astype(np.float64)
+    for k in (1, 100, n):
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path)
+        for q in range(len(Q)):
+            if metric is GpuDistanceMetric.EUCLIDEAN:
+                key = ((X64 - Q64[q]) ** 2).sum(1)
+            else:
+                key = -(X64 @ Q64[q])
+            want = np.lexsort((ordinals, key))[:k]
+            np.testing.assert_array_equal(slots[q], want)
+            np.testing.assert_array_equal(scores[q], np.abs(key[want]) if metric is GpuDistanceMetric.EUCLIDEAN else -key[want])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_cosine_copies_and_zero_vectors(sim, tmp_path, path):
+    # Copies of a few vectors score bit-identically: each group ranks by ordinal. Zero rows
+    # and a zero query score 0.
+    rng = np.random.default_rng(33)
+    n, d = 3000, 10
+    base = rng.standard_normal((6, d)).astype(np.float32)
+    base[5] = 0.0
+    which = rng.integers(0, 6, n)
+    X = base[which]
+    ordinals = rng.permutation(n).astype(np.uint32)
+    Q = rng.standard_normal((3, d)).astype(np.float32)
+    Q[2] = 0.0
+    metric = GpuDistanceMetric.COSINE
+    for k in (7, 1500, n):
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path)
+        check_key_order(scores, slots, ordinals, metric)
+        check_against_reference(X, ordinals, Q, k, metric, scores, slots)
+        assert (scores[2] == 0).all()
+        zero_rows = which[slots[0]] == 5
+        assert (scores[0][zero_rows] == 0).all()
+        # Whole groups in order: a group appears after every member of a better group.
+        for q in range(2):
+            groups = which[slots[q]]
+            for g in np.unique(groups[:-1]):
+                members = np.flatnonzero(which == g)
+                taken = ordinals[slots[q]][groups == g]
+                if len(taken) < len(members) and g != groups[-1]:
+                    pytest.fail(f"group {g} cut before the last rank")
+                np.testing.assert_array_equal(taken, np.sort(ordinals[members])[: len(taken)])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_cosine_tiny_norms_count_as_zero(sim, tmp_path, path):
+    # Squared norm below FLT_MIN (in float64): the vector is the zero vector for cosine, so
+    # it scores 0 against everything; just above FLT_MIN it is an ordinary direction.
+    flt_min = float(np.finfo(np.float32).tiny)
+    d = 4
+    X = np.zeros((6, d), np.float32)
+    X[0] = [1e-20, 0, 0, 0]            # |x|^2 = 1e-40 < FLT_MIN
+    X[1] = [3e-42, -2e-42, 1e-42, 0]   # denormal components
+    X[2] = [2e-19, 0, 0, 0]            # |x|^2 = 4e-38 > FLT_MIN: parallel to the query
+    X[3] = [0, 1, 0, 0]
+    X[4] = [-1, 0, 0, 0]
+    X[5] = [1, 1, 0, 0]
+    assert float(X[0].astype(np.float64) @ X[0]) < flt_min < float(X[2].astype(np.float64) @ X[2])
+    ordinals = np.arange(6, dtype=np.uint32)
+    Q = np.array([[2, 0, 0, 0], [1e-20, 0, 0, 0]], np.float32)
+    scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, 6, GpuDistanceMetric.COSINE, path)
+    by_slot = dict(zip(slots[0].tolist(), scores[0].tolist()))
+    assert by_slot[0] == 0 and by_slot[1] == 0 and by_slot[3] == 0
+    assert by_slot[2] == pytest.approx(1.0, abs=1e-6)
+    assert by_slot[4] == pytest.approx(-1.0, abs=1e-6)
+    assert by_slot[5] == pytest.approx(2**-0.5, abs=1e-6)
+    np.testing.assert_array_equal(slots[0], [2, 5, 0, 1, 3, 4])
+    # A tiny query is a zero query: every score 0, ranked by ordinal.
+    assert (scores[1] == 0).all()
+    np.testing.assert_array_equal(slots[1], np.arange(6))
