@@ -9,7 +9,7 @@
 #                             those whose csrc/<name>/ is missing are left out; "" = CPU only
 #   HIVE_GPU_WHEEL_WORK       work folder (default: a fresh temporary one)
 #   HIVE_GPU_WHEEL_BUILD_DIR  CMake build folder, kept between runs (default: under the work folder)
-#   HIVE_GPU_WHEEL_OFFLINE=1  no package index: venvs see the system site-packages, pip --no-index
+#   HIVE_GPU_WHEEL_OFFLINE=1  no package index: pip --no-index, the test venvs see $PYTHON's packages
 #   PYTHON                    interpreter to build and test with (default python3)
 #   extra arguments           passed to pytest
 set -euo pipefail
@@ -44,12 +44,23 @@ done
 echo "hive_gpu $version; wheel backends: cpu ${backends[*]:-}; work folder $work"
 
 pip_index=()
-venv_args=()
+test_venv=fresh
 if [ "${HIVE_GPU_WHEEL_OFFLINE:-0}" = 1 ]; then
   pip_index=(--no-index)
-  venv_args=(--system-site-packages)
+  test_venv=inherit
 fi
 has() { [[ " ${backends[*]:-} " == *" $1 "* ]]; }
+# make_venv DIR [inherit]: a venv of $python; "inherit" puts $python's own site-packages behind
+# the venv's (a .pth file: unlike --system-site-packages, this works when $python is a venv).
+make_venv() {
+  rm -rf "$1"
+  "$python" -m venv "$1"
+  if [ "${2:-}" = inherit ]; then
+    local purelib
+    purelib=$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$python" -c 'import site; print("\n".join(site.getsitepackages()))' >"$purelib/_inherited.pth"
+  fi
+}
 
 step "build environment"
 # Its own venv so the build finds the GPU runtimes' headers (wgpu, nvidia-cublas) the same
@@ -57,8 +68,7 @@ step "build environment"
 build_reqs=("scikit-build-core>=0.10" "pybind11>=2.12")
 has webgpu && build_reqs+=("wgpu>=0.19")
 has cuda && build_reqs+=("nvidia-cublas>=13,<14")
-rm -rf "$work/build-venv"
-"$python" -m venv --system-site-packages "$work/build-venv"
+make_venv "$work/build-venv" inherit
 "$work/build-venv/bin/python" -m pip install -q "${pip_index[@]}" "${build_reqs[@]}"
 
 step "pip wheel ."
@@ -141,8 +151,7 @@ step "fresh venv: pip install the wheel"
 extras=test
 has webgpu && extras+=",webgpu"
 has cuda && extras+=",cuda"
-rm -rf "$work/venv"
-"$python" -m venv "${venv_args[@]}" "$work/venv"
+make_venv "$work/venv" "$test_venv"
 "$work/venv/bin/python" -m pip install -q "${pip_index[@]}" "${wheel}[$extras]"
 
 # Everything below runs from outside the source tree, so only the installed wheel is importable.
@@ -171,8 +180,7 @@ echo "hive-gpu --version: $cli_version"
 step "plain install, no extras: imports and runs on the CPU"
 # What `pip install hive-gpu` gives a machine without any GPU stack: compiled-in GPU backends
 # must report themselves unavailable, not break the import.
-rm -rf "$work/venv-plain"
-"$python" -m venv "${venv_args[@]}" "$work/venv-plain"
+make_venv "$work/venv-plain" "$test_venv"
 "$work/venv-plain/bin/python" -m pip install -q "${pip_index[@]}" "$wheel"
 "$work/venv-plain/bin/python" -c "
 import numpy as np, hive_gpu

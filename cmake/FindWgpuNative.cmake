@@ -8,22 +8,16 @@
 set(WGPU_NATIVE_ROOT "" CACHE PATH "Folder with webgpu.h and libwgpu_native (or Dawn's libwebgpu_dawn)")
 
 set(_wgpu_hints "")
-if(WGPU_NATIVE_ROOT)
-  list(APPEND _wgpu_hints "${WGPU_NATIVE_ROOT}")
+if(WGPU_NATIVE_ROOT OR DEFINED ENV{WGPU_NATIVE_ROOT})
+  list(APPEND _wgpu_hints "${WGPU_NATIVE_ROOT}" "$ENV{WGPU_NATIVE_ROOT}")
 else()
   # The wgpu wheel keeps header and library together in wgpu/resources.
-  if(NOT Python_EXECUTABLE)
-    find_package(Python QUIET COMPONENTS Interpreter)
-  endif()
-  if(Python_EXECUTABLE)
-    execute_process(
-      # find_spec locates the package without importing it (its cffi layer is not needed).
-      COMMAND "${Python_EXECUTABLE}" -c "import importlib.util as u, os; s = u.find_spec('wgpu'); print(os.path.join(list(s.submodule_search_locations)[0], 'resources'))"
-      OUTPUT_VARIABLE _wgpu_resources OUTPUT_STRIP_TRAILING_WHITESPACE
-      RESULT_VARIABLE _wgpu_rc ERROR_QUIET)
-    if(_wgpu_rc EQUAL 0 AND EXISTS "${_wgpu_resources}")
-      list(APPEND _wgpu_hints "${_wgpu_resources}")
-    endif()
+  # find_spec locates the package without importing it (its cffi layer is not needed).
+  include(HiveGpuPython)
+  hive_gpu_python_query(_wgpu_resources
+    "import importlib.util as u, os; s = u.find_spec('wgpu'); print(os.path.join(list(s.submodule_search_locations)[0], 'resources'))")
+  if(_wgpu_resources AND EXISTS "${_wgpu_resources}")
+    list(APPEND _wgpu_hints "${_wgpu_resources}")
   endif()
 endif()
 

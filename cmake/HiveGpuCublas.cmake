@@ -3,6 +3,8 @@
 # Python interpreter, which ships libcublas.so.13 without an unversioned link. Sets
 # HIVE_GPU_CUBLAS_FOUND, HIVE_GPU_CUBLAS_LIBRARY and HIVE_GPU_CUBLAS_ORIGIN (toolkit|wheel).
 # Used by the build and by the installed hive_gpuCudaDeps.cmake.
+include("${CMAKE_CURRENT_LIST_DIR}/HiveGpuPython.cmake")
+
 function(hive_gpu_find_cublas)
   set(HIVE_GPU_CUBLAS_FOUND FALSE PARENT_SCOPE)
   if(TARGET hive_gpu::cublas)
@@ -23,18 +25,10 @@ function(hive_gpu_find_cublas)
     endif()
   endif()
   if(NOT _lib)
-    set(_roots ${HIVE_GPU_CUBLAS_ROOT})
-    if(NOT Python_EXECUTABLE)
-      find_package(Python COMPONENTS Interpreter QUIET)
-    endif()
-    if(Python_EXECUTABLE)
-      execute_process(
-        COMMAND "${Python_EXECUTABLE}" -c "import nvidia, os; print(';'.join(os.path.join(p, 'cu13') for p in nvidia.__path__))"
-        OUTPUT_VARIABLE _wheel OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _rc)
-      if(_rc EQUAL 0)
-        list(APPEND _roots ${_wheel})
-      endif()
-    endif()
+    set(_roots ${HIVE_GPU_CUBLAS_ROOT} $ENV{HIVE_GPU_CUBLAS_ROOT})
+    hive_gpu_python_query(_wheel
+      "import nvidia, os; print(';'.join(os.path.join(p, 'cu13') for p in nvidia.__path__))")
+    list(APPEND _roots ${_wheel})
     find_library(HIVE_GPU_CUBLAS_WHEEL_LIB NAMES cublas libcublas.so.13
                  PATHS ${_roots} PATH_SUFFIXES lib NO_DEFAULT_PATH)
     find_path(HIVE_GPU_CUBLAS_WHEEL_INC cublas_v2.h PATHS ${_roots} PATH_SUFFIXES include NO_DEFAULT_PATH)

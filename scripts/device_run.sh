@@ -1,58 +1,91 @@
 #!/usr/bin/env bash
-# The one script for the GPU machine: build hive_gpu with CUDA, run the whole test suite
-# (every backend present; HIVE_GPU_TEST_BACKENDS selects), the CUDA tests under
-# compute-sanitizer (memcheck, racecheck, synccheck) and the CUDA benchmarks. Logs, JSON
-# and plots go to $OUT. HIVE_GPU_STEPS picks steps (default: "build tests sanitize bench");
-# HIVE_GPU_CUDA_ARCHS the architectures to build (default 90, the H100).
+# The one script for the GPU machine, in one call: build hive_gpu with CUDA and WebGPU, run
+# the test suite on CUDA and on WebGPU (through NVIDIA's Vulkan driver), the benchmarks
+# against PyTorch and CuPy, and the CUDA tests under compute-sanitizer. Logs, JSON and plots
+# go to $OUT; every step has a time limit so that what finished always comes back.
+#
+#   HIVE_GPU_STEPS        steps to run (default below); e.g. "build tests_cuda sanitize"
+#   HIVE_GPU_CUDA_ARCHS   CUDA architectures to build (default 90: H100/H200)
+#   T_<step>              seconds allowed for a step (e.g. T_tests_cuda=200)
+#
+# WebGPU needs, carried in the checkout: .gl/libvulkan1_*.deb (the Vulkan loader; the
+# machine has only the driver) and .whl/wgpu-*.whl (wgpu-native). Without them the WebGPU
+# steps are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/device_out}
+root=$PWD
+OUT=${OUT:-$root/device_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=${HIVE_GPU_STEPS:-build tests sanitize bench}
+STEPS=${HIVE_GPU_STEPS:-build tests_cuda tests_webgpu bench_cuda bench_webgpu bench_async sanitize}
 PY=${PYTHON:-python3}
 start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
+limit() { local v="T_$1"; echo "${!v:-$2}"; }
+failed() { grep -qE "^(FAILED|ERROR)| failed| error" "$1"; }
 status=0
 
+webgpu=OFF
+if compgen -G ".gl/*.deb" >/dev/null && compgen -G ".whl/wgpu-*.whl" >/dev/null; then
+  step "Vulkan loader and wgpu-native"
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+  $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/wgpu-*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && webgpu=ON
+fi
+
 if has build; then
-  step "build (CUDA archs ${HIVE_GPU_CUDA_ARCHS:-90})"
+  step "build (CUDA archs ${HIVE_GPU_CUDA_ARCHS:-90}, WebGPU $webgpu)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
-  if ! $PY -m pip install -q --no-deps --no-build-isolation -C build-dir=build/device \
-      -C cmake.define.HIVE_GPU_CUDA=ON -C cmake.define.HIVE_GPU_WEBGPU="${HIVE_GPU_DEVICE_WEBGPU:-OFF}" \
+  if ! timeout "$(limit build 300)" $PY -m pip install -q --no-deps --no-build-isolation -C build-dir=build/device \
+      -C cmake.define.HIVE_GPU_CUDA=ON -C cmake.define.HIVE_GPU_WEBGPU=$webgpu \
       -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${HIVE_GPU_CUDA_ARCHS:-90}" \
       -C cmake.build-type=Release . >"$OUT/build.log" 2>&1; then
     tail -n 60 "$OUT/build.log"; exit 1
   fi
   grep -E "hive_gpu: " "$OUT/build.log" || true
-  (cd /tmp && $PY -c "import hive_gpu; print('compiled', hive_gpu.compiled_backends(), 'available', hive_gpu.available_backends())")
+  (cd /tmp && $PY -c "import hive_gpu; print('compiled', hive_gpu.compiled_backends(), 'available', hive_gpu.available_backends())
+for b in hive_gpu.available_backends(): print(hive_gpu.create_context(b).device_info())")
 fi
 
-if has tests; then
-  step "test suite"
-  root=$PWD
-  paths=(); for p in ${HIVE_GPU_TEST_PATHS:-tests}; do paths+=("$root/$p"); done
-  (cd /tmp && $PY -m pytest -q -p no:cacheprovider "${paths[@]}" --timeout=900 2>&1 || true) | tee "$OUT/pytest.log" | grep -vE "^SKIPPED" | tail -n 25
-  grep -qE "^(FAILED|ERROR)| failed| error" "$OUT/pytest.log" && status=1
+# run_pytest NAME BACKENDS SECONDS [pytest args]: the suite restricted to BACKENDS.
+run_pytest() {
+  local name=$1 backends=$2 secs=$3; shift 3
+  step "tests on $backends ($name, at most ${secs}s)"
+  (cd /tmp && HIVE_GPU_TEST_BACKENDS=$backends timeout "$secs" $PY -m pytest -q -p no:cacheprovider \
+      -rfE --durations=8 "$@" 2>&1 || true) | tee "$OUT/pytest_$name.log" | grep -vE "^SKIPPED" | tail -n 25
+  failed "$OUT/pytest_$name.log" && status=1
+}
+has tests_cuda && run_pytest cuda cuda "$(limit tests_cuda 240)" "$root/tests" -k "not webgpu and not metal"
+has tests_webgpu && [ $webgpu = ON ] && run_pytest webgpu webgpu "$(limit tests_webgpu 120)" "$root/tests" -k webgpu
+
+if has bench_cuda; then
+  step "benchmark: CUDA against PyTorch and CuPy"
+  timeout "$(limit bench_cuda 150)" $PY benchmarks/bench_cuda.py --out "$OUT" 2>&1 | tee "$OUT/bench_cuda.log" | tail -n 30
+fi
+if has bench_webgpu && [ $webgpu = ON ]; then
+  step "benchmark: WebGPU against CUDA, 1M x 768"
+  timeout "$(limit bench_webgpu 90)" $PY benchmarks/bench_webgpu.py --out "$OUT" --runs 10 2>&1 | tee "$OUT/bench_webgpu.log" | tail -n 20
+fi
+if has bench_async; then
+  step "benchmark: 256 asyncio clients, 1M x 768, with and without micro-batching"
+  timeout "$(limit bench_async 90)" $PY benchmarks/bench_async.py --backend cuda --n 1000000 --dim 768 \
+      --seconds 5 --warmup 1 --out "$OUT/async_cuda_1000000x768.json" 2>&1 | tee "$OUT/bench_async.log" | tail -n 15
 fi
 
-root=$PWD
 if has sanitize; then
   # The sanitizers slow kernels 10-100x: the CUDA tests that cover every kernel at small sizes.
   sel="ties or empty or update or device_rows or (search_paths and 13 and not 300) or (search_paths and 768 and 3-) or (large_k and EUCLIDEAN) or pool_config"
   for tool in memcheck racecheck synccheck; do
     step "compute-sanitizer --tool $tool"
-    (cd /tmp && timeout ${HIVE_GPU_SANITIZER_TIMEOUT:-240} compute-sanitizer --tool "$tool" --print-limit 20 \
+    (cd /tmp && timeout "$(limit sanitize 120)" compute-sanitizer --tool "$tool" --print-limit 20 \
         $PY -m pytest -q -p no:cacheprovider "$root/tests/test_cuda.py" -k "$sel" \
         >"$OUT/sanitizer_$tool.log" 2>&1)
-    echo "exit $?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer_$tool.log" | tail -n 3
+    echo "exit $?"; grep -E "ERROR SUMMARY|passed|failed|rror" "$OUT/sanitizer_$tool.log" | tail -n 4
   done
-fi
-
-if has bench; then
-  step "benchmarks"
-  $PY benchmarks/bench_cuda.py --out "$OUT" ${HIVE_GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -n 40
 fi
 step "done"
 exit $status
