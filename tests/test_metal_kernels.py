@@ -14,6 +14,7 @@ vectors whose squared norm is below FLT_MIN (zero for cosine).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -231,3 +232,28 @@ def test_cosine_tiny_norms_count_as_zero(sim, tmp_path, path):
     # A tiny query is a zero query: every score 0, ranked by ordinal.
     assert (scores[1] == 0).all()
     np.testing.assert_array_equal(slots[1], np.arange(6))
+
+
+def test_kernel_names_and_buffer_indices_match_the_engine(sim):
+    # The engine binds a step's buffers at indices 0..m-1 in plan order and the Params at m
+    # (metal_engine.mm); the simulator passes them positionally and ignores [[buffer(i)]],
+    # so the attributes are checked here against the plans' bindings.
+    out = subprocess.run([str(sim), "--bindings"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    bound = {}
+    for line in out.stdout.split("\n"):
+        if line:
+            name, count = line.split()
+            assert bound.setdefault(name, int(count)) == int(count), name
+    assert set(bound) == {"score_rows", "finish_products", "select_segments", "merge_lists", "write_results"}
+    source = (ROOT / "csrc" / "metal" / "kernels.metal").read_text()
+    declared = {}
+    for m in re.finditer(r"kernel\s+void\s+(\w+)\s*\((.*?)\)\s*\{", source, re.S):
+        params = [p.strip() for p in m.group(2).split(",")]
+        buffers = [p for p in params if "[[buffer(" in p]
+        indices = [int(re.search(r"\[\[buffer\((\d+)\)\]\]", p).group(1)) for p in buffers]
+        assert indices == list(range(len(buffers))), (m.group(1), indices)
+        assert re.match(r"constant\s+Params\s*&\s*p\b", buffers[-1]), (m.group(1), buffers[-1])
+        assert all(p.startswith("device ") for p in buffers[:-1]), (m.group(1), buffers)
+        declared[m.group(1)] = len(buffers) - 1
+    assert declared == bound

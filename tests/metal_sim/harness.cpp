@@ -2,7 +2,7 @@
 // each kernel of csrc/metal/kernels.metal compiled as C++ and run by grid_sim over its full
 // grid. The matrix multiply the engine leaves to MPS is a float32 loop here.
 //
-// usage: metal_sim IN OUT
+// usage: metal_sim IN OUT    (or metal_sim --bindings, see print_bindings)
 //   IN : u64 n, dim, nq, k, metric (0 cosine, 1 dot, 2 Euclidean), product (0/1),
 //        chunk budget in bytes (0 = default), 0; then f32 rows[n*dim], u32 ordinals[n],
 //        f32 queries[nq*dim]
@@ -118,9 +118,24 @@ void read_exact(std::FILE* f, T* data, std::size_t count) {
 
 }  // namespace
 
+// `metal_sim --bindings`: for every kernel the plans use, its name and how many buffers the
+// engine binds before the Params (at indices 0 .. count-1, Params at count). The test holds
+// these against the [[buffer(i)]] attributes of kernels.metal, which the C++ build ignores.
+int print_bindings() {
+    for (const bool product : {false, true})
+        for (const std::size_t n : {std::size_t{1}, std::size_t{5000}}) {
+            const Plan plan = hive_gpu::metal::plan_chunk({n, 3, 2, std::min<std::size_t>(n, 4), 0, product});
+            for (const Step& st : plan.steps)
+                if (!st.product)
+                    std::printf("%s %zu\n", hive_gpu::metal::kernel_name(st.function), st.args.size());
+        }
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 2 && std::strcmp(argv[1], "--bindings") == 0) return print_bindings();
     if (argc != 3) {
-        std::fprintf(stderr, "usage: %s IN OUT\n", argv[0]);
+        std::fprintf(stderr, "usage: %s IN OUT | %s --bindings\n", argv[0], argv[0]);
         return 2;
     }
     try {
