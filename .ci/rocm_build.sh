@@ -14,13 +14,16 @@ build=$root/build/rocm              # the ROCm build tree
 archs="gfx90a;gfx1030"              # wavefront 64 and 32; Debian's clang 15 cannot build gfx942
 export HIP_PLATFORM=amd             # nvcc may be installed too: hipcc must not pick NVIDIA
 
-step "HIP compiler and runtime headers (Debian: hipcc, libamdhip64-dev)"
-if ! command -v hipcc >/dev/null || [ ! -f /usr/include/hip/hip_runtime.h ]; then
+# rocPRIM (header-only, same HIP 5.2 stack) gives the engine its device radix sort (CUB's
+# place on NVIDIA).
+step "HIP compiler, runtime and rocPRIM headers (Debian: hipcc, libamdhip64-dev, librocprim-dev)"
+if ! command -v hipcc >/dev/null || [ ! -f /usr/include/hip/hip_runtime.h ] ||
+   [ ! -f /usr/include/rocprim/rocprim.hpp ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends hipcc libamdhip64-dev >/dev/null
+  apt-get install -y -qq --no-install-recommends hipcc libamdhip64-dev librocprim-dev >/dev/null
 fi
-echo "HIP $(hipconfig --version)"
+echo "HIP $(hipconfig --version); rocPRIM $(sed -n 's/^#define ROCPRIM_VERSION_MAJOR *//p' /usr/include/rocprim/rocprim_version.hpp 2>/dev/null).$(sed -n 's/^#define ROCPRIM_VERSION_MINOR *//p' /usr/include/rocprim/rocprim_version.hpp 2>/dev/null)"
 
 step "CMake, Ninja and pybind11 in $tools/venv"
 if [ ! -x "$tools/venv/bin/cmake" ]; then
@@ -86,7 +89,7 @@ module=$(ls "$build"/_core*.so)
 step "link check of $(basename "$module")"
 needed=$(readelf -d "$module" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
 echo "needs: $(echo $needed)"
-for lib in libamdhip64.so.5; do
+for lib in libamdhip64.so.5 librocblas.so.0; do
   grep -qx "$lib" <<<"$needed" || { echo "error: $module does not link $lib"; exit 1; }
 done
 libdirs=("$deps/rocblas/usr/lib/x86_64-linux-gnu" /usr/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu)
@@ -104,5 +107,28 @@ if [ -n "$missing" ]; then
   echo "error: unresolved symbols in $module:"; echo "$missing"; exit 1
 fi
 echo "all $(nm -D --undefined-only "$module" | wc -l) imported symbols resolve"
+
+# The engine (csrc/cuda compiled by HIP) must carry device code for every target, each with
+# its own wavefront width: the kernels' warp width is per target, not assumed.
+step "device code of the shared engine"
+hip_clang=$(sed -n 's/^CMAKE_HIP_COMPILER:[A-Z]*=//p' "$build/CMakeCache.txt")
+bundler=$(dirname "$(readlink -f "$hip_clang")")/clang-offload-bundler
+engine_obj=$(find "$build" -name 'rocm_engine.hip.o' | head -1)
+[ -n "$engine_obj" ] || { echo "error: the engine object was not built"; exit 1; }
+fatbin=$(mktemp); code=$(mktemp)
+objcopy -O binary --only-section=.hip_fatbin "$engine_obj" "$fatbin"
+for arch in ${archs//;/ }; do
+  case $arch in gfx9*) want=64 ;; *) want=32 ;; esac
+  "$bundler" --unbundle --type=o --input="$fatbin" --output="$code" \
+    --targets="hipv4-amdgcn-amd-amdhsa--$arch"
+  # LLVM's readelf decodes the AMDGPU metadata note (binutils' prints it as bytes).
+  notes=$("$(dirname "$bundler")/llvm-readelf" --notes "$code")
+  kernels=$(grep -c '\.wavefront_size:' <<<"$notes" || true)
+  widths=$( (grep -o '\.wavefront_size: *[0-9]*' <<<"$notes" || true) | awk '{print $2}' | sort -u | tr '\n' ' ')
+  echo "$arch: $kernels kernels, wavefront ${widths% }"
+  [ "$kernels" -gt 0 ] && [ "${widths% }" = "$want" ] ||
+    { echo "error: $arch should have kernels of wavefront $want"; exit 1; }
+done
+rm -f "$fatbin" "$code"
 
 step "ROCm build done in $(( $(date +%s) - start ))s"

@@ -1,7 +1,8 @@
-// CUDA runtime errors -> the project's exceptions, with the runtime's own words.
+// CUDA runtime errors -> the project's exceptions, with the runtime's own words. Compiled by
+// HIP for ROCm too (the names map through kernels/compat.cuh; messages start with "rocm:").
 #pragma once
 
-#include <cuda_runtime.h>
+#include "kernels/compat.cuh"
 
 #include <string>
 
@@ -11,7 +12,7 @@ namespace hive_gpu::cuda {
 
 [[noreturn]] inline void throw_cuda(cudaError_t e, const char* what) {
     cudaGetLastError();  // allocation failures are not sticky: clear them for the next call
-    std::string msg = std::string("cuda: ") + what + ": " + cudaGetErrorName(e) + " (" +
+    std::string msg = std::string(HIVE_GPU_BACKEND_NAME ": ") + what + ": " + cudaGetErrorName(e) + " (" +
                       cudaGetErrorString(e) + ")";
     if (e == cudaErrorMemoryAllocation) throw OutOfMemoryError(msg);
     throw BackendError(msg);

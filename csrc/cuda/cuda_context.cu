@@ -14,6 +14,15 @@ namespace {
 
 constexpr std::uint64_t kDefaultReleaseThreshold = std::uint64_t{1} << 30;
 
+}  // namespace
+
+// What only the CUDA build has: the driver probe, device_info() and the backend entry. The
+// ROCm build compiles the rest of this file with HIP and brings its own
+// (csrc/rocm/rocm_context.hip, rocm_device.hip).
+#if !defined(HIVE_GPU_HIP)
+
+namespace {
+
 // Asked once per process: the driver's answer does not change while we run.
 struct Probe {
     int count = 0;
@@ -49,6 +58,8 @@ std::string version_string(int v) {
 
 }  // namespace
 
+#endif  // !HIVE_GPU_HIP
+
 CudaContext::CudaContext(int device) : device_(device) {
     DeviceGuard guard(device_);
     check(cudaGetDeviceProperties(&props_, device_), "cudaGetDeviceProperties");
@@ -71,6 +82,7 @@ CudaContext::~CudaContext() {
     if (pool_) cudaMemPoolDestroy(pool_);
 }
 
+#if !defined(HIVE_GPU_HIP)
 DeviceInfo CudaContext::device_info() const {
     DeviceGuard guard(device_);
     DeviceInfo d;
@@ -94,6 +106,7 @@ DeviceInfo CudaContext::device_info() const {
     d.pci_bus_id = bus;
     return d;
 }
+#endif
 
 std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric metric) {
     return std::make_unique<CudaEngine>(
@@ -108,7 +121,7 @@ void* CudaContext::allocate(std::size_t bytes, cudaStream_t stream) {
     const std::uint64_t now = used_.fetch_add(bytes) + bytes;
     if (cap != 0 && now > cap) {
         used_.fetch_sub(bytes);
-        throw OutOfMemoryError("cuda: the memory pool cap of " + std::to_string(cap) +
+        throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": the memory pool cap of " + std::to_string(cap) +
                                " bytes would be exceeded by a request of " + std::to_string(bytes) +
                                " bytes (see set_pool_config)");
     }
@@ -198,6 +211,7 @@ void CudaContext::return_staging(std::vector<void*>& buffers) {
     buffers.clear();
 }
 
+#if !defined(HIVE_GPU_HIP)
 BackendEntry backend_entry() {
     return BackendEntry{
         "cuda",
@@ -213,5 +227,6 @@ BackendEntry backend_entry() {
         },
     };
 }
+#endif
 
 }  // namespace hive_gpu::cuda

@@ -1,8 +1,10 @@
 // The CUDA context: one device, its stream-ordered memory pool for scratch, and the
-// pinned staging buffers that bulk uploads stream through.
+// pinned staging buffers that bulk uploads stream through. The ROCm build compiles the same
+// class with HIP (csrc/rocm/rocm_context.hip), which supplies device_info() and the backend
+// entry; backend() names the backend being built.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "kernels/compat.cuh"
 
 #include <atomic>
 #include <cstddef>
@@ -19,7 +21,7 @@ class CudaContext final : public Context {
     explicit CudaContext(int device);
     ~CudaContext() override;
 
-    std::string backend() const override { return "cuda"; }
+    std::string backend() const override { return HIVE_GPU_BACKEND_NAME; }
     DeviceInfo device_info() const override;
     std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) override;
     PoolStats pool_stats() const override;

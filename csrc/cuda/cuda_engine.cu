@@ -1,7 +1,5 @@
 #include "cuda/cuda_engine.hpp"
 
-#include <cub/device/device_radix_sort.cuh>
-
 #include <algorithm>
 #include <cstring>
 #include <exception>
@@ -13,6 +11,7 @@
 #include "hive_gpu/storage.hpp"
 #include "kernels/scan.cuh"
 #include "kernels/select.cuh"
+#include "kernels/sort.cuh"
 
 namespace hive_gpu::cuda {
 
@@ -43,9 +42,10 @@ void with_metric(Metric m, F&& f) {
     }
 }
 
+// float4 loads per lane that cover a row in one step for a warp of `warp` lanes.
 template <typename F>
-void with_vpl(std::size_t ld4, F&& f) {
-    const std::size_t need = ceil_div(ld4, k::kWarpSize);
+void with_vpl(std::size_t ld4, int warp, F&& f) {
+    const std::size_t need = ceil_div(ld4, static_cast<std::size_t>(warp));
     if (need <= 1) f(std::integral_constant<int, 1>{});
     else if (need <= 2) f(std::integral_constant<int, 2>{});
     else if (need <= 4) f(std::integral_constant<int, 4>{});
@@ -170,7 +170,7 @@ void CudaEngine::ensure_host(Lane& lane, std::size_t bytes) const {
 void CudaEngine::ensure_blas(Lane& lane) const {
     if (lane.blas) return;
     cublasHandle_t h = nullptr;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) throw BackendError("cuda: cublasCreate failed");
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasCreate failed");
     void* ws = nullptr;
     cudaError_t e = cudaMalloc(&ws, kBlasWorkspace);
     if (e != cudaSuccess) {
@@ -183,7 +183,7 @@ void CudaEngine::ensure_blas(Lane& lane) const {
         cublasSetWorkspace(h, ws, kBlasWorkspace) != CUBLAS_STATUS_SUCCESS) {
         cublasDestroy(h);
         cudaFree(ws);
-        throw BackendError("cuda: cuBLAS handle setup failed");
+        throw BackendError(HIVE_GPU_BACKEND_NAME ": cuBLAS handle setup failed");
     }
     lane.blas = h;
     lane.blas_workspace = ws;
@@ -194,7 +194,7 @@ void CudaEngine::ensure_blas(Lane& lane) const {
 CudaEngine::CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric)
     : ctx_(std::move(context)), dim_(dimension), ld_((dimension + 3) / 4 * 4), metric_(metric) {
     DeviceGuard guard(ctx_->device());
-    const std::size_t optin = ctx_->props().sharedMemPerBlockOptin;
+    const std::size_t optin = k::max_block_shared_bytes(ctx_->props());
     const int cap = 1 << (31 - __builtin_clz(static_cast<unsigned>(optin / k::topk_shared_bytes(1))));
     max_select_k_ = cap - k::kSelectBlock * k::kSelectItems;
     check(cudaStreamCreateWithFlags(&write_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -260,7 +260,7 @@ void CudaEngine::grow(std::size_t rows) {
         if (e == cudaErrorMemoryAllocation && want > rows) e = try_alloc(cap = rows);
     }
     if (e == cudaErrorMemoryAllocation)
-        throw OutOfMemoryError("cuda: cannot hold " + std::to_string(rows) + " rows of dimension " +
+        throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": cannot hold " + std::to_string(rows) + " rows of dimension " +
                                std::to_string(dim_) + " (" +
                                std::to_string(rows * ld_ * sizeof(float) >> 20) +
                                " MiB) on the device");
@@ -304,7 +304,7 @@ void CudaEngine::upload_rows(const float* rows, std::size_t n, float* dst) {
     // next pack overlaps the previous copy) and copy them up on their own stream.
     const std::size_t chunk_rows = std::max<std::size_t>(1, ctx_->staging_bytes() / row_bytes);
     if (chunk_rows * row_bytes > ctx_->staging_bytes())
-        throw InvalidArgumentError("cuda: a row is larger than a staging buffer");
+        throw InvalidArgumentError(HIVE_GPU_BACKEND_NAME ": a row is larger than a staging buffer");
     const std::size_t chunks = ceil_div(n, chunk_rows);
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
     const std::size_t threads = total <= kSmallAppendBytes
@@ -363,7 +363,7 @@ void CudaEngine::finish_append(std::size_t n, const char* what) {
     check(cudaMemsetAsync(fault_device_, 0xff, sizeof(unsigned long long), write_stream_), "cudaMemsetAsync");
     with_metric(metric_, [&](auto m) {
         k::row_stats_kernel<decltype(m)::value>
-            <<<grid_for(n * k::kWarpSize, 256, ctx_->props()), 256, 0, write_stream_>>>(
+            <<<grid_for(n * k::warp_size(ctx_->props()), 256, ctx_->props()), 256, 0, write_stream_>>>(
                 rows_ + size_ * ld_, ld_, n, dim_, factors_ + size_, fault_device_, kMaxSquaredNorm);
     });
     check_launch("row_stats_kernel");
@@ -394,7 +394,7 @@ void CudaEngine::check_device_pointer(const void* p, const char* what) const {
         cudaGetLastError();
         throw InvalidArgumentError(std::string(what) + " is not a CUDA device pointer");
     }
-    if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+    if (!k::is_device_memory(a))
         throw InvalidArgumentError(std::string(what) + " is not in CUDA device memory");
     if (a.device != ctx_->device())
         throw InvalidArgumentError(std::string(what) + " lives on CUDA device " + std::to_string(a.device) +
@@ -500,7 +500,7 @@ struct Carve {
 
 CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
     Plan p;
-    const std::size_t optin = ctx_->props().sharedMemPerBlockOptin;
+    const std::size_t optin = k::max_block_shared_bytes(ctx_->props());
     if (kk > static_cast<std::size_t>(max_select_k_)) {
         p.path = Path::Sorted;
         return p;
@@ -516,7 +516,7 @@ CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
     int per_sm = scan_blocks_per_sm_[slot].load(std::memory_order_relaxed);
     if (per_sm == 0) {
         with_metric(metric_, [&](auto m) {
-            with_vpl(ld_ / 4, [&](auto v) {
+            with_vpl(ld_ / 4, k::warp_size(ctx_->props()), [&](auto v) {
                 auto kernel = k::scan_query_kernel<decltype(m)::value, decltype(v)::value>;
                 allow_shared(kernel, p.shared);
                 check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, p.shared),
@@ -627,7 +627,7 @@ void CudaEngine::run_search(Lane& lane, const Plan& pl, const float* dq, std::si
     }
     Scratch qf(*ctx_, nq * sizeof(float), s);
     with_metric(metric_, [&](auto m) {
-        k::row_stats_kernel<decltype(m)::value><<<grid_for(nq * k::kWarpSize, 256, ctx_->props()), 256, 0, s>>>(
+        k::row_stats_kernel<decltype(m)::value><<<grid_for(nq * k::warp_size(ctx_->props()), 256, ctx_->props()), 256, 0, s>>>(
             dq, ld_, nq, dim_, qf.as<float>(), fault, kMaxSquaredNorm);
     });
     check_launch("row_stats_kernel");
@@ -646,7 +646,7 @@ void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::
     auto* ckeys = static_cast<std::uint64_t*>(work);
     auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + pl.blocks * kk);
     with_metric(metric_, [&](auto m) {
-        with_vpl(ld4, [&](auto v) {
+        with_vpl(ld4, k::warp_size(ctx_->props()), [&](auto v) {
             auto kernel = k::scan_query_kernel<decltype(m)::value, decltype(v)::value>;
             allow_shared(kernel, pl.shared);
             kernel<<<static_cast<unsigned>(pl.blocks), k::kScanBlock, pl.shared, s>>>(
@@ -678,7 +678,7 @@ void CudaEngine::gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::s
                                     static_cast<int>(dim_), &one, rows_ + col0 * ld_, static_cast<int>(ld_), dq,
                                     static_cast<int>(ld_), &zero, out, static_cast<int>(cols));
     if (st != CUBLAS_STATUS_SUCCESS)
-        throw BackendError("cuda: cublasSgemm failed with status " + std::to_string(static_cast<int>(st)));
+        throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasSgemm failed with status " + std::to_string(static_cast<int>(st)));
 }
 
 void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq,
@@ -761,7 +761,7 @@ void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std:
     const std::size_t ld4 = ld_ / 4;
     auto launch = [&](auto qn) {
         constexpr int Q = decltype(qn)::value;
-        with_vpl(ld4, [&](auto v) {
+        with_vpl(ld4, k::warp_size(ctx_->props()), [&](auto v) {
             auto kernel = k::skinny_dots_kernel<Q, decltype(v)::value>;
             const std::size_t shared = Q * ld_ * sizeof(float);
             allow_shared(kernel, shared);
@@ -770,7 +770,7 @@ void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std:
                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
             const std::size_t blocks = std::min<std::size_t>(
                 static_cast<std::size_t>(std::max(per_sm, 1)) * ctx_->props().multiProcessorCount,
-                std::max<std::size_t>(1, ceil_div(cols, 2 * (k::kSkinnyBlock / k::kWarpSize))));
+                std::max<std::size_t>(1, ceil_div(cols, 2 * (k::kSkinnyBlock / k::warp_size(ctx_->props())))));
             kernel<<<static_cast<unsigned>(blocks), k::kSkinnyBlock, shared, lane.stream>>>(
                 reinterpret_cast<const float4*>(rows_ + col0 * ld_), ld4, cols, reinterpret_cast<const float4*>(dq),
                 static_cast<int>(nq), out, cols);
@@ -794,8 +794,8 @@ void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std
     auto* v_in = vals.as<std::uint32_t>();
     auto* v_out = v_in + n;
     std::size_t temp_bytes = 0;
-    check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, v_in, v_out, static_cast<int>(n), 0, 64, s),
-          "cub::DeviceRadixSort");
+    check(k::radix_sort_pairs(nullptr, temp_bytes, k_in, k_out, v_in, v_out, static_cast<int>(n), s),
+          k::kRadixSortName);
     Scratch temp(*ctx_, temp_bytes, s);
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
@@ -804,9 +804,8 @@ void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std
             k::keys_from_scores_kernel<M><<<grid_for(n, 256, ctx_->props()), 256, 0, s>>>(
                 dots.as<float>(), n, factors_, ordinals_, qf + q, k_in, v_in);
             check_launch("keys_from_scores_kernel");
-            check(cub::DeviceRadixSort::SortPairs(temp.as<void>(), temp_bytes, k_in, k_out, v_in, v_out,
-                                                  static_cast<int>(n), 0, 64, s),
-                  "cub::DeviceRadixSort");
+            check(k::radix_sort_pairs(temp.as<void>(), temp_bytes, k_in, k_out, v_in, v_out, static_cast<int>(n), s),
+                  k::kRadixSortName);
             k::finalize_kernel<k::MetricTraits<M>::kHigherFirst><<<grid_for(kk, 256, ctx_->props()), 256, 0, s>>>(
                 k_out, v_out, kk, dscores + q * kk, dslots + q * kk);
             check_launch("finalize_kernel");

@@ -1,11 +1,9 @@
 // The CUDA engine: rows in device memory (row stride padded to 16 bytes), norms computed
 // once at insert, a fused one-pass scan for single queries, cuBLAS SGEMM tiles plus
 // device top-k for batches. Each concurrent search runs on its own lane (stream, cuBLAS
-// handle, pinned buffers), so searches from several threads overlap.
+// handle, pinned buffers), so searches from several threads overlap. The ROCm build compiles
+// this engine with HIP (rocBLAS for the GEMM): csrc/rocm/rocm_engine.hip.
 #pragma once
-
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
 
 #include <array>
 #include <atomic>
@@ -17,6 +15,7 @@
 
 #include "cuda/cuda_context.hpp"
 #include "hive_gpu/engine.hpp"
+#include "kernels/compat.cuh"
 
 namespace hive_gpu::cuda {
 

@@ -1,6 +1,7 @@
-// The ROCm context: one AMD GPU through the HIP runtime. Storages need the engine that is
-// shared with CUDA; until that source compiles under HIP, make_engine() says so.
-#include <hip/hip_runtime.h>
+// The ROCm context is the CUDA context compiled by HIP (the stream-ordered memory pool, the
+// pinned staging buffers, make_engine() returning the shared engine). What differs is here:
+// the backend entry, and device_info() from hipGetDeviceProperties & co (rocm_device.hip).
+#include "cuda/cuda_context.cu"
 
 #include <memory>
 #include <string>
@@ -9,26 +10,14 @@
 #include "hive_gpu/error.hpp"
 #include "rocm/rocm_device.hpp"
 
-namespace hive_gpu::rocm {
+namespace hive_gpu {
 
-namespace {
+DeviceInfo cuda::CudaContext::device_info() const { return rocm::describe_device(device()); }
 
-class RocmContext final : public Context {
-   public:
-    explicit RocmContext(int device) : device_(device) {}
+namespace rocm {
 
-    std::string backend() const override { return "rocm"; }
-    DeviceInfo device_info() const override { return describe_device(device_); }
-    std::unique_ptr<Engine> make_engine(std::size_t, Metric) override {
-        throw BackendError("rocm: this build has no ROCm engine yet (device_info() works; "
-                           "storages need the engine shared with CUDA)");
-    }
-
-   private:
-    int device_;
-};
-
-}  // namespace
+// The context class of this backend (backend() says "rocm" in a HIP build).
+using RocmContext = cuda::CudaContext;
 
 BackendEntry backend_entry() {
     return BackendEntry{
@@ -46,4 +35,5 @@ BackendEntry backend_entry() {
     };
 }
 
-}  // namespace hive_gpu::rocm
+}  // namespace rocm
+}  // namespace hive_gpu
