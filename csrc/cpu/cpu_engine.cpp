@@ -15,13 +15,23 @@
 
 namespace hive_gpu::cpu {
 
+namespace {
+// 1/|x| for cosine. A vector whose squared norm is below FLT_MIN is the zero vector
+// (docs/guarantees.md): its direction is not representable in float32 arithmetic.
+float cosine_factor(double squared_norm) {
+    return squared_norm >= static_cast<double>(std::numeric_limits<float>::min())
+               ? static_cast<float>(1.0 / std::sqrt(squared_norm))
+               : 0.0f;
+}
+}  // namespace
+
 CpuEngine::CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric)
     : context_(std::move(context)), dim_(dimension), metric_(metric) {}
 
 float CpuEngine::row_factor(const float* row) const {
     double s = 0.0;
     for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
-    if (metric_ == Metric::Cosine) return s > 0.0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+    if (metric_ == Metric::Cosine) return cosine_factor(s);
     return static_cast<float>(s);
 }
 
@@ -109,7 +119,7 @@ std::size_t tile_rows(std::size_t d) {
 float inverse_norm(const float* v, std::size_t d) {
     double s = 0.0;
     for (std::size_t j = 0; j < d; ++j) s += static_cast<double>(v[j]) * v[j];
-    return s > 0.0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+    return cosine_factor(s);
 }
 
 }  // namespace

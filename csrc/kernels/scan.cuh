@@ -39,7 +39,7 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
             if (code != 0 && fault != nullptr)
                 atomicMin(fault, (static_cast<unsigned long long>(r) << 2) | code);
             if (kMetric == kCosine)
-                factor[r] = s > 0.0 ? static_cast<float>(1.0 / sqrt(s)) : 0.0f;
+                factor[r] = s >= 1.17549435e-38 ? static_cast<float>(1.0 / sqrt(s)) : 0.0f;  // below FLT_MIN: zero vector
             else
                 factor[r] = static_cast<float>(s);
         }
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
               static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
     }
     qq = warp_sum(qq);
-    const float qf = kMetric == kCosine ? (qq > 0.0 ? static_cast<float>(1.0 / sqrt(qq)) : 0.0f)
+    const float qf = kMetric == kCosine ? (qq >= 1.17549435e-38 ? static_cast<float>(1.0 / sqrt(qq)) : 0.0f)
                                         : static_cast<float>(qq);
     const std::size_t per_round = blockDim.x;
     for (std::size_t base = blockIdx.x * per_round; base < n; base += gridDim.x * per_round) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <string>
 
@@ -52,7 +53,7 @@ WgpuEngine::WgpuEngine(std::shared_ptr<WgpuContext> context, std::size_t dimensi
 float WgpuEngine::row_factor(const float* row) const {
     double s = 0.0;
     for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
-    if (metric_ == Metric::Cosine) return s > 0.0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+    if (metric_ == Metric::Cosine) return s >= std::numeric_limits<float>::min() ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
     return static_cast<float>(s);
 }
 
@@ -313,7 +314,7 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
         if (metric_ == Metric::Cosine) {
             double s = 0.0;
             for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(queries[i * dim_ + j]) * queries[i * dim_ + j];
-            qscale[i] = s > 0.0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+            qscale[i] = s >= std::numeric_limits<float>::min() ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
         }
     }
 
