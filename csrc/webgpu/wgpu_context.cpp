@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -55,6 +56,15 @@ WGPUBackendType backend_from_env(std::string* why) {
     if (b == "opengles" || b == "gles") return WGPUBackendType_OpenGLES;
     *why = std::string("HIVE_GPU_WEBGPU_BACKEND='") + env + "' is not one of vulkan, metal, d3d12, opengl, opengles";
     return WGPUBackendType_Undefined;
+}
+
+// Waiting for the GPU: yield for the first polls (short kernels finish within them), then
+// sleep in steps of 20 us so that a long search does not burn a core.
+void back_off(unsigned spins) {
+    if (spins < 256)
+        std::this_thread::yield();
+    else
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
 }
 
 // Runs ProcessEvents (and wgpu-native's poll) until `done` is set by a callback.
@@ -336,14 +346,17 @@ void WgpuContext::submit(WGPUCommandEncoder enc) {
 
 void WgpuContext::wait_until(const bool& done, const char* what) {
     const Api& a = api();
-    while (!done) {
+    // Never wgpuDevicePoll(wait=true): on some Vulkan drivers (Mesa's lavapipe among them) its
+    // fence wait can miss the wake-up and block forever after the work has finished. A
+    // non-blocking poll with a short back-off sees the completion either way.
+    for (unsigned spins = 0; !done; ++spins) {
         {
             std::lock_guard<std::mutex> lock(error_mutex_);
             if (lost_) break;
         }
-        if (a.wgpuDevicePoll) a.wgpuDevicePoll(device_, true, nullptr);
+        if (a.wgpuDevicePoll) a.wgpuDevicePoll(device_, false, nullptr);
         a.wgpuInstanceProcessEvents(rt_.instance);
-        if (!done && !a.wgpuDevicePoll) std::this_thread::yield();
+        if (!done) back_off(spins);
     }
     if (!done) throw_if_failed(what);
 }
@@ -355,11 +368,17 @@ struct MapResult {
 };
 
 void WgpuContext::wait_idle() {
-    // An empty map-free wait: wgpu-native's poll blocks until the queue is empty; Dawn
-    // (no poll) gets a work-done callback.
+    // wgpu-native's non-blocking poll reports whether the queue is empty (see wait_until for
+    // why it is never asked to block); Dawn (no poll) gets a map of a probe buffer instead.
     const Api& a = api();
     if (a.wgpuDevicePoll) {
-        a.wgpuDevicePoll(device_, true, nullptr);
+        for (unsigned spins = 0; !a.wgpuDevicePoll(device_, false, nullptr); ++spins) {
+            {
+                std::lock_guard<std::mutex> lock(error_mutex_);
+                if (lost_) break;
+            }
+            back_off(spins);
+        }
         return;
     }
     Buffer probe = create_buffer(4, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst, false, "fence");
