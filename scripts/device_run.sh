@@ -31,15 +31,19 @@ if compgen -G ".gl/*.deb" >/dev/null && compgen -G ".whl/wgpu-*.whl" >/dev/null;
   step "Vulkan loader and wgpu-native"
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
-  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-  [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+  icd=$(ls /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd*.json /usr/share/vulkan/icd.d/nvidia_icd*.json \
+             /etc/vulkan/icd.d/nvidia_icd*.json 2>/dev/null | head -n 1)
+  if [ -n "$icd" ]; then
+    export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
+  fi
+  echo "Vulkan loader: $(ldconfig -p | grep -o 'libvulkan.so.1 .*' | head -n 1); driver: ${icd:-none found}"
   $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/wgpu-*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && webgpu=ON
 fi
 
 if has build; then
   step "build (CUDA archs ${HIVE_GPU_CUDA_ARCHS:-90}, WebGPU $webgpu)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
   if ! timeout "$(limit build 300)" $PY -m pip install -q --no-deps --no-build-isolation -C build-dir=build/device \
       -C cmake.define.HIVE_GPU_CUDA=ON -C cmake.define.HIVE_GPU_WEBGPU=$webgpu \
       -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${HIVE_GPU_CUDA_ARCHS:-90}" \
@@ -57,7 +61,10 @@ run_pytest() {
   step "tests on $backends ($name, at most ${secs}s)"
   (cd /tmp && HIVE_GPU_TEST_BACKENDS=$backends timeout "$secs" $PY -m pytest -q -p no:cacheprovider \
       -rfE --durations=8 "$@" 2>&1 || true) | tee "$OUT/pytest_$name.log" | grep -vE "^SKIPPED" | tail -n 25
-  failed "$OUT/pytest_$name.log" && status=1
+  if failed "$OUT/pytest_$name.log"; then
+    status=1
+    grep -E "^E |^(FAILED|ERROR) |^[^ ]+\.py:[0-9]+: " "$OUT/pytest_$name.log" | head -n 40
+  fi
 }
 has tests_cuda && run_pytest cuda cuda "$(limit tests_cuda 240)" "$root/tests" -k "not webgpu and not metal"
 has tests_webgpu && [ $webgpu = ON ] && run_pytest webgpu webgpu "$(limit tests_webgpu 120)" "$root/tests" -k webgpu

@@ -119,7 +119,7 @@ void* CudaContext::allocate(std::size_t bytes, cudaStream_t stream) {
         return config_.max_bytes;
     }();
     const std::uint64_t now = used_.fetch_add(bytes) + bytes;
-    if (cap != 0 && now > cap) {
+    if (cap != 0 && now + rows_bytes_.load() > cap) {
         used_.fetch_sub(bytes);
         throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": the memory pool cap of " + std::to_string(cap) +
                                " bytes would be exceeded by a request of " + std::to_string(bytes) +
@@ -139,6 +139,32 @@ void* CudaContext::allocate(std::size_t bytes, cudaStream_t stream) {
         reserved_seen_ = reserved;
     }
     return p;
+}
+
+bool CudaContext::try_charge(std::uint64_t bytes) {
+    const std::uint64_t cap = [&] {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return config_.max_bytes;
+    }();
+    const std::uint64_t now = rows_bytes_.fetch_add(bytes) + bytes;
+    if (cap != 0 && now + used_.load() > cap) {
+        rows_bytes_.fetch_sub(bytes);
+        return false;
+    }
+    return true;
+}
+
+void CudaContext::charge(std::uint64_t bytes, const char* what) {
+    if (!try_charge(bytes)) {
+        std::uint64_t cap = 0;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            cap = config_.max_bytes;
+        }
+        throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": the context's memory cap of " + std::to_string(cap) +
+                               " bytes would be exceeded by " + std::to_string(bytes) + " bytes for " + what +
+                               " (see set_pool_config)");
+    }
 }
 
 void CudaContext::release(void* p, std::size_t bytes, cudaStream_t stream) {
@@ -165,6 +191,7 @@ PoolStats CudaContext::pool_stats() const {
         s.peak_bytes = v;
     s.allocations = allocations_.load();
     s.device_allocations = device_allocations_.load();
+    s.rows_bytes = rows_bytes_.load();
     std::lock_guard<std::mutex> lock(mutex_);
     s.config = config_;
     return s;

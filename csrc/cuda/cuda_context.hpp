@@ -36,6 +36,13 @@ class CudaContext final : public Context {
     // Gives cached pool memory back to the device (before retrying a failed cudaMalloc).
     void trim_pool();
 
+    // The pool's max_bytes caps the context's device memory as a whole: scratch from the
+    // pool plus the rows engines hold. Engines charge row buffers before allocating them.
+    // try_charge returns false when the cap would be passed; charge throws OutOfMemoryError.
+    bool try_charge(std::uint64_t bytes);
+    void charge(std::uint64_t bytes, const char* what);
+    void uncharge(std::uint64_t bytes) { rows_bytes_.fetch_sub(bytes); }
+
     // Pinned host buffers of staging_bytes() each, kept for the context's life.
     std::size_t staging_bytes() const { return kStagingBytes; }
     std::vector<void*> acquire_staging(std::size_t count);
@@ -50,7 +57,8 @@ class CudaContext final : public Context {
 
     mutable std::mutex mutex_;
     PoolConfig config_;
-    std::atomic<std::uint64_t> used_{0};
+    std::atomic<std::uint64_t> used_{0};        // pool scratch handed out
+    std::atomic<std::uint64_t> rows_bytes_{0};  // row buffers of this context's engines
     std::atomic<std::uint64_t> allocations_{0};
     std::atomic<std::uint64_t> device_allocations_{0};
     std::uint64_t reserved_seen_ = 0;  // guarded by mutex_

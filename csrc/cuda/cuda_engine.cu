@@ -217,6 +217,7 @@ CudaEngine::~CudaEngine() {
     cudaFree(rows_);
     cudaFree(factors_);
     cudaFree(ordinals_);
+    ctx_->uncharge(row_bytes(capacity_));
     cudaFree(fault_device_);
     cudaFreeHost(fault_host_);
     cudaFreeHost(small_host_);
@@ -226,9 +227,11 @@ CudaEngine::~CudaEngine() {
     cudaSetDevice(previous);
 }
 
-std::size_t CudaEngine::memory_bytes() const {
-    return capacity_ * (ld_ * sizeof(float) + sizeof(float) + sizeof(std::uint32_t));
+std::size_t CudaEngine::row_bytes(std::size_t rows) const {
+    return rows * (ld_ * sizeof(float) + sizeof(float) + sizeof(std::uint32_t));
 }
+
+std::size_t CudaEngine::memory_bytes() const { return row_bytes(capacity_); }
 
 // ---- writes -----------------------------------------------------------------------------
 
@@ -251,14 +254,23 @@ void CudaEngine::grow(std::size_t rows) {
         }
         return e;
     };
+    // The context's byte cap covers rows too: the geometric size if it fits, else the exact.
     std::size_t cap = want;
+    if (!ctx_->try_charge(row_bytes(cap))) {
+        cap = rows;
+        ctx_->charge(row_bytes(cap), "rows");
+    }
     cudaError_t e = try_alloc(cap);
     if (e == cudaErrorMemoryAllocation) {
         // Memory cached by the scratch pool is the first thing to give back.
         ctx_->trim_pool();
         e = try_alloc(cap);
-        if (e == cudaErrorMemoryAllocation && want > rows) e = try_alloc(cap = rows);
+        if (e == cudaErrorMemoryAllocation && cap > rows) {
+            ctx_->uncharge(row_bytes(cap) - row_bytes(rows));
+            e = try_alloc(cap = rows);
+        }
     }
+    if (e != cudaSuccess) ctx_->uncharge(row_bytes(cap));
     if (e == cudaErrorMemoryAllocation)
         throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": cannot hold " + std::to_string(rows) + " rows of dimension " +
                                std::to_string(dim_) + " (" +
@@ -274,12 +286,14 @@ void CudaEngine::grow(std::size_t rows) {
             cudaFree(r);
             cudaFree(f);
             cudaFree(o);
+            ctx_->uncharge(row_bytes(cap));
             throw_cuda(c, "copying rows to their new buffer");
         }
     }
     cudaFree(rows_);
     cudaFree(factors_);
     cudaFree(ordinals_);
+    ctx_->uncharge(row_bytes(capacity_));
     rows_ = r;
     factors_ = f;
     ordinals_ = o;
@@ -460,6 +474,7 @@ void CudaEngine::truncate(std::size_t n) {
         cudaFree(rows_);
         cudaFree(factors_);
         cudaFree(ordinals_);
+        ctx_->uncharge(row_bytes(capacity_));
         rows_ = nullptr;
         factors_ = nullptr;
         ordinals_ = nullptr;

@@ -82,6 +82,8 @@ class CudaEngine final : public Engine {
     void ensure_blas(Lane& lane) const;
 
     void grow(std::size_t rows);
+    // Device bytes of `rows` rows with their factors and ordinals.
+    std::size_t row_bytes(std::size_t rows) const;
     void wait_producer(cudaStream_t ours, cudaEvent_t event, std::uintptr_t producer) const;
     void check_device_pointer(const void* p, const char* what) const;
     void upload_rows(const float* rows, std::size_t n, float* dst);

@@ -112,6 +112,7 @@ py::dict pool_stats_dict(const PoolStats& s) {
     r["peak_bytes"] = s.peak_bytes;
     r["allocations"] = s.allocations;
     r["device_allocations"] = s.device_allocations;
+    r["rows_bytes"] = s.rows_bytes;
     r["release_threshold"] = s.config.release_threshold;
     r["max_bytes"] = s.config.max_bytes;
     return r;

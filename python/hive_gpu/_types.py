@@ -93,7 +93,12 @@ class GpuSearchResult:
 
 @dataclass(frozen=True)
 class PoolStats:
-    """Counters of a context's memory pool."""
+    """Counters of a context's device memory.
+
+    ``reserved_bytes`` / ``used_bytes`` / ``peak_bytes`` describe the scratch pool,
+    ``rows_bytes`` the memory that holds stored rows. ``max_bytes`` (0 = no cap) caps pool
+    scratch in use plus ``rows_bytes``: a request beyond it raises ``OutOfMemoryError``.
+    """
 
     reserved_bytes: int
     used_bytes: int
@@ -102,3 +107,4 @@ class PoolStats:
     device_allocations: int
     release_threshold: int
     max_bytes: int
+    rows_bytes: int = 0

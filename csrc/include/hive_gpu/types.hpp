@@ -67,12 +67,14 @@ struct PoolConfig {
     std::uint64_t max_bytes = 0;          // hard cap on pooled bytes (0 = no cap beyond the device)
 };
 
+// config.max_bytes caps scratch handed out by the pool plus rows_bytes together.
 struct PoolStats {
     std::uint64_t reserved_bytes = 0;  // held from the device by the pool
     std::uint64_t used_bytes = 0;      // handed out right now
     std::uint64_t peak_bytes = 0;
     std::uint64_t allocations = 0;     // pool allocations served
     std::uint64_t device_allocations = 0;  // times the pool had to ask the device
+    std::uint64_t rows_bytes = 0;      // device memory of the stored rows (outside the pool)
     PoolConfig config;
 };
 
