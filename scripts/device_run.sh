@@ -44,12 +44,16 @@ fi
 if has build; then
   step "build (CUDA archs ${HIVE_GPU_CUDA_ARCHS:-90}, WebGPU $webgpu)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
-  if ! timeout "$(limit build 300)" $PY -m pip install -q --no-deps --no-build-isolation -C build-dir=build/device \
-      -C cmake.define.HIVE_GPU_CUDA=ON -C cmake.define.HIVE_GPU_WEBGPU=$webgpu \
+  # A wheel, installed like a user's: every test below runs against the installed package.
+  rm -rf build/device-wheel
+  if ! timeout "$(limit build 300)" $PY -m pip wheel -q --no-deps --no-build-isolation -w build/device-wheel \
+      -C build-dir=build/device -C cmake.define.HIVE_GPU_CUDA=ON -C cmake.define.HIVE_GPU_WEBGPU=$webgpu \
       -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${HIVE_GPU_CUDA_ARCHS:-90}" \
-      -C cmake.build-type=Release . >"$OUT/build.log" 2>&1; then
+      -C cmake.build-type=Release . >"$OUT/build.log" 2>&1 \
+     || ! $PY -m pip install -q --no-deps --force-reinstall build/device-wheel/hive_gpu-*.whl >>"$OUT/build.log" 2>&1; then
     tail -n 60 "$OUT/build.log"; exit 1
   fi
+  ls -l build/device-wheel/
   grep -E "hive_gpu: " "$OUT/build.log" || true
   (cd /tmp && $PY -c "import hive_gpu; print('compiled', hive_gpu.compiled_backends(), 'available', hive_gpu.available_backends())
 for b in hive_gpu.available_backends(): print(hive_gpu.create_context(b).device_info())")

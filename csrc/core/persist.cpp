@@ -209,7 +209,7 @@ std::atomic<unsigned> g_temp_counter{0};
 }  // namespace
 
 void VectorStorage::save(const std::string& path) const {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::shared_lock<detail::WriterPreferringMutex> lock(mutex_);
     check_open();
     const std::size_t n = id_of_.size();
 

@@ -16,8 +16,8 @@ namespace hive_gpu {
 
 namespace {
 
-using ReadLock = std::shared_lock<std::shared_mutex>;
-using WriteLock = std::unique_lock<std::shared_mutex>;
+using ReadLock = std::shared_lock<detail::WriterPreferringMutex>;
+using WriteLock = std::unique_lock<detail::WriterPreferringMutex>;
 
 }  // namespace
 

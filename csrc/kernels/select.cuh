@@ -64,10 +64,14 @@ struct BlockTopK {
         }
     }
 
-    // Ends a round in which each thread pushed at most `per_thread` keys.
+    // Ends a round in which each thread pushed at most `per_thread` keys. Every thread reads
+    // the count before any thread can push again: the merge decision is the block's, never
+    // a divergent one (a thread already in the next round would change the count).
     __device__ void end_round(int per_thread) {
         __syncthreads();
-        if (*count + static_cast<int>(blockDim.x) * per_thread > cap) merge();
+        const int filled = *count;
+        __syncthreads();
+        if (filled + static_cast<int>(blockDim.x) * per_thread > cap) merge();
     }
 
     __device__ void merge() {

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <string>
@@ -16,6 +17,37 @@
 #include "hive_gpu/types.hpp"
 
 namespace hive_gpu {
+
+namespace detail {
+// A shared mutex that never starves writers: a writer waits at the gate for the readers in
+// flight and closes it behind them, so a stream of overlapping searches (each of which may
+// hold the lock while its device works) cannot keep an add or remove out for ever.
+class WriterPreferringMutex {
+   public:
+    void lock() {
+        std::lock_guard<std::mutex> gate(gate_);
+        rw_.lock();
+    }
+    bool try_lock() {
+        std::unique_lock<std::mutex> gate(gate_, std::try_to_lock);
+        return gate.owns_lock() && rw_.try_lock();
+    }
+    void unlock() { rw_.unlock(); }
+    void lock_shared() {
+        { std::lock_guard<std::mutex> gate(gate_); }
+        rw_.lock_shared();
+    }
+    bool try_lock_shared() {
+        std::unique_lock<std::mutex> gate(gate_, std::try_to_lock);
+        return gate.owns_lock() && rw_.try_lock_shared();
+    }
+    void unlock_shared() { rw_.unlock_shared(); }
+
+   private:
+    std::mutex gate_;
+    std::shared_mutex rw_;
+};
+}  // namespace detail
 
 // Limits checked on every write.
 inline constexpr std::size_t kMaxIdBytes = 4096;
@@ -130,7 +162,7 @@ class VectorStorage {
     // Read once: engine_ is null after close() and may not be touched outside the lock.
     bool engine_checks_rows_;
 
-    mutable std::shared_mutex mutex_;
+    mutable detail::WriterPreferringMutex mutex_;
     bool closed_ = false;
     std::unordered_map<std::string, std::size_t> slot_of_;
     std::vector<std::string> id_of_;         // by slot
