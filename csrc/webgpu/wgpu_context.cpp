@@ -304,6 +304,9 @@ Buffer WgpuContext::create_buffer(std::uint64_t bytes, WGPUBufferUsage usage, bo
         throw OutOfMemoryError(std::string("webgpu: ") + what + " needs " + std::to_string(bytes) +
                                " bytes, above the device's maxBufferSize of " +
                                std::to_string(limits().maxBufferSize));
+    // Two scopes: implementations report a failed allocation as an out-of-memory error or,
+    // as wgpu-native does for "Not enough memory left", as a validation error.
+    a.wgpuDevicePushErrorScope(device_, WGPUErrorFilter_Validation);
     a.wgpuDevicePushErrorScope(device_, WGPUErrorFilter_OutOfMemory);
     WGPUBufferDescriptor desc{};
     desc.label = view(what);
@@ -311,22 +314,37 @@ Buffer WgpuContext::create_buffer(std::uint64_t bytes, WGPUBufferUsage usage, bo
     desc.size = bytes;
     desc.mappedAtCreation = mapped_at_creation ? 1 : 0;
     WGPUBuffer b = a.wgpuDeviceCreateBuffer(device_, &desc);
-    ScopeResult res;
-    WGPUPopErrorScopeCallbackInfo cb{};
-    cb.mode = WGPUCallbackMode_AllowProcessEvents;
-    cb.callback = [](WGPUPopErrorScopeStatus status, WGPUErrorType type, WGPUStringView msg, void* u1, void*) {
-        auto* r = static_cast<ScopeResult*>(u1);
-        r->type = status == WGPUPopErrorScopeStatus_Success ? type : WGPUErrorType_Unknown;
-        r->message = str(msg);
-        r->done = true;
-    };
-    cb.userdata1 = &res;
-    a.wgpuDevicePopErrorScope(device_, cb);
-    wait_until(res.done, what);
     Buffer owned(&a, b, bytes);
-    if (!b || res.type != WGPUErrorType_NoError)
+    auto pop = [&] {
+        ScopeResult res;
+        WGPUPopErrorScopeCallbackInfo cb{};
+        cb.mode = WGPUCallbackMode_AllowProcessEvents;
+        cb.callback = [](WGPUPopErrorScopeStatus status, WGPUErrorType type, WGPUStringView msg, void* u1, void*) {
+            auto* r = static_cast<ScopeResult*>(u1);
+            r->type = status == WGPUPopErrorScopeStatus_Success ? type : WGPUErrorType_Unknown;
+            r->message = str(msg);
+            r->done = true;
+        };
+        cb.userdata1 = &res;
+        a.wgpuDevicePopErrorScope(device_, cb);
+        wait_until(res.done, what);
+        return res;
+    };
+    const ScopeResult oom = pop();
+    const ScopeResult validation = pop();
+    auto lower = [](std::string m) {
+        for (char& c : m) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        return m;
+    };
+    const bool memory_message = lower(validation.message).find("memory") != std::string::npos;
+    if (!b || oom.type != WGPUErrorType_NoError ||
+        (validation.type != WGPUErrorType_NoError && memory_message)) {
+        const std::string& m = oom.type != WGPUErrorType_NoError ? oom.message : validation.message;
         throw OutOfMemoryError(std::string("webgpu: cannot allocate ") + std::to_string(bytes) +
-                               " bytes for " + what + (res.message.empty() ? "" : ": " + res.message));
+                               " bytes for " + what + (m.empty() ? "" : ": " + m));
+    }
+    if (validation.type != WGPUErrorType_NoError)
+        throw BackendError(std::string("webgpu: creating a buffer for ") + what + ": " + validation.message);
     return owned;
 }
 
