@@ -4,7 +4,7 @@ runs after warm-up. The database (3 GB) is far larger than L2. Also measured in 
 run: the device's copy bandwidth and FP32 SGEMM rate, the limits each figure is set against.
 faiss-gpu is not installable on the GPU machine (no wheel for CUDA 13), so it is absent.
 
-    python benchmarks/bench_cuda.py --out DIR      # writes DIR/cuda_h100.json and .png
+    python benchmarks/bench_cuda.py --out DIR      # writes DIR/cuda_<device>.json and .png
 """
 
 from __future__ import annotations
@@ -249,12 +249,13 @@ def main() -> None:
           f"16 queries {t_b16 * 1e3:.3f} ms, self hit {hit.id}")
     big.close()
 
-    path = os.path.join(args.out, "cuda_h100.json")
+    tag = "cuda_" + "".join(c if c.isalnum() else "_" for c in info.name.lower().replace("nvidia ", ""))
+    path = os.path.join(args.out, tag + ".json")
     with open(path, "w") as f:
         json.dump(res, f, indent=2)
     print("wrote", path)
     try:
-        plot(res, os.path.join(args.out, "cuda_h100.png"))
+        plot(res, os.path.join(args.out, tag + ".png"))
     except Exception as e:  # noqa: BLE001 - the JSON is the record; the plot is a view of it
         print("plot failed:", e)
 
