@@ -1,6 +1,6 @@
 """CPU backend against faiss-cpu (IndexFlatIP / IndexFlatL2) and NumPy, side by side in one
-process: 100k x 768 and 1M x 128, 1 and 64 queries, k = 10, median of repeats taken in
-turns (hive_gpu, NumPy, faiss, hive_gpu, ...) so that load from elsewhere hits all alike.
+process: 100k x 768 and 1M x 128, 1 and 64 queries, k = 10, median of repeats; each
+contender runs in blocks of its own (see race()), in order and then in reverse order.
 
     python benchmarks/bench_cpu.py [--repeats 7] [--cases 100000x768,1000000x128] [--out PATH]
 
@@ -33,15 +33,26 @@ def load() -> list[float]:
 
 
 def race(fns: dict, repeats: int) -> dict[str, tuple[float, object]]:
-    """Median seconds and last answer of each contender. Contenders take turns, one call
-    each per round, so a burst of load from elsewhere hits all of them alike."""
-    outs = {name: fn() for name, fn in fns.items()}  # warm-up: page faults, thread start-up
+    """Median seconds and last answer of each contender. Each contender runs in a block of
+    its own (after a pause, then two untimed calls), so that the worker threads another
+    library leaves spinning after its call (OpenMP, OpenBLAS) do not steal the cores from
+    the next one;
+    the blocks run in order and then in reverse order, so that drifting load from elsewhere
+    hits all of them alike."""
+    outs: dict[str, object] = {}
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            outs[name] = fn()
-            times[name].append(time.perf_counter() - t)
+    names = list(fns)
+    half = max(1, (repeats + 1) // 2)
+    for order in (names, names[::-1]):
+        for name in order:
+            fn = fns[name]
+            time.sleep(0.5)  # the previous library's spinning threads go back to sleep
+            for _ in range(2):
+                outs[name] = fn()
+            for _ in range(half):
+                t = time.perf_counter()
+                outs[name] = fn()
+                times[name].append(time.perf_counter() - t)
     return {name: (statistics.median(times[name]), outs[name]) for name in fns}
 
 
