@@ -46,6 +46,9 @@ const Probe& probe() {
             cudaGetLastError();
         } else if (r.count == 0) {
             r.reason = "no CUDA device is present";
+        } else if (std::string why = lazy::cublas_unavailable_reason(); !why.empty()) {
+            r.count = 0;
+            r.reason = why;
         }
         return r;
     }();

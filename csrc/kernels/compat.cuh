@@ -11,6 +11,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include "cuda/cublas_lazy.hpp"  // cuBLAS opened at run time: the six calls go through it
+
 #include <cstddef>
 #define HIVE_GPU_BACKEND_NAME "cuda"
 #endif
