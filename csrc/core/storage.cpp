@@ -7,7 +7,6 @@
 #include <new>
 #include <numeric>
 #include <string>
-#include <unordered_set>
 
 #include "hive_gpu/error.hpp"
 #include "core/validate.hpp"
@@ -135,24 +134,13 @@ void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& 
     if (dim != dimension_)
         throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
                                      ", the storage has dimension " + std::to_string(dimension_));
-    {
-        std::unordered_set<std::string_view> seen;
-        seen.reserve(n);
-        for (const auto& id : ids) {
-            check_id(id);
-            if (!seen.insert(id).second)
-                throw DuplicateIdError("id '" + id + "' appears twice in the batch");
-        }
-    }
+    for (const auto& id : ids) check_id(id);
     // Device rows, and host rows of engines that check after their upload, are checked by
     // the engine under the lock instead.
     if (!src.device && !engine_checks_rows_) check_rows(src.data, n, dim, "vectors");
 
     WriteLock lock(mutex_);
     check_open();
-    for (const auto& id : ids)
-        if (slot_of_.count(id)) throw DuplicateIdError("id '" + id + "' already exists");
-
     const std::size_t old = id_of_.size();
     try {
         id_of_.reserve(old + n);
@@ -162,22 +150,50 @@ void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& 
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while growing the id map");
     }
-    const std::uint32_t first = take_ordinals(n);
-    std::vector<std::uint32_t> ords(n);
-    std::iota(ords.begin(), ords.end(), first);
-    if (src.device)
-        engine_->append_device(src.data, src.ld, ords.data(), n, src.stream);
-    else
-        engine_->append(src.data, ords.data(), n);
+    // The ids enter the map first: one hash per id finds a duplicate, whether it is already
+    // in the store or earlier in the batch. Anything that fails below takes them out again.
+    std::size_t entered = 0;
+    auto take_ids_out = [&] {
+        for (std::size_t i = 0; i < entered; ++i) slot_of_.erase(ids[i]);
+    };
+    try {
+        for (; entered < n; ++entered) {
+            const auto [it, fresh] = slot_of_.try_emplace(ids[entered], old + entered);
+            if (!fresh) {
+                std::string why = "id '" + ids[entered] +
+                                  (it->second >= old ? "' appears twice in the batch" : "' already exists");
+                take_ids_out();
+                throw DuplicateIdError(why);
+            }
+        }
+    } catch (const std::bad_alloc&) {
+        take_ids_out();
+        throw OutOfMemoryError("host memory exhausted while adding ids");
+    }
+    std::vector<std::uint32_t> ords;
+    try {
+        const std::uint32_t first = take_ordinals(n);
+        ords.resize(n);
+        std::iota(ords.begin(), ords.end(), first);
+        if (src.device)
+            engine_->append_device(src.data, src.ld, ords.data(), n, src.stream);
+        else
+            engine_->append(src.data, ords.data(), n);
+    } catch (const std::bad_alloc&) {
+        take_ids_out();
+        throw OutOfMemoryError("host memory exhausted while adding vectors");
+    } catch (...) {
+        take_ids_out();
+        throw;
+    }
     try {
         for (std::size_t i = 0; i < n; ++i) {
-            slot_of_.emplace(ids[i], old + i);
             id_of_.push_back(ids[i]);
             metadata_of_.push_back(metadata.empty() ? Metadata{} : metadata[i]);
             ordinal_of_.push_back(ords[i]);
         }
     } catch (const std::bad_alloc&) {
-        for (std::size_t i = 0; i < n; ++i) slot_of_.erase(ids[i]);
+        take_ids_out();
         id_of_.resize(old);
         metadata_of_.resize(old);
         ordinal_of_.resize(old);
