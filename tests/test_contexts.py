@@ -88,3 +88,16 @@ def test_cli_version():
         [sys.executable, "-m", "hive_gpu", "--version"], check=True, capture_output=True, text=True
     ).stdout
     assert hive_gpu.__version__ in out
+
+
+def test_auto_ranks_emulated_devices_after_the_cpu():
+    core = hive_gpu.create_context.__globals__["_core"]
+    avail = hive_gpu.available_backends()
+    for b in avail:
+        if b == "webgpu":
+            # A WebGPU CPU adapter (lavapipe, llvmpipe) is an emulation, a GPU adapter is not.
+            on_cpu = hive_gpu.create_context("webgpu").device_info().compute_capability.startswith("CPU")
+            assert core.backend_emulated("webgpu") == on_cpu
+    emulated = [b for b in avail if core.backend_emulated(b)]
+    assert all(avail.index(b) > avail.index("cpu") for b in emulated), avail
+    assert hive_gpu.create_context("auto").backend not in emulated

@@ -84,6 +84,12 @@ std::string backend_unavailable_reason(const std::string& backend) {
     return e->unavailable_reason();
 }
 
+bool backend_emulated(const std::string& backend) {
+    auto all = entries();
+    const BackendEntry* e = find_entry(all, backend);
+    return e && e->emulated && e->unavailable_reason().empty() && e->emulated();
+}
+
 bool backend_available(const std::string& backend) {
     return backend_unavailable_reason(backend).empty();
 }
@@ -91,6 +97,8 @@ bool backend_available(const std::string& backend) {
 std::shared_ptr<Context> create_context(const std::string& backend, int device_id) {
     auto all = entries();
     if (backend == "auto") {
+        for (const auto& e : all)
+            if (e.unavailable_reason().empty() && !(e.emulated && e.emulated())) return e.make_context(device_id);
         for (const auto& e : all)
             if (e.unavailable_reason().empty()) return e.make_context(device_id);
         throw NoDeviceError("no backend is available");

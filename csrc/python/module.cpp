@@ -366,6 +366,7 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("compiled_backends", &compiled_backends);
     m.def("backend_available", &backend_available, py::arg("backend"), py::call_guard<py::gil_scoped_release>());
+    m.def("backend_emulated", &backend_emulated, py::arg("backend"), py::call_guard<py::gil_scoped_release>());
     m.def("device_count", &hive_gpu::device_count, py::arg("backend"), py::call_guard<py::gil_scoped_release>());
     m.def("backend_unavailable_reason", &backend_unavailable_reason, py::arg("backend"),
           py::call_guard<py::gil_scoped_release>());

@@ -542,6 +542,7 @@ BackendEntry backend_entry() {
                                            "HIVE_GPU_WEBGPU_ADAPTER / HIVE_GPU_WEBGPU_BACKEND)");
             return std::make_shared<WgpuContext>(rt);
         },
+        [] { return runtime().unavailable.empty() && runtime().host_memory; },
     };
 }
 

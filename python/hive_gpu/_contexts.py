@@ -139,8 +139,11 @@ def compiled_backends() -> list[str]:
 
 
 def available_backends() -> list[str]:
-    """Backends that can create a context on this machine, fastest first."""
-    return [b for b in _core.compiled_backends() if _core.backend_available(b)]
+    """Backends that can create a context on this machine, fastest first: devices emulated
+    in software on the CPU (a WebGPU CPU adapter such as lavapipe) come after the CPU."""
+    avail = [b for b in _core.compiled_backends() if _core.backend_available(b)]
+    emulated = [b for b in avail if _core.backend_emulated(b)]
+    return [b for b in avail if b not in emulated] + emulated
 
 
 def create_context(backend: str = "auto", device_id: int = 0) -> Context:

@@ -16,6 +16,9 @@ struct BackendEntry {
     int (*device_count)();                         // 0 when no driver or device
     std::string (*unavailable_reason)();           // "" when usable
     std::shared_ptr<Context> (*make_context)(int device_id);
+    // True when the usable device runs in software on the CPU (a WebGPU CPU adapter such as
+    // lavapipe): "auto" then prefers the CPU backend. nullptr means never.
+    bool (*emulated)() = nullptr;
 };
 
 namespace cpu {

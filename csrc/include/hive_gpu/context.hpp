@@ -46,10 +46,13 @@ std::vector<std::string> compiled_backends();
 bool backend_available(const std::string& backend);
 // Usable devices of `backend` (0 when not compiled in or no device/driver).
 int device_count(const std::string& backend);
+// True when `backend`'s device is a software emulation running on the CPU (such a device
+// is ranked after the CPU backend by "auto").
+bool backend_emulated(const std::string& backend);
 // Why `backend` cannot be used here ("" when it can).
 std::string backend_unavailable_reason(const std::string& backend);
 // Context on device `device_id` of `backend`; "auto" picks the first available of
-// compiled_backends(). Throws NoDeviceError / InvalidDeviceIdError / InvalidArgumentError.
+// compiled_backends() whose device is not emulated, else the first available. Throws NoDeviceError / InvalidDeviceIdError / InvalidArgumentError.
 std::shared_ptr<Context> create_context(const std::string& backend, int device_id = 0);
 
 }  // namespace hive_gpu
