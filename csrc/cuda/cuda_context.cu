@@ -116,15 +116,25 @@ std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric m
         std::static_pointer_cast<CudaContext>(shared_from_this()), dimension, metric);
 }
 
+std::uint64_t CudaContext::max_bytes() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return config_.max_bytes;
+}
+
+bool CudaContext::take_under_cap(std::atomic<std::uint64_t>& counter, std::uint64_t bytes) {
+    const std::uint64_t cap = max_bytes();
+    const std::uint64_t now = counter.fetch_add(bytes) + bytes;
+    const std::uint64_t other = &counter == &used_ ? rows_bytes_.load() : used_.load();
+    if (cap != 0 && now + other > cap) {
+        counter.fetch_sub(bytes);
+        return false;
+    }
+    return true;
+}
+
 void* CudaContext::allocate(std::size_t bytes, cudaStream_t stream) {
-    const std::uint64_t cap = [&] {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return config_.max_bytes;
-    }();
-    const std::uint64_t now = used_.fetch_add(bytes) + bytes;
-    if (cap != 0 && now + rows_bytes_.load() > cap) {
-        used_.fetch_sub(bytes);
-        throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": the memory pool cap of " + std::to_string(cap) +
+    if (!take_under_cap(used_, bytes)) {
+        throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": the memory pool cap of " + std::to_string(max_bytes()) +
                                " bytes would be exceeded by a request of " + std::to_string(bytes) +
                                " bytes (see set_pool_config)");
     }
@@ -144,27 +154,11 @@ void* CudaContext::allocate(std::size_t bytes, cudaStream_t stream) {
     return p;
 }
 
-bool CudaContext::try_charge(std::uint64_t bytes) {
-    const std::uint64_t cap = [&] {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return config_.max_bytes;
-    }();
-    const std::uint64_t now = rows_bytes_.fetch_add(bytes) + bytes;
-    if (cap != 0 && now + used_.load() > cap) {
-        rows_bytes_.fetch_sub(bytes);
-        return false;
-    }
-    return true;
-}
+bool CudaContext::try_charge(std::uint64_t bytes) { return take_under_cap(rows_bytes_, bytes); }
 
 void CudaContext::charge(std::uint64_t bytes, const char* what) {
     if (!try_charge(bytes)) {
-        std::uint64_t cap = 0;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            cap = config_.max_bytes;
-        }
-        throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": the context's memory cap of " + std::to_string(cap) +
+        throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": the context's memory cap of " + std::to_string(max_bytes()) +
                                " bytes would be exceeded by " + std::to_string(bytes) + " bytes for " + what +
                                " (see set_pool_config)");
     }

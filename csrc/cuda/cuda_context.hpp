@@ -49,6 +49,11 @@ class CudaContext final : public Context {
     void return_staging(std::vector<void*>& buffers);
 
    private:
+    // Adds `bytes` to `counter` (used_ or rows_bytes_) unless the two together would pass
+    // the cap; false, and nothing added, when they would.
+    bool take_under_cap(std::atomic<std::uint64_t>& counter, std::uint64_t bytes);
+    std::uint64_t max_bytes() const;
+
     static constexpr std::size_t kStagingBytes = std::size_t{8} << 20;
 
     int device_;
