@@ -9,6 +9,7 @@
 #include <string>
 
 #include "hive_gpu/error.hpp"
+#include "core/chunk_plan.hpp"
 
 namespace hive_gpu::metal {
 
@@ -92,18 +93,12 @@ void MetalEngine::reserve(std::size_t rows) {
         ctx_->check_working_set(std::uint64_t{rows - have} * per_row, "reserving rows");
         const std::size_t rpc = rows_per_chunk_;
         // Everything is allocated before anything changes: a failure leaves the engine as it was.
+        const ChunkGrowth plan =
+            plan_chunks(chunks_.size(), chunks_.empty() ? 0 : chunks_.back().capacity, rpc, rows);
         Chunk grown;
         std::vector<Chunk> fresh;
-        std::size_t base = chunks_.size() * rpc;
-        if (!chunks_.empty() && chunks_.back().capacity < rpc) {
-            base -= rpc;
-            grown = make_chunk(std::min(rpc, rows - base));
-            base += rpc;
-        }
-        while (base < rows) {
-            fresh.push_back(make_chunk(std::min(rpc, rows - base)));
-            base += rpc;
-        }
+        if (plan.last_to) grown = make_chunk(plan.last_to);
+        for (std::size_t cap : plan.fresh) fresh.push_back(make_chunk(cap));
         chunks_.reserve(chunks_.size() + fresh.size());
         if (grown.capacity) {
             // Shared storage and no search in flight (the core holds the writer lock): a memcpy.

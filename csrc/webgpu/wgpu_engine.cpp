@@ -10,6 +10,7 @@
 #include <string>
 
 #include "hive_gpu/error.hpp"
+#include "core/chunk_plan.hpp"
 
 namespace hive_gpu::webgpu {
 
@@ -88,18 +89,11 @@ void WgpuEngine::reserve(std::size_t rows) {
                                std::to_string(avail) + " available");
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     // Build everything first: a failed allocation leaves the engine untouched.
+    const ChunkGrowth plan = plan_chunks(chunks_.size(), chunks_.empty() ? 0 : chunks_.back().capacity, rpc, rows);
     Chunk grown;
     std::vector<Chunk> fresh;
-    std::size_t base = chunks_.size() * rpc;
-    if (!chunks_.empty() && chunks_.back().capacity < rpc) {
-        base -= rpc;
-        grown = make_chunk(std::min(rpc, rows - base));
-        base += rpc;
-    }
-    while (base < rows) {
-        fresh.push_back(make_chunk(std::min(rpc, rows - base)));
-        base += rpc;
-    }
+    if (plan.last_to) grown = make_chunk(plan.last_to);
+    for (std::size_t cap : plan.fresh) fresh.push_back(make_chunk(cap));
     if (grown.capacity) {
         const Api& a = ctx_->api();
         const Chunk& old = chunks_.back();
