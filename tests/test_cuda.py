@@ -131,6 +131,29 @@ def test_ties_rank_older_first_after_removals(cctx, rng, metric, nq):
     assert [h.id for h in s.search(q[0], 3)] == ["d0", "d2", "d3"]
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("unsettled", [0, 4, 40])
+def test_tensor_core_screen_returns_the_exact_answer(cctx, rng, metric, unsettled):
+    # Batches are screened with TF32 and re-ranked in float32 (kernels/rerank.cuh). Queries
+    # near a tight cluster have candidates closer than the TF32 error bound: those are
+    # answered again in float32, one by one (a few) or as a whole batch (many).
+    n, dim, nq = 20000, 256, 64
+    base = rng.standard_normal(dim).astype(np.float32)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[:3000] = base + 0.1 * x[:3000]
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    q[:unsettled] = base + 0.1 * rng.standard_normal((unsettled, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"r{i}" for i in range(n)]
+    s.add_vectors(ids, x)
+    index = {v: i for i, v in enumerate(ids)}
+    for k in (1, 10, 100):
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, x, q, metric, k, index)
+        for i in (0, nq - 1):  # the single-query scan is float32 throughout
+            assert [h.id for h in s.search(q[i], k)] == list(got[i])
+
+
 def test_empty_store_and_removed_ids(cctx, rng):
     s = cctx.create_storage(16, M.COSINE)
     assert s.search(rng.standard_normal(16).astype(np.float32), 3) == []

@@ -9,6 +9,7 @@
 #include "core/validate.hpp"
 #include "cuda/cuda_check.hpp"
 #include "hive_gpu/storage.hpp"
+#include "kernels/rerank.cuh"
 #include "kernels/scan.cuh"
 #include "kernels/select.cuh"
 #include "kernels/sort.cuh"
@@ -23,6 +24,7 @@ constexpr std::size_t kQueryChunk = 4096;                    // queries per devi
 constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both SGEMM score tiles: 256 MiB
 constexpr std::size_t kBlasWorkspace = std::size_t{32} << 20;
 constexpr std::size_t kSkinnyMaxQueries = 4;  // beyond, cuBLAS measured faster on the H100
+constexpr std::size_t kScreenMaxK = 256;     // beyond, near-ties around the k-th make re-runs likely
 constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
@@ -103,6 +105,8 @@ void CudaEngine::LaneDeleter::operator()(Lane* lane) const {
     if (lane->host) cudaFreeHost(lane->host);
     if (lane->fault_device) cudaFree(lane->fault_device);
     if (lane->fault_host) cudaFreeHost(lane->fault_host);
+    if (lane->flags_host) cudaFreeHost(lane->flags_host);
+    if (lane->done) cudaFree(lane->done);
     if (lane->ingest) cudaEventDestroy(lane->ingest);
     if (lane->aux) {
         cudaStreamSynchronize(lane->aux);
@@ -154,6 +158,10 @@ CudaEngine::LanePtr CudaEngine::make_lane() const {
     check(cudaMalloc(&lane->fault_device, sizeof(unsigned long long)), "cudaMalloc");
     check(cudaHostAlloc(&lane->fault_host, sizeof(unsigned long long), cudaHostAllocDefault),
           "cudaHostAlloc");
+    check(cudaHostAlloc(reinterpret_cast<void**>(&lane->flags_host), kQueryChunk, cudaHostAllocDefault),
+          "cudaHostAlloc");
+    check(cudaMalloc(&lane->done, sizeof(unsigned int)), "cudaMalloc");
+    check(cudaMemsetAsync(lane->done, 0, sizeof(unsigned int), lane->stream), "cudaMemsetAsync");
     return lane;
 }
 
@@ -161,9 +169,11 @@ void CudaEngine::ensure_host(Lane& lane, std::size_t bytes) const {
     if (lane.host_bytes >= bytes) return;
     if (lane.host) cudaFreeHost(lane.host);
     lane.host = nullptr;
+    lane.host_device = nullptr;
     lane.host_bytes = 0;
     const std::size_t want = std::max<std::size_t>(bytes, std::size_t{1} << 16);
-    check(cudaHostAlloc(&lane.host, want, cudaHostAllocDefault), "cudaHostAlloc");
+    check(cudaHostAlloc(&lane.host, want, cudaHostAllocMapped), "cudaHostAlloc");
+    check(cudaHostGetDevicePointer(&lane.host_device, lane.host, 0), "cudaHostGetDevicePointer");
     lane.host_bytes = want;
 }
 
@@ -197,6 +207,11 @@ CudaEngine::CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimensi
     const std::size_t optin = k::max_block_shared_bytes(ctx_->props());
     const int cap = 1 << (31 - __builtin_clz(static_cast<unsigned>(optin / k::topk_shared_bytes(1))));
     max_select_k_ = cap - k::kSelectBlock * k::kSelectItems;
+#if defined(HIVE_GPU_HIP)
+    tensor_cores_ = false;  // rocBLAS: float32 GEMM only
+#else
+    tensor_cores_ = ctx_->props().major >= 8;
+#endif
     check(cudaStreamCreateWithFlags(&write_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&written_, cudaEventDisableTiming), "cudaEventCreate");
     check(cudaEventCreateWithFlags(&producer_, cudaEventDisableTiming), "cudaEventCreate");
@@ -557,6 +572,26 @@ void CudaEngine::search_chunk(Lane& lane, const float* host_queries, const float
     const Plan pl = plan(qn, kk);
     const std::size_t qbytes = qn * ld_ * sizeof(float);
     const std::size_t rbytes = qn * kk * (sizeof(float) + sizeof(std::int64_t));
+    if (host_queries && pl.path == Path::Fused) {
+        // One query from the host: one copy up, one launch whose last block writes the
+        // results straight into pinned host memory, one wait.
+        const std::size_t at_res = (qbytes + 255) / 256 * 256;
+        ensure_host(lane, at_res + rbytes);
+        pack_rows(host_queries, qn, dim_, ld_, static_cast<float*>(lane.host));
+        Carve c;
+        const std::size_t at_q = c.take(qbytes), at_work = c.take(pl.workspace);
+        Scratch ws(*ctx_, c.at, s);
+        auto* base = ws.as<unsigned char>();
+        float* dq = reinterpret_cast<float*>(base + at_q);
+        check(cudaMemcpyAsync(dq, lane.host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+        auto* out = reinterpret_cast<std::int64_t*>(static_cast<unsigned char*>(lane.host_device) + at_res);
+        search_fused(lane, pl, dq, kk, base + at_work, reinterpret_cast<float*>(out + kk), out, true);
+        check(cudaStreamSynchronize(s), "search");
+        const auto* hslots = reinterpret_cast<const std::int64_t*>(static_cast<const unsigned char*>(lane.host) + at_res);
+        std::memcpy(slots, hslots, kk * sizeof(std::int64_t));
+        std::memcpy(scores, hslots + kk, kk * sizeof(float));
+        return;
+    }
     // One pool allocation per pass: results, queries, then the path's own scratch.
     Carve c;
     const std::size_t at_out = c.take(rbytes), at_q = c.take(qbytes), at_work = c.take(pl.workspace);
@@ -655,7 +690,7 @@ void CudaEngine::run_search(Lane& lane, const Plan& pl, const float* dq, std::si
 }
 
 void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::size_t kk, void* work,
-                              float* dscores, std::int64_t* dslots) const {
+                              float* dscores, std::int64_t* dslots, bool one_launch) const {
     cudaStream_t s = lane.stream;
     const std::size_t ld4 = ld_ / 4;
     auto* ckeys = static_cast<std::uint64_t*>(work);
@@ -666,9 +701,11 @@ void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::
             allow_shared(kernel, pl.shared);
             kernel<<<static_cast<unsigned>(pl.blocks), k::kScanBlock, pl.shared, s>>>(
                 reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), factors_,
-                ordinals_, static_cast<int>(kk), pl.cap, ckeys, cvals);
+                ordinals_, static_cast<int>(kk), pl.cap, ckeys, cvals, one_launch ? lane.done : nullptr,
+                dscores, dslots);
             check_launch("scan_query_kernel");
         });
+        if (one_launch) return;
         // Short candidate lists (small stores) merge one item per thread per round: a
         // smaller shared array, so a cheaper sort, where latency is what counts.
         constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
@@ -685,8 +722,14 @@ void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::
 }
 
 void CudaEngine::gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
-                             std::size_t cols, float* out) const {
+                             std::size_t cols, float* out, bool tf32) const {
     ensure_blas(lane);
+    if (tf32 != lane.blas_tf32) {
+        if (cublasSetMathMode(lane.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH) !=
+            CUBLAS_STATUS_SUCCESS)
+            throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasSetMathMode failed");
+        lane.blas_tf32 = tf32;
+    }
     const float one = 1.0f, zero = 0.0f;
     // Column-major view: out (cols x nq, ld cols) = rows(col0..)^T (cols x dim) * Q (dim x nq).
     cublasStatus_t st = cublasSgemm(lane.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(nq),
@@ -696,10 +739,117 @@ void CudaEngine::gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::s
         throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasSgemm failed with status " + std::to_string(static_cast<int>(st)));
 }
 
+bool CudaEngine::skinny(std::size_t nq) const {
+    return nq <= kSkinnyMaxQueries && kSkinnyMaxQueries * ld_ * sizeof(float) <= 40 * 1024;
+}
+
+std::size_t CudaEngine::screen_width(std::size_t nq, std::size_t kk) const {
+    if (!tensor_cores_ || skinny(nq) || kk > kScreenMaxK) return 0;
+    const std::size_t kc = std::min(size_, 2 * kk + 32);
+    return kc <= static_cast<std::size_t>(max_select_k_) ? kc : 0;
+}
+
 void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq,
                              std::size_t kk, float* dscores, std::int64_t* dslots) const {
-    // SGEMM tiles on lane.stream, selection on lane.aux: the selection of tile t runs while
-    // tile t + 1 is multiplied. Two score buffers bound the scratch.
+    cudaStream_t s = lane.stream;
+    const auto& p = ctx_->props();
+    const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
+    const std::size_t kc = screen_width(nq, kk);
+    if (kc == 0) {
+        Scratch run(*ctx_, nq * kk * entry, s);
+        auto* rkeys = run.as<std::uint64_t>();
+        auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
+        select_tiles(lane, dq, qf, nq, kk, false, rkeys, rvals);
+        with_metric(metric_, [&](auto m) {
+            constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
+            k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, p), 256, 0, s>>>(rkeys, rvals, nq * kk, dscores, dslots);
+            check_launch("finalize_kernel");
+        });
+        return;
+    }
+    // Tensor-core screening, then the exact float32 re-rank (kernels/rerank.cuh).
+    Carve c;
+    const std::size_t at_run = c.take(nq * kc * entry), at_max = c.take(sizeof(unsigned)),
+                      at_ok = c.take(nq);
+    Scratch ws(*ctx_, c.at, s);
+    auto* base = ws.as<unsigned char>();
+    auto* rkeys = reinterpret_cast<std::uint64_t*>(base + at_run);
+    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kc);
+    auto* max_bits = reinterpret_cast<unsigned*>(base + at_max);
+    auto* ok = base + at_ok;
+    select_tiles(lane, dq, qf, nq, kc, true, rkeys, rvals);
+    check(cudaMemsetAsync(max_bits, 0, sizeof(unsigned), s), "cudaMemsetAsync");
+    if (metric_ != Metric::Cosine) {
+        k::max_factor_kernel<<<grid_for(size_, 256, p), 256, 0, s>>>(factors_, size_, max_bits);
+        check_launch("max_factor_kernel");
+    }
+    const int cap = next_pow2(kc);
+    with_metric(metric_, [&](auto m) {
+        auto kernel = k::rerank_kernel<decltype(m)::value>;
+        allow_shared(kernel, k::topk_shared_bytes(cap));
+        kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
+            rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, reinterpret_cast<const float4*>(rows_),
+            ld_ / 4, reinterpret_cast<const float4*>(dq), factors_, ordinals_, qf, max_bits, k::screen_bound(dim_),
+            dscores, dslots, ok);
+        check_launch("rerank_kernel");
+    });
+    check(cudaMemcpyAsync(lane.flags_host, ok, nq, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s), "search");
+    std::vector<std::size_t> redo;
+    for (std::size_t q = 0; q < nq; ++q)
+        if (!lane.flags_host[q]) redo.push_back(q);
+    if (redo.empty()) return;
+    // Queries the screen could not settle (near-ties around the k-th): float32 GEMM again.
+    if (redo.size() * 4 > nq) {
+        search_gemm_exact(lane, dq, qf, nq, kk, dscores, dslots);
+        return;
+    }
+    const std::size_t nr = redo.size();
+    Carve r;
+    const std::size_t at_q = r.take(nr * ld_ * sizeof(float)), at_qf = r.take(nr * sizeof(float)),
+                      at_sc = r.take(nr * kk * sizeof(float)), at_sl = r.take(nr * kk * sizeof(std::int64_t));
+    Scratch again(*ctx_, r.at, s);
+    auto* rb = again.as<unsigned char>();
+    auto* rq = reinterpret_cast<float*>(rb + at_q);
+    auto* rqf = reinterpret_cast<float*>(rb + at_qf);
+    auto* rsc = reinterpret_cast<float*>(rb + at_sc);
+    auto* rsl = reinterpret_cast<std::int64_t*>(rb + at_sl);
+    for (std::size_t i = 0; i < nr; ++i) {
+        check(cudaMemcpyAsync(rq + i * ld_, dq + redo[i] * ld_, ld_ * sizeof(float), cudaMemcpyDeviceToDevice, s),
+              "cudaMemcpyAsync");
+        check(cudaMemcpyAsync(rqf + i, qf + redo[i], sizeof(float), cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
+    }
+    search_gemm_exact(lane, rq, rqf, nr, kk, rsc, rsl);
+    for (std::size_t i = 0; i < nr; ++i) {
+        check(cudaMemcpyAsync(dscores + redo[i] * kk, rsc + i * kk, kk * sizeof(float), cudaMemcpyDeviceToDevice, s),
+              "cudaMemcpyAsync");
+        check(cudaMemcpyAsync(dslots + redo[i] * kk, rsl + i * kk, kk * sizeof(std::int64_t),
+                              cudaMemcpyDeviceToDevice, s),
+              "cudaMemcpyAsync");
+    }
+}
+
+void CudaEngine::search_gemm_exact(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+                                   std::size_t kk, float* dscores, std::int64_t* dslots) const {
+    cudaStream_t s = lane.stream;
+    const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
+    Scratch run(*ctx_, nq * kk * entry, s);
+    auto* rkeys = run.as<std::uint64_t>();
+    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
+    select_tiles(lane, dq, qf, nq, kk, false, rkeys, rvals);
+    with_metric(metric_, [&](auto m) {
+        constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
+        k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, ctx_->props()), 256, 0, s>>>(rkeys, rvals, nq * kk,
+                                                                                         dscores, dslots);
+        check_launch("finalize_kernel");
+    });
+}
+
+void CudaEngine::select_tiles(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t kk,
+                              bool tf32, std::uint64_t* rkeys, std::uint32_t* rvals) const {
+    // GEMM tiles on lane.stream, selection on lane.aux: the selection of tile t runs while
+    // tile t + 1 is multiplied. Two score buffers bound the scratch. The running top kk
+    // (sorted keys) ends in rkeys/rvals, ordered before later work on lane.stream.
     cudaStream_t s = lane.stream, a = lane.aux;
     const auto& p = ctx_->props();
     const std::size_t n = size_;
@@ -711,18 +861,15 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
     splits = std::max<std::size_t>(1, splits);
     const std::size_t tiles = ceil_div(n, tile);
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
-    const bool skinny = nq <= kSkinnyMaxQueries && kSkinnyMaxQueries * ld_ * sizeof(float) <= 40 * 1024;
+    const bool thin = !tf32 && skinny(nq);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     Carve c;
     const std::size_t at_t0 = c.take(nq * tile * sizeof(float));
     const std::size_t at_t1 = c.take(tiles > 1 ? nq * tile * sizeof(float) : 0);
-    const std::size_t at_run = c.take(nq * kk * entry);
     const std::size_t at_cand = c.take(splits > 1 ? nq * splits * kk * entry : 0);
     Scratch ws(*ctx_, c.at, s);
     auto* base = ws.as<unsigned char>();
     float* tile_buf[2] = {reinterpret_cast<float*>(base + at_t0), reinterpret_cast<float*>(base + at_t1)};
-    auto* rkeys = reinterpret_cast<std::uint64_t*>(base + at_run);
-    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
     auto* ckeys = reinterpret_cast<std::uint64_t*>(base + at_cand);
     auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + nq * splits * kk);
     const int cap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
@@ -741,10 +888,10 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
             const int b = static_cast<int>(t % 2);
             float* buf = tile_buf[b];
             if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
-            if (skinny)
+            if (thin)
                 skinny_scores(lane, dq, nq, c0, cols, buf);
             else
-                gemm_scores(lane, dq, nq, c0, cols, buf);
+                gemm_scores(lane, dq, nq, c0, cols, buf, tf32);
             check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
             check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
             const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
@@ -764,11 +911,9 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
             }
             check(cudaEventRecord(lane.tile_free[b], a), "cudaEventRecord");
         }
-        check(cudaEventRecord(lane.selected, a), "cudaEventRecord");
-        check(cudaStreamWaitEvent(s, lane.selected, 0), "cudaStreamWaitEvent");
-        k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, p), 256, 0, s>>>(rkeys, rvals, nq * kk, dscores, dslots);
-        check_launch("finalize_kernel");
     });
+    check(cudaEventRecord(lane.selected, a), "cudaEventRecord");
+    check(cudaStreamWaitEvent(s, lane.selected, 0), "cudaStreamWaitEvent");
 }
 
 void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
@@ -815,7 +960,7 @@ void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
         for (std::size_t q = 0; q < nq; ++q) {
-            gemm_scores(lane, dq + q * ld_, 1, 0, n, dots.as<float>());
+            gemm_scores(lane, dq + q * ld_, 1, 0, n, dots.as<float>(), false);
             k::keys_from_scores_kernel<M><<<grid_for(n, 256, ctx_->props()), 256, 0, s>>>(
                 dots.as<float>(), n, factors_, ordinals_, qf + q, k_in, v_in);
             check_launch("keys_from_scores_kernel");

@@ -53,10 +53,14 @@ class CudaEngine final : public Engine {
         cudaEvent_t ingest = nullptr;  // recorded on a producer's stream
         cublasHandle_t blas = nullptr;
         void* blas_workspace = nullptr;
-        void* host = nullptr;  // pinned: queries up, results down
+        void* host = nullptr;  // pinned and mapped: queries up, results down
+        void* host_device = nullptr;  // the device's address of `host`
+        unsigned int* done = nullptr;  // blocks finished, for the one-launch single-query scan
         std::size_t host_bytes = 0;
         unsigned long long* fault_device = nullptr;
         unsigned long long* fault_host = nullptr;
+        unsigned char* flags_host = nullptr;  // pinned, a flag per query of a pass
+        bool blas_tf32 = false;               // the cuBLAS handle's math mode
         // Batches: selection on `aux` overlaps the next SGEMM tile on `stream`.
         cudaStream_t aux = nullptr;
         cudaEvent_t tile_scored[2] = {nullptr, nullptr};
@@ -95,26 +99,38 @@ class CudaEngine final : public Engine {
     void run_search(Lane& lane, const Plan& plan, const float* dq, std::size_t nq, std::size_t k,
                     float* dscores, std::int64_t* dslots, void* work,
                     unsigned long long* fault) const;
+    // one_launch: the scan's last block merges (Lane::done); dscores/dslots may then be
+    // device addresses of mapped host memory.
     void search_fused(Lane& lane, const Plan& plan, const float* dq, std::size_t k, void* work,
-                      float* dscores, std::int64_t* dslots) const;
+                      float* dscores, std::int64_t* dslots, bool one_launch = false) const;
     // One pass over queries [q0, q0 + qn): upload or copy, search, results to the host.
     void search_chunk(Lane& lane, const float* host_queries, const float* device_queries,
                       std::size_t device_ld, std::size_t qn, std::size_t k, float* scores,
                       std::int64_t* slots, float* device_scores) const;
+    // Batches: TF32 screening and exact re-ranking where it applies (screen_width > 0),
+    // float32 GEMM otherwise and for the queries the screen cannot settle.
     void search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k,
                      float* dscores, std::int64_t* dslots) const;
+    void search_gemm_exact(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k,
+                           float* dscores, std::int64_t* dslots) const;
+    void select_tiles(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k, bool tf32,
+                      std::uint64_t* rkeys, std::uint32_t* rvals) const;
+    // Candidates per query kept by the TF32 screen; 0 where the screen does not apply.
+    std::size_t screen_width(std::size_t nq, std::size_t k) const;
+    bool skinny(std::size_t nq) const;
     void search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,
                        std::size_t k, float* dscores, std::int64_t* dslots) const;
     void skinny_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
                        std::size_t cols, float* out) const;
     void gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
-                     std::size_t cols, float* out) const;
+                     std::size_t cols, float* out, bool tf32) const;
 
     std::shared_ptr<CudaContext> ctx_;
     std::size_t dim_;
     std::size_t ld_;  // row stride in floats, a multiple of 4 (16-byte aligned rows)
     Metric metric_;
     int max_select_k_;  // largest k the shared-memory selection handles
+    bool tensor_cores_;  // TF32 tensor cores (sm_80+): batches are screened with them
     mutable std::array<std::atomic<int>, 32> scan_blocks_per_sm_{};  // by log2(cap); 0: unknown
 
     std::size_t size_ = 0;

@@ -103,14 +103,16 @@ struct ScanShape {
 constexpr int kScanBlock = 256;
 
 // One query against all rows in one pass: each block scores interleaved rounds of
-// kScanBlock rows and keeps its k best in shared memory; out gets k keys per block.
+// kScanBlock rows and keeps its k best in shared memory; out gets k keys per block. With
+// `done` (a counter at 0), the last block also merges them into final_scores/final_slots.
 // Shared memory: BlockTopK (cap entries) then the query (ld4 float4).
 template <int kMetric, int kVpl>
 __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
     const float4* __restrict__ query, const float* __restrict__ row_factor,
     const std::uint32_t* __restrict__ ordinals, int k, int cap,
-    std::uint64_t* __restrict__ out_keys, std::uint32_t* __restrict__ out_vals) {
+    std::uint64_t* __restrict__ out_keys, std::uint32_t* __restrict__ out_vals,
+    unsigned int* done, float* __restrict__ final_scores, std::int64_t* __restrict__ final_slots) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int count;
@@ -145,6 +147,34 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     top.merge();
     top.store(out_keys + static_cast<std::size_t>(blockIdx.x) * k,
               out_vals + static_cast<std::size_t>(blockIdx.x) * k);
+    if (done == nullptr) return;  // merge_lists_kernel follows
+    // The last block to finish merges every block's list and writes the final k (small
+    // stores: one launch instead of two, where launch latency is most of the time).
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    top.init(nullptr, nullptr);
+    const volatile std::uint64_t* keys = out_keys;  // written by other blocks: not through L1
+    const volatile std::uint32_t* vals = out_vals;
+    const std::size_t total = static_cast<std::size_t>(gridDim.x) * k;
+    for (std::size_t base = 0; base < total; base += blockDim.x) {
+        const std::size_t i = base + threadIdx.x;
+        if (i < total) {
+            const std::uint64_t key = keys[i];
+            if (key < *top.bound) top.push(key, vals[i]);
+        }
+        top.end_round(1);
+    }
+    top.merge();
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        final_scores[i] = key_score<kHigher>(top.keys[i]);
+        final_slots[i] = static_cast<std::int64_t>(top.vals[i]);
+    }
+    if (threadIdx.x == 0) *done = 0;  // ready for the lane's next search
 }
 
 // Keys of every score of a GEMM result (k beyond shared memory: a full sort follows).

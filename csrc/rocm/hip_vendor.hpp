@@ -28,6 +28,7 @@
 #define cudaStreamPerThread hipStreamPerThread
 #define cudaHostAllocDefault hipHostMallocDefault
 #define cudaHostAllocPortable hipHostMallocPortable
+#define cudaHostAllocMapped hipHostMallocMapped
 #define cudaMemcpyHostToDevice hipMemcpyHostToDevice
 #define cudaMemcpyDeviceToHost hipMemcpyDeviceToHost
 #define cudaMemcpyDeviceToDevice hipMemcpyDeviceToDevice
@@ -65,6 +66,7 @@
 #define cudaGetErrorString hipGetErrorString
 #define cudaGetLastError hipGetLastError
 #define cudaHostAlloc hipHostMalloc
+#define cudaHostGetDevicePointer hipHostGetDevicePointer
 #define cudaMalloc hipMalloc
 #define cudaMallocFromPoolAsync hipMallocFromPoolAsync
 #define cudaMemGetInfo hipMemGetInfo
@@ -104,6 +106,7 @@
 // rocBLAS (before ROCm 6) has one float32 GEMM mode, full float32: what the engine asks of
 // cuBLAS with CUBLAS_DEFAULT_MATH (no TF32). There is nothing to switch.
 #define CUBLAS_DEFAULT_MATH 0
+#define CUBLAS_TF32_TENSOR_OP_MATH 3  // never asked for: the HIP build does not screen with TF32
 inline rocblas_status cublasSetMathMode(rocblas_handle, int) { return rocblas_status_success; }
 
 namespace hive_gpu::kernels {

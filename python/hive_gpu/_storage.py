@@ -11,7 +11,7 @@ from . import _core
 from . import aio
 from . import _device_arrays as _dev
 from ._arrays import as_float32, check_ids, check_k, check_metadata
-from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector
+from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, search_results
 from .errors import InvalidArgumentError
 
 __all__ = ["VectorStorage"]
@@ -161,10 +161,10 @@ class VectorStorage:
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(query, 1, "query")
                 hits = self._s.search_device(v.ptr, v.shape[0], check_k(k), v.stream)
-                return [GpuSearchResult(i, d, m) for i, d, m in hits]
+                return search_results(hits)
             query = _dev.to_host(query)
         q = as_float32(query, 1, "query")
-        return [GpuSearchResult(i, d, m) for i, d, m in self._s.search(q, check_k(k))]
+        return search_results(self._s.search(q, check_k(k)))
 
     def search_batch(
         self, queries: Any, k: int = 10, *, device_output: bool = False
@@ -202,7 +202,7 @@ class VectorStorage:
     # calls share engine batches. A request sees every async write issued before it.
     async def search_async(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
         q = as_float32(query, 1, "query")
-        return [GpuSearchResult(i, d, m) for i, d, m in await aio.search(self, q, check_k(k))]
+        return search_results(await aio.search(self, q, check_k(k)))
 
     async def search_batch_async(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         q = as_float32(queries, 2, "queries")

@@ -1,0 +1,122 @@
+// Tensor-core screening with exact re-ranking, for batches of queries.
+//
+// A TF32 GEMM (about six times the float32 rate) scores every row approximately; each
+// query keeps its kc > k best approximate candidates; rerank_kernel scores those candidates
+// again in float32 and keeps the k best. The answer is the exact one whenever no row
+// outside the candidates can beat the k-th: with |approximate - exact| <= B for every row,
+// a row of the exact top k has an approximate score within 2B of the k-th approximate
+// score, so the candidates hold the exact top k when the kc-th (the best one left out
+// is no better) is more than 2B worse than the k-th. rerank_kernel checks that per query
+// and flags the queries where it fails; the engine answers those again with float32 GEMM.
+//
+// The bound. TF32 keeps 10 mantissa bits: each operand is off by at most 2^-10 of itself,
+// a product by 2^-9 (+2^-20), so a dot product by 2^-9 * sum|q_i x_i| <= 2^-9 |q||x|
+// (Cauchy-Schwarz), plus float32 accumulation, at most dim * 2^-22 |q||x| even with the
+// truncating adders of tensor cores. The float32 re-rank itself is within dim * 2^-24.
+// ScreenBound::rel = 2^-8 + dim * 2^-21 + 2^-20 covers all of it twice over. Cosine scores
+// are dot / (|q||x|), so B = rel; DotProduct B = rel |q| max|x|; Euclidean (squared,
+// |q|^2 + |x|^2 - 2 q.x) B = 2 rel |q| max|x| + sq (|q| + max|x|)^2, sq covering the
+// rounding of the norms and of the direct float32 sum of squared differences.
+#pragma once
+
+#include "kernels/compat.cuh"
+#include "kernels/keys.cuh"
+#include "kernels/select.cuh"
+
+namespace hive_gpu::kernels {
+
+struct ScreenBound {
+    float rel;
+    float sq;
+};
+
+inline ScreenBound screen_bound(std::size_t dim) {
+    const double d = static_cast<double>(dim);
+    return ScreenBound{static_cast<float>(0x1p-8 + d * 0x1p-21 + 0x1p-20),
+                       static_cast<float>(d * 0x1p-21 + 0x1p-20)};
+}
+
+// *out = the largest of factor[0, n) as float bits (the factors are >= 0, so their bits
+// order as they do); *out must start at 0.
+__global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t n, unsigned int* out) {
+    float m = 0.0f;
+    for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+        m = fmaxf(m, factor[i]);
+    for (int off = kWarpSize / 2; off > 0; off >>= 1) m = fmaxf(m, shfl_xor(m, off));
+    if (lane_id() == 0) atomicMax(out, __float_as_uint(m));
+}
+
+// One block per query: the kc sorted approximate candidates of query blockIdx.x are scored
+// in float32 (a warp per candidate), sorted, and the k best written as scores and slots.
+// ok[q] says whether the candidates provably hold the exact top k (see above).
+// Shared memory: topk_shared_bytes(cap), cap = next power of two >= kc.
+template <int kMetric>
+__global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
+    const std::uint64_t* __restrict__ cand_keys, const std::uint32_t* __restrict__ cand_vals, int kc,
+    int k, int cap, const float4* __restrict__ rows, std::size_t ld4, const float4* __restrict__ queries,
+    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
+    const float* __restrict__ query_factor, const unsigned int* __restrict__ max_factor_bits,
+    ScreenBound bound, float* __restrict__ out_scores, std::int64_t* __restrict__ out_slots,
+    unsigned char* __restrict__ ok) {
+    constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
+    extern __shared__ __align__(16) unsigned char smem[];
+    auto* keys = reinterpret_cast<std::uint64_t*>(smem);
+    auto* vals = reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t));
+    const std::size_t q = blockIdx.x;
+    const std::uint64_t* ck = cand_keys + q * kc;
+    const std::uint32_t* cv = cand_vals + q * kc;
+    const float qf = query_factor[q];
+    if (threadIdx.x == 0) {
+        bool proven = true;
+        const std::uint64_t last = ck[kc - 1];
+        if (last != kEmptyKey) {  // else every row is a candidate
+            const float kth = key_score<kHigher>(ck[k - 1]), worst = key_score<kHigher>(last);
+            float b = bound.rel;  // Cosine
+            if (kMetric != kCosine) {
+                const float qn = sqrtf(qf), xn = sqrtf(__uint_as_float(*max_factor_bits));
+                b = kMetric == kDotProduct ? bound.rel * qn * xn
+                                           : 2.0f * bound.rel * qn * xn + bound.sq * (qn + xn) * (qn + xn);
+            }
+            proven = kHigher ? worst < kth - 2.0f * b : worst > kth + 2.0f * b;
+        }
+        ok[q] = proven ? 1 : 0;
+    }
+    const int lane = lane_id();
+    const float4* qv = queries + q * ld4;
+    for (int i = warp_id(); i < cap; i += blockDim.x / kWarpSize) {
+        const bool real = i < kc && ck[i] != kEmptyKey;
+        if (!real) {
+            if (lane == 0) {
+                keys[i] = kEmptyKey;
+                vals[i] = 0u;
+            }
+            continue;
+        }
+        const std::uint32_t row = cv[i];
+        const float4* x = rows + static_cast<std::size_t>(row) * ld4;
+        float acc = 0.0f;
+        for (std::size_t j = lane; j < ld4; j += kWarpSize) {
+            const float4 a = __ldg(x + j), b = qv[j];
+            if (kMetric == kEuclidean) {
+                const float dx = b.x - a.x, dy = b.y - a.y, dz = b.z - a.z, dw = b.w - a.w;
+                acc += dx * dx + dy * dy + dz * dz + dw * dw;
+            } else {
+                acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+            }
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            keys[i] = make_key<kHigher>(finish_score<kMetric, false>(acc, row_factor[row], qf), ordinals[row]);
+            vals[i] = row;
+        }
+    }
+    __syncthreads();
+    bitonic_sort(keys, vals, cap);
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        out_scores[q * k + i] = key_score<kHigher>(keys[i]);
+        out_slots[q * k + i] = static_cast<std::int64_t>(vals[i]);
+    }
+}
+
+}  // namespace hive_gpu::kernels
