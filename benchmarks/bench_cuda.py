@@ -106,9 +106,14 @@ def main() -> None:
     b = torch.randn(8192, 8192, device="cuda")
     t = median_events(torch, lambda: a @ b, 10)
     sgemm = 2 * 8192**3 / t
+    torch.backends.cuda.matmul.allow_tf32 = True
+    t = median_events(torch, lambda: a @ b, 10)
+    tf32 = 2 * 8192**3 / t
+    torch.backends.cuda.matmul.allow_tf32 = False
     del a, b
-    res["limits"] = {"copy_bandwidth_Bps": copy_bw, "sgemm_flops": sgemm}
-    print(f"copy bandwidth {copy_bw / 1e12:.3f} TB/s (read+write); FP32 SGEMM {sgemm / 1e12:.1f} TFLOP/s")
+    res["limits"] = {"copy_bandwidth_Bps": copy_bw, "sgemm_flops": sgemm, "tf32_flops": tf32}
+    print(f"copy bandwidth {copy_bw / 1e12:.3f} TB/s (read+write); FP32 SGEMM {sgemm / 1e12:.1f} TFLOP/s; "
+          f"TF32 tensor cores {tf32 / 1e12:.1f} TFLOP/s")
 
     # -- data -----------------------------------------------------------------------------
     X = rng.standard_normal((n, dim), dtype=np.float32)
@@ -158,7 +163,16 @@ def main() -> None:
         def torch_fn():
             return torch.topk(qt @ Xn.T, K, dim=1)
 
+        def torch_tf32_fn():  # TF32 scores: faster, but not the exact float32 answer
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return torch.topk(qt @ Xn.T, K, dim=1)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
+
         out = {"torch": torch_fn}
+        if nq > 1:
+            out["torch_tf32"] = torch_tf32_fn
         if cupy is not None:
             qc = cupy.asarray(qt)
 
@@ -190,6 +204,17 @@ def main() -> None:
         # bytes that must cross HBM (rows once) and flops, against the measured limits
         r["fraction_of_copy_bw"] = (db_bytes / r["ours_device_s"]) / copy_bw
         r["fraction_of_sgemm"] = (2.0 * nq * n * dim / r["ours_device_s"]) / sgemm
+        r["fraction_of_tf32"] = (2.0 * nq * n * dim / r["ours_device_s"]) / tf32
+        if nq > 1:
+            # Exactness: our ids against PyTorch's float32 answer (and TF32's, for contrast).
+            _, ours_ids = s.search_batch(qs, K)
+            ours_rows = np.vectorize(lambda v: int(v[2:]))(ours_ids)
+            ref = peers(nq, qs)["torch"]().indices.cpu().numpy()
+            torch.backends.cuda.matmul.allow_tf32 = True
+            approx = peers(nq, qs)["torch"]().indices.cpu().numpy()
+            torch.backends.cuda.matmul.allow_tf32 = False
+            r["ids_equal_to_torch_fp32"] = float((ours_rows == ref).mean())
+            r["torch_tf32_ids_equal_to_fp32"] = float((approx == ref).mean())
         r["speedup_vs_torch_device"] = r["torch_device_s"] / r["ours_device_s"]
         r["speedup_vs_torch_e2e"] = r["torch_e2e_s"] / r["ours_e2e_s"]
         if cupy is not None:
@@ -199,7 +224,11 @@ def main() -> None:
         print(f"{name}: ours device {r['ours_device_s'] * 1e3:.3f} ms, e2e {r['ours_e2e_s'] * 1e3:.3f} ms | "
               f"torch device {r['torch_device_s'] * 1e3:.3f} ms e2e {r['torch_e2e_s'] * 1e3:.3f} ms"
               + (f" | cupy e2e {r['cupy_e2e_s'] * 1e3:.3f} ms" if cupy is not None else "")
-              + f" | {100 * r['fraction_of_copy_bw']:.1f}% of copy bw, {100 * r['fraction_of_sgemm']:.1f}% of SGEMM")
+              + (f" | torch TF32 device {r['torch_tf32_device_s'] * 1e3:.3f} ms (ids equal to fp32: "
+                 f"{100 * r['torch_tf32_ids_equal_to_fp32']:.1f}%; ours: {100 * r['ids_equal_to_torch_fp32']:.1f}%)"
+                 if nq > 1 else "")
+              + f" | {100 * r['fraction_of_copy_bw']:.1f}% of copy bw, {100 * r['fraction_of_sgemm']:.1f}% of SGEMM, "
+              f"{100 * r['fraction_of_tf32']:.1f}% of TF32")
 
     bench_case("single_1Mx768_cosine", 1, e2e_bar=1.30e-3, dev_bar=1.10e-3)
     bench_case("batch16_1Mx768_cosine", 16, e2e_bar=1.4e-3)

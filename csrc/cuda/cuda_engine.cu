@@ -24,7 +24,9 @@ constexpr std::size_t kQueryChunk = 4096;                    // queries per devi
 constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both SGEMM score tiles: 256 MiB
 constexpr std::size_t kBlasWorkspace = std::size_t{32} << 20;
 constexpr std::size_t kSkinnyMaxQueries = 4;  // beyond, cuBLAS measured faster on the H100
-constexpr std::size_t kScreenMaxK = 256;     // beyond, near-ties around the k-th make re-runs likely
+constexpr std::size_t kScreenMaxK = 256;
+constexpr std::size_t kMappedQueryBlocks = 64;              // single-query scans reading the query from the host
+constexpr std::size_t kLaneWorkBytes = std::size_t{1} << 20;  // scratch a lane keeps for single queries     // beyond, near-ties around the k-th make re-runs likely
 constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
@@ -99,6 +101,8 @@ struct RowFaultAt {
 // ---- lanes ------------------------------------------------------------------------------
 
 void CudaEngine::LaneDeleter::operator()(Lane* lane) const {
+    if (lane->stream) cudaStreamSynchronize(lane->stream);
+    lane->work.reset();
     if (lane->stream) cudaStreamSynchronize(lane->stream);
     if (lane->blas) cublasDestroy(lane->blas);
     if (lane->blas_workspace) cudaFree(lane->blas_workspace);
@@ -578,12 +582,27 @@ void CudaEngine::search_chunk(Lane& lane, const float* host_queries, const float
         const std::size_t at_res = (qbytes + 255) / 256 * 256;
         ensure_host(lane, at_res + rbytes);
         pack_rows(host_queries, qn, dim_, ld_, static_cast<float*>(lane.host));
+        // Few blocks (small stores) read the query straight from mapped host memory: no copy.
+        const bool mapped_query = pl.blocks <= kMappedQueryBlocks;
         Carve c;
-        const std::size_t at_q = c.take(qbytes), at_work = c.take(pl.workspace);
-        Scratch ws(*ctx_, c.at, s);
-        auto* base = ws.as<unsigned char>();
-        float* dq = reinterpret_cast<float*>(base + at_q);
-        check(cudaMemcpyAsync(dq, lane.host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+        const std::size_t at_q = c.take(mapped_query ? 0 : qbytes), at_work = c.take(pl.workspace);
+        Scratch local;
+        unsigned char* base = nullptr;
+        if (c.at <= kLaneWorkBytes) {  // small: the lane keeps it, no pool call per search
+            if (lane.work.bytes() < c.at) {
+                lane.work.reset();
+                lane.work = Scratch(*ctx_, (c.at + 16383) / 16384 * 16384, s);
+            }
+            base = lane.work.as<unsigned char>();
+        } else {
+            local = Scratch(*ctx_, c.at, s);
+            base = local.as<unsigned char>();
+        }
+        const float* dq = static_cast<const float*>(lane.host_device);
+        if (!mapped_query) {
+            dq = reinterpret_cast<float*>(base + at_q);
+            check(cudaMemcpyAsync(base + at_q, lane.host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+        }
         auto* out = reinterpret_cast<std::int64_t*>(static_cast<unsigned char*>(lane.host_device) + at_res);
         search_fused(lane, pl, dq, kk, base + at_work, reinterpret_cast<float*>(out + kk), out, true);
         check(cudaStreamSynchronize(s), "search");

@@ -56,6 +56,7 @@ class CudaEngine final : public Engine {
         void* host = nullptr;  // pinned and mapped: queries up, results down
         void* host_device = nullptr;  // the device's address of `host`
         unsigned int* done = nullptr;  // blocks finished, for the one-launch single-query scan
+        Scratch work;                  // single queries' scratch, kept while the lane lives
         std::size_t host_bytes = 0;
         unsigned long long* fault_device = nullptr;
         unsigned long long* fault_host = nullptr;
