@@ -532,6 +532,19 @@ struct Carve {
     }
 };
 
+template <typename F>
+void CudaEngine::with_scan_kernel(bool short_rounds, F&& f) const {
+    with_metric(metric_, [&](auto m) {
+        with_vpl(ld_ / 4, k::warp_size(ctx_->props()), [&](auto v) {
+            constexpr int M = decltype(m)::value, V = decltype(v)::value;
+            if (short_rounds)
+                f(k::scan_query_kernel<M, V, k::kWarpRowsSmall>);
+            else
+                f(k::scan_query_kernel<M, V>);
+        });
+    });
+}
+
 CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
     Plan p;
     const std::size_t optin = k::max_block_shared_bytes(ctx_->props());
@@ -546,24 +559,27 @@ CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
         return p;
     }
     p.path = Path::Fused;
-    const int slot = 31 - __builtin_clz(static_cast<unsigned>(p.cap));
+    // A store too small to give every SM a block of full-warp rounds takes short rounds.
+    const std::size_t sms = static_cast<std::size_t>(ctx_->props().multiProcessorCount);
+    p.short_rounds = size_ < static_cast<std::size_t>(k::kScanBlock) * sms;
+    const std::size_t per_round = p.short_rounds
+                                      ? k::kScanBlock / k::warp_size(ctx_->props()) * k::kWarpRowsSmall
+                                      : static_cast<std::size_t>(k::kScanBlock);
+    const int slot = (31 - __builtin_clz(static_cast<unsigned>(p.cap))) + (p.short_rounds ? 32 : 0);
     int per_sm = scan_blocks_per_sm_[slot].load(std::memory_order_relaxed);
     if (per_sm == 0) {
-        with_metric(metric_, [&](auto m) {
-            with_vpl(ld_ / 4, k::warp_size(ctx_->props()), [&](auto v) {
-                auto kernel = k::scan_query_kernel<decltype(m)::value, decltype(v)::value>;
-                allow_shared(kernel, p.shared);
-                check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, p.shared),
-                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-            });
+        with_scan_kernel(p.short_rounds, [&](auto kernel) {
+            allow_shared(kernel, p.shared);
+            check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, p.shared),
+                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
         });
         per_sm = std::max(per_sm, 1);
         scan_blocks_per_sm_[slot].store(per_sm, std::memory_order_relaxed);
     }
     // Enough blocks to fill the chip, but not so many that merging their k-lists costs
     // more than the scan (large k).
-    p.blocks = std::min<std::size_t>({static_cast<std::size_t>(per_sm) * ctx_->props().multiProcessorCount,
-                                      ceil_div(size_, k::kScanBlock), std::max<std::size_t>(1, size_ / (8 * kk))});
+    p.blocks = std::min<std::size_t>({static_cast<std::size_t>(per_sm) * sms, ceil_div(size_, per_round),
+                                      std::max<std::size_t>(1, size_ / (8 * kk))});
     p.blocks = std::max<std::size_t>(p.blocks, 1);
     p.workspace = p.blocks * kk * (sizeof(std::uint64_t) + sizeof(std::uint32_t));
     return p;
@@ -715,8 +731,7 @@ void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::
     auto* ckeys = static_cast<std::uint64_t*>(work);
     auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + pl.blocks * kk);
     with_metric(metric_, [&](auto m) {
-        with_vpl(ld4, k::warp_size(ctx_->props()), [&](auto v) {
-            auto kernel = k::scan_query_kernel<decltype(m)::value, decltype(v)::value>;
+        with_scan_kernel(pl.short_rounds, [&](auto kernel) {
             allow_shared(kernel, pl.shared);
             kernel<<<static_cast<unsigned>(pl.blocks), k::kScanBlock, pl.shared, s>>>(
                 reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), factors_,

@@ -74,6 +74,7 @@ class CudaEngine final : public Engine {
         std::size_t blocks = 0;  // fused: scan blocks
         int cap = 0;             // fused: BlockTopK entries of a scan block
         std::size_t shared = 0;  // fused: dynamic shared bytes of a scan block
+        bool short_rounds = false;  // fused: kWarpRowsSmall rows per warp and round (small stores)
         std::size_t workspace = 0;  // bytes of scratch the path needs beyond queries/results
     };
     struct LaneDeleter {
@@ -95,6 +96,9 @@ class CudaEngine final : public Engine {
     void finish_append(std::size_t n, const char* what);
 
     Plan plan(std::size_t nq, std::size_t k) const;
+    // f(kernel) with the single-query scan kernel of this metric and row width.
+    template <typename F>
+    void with_scan_kernel(bool short_rounds, F&& f) const;
     // Searches nq padded queries already on the device; results land in dscores/dslots.
     // `work` holds plan.workspace bytes; fault (device queries) gets row faults.
     void run_search(Lane& lane, const Plan& plan, const float* dq, std::size_t nq, std::size_t k,
@@ -132,7 +136,7 @@ class CudaEngine final : public Engine {
     Metric metric_;
     int max_select_k_;  // largest k the shared-memory selection handles
     bool tensor_cores_;  // TF32 tensor cores (sm_80+): batches are screened with them
-    mutable std::array<std::atomic<int>, 32> scan_blocks_per_sm_{};  // by log2(cap); 0: unknown
+    mutable std::array<std::atomic<int>, 64> scan_blocks_per_sm_{};  // by log2(cap) (+32: short rounds); 0: unknown
 
     std::size_t size_ = 0;
     std::size_t capacity_ = 0;

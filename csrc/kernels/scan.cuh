@@ -46,15 +46,16 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
     }
 }
 
-// Raw accumulations of kWarpSize consecutive rows [wbase, wbase + kWarpSize) against the
-// query in shared memory: the return value of lane i belongs to row wbase + i. kRows rows
-// are loaded together so that several 16-byte loads per lane are in flight.
-template <int kMetric, int kVpl, int kRows>
+// Raw accumulations of kWarpRows (<= kWarpSize) consecutive rows [wbase, wbase + kWarpRows)
+// against the query in shared memory: the return value of lane i < kWarpRows belongs to row
+// wbase + i. kRows rows are loaded together so that several 16-byte loads per lane are in
+// flight.
+template <int kMetric, int kVpl, int kRows, int kWarpRows>
 __device__ __forceinline__ float warp_row_scores(const float4* __restrict__ rows, std::size_t ld4,
                                                  std::size_t n, const float4* q, std::size_t wbase) {
     const int lane = lane_id();
     float mine = 0.0f;
-    for (int i = 0; i < kWarpSize; i += kRows) {
+    for (int i = 0; i < kWarpRows; i += kRows) {
         float acc[kRows];
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
@@ -102,11 +103,16 @@ struct ScanShape {
 
 constexpr int kScanBlock = 256;
 
+// Rows a warp scores per round of the single-query scan: a full warp's worth, or fewer on
+// small stores, so that the rows spread over every SM (one SM alone cannot pull the
+// bandwidth of the chip: 10k rows of 768 floats on 40 blocks took 10 us, not 3).
+constexpr int kWarpRowsSmall = 8;
+
 // One query against all rows in one pass: each block scores interleaved rounds of
-// kScanBlock rows and keeps its k best in shared memory; out gets k keys per block. With
-// `done` (a counter at 0), the last block also merges them into final_scores/final_slots.
+// (warps x kWarpRows) rows and keeps its k best in shared memory; out gets k keys per block.
+// With `done` (a counter at 0), the last block also merges them into final_scores/slots.
 // Shared memory: BlockTopK (cap entries) then the query (ld4 float4).
-template <int kMetric, int kVpl>
+template <int kMetric, int kVpl, int kWarpRows = kWarpSize>
 __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
     const float4* __restrict__ query, const float* __restrict__ row_factor,
@@ -133,12 +139,13 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     qq = warp_sum(qq);
     const float qf = kMetric == kCosine ? (qq >= 1.17549435e-38 ? static_cast<float>(1.0 / sqrt(qq)) : 0.0f)
                                         : static_cast<float>(qq);
-    const std::size_t per_round = blockDim.x;
+    constexpr int kRows = ScanShape<kVpl>::kRows < kWarpRows ? ScanShape<kVpl>::kRows : kWarpRows;
+    const std::size_t per_round = blockDim.x / kWarpSize * kWarpRows;
     for (std::size_t base = blockIdx.x * per_round; base < n; base += gridDim.x * per_round) {
-        const std::size_t wbase = base + static_cast<std::size_t>(warp_id()) * kWarpSize;
-        const float acc = warp_row_scores<kMetric, kVpl, ScanShape<kVpl>::kRows>(rows, ld4, n, q, wbase);
+        const std::size_t wbase = base + static_cast<std::size_t>(warp_id()) * kWarpRows;
+        const float acc = warp_row_scores<kMetric, kVpl, kRows, kWarpRows>(rows, ld4, n, q, wbase);
         const std::size_t row = wbase + lane_id();
-        if (row < n) {
+        if (lane_id() < kWarpRows && row < n) {
             const float s = finish_score<kMetric, false>(acc, row_factor[row], qf);
             top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
         }
