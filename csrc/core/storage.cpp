@@ -7,6 +7,7 @@
 #include <new>
 #include <numeric>
 #include <string>
+#include <utility>
 
 #include "hive_gpu/error.hpp"
 #include "core/validate.hpp"
@@ -98,28 +99,25 @@ void VectorStorage::add_vector(const std::string& id, const float* data, std::si
                                const Metadata& metadata) {
     check_id(id);
     check_row(data, len, "vector");
-    std::vector<std::string> ids{id};
-    std::vector<Metadata> md{metadata};
-    add_vectors(ids, data, 1, len, md);
+    add_rows(std::vector<std::string>{id}, Source{data}, 1, len, std::vector<Metadata>{metadata});
 }
 
-void VectorStorage::add_vectors(const std::vector<std::string>& ids, const float* data,
-                                std::size_t n, std::size_t dim,
-                                const std::vector<Metadata>& metadata) {
-    add_rows(ids, Source{data}, n, dim, metadata);
+void VectorStorage::add_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
+                                std::size_t dim, std::vector<Metadata> metadata) {
+    add_rows(std::move(ids), Source{data}, n, dim, std::move(metadata));
 }
 
-void VectorStorage::add_vectors_device(const std::vector<std::string>& ids, const float* data,
+void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float* data,
                                        std::size_t n, std::size_t dim, std::size_t ld,
-                                       std::uintptr_t stream, const std::vector<Metadata>& metadata) {
+                                       std::uintptr_t stream, std::vector<Metadata> metadata) {
     if (n > 0 && ld < dim)
         throw InvalidArgumentError("device rows have a stride of " + std::to_string(ld) +
                                    " floats, less than their dimension " + std::to_string(dim));
-    add_rows(ids, Source{data, true, ld, stream}, n, dim, metadata);
+    add_rows(std::move(ids), Source{data, true, ld, stream}, n, dim, std::move(metadata));
 }
 
-void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& src,
-                             std::size_t n, std::size_t dim, const std::vector<Metadata>& metadata) {
+void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
+                             std::size_t dim, std::vector<Metadata>&& metadata) {
     if (ids.size() != n)
         throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
                                    std::to_string(n) + " vectors");
@@ -186,19 +184,12 @@ void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& 
         take_ids_out();
         throw;
     }
-    try {
-        for (std::size_t i = 0; i < n; ++i) {
-            id_of_.push_back(ids[i]);
-            metadata_of_.push_back(metadata.empty() ? Metadata{} : metadata[i]);
-            ordinal_of_.push_back(ords[i]);
-        }
-    } catch (const std::bad_alloc&) {
-        take_ids_out();
-        id_of_.resize(old);
-        metadata_of_.resize(old);
-        ordinal_of_.resize(old);
-        engine_->truncate(old);
-        throw OutOfMemoryError("host memory exhausted while adding vectors");
+    // The map holds its own copy of each id, so the batch's strings move into id_of_. The
+    // vectors were reserved above: nothing here allocates or throws.
+    for (std::size_t i = 0; i < n; ++i) {
+        id_of_.push_back(std::move(ids[i]));
+        metadata_of_.push_back(metadata.empty() ? Metadata{} : std::move(metadata[i]));
+        ordinal_of_.push_back(ords[i]);
     }
 }
 
