@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "core/id_index.hpp"
 #include "hive_gpu/async.hpp"
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/context.hpp"
@@ -372,6 +373,8 @@ PYBIND11_MODULE(_core, m) {
           py::call_guard<py::gil_scoped_release>());
     m.def("create_context", &create_context, py::arg("backend"), py::arg("device_id") = 0,
           py::call_guard<py::gil_scoped_release>());
+    // Tests only: the hash the id index places ids by (not stable across versions).
+    m.def("_id_hash", [](const std::string& id) { return detail::hash_id(id); }, py::arg("id"));
 
     py::class_<Context, std::shared_ptr<Context>>(m, "Context")
         .def_property_readonly("backend", &Context::backend)

@@ -9,7 +9,6 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "hive_gpu/context.hpp"
@@ -19,6 +18,8 @@
 namespace hive_gpu {
 
 namespace detail {
+class IdIndex;  // core/id_index.hpp: id -> slot, keyed by id_of_
+
 // A shared mutex that never starves writers: a writer waits at the gate for the readers in
 // flight and closes it behind them, so a stream of overlapping searches (each of which may
 // hold the lock while its device works) cannot keep an add or remove out for ever.
@@ -152,6 +153,8 @@ class VectorStorage {
     };
     void add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
                   std::size_t dim, std::vector<Metadata>&& metadata);
+    // Takes slots [first, first + count) out of index_ (their ids still in id_of_).
+    void unindex(std::size_t first, std::size_t count) noexcept;
     BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
     std::vector<SearchHit> hits_of(BatchResult&& r) const;
     float finish_score(float engine_score) const;
@@ -165,10 +168,10 @@ class VectorStorage {
 
     mutable detail::WriterPreferringMutex mutex_;
     bool closed_ = false;
-    std::unordered_map<std::string, std::size_t> slot_of_;
-    std::vector<std::string> id_of_;         // by slot
-    std::vector<Metadata> metadata_of_;      // by slot
-    std::vector<std::uint32_t> ordinal_of_;  // by slot, mirrors the engine's
+    std::unique_ptr<detail::IdIndex> index_;  // id -> slot; stores no ids, reads id_of_
+    std::vector<std::string> id_of_;          // by slot
+    std::vector<Metadata> metadata_of_;       // by slot
+    std::vector<std::uint32_t> ordinal_of_;   // by slot, mirrors the engine's
     std::uint64_t next_ordinal_ = 0;
 };
 
