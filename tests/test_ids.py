@@ -1,6 +1,6 @@
 """The id index: adds, removes (swap-remove), updates and lookups checked against a dict model,
-duplicates that leave the store unchanged, large batches, awkward ids (long shared prefixes,
-hash collisions) and save/load after removals."""
+duplicates that leave the store unchanged, batches large enough to be indexed on a second
+thread, awkward ids (long shared prefixes, hash collisions) and save/load after removals."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from test_bad_input import snapshot, unchanged
 import hive_gpu
 from hive_gpu import DuplicateIdError, NonFiniteValueError, _core
 
-# A large batch (65536 ids and more).
+# Batches of at least this many ids are indexed on a helper thread (storage.cpp).
 PARALLEL_IDS = 1 << 16
 
 

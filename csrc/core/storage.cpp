@@ -8,6 +8,7 @@
 #include <new>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "core/id_index.hpp"
@@ -130,13 +131,13 @@ void VectorStorage::unindex(std::size_t first, std::size_t count) noexcept {
 }
 
 // A batch add. Under the write lock, every host allocation happens first (the by-slot vectors
-// and the index get room for the batch), then two parts run:
+// and the index get room for the batch), then two independent parts run:
 //   ids:  move the ids into id_of_ and enter them in the index, which finds an id already
 //         stored or repeated in the batch;
 //   rows: append empty or given metadata, take ordinals and append the rows to the engine
 //         (the upload to the device on GPU backends).
-// Then everything is kept, or all of it undone: the index entries, the by-slot vectors, the
-// engine rows and the ordinal counter.
+// Large batches run the two on two threads. Then everything is kept, or all of it undone:
+// the index entries, the by-slot vectors, the engine rows and the ordinal counter.
 void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
                              std::size_t dim, std::vector<Metadata>&& metadata) {
     if (ids.size() != n)
@@ -223,15 +224,31 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
         }
     };
 
-    add_ids();
-    if (clash != detail::IdIndex::npos) fail(nullptr);
+    // Both parts finish before anything is kept or undone. When both fail, the duplicate id is
+    // reported: that is what running them one after the other (ids first) reports, where the
+    // rows are never appended once an id clashes.
+    constexpr std::size_t kParallelIds = std::size_t{1} << 16;
+    static const bool several_cores = std::thread::hardware_concurrency() > 1;
+    std::thread helper;
+    if (n >= kParallelIds && several_cores) {
+        try {
+            helper = std::thread(add_ids);
+        } catch (...) {
+            // No thread (resource limits): both parts run on this one.
+        }
+    }
+    if (!helper.joinable()) {
+        add_ids();
+        if (clash != detail::IdIndex::npos) fail(nullptr);
+    }
     std::exception_ptr rows_error;
     try {
         add_rows_part();
     } catch (...) {
         rows_error = std::current_exception();
     }
-    if (rows_error) fail(rows_error);
+    if (helper.joinable()) helper.join();
+    if (clash != detail::IdIndex::npos || rows_error) fail(rows_error);
 }
 
 bool VectorStorage::update_vector(const std::string& id, const float* data, std::size_t len,
