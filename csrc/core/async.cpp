@@ -27,7 +27,8 @@ std::function<std::function<void()>(VectorStorage&)> run_then_deliver(
 template <typename Call>
 std::function<std::function<void()>(VectorStorage&)> write_then_deliver(
     std::shared_ptr<WriteCompletion> done, Call call) {
-    return [done = std::move(done), call = std::move(call)](VectorStorage& s) -> std::function<void()> {
+    // mutable: a write runs once and may move what it captured into the storage.
+    return [done = std::move(done), call = std::move(call)](VectorStorage& s) mutable -> std::function<void()> {
         try {
             call(s);
             return [done] { (*done)(nullptr); };
@@ -127,8 +128,8 @@ Ticket AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows, std::v
     auto shared = std::make_shared<WriteCompletion>(std::move(done));
     r->fail = [shared](std::exception_ptr e) { (*shared)(e); };
     r->run = write_then_deliver(
-        shared, [ids = std::move(ids), rows = std::move(rows), md = std::move(metadata)](VectorStorage& s) {
-            s.add_vectors(ids, rows.data, rows.n, rows.dim, md);
+        shared, [ids = std::move(ids), rows = std::move(rows), md = std::move(metadata)](VectorStorage& s) mutable {
+            s.add_vectors(std::move(ids), rows.data, rows.n, rows.dim, std::move(md));
         });
     batcher_->submit(r);
     return Ticket(std::move(r));

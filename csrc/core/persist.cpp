@@ -6,9 +6,9 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
-#include <unordered_set>
 
 #include "core/crc32c.hpp"
+#include "core/id_index.hpp"
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
 #include "hive_gpu/storage.hpp"
@@ -321,13 +321,14 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
 
     std::vector<std::string> ids;
     ids.reserve(n);
+    detail::IdIndex index;  // finds repeated ids here, then becomes the storage's index
+    index.reserve(n);
     {
         Cursor c(ids_b, "ids");
-        std::unordered_set<std::string> seen;
         for (std::size_t i = 0; i < n; ++i) {
-            std::string id = c.get_str(kMaxIdBytes);
-            if (id.empty() || !seen.insert(id).second) c.fail("empty or repeated id");
-            ids.push_back(std::move(id));
+            ids.push_back(c.get_str(kMaxIdBytes));
+            if (ids.back().empty() || index.insert(ids, i) != detail::IdIndex::npos)
+                c.fail("empty or repeated id");
         }
         if (!c.done()) c.fail("trailing bytes");
     }
@@ -382,10 +383,9 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
     if (stored != crc) throw CorruptFileError("checksum mismatch in the vectors section");
 
     storage->id_of_ = std::move(ids);
+    *storage->index_ = std::move(index);
     storage->metadata_of_ = std::move(metas);
     storage->ordinal_of_ = std::move(ords);
-    storage->slot_of_.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) storage->slot_of_.emplace(storage->id_of_[i], i);
     storage->next_ordinal_ = std::max<std::uint64_t>(next, n ? max_ord + 1 : 0);
     return storage;
 }

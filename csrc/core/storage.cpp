@@ -2,14 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <new>
 #include <numeric>
 #include <string>
+#include <thread>
+#include <utility>
 
-#include "hive_gpu/error.hpp"
+#include "core/id_index.hpp"
 #include "core/validate.hpp"
+#include "hive_gpu/error.hpp"
 
 namespace hive_gpu {
 
@@ -25,7 +29,8 @@ VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<E
       engine_(std::move(engine)),
       dimension_(engine_->dimension()),
       metric_(engine_->metric()),
-      engine_checks_rows_(engine_->checks_appended_rows()) {}
+      engine_checks_rows_(engine_->checks_appended_rows()),
+      index_(std::make_unique<detail::IdIndex>()) {}
 
 VectorStorage::~VectorStorage() = default;
 
@@ -56,7 +61,7 @@ std::size_t VectorStorage::size() const {
 bool VectorStorage::contains(const std::string& id) const {
     ReadLock lock(mutex_);
     check_open();
-    return slot_of_.count(id) != 0;
+    return index_->find(id_of_, id) != detail::IdIndex::npos;
 }
 
 std::vector<std::string> VectorStorage::ids() const {
@@ -98,28 +103,43 @@ void VectorStorage::add_vector(const std::string& id, const float* data, std::si
                                const Metadata& metadata) {
     check_id(id);
     check_row(data, len, "vector");
-    std::vector<std::string> ids{id};
-    std::vector<Metadata> md{metadata};
-    add_vectors(ids, data, 1, len, md);
+    add_rows(std::vector<std::string>{id}, Source{data}, 1, len, std::vector<Metadata>{metadata});
 }
 
-void VectorStorage::add_vectors(const std::vector<std::string>& ids, const float* data,
-                                std::size_t n, std::size_t dim,
-                                const std::vector<Metadata>& metadata) {
-    add_rows(ids, Source{data}, n, dim, metadata);
+void VectorStorage::add_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
+                                std::size_t dim, std::vector<Metadata> metadata) {
+    add_rows(std::move(ids), Source{data}, n, dim, std::move(metadata));
 }
 
-void VectorStorage::add_vectors_device(const std::vector<std::string>& ids, const float* data,
+void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float* data,
                                        std::size_t n, std::size_t dim, std::size_t ld,
-                                       std::uintptr_t stream, const std::vector<Metadata>& metadata) {
+                                       std::uintptr_t stream, std::vector<Metadata> metadata) {
     if (n > 0 && ld < dim)
         throw InvalidArgumentError("device rows have a stride of " + std::to_string(ld) +
                                    " floats, less than their dimension " + std::to_string(dim));
-    add_rows(ids, Source{data, true, ld, stream}, n, dim, metadata);
+    add_rows(std::move(ids), Source{data, true, ld, stream}, n, dim, std::move(metadata));
 }
 
-void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& src,
-                             std::size_t n, std::size_t dim, const std::vector<Metadata>& metadata) {
+void VectorStorage::unindex(std::size_t first, std::size_t count) noexcept {
+    // Erasing costs about what inserting did, id by id: when more ids go than stay, index the
+    // ones that stay afresh instead.
+    if (count > first) {
+        index_->reindex_prefix(id_of_, first);
+    } else {
+        for (std::size_t i = 0; i < count; ++i) index_->erase_slot(id_of_, first + i);
+    }
+}
+
+// A batch add. Under the write lock, every host allocation happens first (the by-slot vectors
+// and the index get room for the batch), then two independent parts run:
+//   ids:  move the ids into id_of_ and enter them in the index, which finds an id already
+//         stored or repeated in the batch;
+//   rows: append empty or given metadata, take ordinals and append the rows to the engine
+//         (the upload to the device on GPU backends).
+// Large batches run the two on two threads. Then everything is kept, or all of it undone:
+// the index entries, the by-slot vectors, the engine rows and the ordinal counter.
+void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
+                             std::size_t dim, std::vector<Metadata>&& metadata) {
     if (ids.size() != n)
         throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
                                    std::to_string(n) + " vectors");
@@ -146,60 +166,89 @@ void VectorStorage::add_rows(const std::vector<std::string>& ids, const Source& 
         id_of_.reserve(old + n);
         metadata_of_.reserve(old + n);
         ordinal_of_.reserve(old + n);
-        slot_of_.reserve(old + n);
+        index_->reserve(old + n);
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while growing the id map");
     }
-    // The ids enter the map first: one hash per id finds a duplicate, whether it is already
-    // in the store or earlier in the batch. Anything that fails below takes them out again.
-    std::size_t entered = 0;
-    auto take_ids_out = [&] {
-        for (std::size_t i = 0; i < entered; ++i) slot_of_.erase(ids[i]);
+
+    // With the room reserved, moving strings in and entering them in the index allocate
+    // nothing and cannot throw. The index stops at the first id it already holds.
+    std::size_t indexed = 0;                    // ids entered in the index
+    std::size_t clash = detail::IdIndex::npos;  // slot already holding id_of_[old + indexed]
+    auto add_ids = [&]() noexcept {
+        id_of_.insert(id_of_.end(), std::make_move_iterator(ids.begin()),
+                      std::make_move_iterator(ids.end()));
+        indexed = index_->insert_range(id_of_, old, n, &clash);
     };
-    try {
-        for (; entered < n; ++entered) {
-            const auto [it, fresh] = slot_of_.try_emplace(ids[entered], old + entered);
-            if (!fresh) {
-                std::string why = "id '" + ids[entered] +
-                                  (it->second >= old ? "' appears twice in the batch" : "' already exists");
-                take_ids_out();
-                throw DuplicateIdError(why);
+    bool appended = false;
+    bool took = false;
+    std::uint64_t ordinals_before = 0;
+    auto add_rows_part = [&] {
+        if (metadata.empty())
+            metadata_of_.resize(old + n);
+        else
+            metadata_of_.insert(metadata_of_.end(), std::make_move_iterator(metadata.begin()),
+                                std::make_move_iterator(metadata.end()));
+        const std::uint32_t first = take_ordinals(n);  // may renumber the stored rows first
+        ordinals_before = first;
+        took = true;
+        ordinal_of_.resize(old + n);  // reserved, unless a renumbering replaced the vector
+        std::iota(ordinal_of_.begin() + old, ordinal_of_.end(), first);
+        if (src.device)
+            engine_->append_device(src.data, src.ld, ordinal_of_.data() + old, n, src.stream);
+        else
+            engine_->append(src.data, ordinal_of_.data() + old, n);
+        appended = true;
+    };
+    // Undoes both parts, then throws: the duplicate id when there is one, else `error`.
+    auto fail = [&](std::exception_ptr error) {
+        if (clash != detail::IdIndex::npos) {
+            try {
+                throw DuplicateIdError("id '" + id_of_[old + indexed] +
+                                       (clash >= old ? "' appears twice in the batch"
+                                                     : "' already exists"));
+            } catch (...) {
+                error = std::current_exception();  // or the bad_alloc of building the message
             }
         }
-    } catch (const std::bad_alloc&) {
-        take_ids_out();
-        throw OutOfMemoryError("host memory exhausted while adding ids");
-    }
-    std::vector<std::uint32_t> ords;
-    try {
-        const std::uint32_t first = take_ordinals(n);
-        ords.resize(n);
-        std::iota(ords.begin(), ords.end(), first);
-        if (src.device)
-            engine_->append_device(src.data, src.ld, ords.data(), n, src.stream);
-        else
-            engine_->append(src.data, ords.data(), n);
-    } catch (const std::bad_alloc&) {
-        take_ids_out();
-        throw OutOfMemoryError("host memory exhausted while adding vectors");
-    } catch (...) {
-        take_ids_out();
-        throw;
-    }
-    try {
-        for (std::size_t i = 0; i < n; ++i) {
-            id_of_.push_back(ids[i]);
-            metadata_of_.push_back(metadata.empty() ? Metadata{} : metadata[i]);
-            ordinal_of_.push_back(ords[i]);
-        }
-    } catch (const std::bad_alloc&) {
-        take_ids_out();
+        if (appended) engine_->truncate(old);
+        if (took) next_ordinal_ = ordinals_before;
+        unindex(old, indexed);
         id_of_.resize(old);
         metadata_of_.resize(old);
         ordinal_of_.resize(old);
-        engine_->truncate(old);
-        throw OutOfMemoryError("host memory exhausted while adding vectors");
+        try {
+            std::rethrow_exception(error);
+        } catch (const std::bad_alloc&) {
+            throw OutOfMemoryError("host memory exhausted while adding vectors");
+        }
+    };
+
+    // Both parts finish before anything is kept or undone. When both fail, the duplicate id is
+    // reported: that is what running them one after the other (ids first) reports, where the
+    // rows are never appended once an id clashes.
+    constexpr std::size_t kParallelIds = std::size_t{1} << 16;
+    static const bool several_cores = std::thread::hardware_concurrency() > 1;
+    std::thread helper;
+    if (n >= kParallelIds && several_cores) {
+        try {
+            helper = std::thread(add_ids);
+        } catch (...) {
+            // No thread (resource limits): both parts run on this one.
+        }
     }
+    if (!helper.joinable()) {
+        add_ids();
+        if (clash != detail::IdIndex::npos) fail(nullptr);
+    }
+    std::exception_ptr rows_error;
+    try {
+        add_rows_part();
+    } catch (...) {
+        rows_error = std::current_exception();
+    }
+    if (helper.joinable()) helper.join();
+    if (clash != detail::IdIndex::npos || rows_error) fail(rows_error);
 }
 
 bool VectorStorage::update_vector(const std::string& id, const float* data, std::size_t len,
@@ -207,12 +256,12 @@ bool VectorStorage::update_vector(const std::string& id, const float* data, std:
     check_row(data, len, "vector");
     WriteLock lock(mutex_);
     check_open();
-    auto it = slot_of_.find(id);
-    if (it == slot_of_.end()) return false;
+    const std::size_t slot = index_->find(id_of_, id);
+    if (slot == detail::IdIndex::npos) return false;
     Metadata md_copy;
     if (metadata) md_copy = *metadata;  // copy first: the engine write must be the last thing that can fail
-    engine_->write(it->second, data);
-    if (metadata) metadata_of_[it->second] = std::move(md_copy);
+    engine_->write(slot, data);
+    if (metadata) metadata_of_[slot] = std::move(md_copy);
     return true;
 }
 
@@ -220,7 +269,7 @@ void VectorStorage::remove_slot(std::size_t slot) {
     const std::size_t last = id_of_.size() - 1;
     if (slot != last) {
         engine_->move(last, slot);
-        slot_of_[id_of_[last]] = slot;
+        index_->relocate(id_of_, last, slot);
         id_of_[slot] = std::move(id_of_[last]);
         metadata_of_[slot] = std::move(metadata_of_[last]);
         ordinal_of_[slot] = ordinal_of_[last];
@@ -234,10 +283,8 @@ void VectorStorage::remove_slot(std::size_t slot) {
 bool VectorStorage::remove_vector(const std::string& id) {
     WriteLock lock(mutex_);
     check_open();
-    auto it = slot_of_.find(id);
-    if (it == slot_of_.end()) return false;
-    const std::size_t slot = it->second;
-    slot_of_.erase(it);
+    const std::size_t slot = index_->erase(id_of_, id);
+    if (slot == detail::IdIndex::npos) return false;
     remove_slot(slot);
     return true;
 }
@@ -247,10 +294,8 @@ std::size_t VectorStorage::remove_vectors(const std::vector<std::string>& ids) {
     check_open();
     std::size_t removed = 0;
     for (const auto& id : ids) {
-        auto it = slot_of_.find(id);
-        if (it == slot_of_.end()) continue;
-        const std::size_t slot = it->second;
-        slot_of_.erase(it);
+        const std::size_t slot = index_->erase(id_of_, id);
+        if (slot == detail::IdIndex::npos) continue;
         remove_slot(slot);
         ++removed;
     }
@@ -261,7 +306,7 @@ void VectorStorage::clear() {
     WriteLock lock(mutex_);
     check_open();
     engine_->truncate(0);
-    slot_of_.clear();
+    index_->release();
     id_of_.clear();
     metadata_of_.clear();
     ordinal_of_.clear();
@@ -271,19 +316,19 @@ void VectorStorage::clear() {
 std::optional<Vector> VectorStorage::get_vector(const std::string& id) const {
     ReadLock lock(mutex_);
     check_open();
-    auto it = slot_of_.find(id);
-    if (it == slot_of_.end()) return std::nullopt;
-    Vector v{id, std::vector<float>(dimension_), metadata_of_[it->second]};
-    engine_->read(it->second, 1, v.data.data());
+    const std::size_t slot = index_->find(id_of_, id);
+    if (slot == detail::IdIndex::npos) return std::nullopt;
+    Vector v{id, std::vector<float>(dimension_), metadata_of_[slot]};
+    engine_->read(slot, 1, v.data.data());
     return v;
 }
 
 std::optional<Metadata> VectorStorage::get_metadata(const std::string& id) const {
     ReadLock lock(mutex_);
     check_open();
-    auto it = slot_of_.find(id);
-    if (it == slot_of_.end()) return std::nullopt;
-    return metadata_of_[it->second];
+    const std::size_t slot = index_->find(id_of_, id);
+    if (slot == detail::IdIndex::npos) return std::nullopt;
+    return metadata_of_[slot];
 }
 
 std::size_t VectorStorage::clamp_k(std::int64_t k) const {
@@ -378,7 +423,7 @@ void VectorStorage::close() {
     if (closed_) return;
     closed_ = true;
     engine_.reset();
-    slot_of_.clear();
+    index_->release();
     id_of_.clear();
     metadata_of_.clear();
     ordinal_of_.clear();

@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "core/id_index.hpp"
 #include "hive_gpu/async.hpp"
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/context.hpp"
@@ -372,6 +373,8 @@ PYBIND11_MODULE(_core, m) {
           py::call_guard<py::gil_scoped_release>());
     m.def("create_context", &create_context, py::arg("backend"), py::arg("device_id") = 0,
           py::call_guard<py::gil_scoped_release>());
+    // Tests only: the hash the id index places ids by (not stable across versions).
+    m.def("_id_hash", [](const std::string& id) { return detail::hash_id(id); }, py::arg("id"));
 
     py::class_<Context, std::shared_ptr<Context>>(m, "Context")
         .def_property_readonly("backend", &Context::backend)
@@ -415,12 +418,11 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("id"), py::arg("data"), py::arg("metadata") = Metadata{})
         .def("add_vectors",
-             [](VectorStorage& s, const std::vector<std::string>& ids, const FloatArray& a,
-                const std::vector<Metadata>& md) {
+             [](VectorStorage& s, std::vector<std::string> ids, const FloatArray& a, std::vector<Metadata> md) {
                  if (a.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
                  auto [n, d] = rows_cols(a);
                  py::gil_scoped_release release;
-                 s.add_vectors(ids, a.data(), n, d, md);
+                 s.add_vectors(std::move(ids), a.data(), n, d, std::move(md));
              },
              py::arg("ids"), py::arg("data"), py::arg("metadata") = std::vector<Metadata>{})
         .def("update_vector",
@@ -476,10 +478,11 @@ PYBIND11_MODULE(_core, m) {
         // Device arrays: raw device pointers plus the producer's stream (as in
         // __cuda_array_interface__ v3); python/hive_gpu/_device_arrays.py fills them in.
         .def("add_vectors_device",
-             [](VectorStorage& s, const std::vector<std::string>& ids, std::uintptr_t ptr, std::size_t n,
-                std::size_t dim, std::size_t ld, std::uintptr_t stream, const std::vector<Metadata>& md) {
+             [](VectorStorage& s, std::vector<std::string> ids, std::uintptr_t ptr, std::size_t n,
+                std::size_t dim, std::size_t ld, std::uintptr_t stream, std::vector<Metadata> md) {
                  py::gil_scoped_release release;
-                 s.add_vectors_device(ids, reinterpret_cast<const float*>(ptr), n, dim, ld, stream, md);
+                 s.add_vectors_device(std::move(ids), reinterpret_cast<const float*>(ptr), n, dim, ld, stream,
+                                      std::move(md));
              },
              py::arg("ids"), py::arg("ptr"), py::arg("n"), py::arg("dim"), py::arg("ld"), py::arg("stream"),
              py::arg("metadata") = std::vector<Metadata>{})

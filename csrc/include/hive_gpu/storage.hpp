@@ -9,7 +9,6 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "hive_gpu/context.hpp"
@@ -19,6 +18,8 @@
 namespace hive_gpu {
 
 namespace detail {
+class IdIndex;  // core/id_index.hpp: id -> slot, keyed by id_of_
+
 // A shared mutex that never starves writers: a writer waits at the gate for the readers in
 // flight and closes it behind them, so a stream of overlapping searches (each of which may
 // hold the lock while its device works) cannot keep an add or remove out for ever.
@@ -84,8 +85,9 @@ class VectorStorage {
                     const Metadata& metadata = {});
     // n rows of `dim` floats, row major; metadata empty or one per row. All or nothing: one
     // bad row, or an id repeated in `ids` or already stored, rejects the whole batch.
-    void add_vectors(const std::vector<std::string>& ids, const float* data, std::size_t n,
-                     std::size_t dim, const std::vector<Metadata>& metadata = {});
+    // `ids` and `metadata` are taken by value: pass them with std::move to spare a copy.
+    void add_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
+                     std::size_t dim, std::vector<Metadata> metadata = {});
     // Replaces the row of `id` (its insertion order, hence its rank among ties, stays).
     // false when `id` is unknown. metadata == nullptr keeps the current metadata.
     bool update_vector(const std::string& id, const float* data, std::size_t len,
@@ -111,9 +113,9 @@ class VectorStorage {
     // Device arrays (backends with device memory): `data`/`queries` are device pointers on
     // this storage's device with a row stride of `ld` floats; `stream` as in
     // Engine::append_device. Same rules, errors and atomicity as the host calls.
-    void add_vectors_device(const std::vector<std::string>& ids, const float* data, std::size_t n,
+    void add_vectors_device(std::vector<std::string> ids, const float* data, std::size_t n,
                             std::size_t dim, std::size_t ld, std::uintptr_t stream,
-                            const std::vector<Metadata>& metadata = {});
+                            std::vector<Metadata> metadata = {});
     std::vector<SearchHit> search_device(const float* query, std::size_t len, std::int64_t k,
                                          std::uintptr_t stream) const;
     // device_scores (nq * k' floats on the device, k' = min(k, size())) also receives the
@@ -149,8 +151,10 @@ class VectorStorage {
         std::uintptr_t stream = 0;
         float* device_scores = nullptr;
     };
-    void add_rows(const std::vector<std::string>& ids, const Source& src, std::size_t n,
-                  std::size_t dim, const std::vector<Metadata>& metadata);
+    void add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
+                  std::size_t dim, std::vector<Metadata>&& metadata);
+    // Takes slots [first, first + count) out of index_ (their ids still in id_of_).
+    void unindex(std::size_t first, std::size_t count) noexcept;
     BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
     std::vector<SearchHit> hits_of(BatchResult&& r) const;
     float finish_score(float engine_score) const;
@@ -164,10 +168,10 @@ class VectorStorage {
 
     mutable detail::WriterPreferringMutex mutex_;
     bool closed_ = false;
-    std::unordered_map<std::string, std::size_t> slot_of_;
-    std::vector<std::string> id_of_;         // by slot
-    std::vector<Metadata> metadata_of_;      // by slot
-    std::vector<std::uint32_t> ordinal_of_;  // by slot, mirrors the engine's
+    std::unique_ptr<detail::IdIndex> index_;  // id -> slot; stores no ids, reads id_of_
+    std::vector<std::string> id_of_;          // by slot
+    std::vector<Metadata> metadata_of_;       // by slot
+    std::vector<std::uint32_t> ordinal_of_;   // by slot, mirrors the engine's
     std::uint64_t next_ordinal_ = 0;
 };
 
