@@ -164,15 +164,22 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     __syncthreads();
     if (!last) return;
     __threadfence();
-    top.init(nullptr, nullptr);
     const volatile std::uint64_t* keys = out_keys;  // written by other blocks: not through L1
     const volatile std::uint32_t* vals = out_vals;
+    // Each block's k-th key bounds the overall k-th from above, so only keys at or below the
+    // smallest of them can enter: a handful instead of every block's k, hence no big sorts.
+    __shared__ unsigned long long limit;
+    if (threadIdx.x == 0) limit = kEmptyKey;
+    __syncthreads();
+    for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x)
+        atomicMin(&limit, static_cast<unsigned long long>(keys[static_cast<std::size_t>(b) * k + k - 1]));
+    top.init(nullptr, nullptr);  // its barriers also publish `limit`
     const std::size_t total = static_cast<std::size_t>(gridDim.x) * k;
     for (std::size_t base = 0; base < total; base += blockDim.x) {
         const std::size_t i = base + threadIdx.x;
         if (i < total) {
             const std::uint64_t key = keys[i];
-            if (key < *top.bound) top.push(key, vals[i]);
+            if (key <= limit && key < *top.bound) top.push(key, vals[i]);
         }
         top.end_round(1);
     }
