@@ -148,7 +148,7 @@ def test_duplicate_ids(store, rng):
     assert "n1" not in store
 
 
-@pytest.mark.parametrize("bad_id", ["", "x" * 5000, 17, None, b"bytes"])
+@pytest.mark.parametrize("bad_id", ["", "x" * 5000, 17, None, b"bytes", "lone \ud800 surrogate"])
 def test_bad_ids(store, bad_id):
     before = snapshot(store)
     with pytest.raises(hive_gpu.InvalidArgumentError):
@@ -157,6 +157,10 @@ def test_bad_ids(store, bad_id):
         store.add_vectors(["ok", bad_id], np.ones((2, 8), np.float32))
     unchanged(store, before)
     assert "ok" not in store
+    if isinstance(bad_id, str):  # ids that cannot be stored are simply unknown
+        assert bad_id not in store and store.get_vector(bad_id) is None
+        assert store.remove_vector(bad_id) is False and store.remove_vectors([bad_id, "nope"]) == 0
+        assert store.update_vector(bad_id, np.ones(8, np.float32)) is False
 
 
 def test_bad_metadata(store):

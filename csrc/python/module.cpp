@@ -21,6 +21,28 @@ using namespace hive_gpu;
 
 namespace {
 
+// A Python list of ids as C++ strings, each checked to be a str in the same pass (the
+// Python layer leaves that check to this loop: one pass over a million ids, not two).
+std::vector<std::string> ids_from(const py::list& ids) {
+    std::vector<std::string> out;
+    out.reserve(ids.size());
+    for (py::handle h : ids) {
+        if (!PyUnicode_CheckExact(h.ptr()))
+            throw InvalidArgumentError("ids must be strings, got " +
+                                       py::str(h.get_type().attr("__name__")).cast<std::string>() + " " +
+                                       py::repr(h).cast<std::string>());
+        Py_ssize_t len = 0;
+        const char* p = PyUnicode_AsUTF8AndSize(h.ptr(), &len);
+        if (p == nullptr) {  // a lone surrogate: no UTF-8 form
+            PyErr_Clear();
+            throw InvalidArgumentError("ids must be valid Unicode text, got " + py::repr(h).cast<std::string>());
+        }
+        out.emplace_back(p, static_cast<std::size_t>(len));
+    }
+    return out;
+}
+
+
 using FloatArray = py::array_t<float, py::array::c_style>;
 
 // Shape of a 1-D or 2-D float32 array as (rows, cols).
@@ -331,11 +353,11 @@ void bind_async(py::module_& m) {
                                      write_completion_to(std::move(sink), std::move(future), py::none()));
              })
         .def("add_vectors",
-             [](AsyncStorage& a, std::vector<std::string> ids, const FloatArray& v, std::vector<Metadata> md,
+             [](AsyncStorage& a, const py::list& ids, const FloatArray& v, std::vector<Metadata> md,
                 Sink sink, py::object future) {
                  if (v.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
                  auto [n, d] = rows_cols(v);
-                 return a.add_vectors(std::move(ids), Rows::borrow(v.data(), n, d), std::move(md),
+                 return a.add_vectors(ids_from(ids), Rows::borrow(v.data(), n, d), std::move(md),
                                       write_completion_to(std::move(sink), std::move(future), v));
              })
         .def("set_batching",
@@ -418,9 +440,10 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("id"), py::arg("data"), py::arg("metadata") = Metadata{})
         .def("add_vectors",
-             [](VectorStorage& s, std::vector<std::string> ids, const FloatArray& a, std::vector<Metadata> md) {
+             [](VectorStorage& s, const py::list& id_list, const FloatArray& a, std::vector<Metadata> md) {
                  if (a.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
                  auto [n, d] = rows_cols(a);
+                 std::vector<std::string> ids = ids_from(id_list);
                  py::gil_scoped_release release;
                  s.add_vectors(std::move(ids), a.data(), n, d, std::move(md));
              },
@@ -478,8 +501,9 @@ PYBIND11_MODULE(_core, m) {
         // Device arrays: raw device pointers plus the producer's stream (as in
         // __cuda_array_interface__ v3); python/hive_gpu/_device_arrays.py fills them in.
         .def("add_vectors_device",
-             [](VectorStorage& s, std::vector<std::string> ids, std::uintptr_t ptr, std::size_t n,
+             [](VectorStorage& s, const py::list& id_list, std::uintptr_t ptr, std::size_t n,
                 std::size_t dim, std::size_t ld, std::uintptr_t stream, std::vector<Metadata> md) {
+                 std::vector<std::string> ids = ids_from(id_list);
                  py::gil_scoped_release release;
                  s.add_vectors_device(std::move(ids), reinterpret_cast<const float*>(ptr), n, dim, ld, stream,
                                       std::move(md));

@@ -32,15 +32,36 @@ def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def check_ids(ids: Any) -> list[str]:
+def storable(id: str) -> bool:
+    """Whether ``id`` has a UTF-8 form (a lone surrogate has none): such an id can never be
+    added, so lookups of it find nothing."""
+    try:
+        id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_id(id: Any) -> None:
+    if type(id) is not str:
+        raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+    if not storable(id):
+        raise InvalidArgumentError(f"ids must be valid Unicode text, got {id!r}")
+
+
+def check_ids(ids: Any, *, elements: bool = True) -> list[str]:
+    """``ids`` as a list. ``elements=False``: the native add, which checks that every id is
+    a str while converting it, does the per-element check (one pass instead of two)."""
     if isinstance(ids, str):
         raise InvalidArgumentError("ids must be a sequence of strings, not one string")
     if isinstance(ids, np.ndarray):
         ids = ids.tolist()
-    ids = list(ids)
-    for i in ids:
-        if type(i) is not str:
-            raise InvalidArgumentError(f"ids must be strings, got {type(i).__name__} {i!r}")
+    if type(ids) is not list:
+        ids = list(ids)
+    if elements:
+        for i in ids:
+            if type(i) is not str:
+                raise InvalidArgumentError(f"ids must be strings, got {type(i).__name__} {i!r}")
     return ids
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from . import _core
 from . import aio
 from . import _device_arrays as _dev
-from ._arrays import as_float32, check_ids, check_k, check_metadata
+from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata, storable
 from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, search_results
 from .errors import InvalidArgumentError
 
@@ -57,7 +57,7 @@ class VectorStorage:
         return self._s.size()
 
     def __contains__(self, id: object) -> bool:
-        return isinstance(id, str) and self._s.contains(id)
+        return isinstance(id, str) and storable(id) and self._s.contains(id)
 
     def ids(self) -> list[str]:
         return self._s.ids()
@@ -73,8 +73,7 @@ class VectorStorage:
             id, data, metadata = vector.id, vector.data, vector.metadata
         else:
             id = vector
-        if type(id) is not str:
-            raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        check_id(id)
         self._s.add_vector(id, as_float32(data, 1, "vector"), check_metadata(metadata))
 
     def add_vectors(
@@ -94,7 +93,7 @@ class VectorStorage:
             ids = [v.id for v in vectors]
             data = np.stack([as_float32(v.data, 1, "vector") for v in vectors]) if vectors else None
             metadata = [v.metadata for v in vectors]
-        id_list = check_ids(ids)
+        id_list = check_ids(ids, elements=False)
         md: list[dict[str, str]] = []
         if metadata is not None:
             md = [check_metadata(m) for m in metadata]
@@ -125,25 +124,27 @@ class VectorStorage:
             id = vector
         if type(id) is not str:
             raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        if not storable(id):
+            return False
         md = None if metadata is None else check_metadata(metadata)
         return self._s.update_vector(id, as_float32(data, 1, "vector"), md)
 
     def remove_vector(self, id: str) -> bool:
         """Remove a vector in O(1); False if the id is unknown."""
-        if type(id) is not str:
+        if type(id) is not str or not storable(id):
             return False
         return self._s.remove_vector(id)
 
     def remove_vectors(self, ids: Iterable[str]) -> int:
         """Remove several vectors; returns how many existed."""
-        return self._s.remove_vectors(check_ids(ids))
+        return self._s.remove_vectors([i for i in check_ids(ids) if storable(i)])
 
     def clear(self) -> None:
         self._s.clear()
 
     # -- reads ------------------------------------------------------------------------
     def get_vector(self, id: str) -> GpuVector | None:
-        if type(id) is not str:
+        if type(id) is not str or not storable(id):
             return None
         got = self._s.get_vector(id)
         if got is None:
@@ -275,8 +276,7 @@ def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple
         id, data, metadata = vector.id, vector.data, vector.metadata
     else:
         id = vector
-    if type(id) is not str:
-        raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+    check_id(id)
     return id, as_float32(data, 1, "vector"), check_metadata(metadata)
 
 
@@ -293,7 +293,7 @@ def _add_vectors_args(
         ids = [v.id for v in vectors]
         data = np.stack([as_float32(v.data, 1, "vector") for v in vectors])
         metadata = [v.metadata for v in vectors]
-    id_list = check_ids(ids)
+    id_list = check_ids(ids, elements=False)
     md: list[dict[str, str]] = []
     if metadata is not None:
         md = [check_metadata(m) for m in metadata]
