@@ -29,7 +29,7 @@ std::vector<std::string> ids_from(const py::list& ids) {
     for (py::handle h : ids) {
         if (!PyUnicode_CheckExact(h.ptr()))
             throw InvalidArgumentError("ids must be strings, got " +
-                                       py::str(h.get_type().attr("__name__")).cast<std::string>() + " " +
+                                       py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>() + " " +
                                        py::repr(h).cast<std::string>());
         Py_ssize_t len = 0;
         const char* p = PyUnicode_AsUTF8AndSize(h.ptr(), &len);
