@@ -790,15 +790,7 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     const std::size_t kc = screen_width(nq, kk);
     if (kc == 0) {
-        Scratch run(*ctx_, nq * kk * entry, s);
-        auto* rkeys = run.as<std::uint64_t>();
-        auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
-        select_tiles(lane, dq, qf, nq, kk, false, rkeys, rvals);
-        with_metric(metric_, [&](auto m) {
-            constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
-            k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, p), 256, 0, s>>>(rkeys, rvals, nq * kk, dscores, dslots);
-            check_launch("finalize_kernel");
-        });
+        search_gemm_exact(lane, dq, qf, nq, kk, dscores, dslots);
         return;
     }
     // Tensor-core screening, then the exact float32 re-rank (kernels/rerank.cuh).

@@ -137,7 +137,11 @@ class VectorStorage:
 
     def remove_vectors(self, ids: Iterable[str]) -> int:
         """Remove several vectors; returns how many existed."""
-        return self._s.remove_vectors([i for i in check_ids(ids) if storable(i)])
+        id_list = check_ids(ids)
+        try:
+            return self._s.remove_vectors(id_list)
+        except TypeError:  # the str ids include one with no UTF-8 form, which cannot be stored
+            return self._s.remove_vectors([i for i in id_list if storable(i)])
 
     def clear(self) -> None:
         self._s.clear()
