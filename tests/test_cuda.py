@@ -57,6 +57,14 @@ def check_results(scores, ids, x, q, metric, k, id_index):
         assert (d <= 0).all() if higher else (d >= 0).all()
 
 
+def stored(cctx, x: np.ndarray, metric: M):
+    """A storage holding x's rows as ids r0, r1, ..., and the map from id to row."""
+    s = cctx.create_storage(x.shape[1], metric)
+    ids = [f"r{i}" for i in range(x.shape[0])]
+    s.add_vectors(ids, x)
+    return s, {v: i for i, v in enumerate(ids)}
+
+
 def test_device_info_fields(cctx):
     d = cctx.device_info()
     assert d.backend == "cuda" and d.name and "unknown" not in d.name.lower()
@@ -82,10 +90,7 @@ def test_search_paths_match_reference(cctx, rng, metric, dim, nq):
     n = 3000 if dim < 1000 else 1200
     x = rng.standard_normal((n, dim)).astype(np.float32)
     q = rng.standard_normal((nq, dim)).astype(np.float32)
-    s = cctx.create_storage(dim, metric)
-    ids = [f"r{i}" for i in range(n)]
-    s.add_vectors(ids, x)
-    index = {v: i for i, v in enumerate(ids)}
+    s, index = stored(cctx, x, metric)
     for k in (1, 10, 257):
         scores, got = s.search_batch(q, k)
         check_results(scores, got, x, q, metric, k, index)
@@ -99,10 +104,7 @@ def test_large_k_and_k_beyond_n(cctx, rng, metric):
     n, dim = 30000, 40
     x = rng.standard_normal((n, dim)).astype(np.float32)
     q = rng.standard_normal((3, dim)).astype(np.float32)
-    s = cctx.create_storage(dim, metric)
-    ids = [f"r{i}" for i in range(n)]
-    s.add_vectors(ids, x)
-    index = {v: i for i, v in enumerate(ids)}
+    s, index = stored(cctx, x, metric)
     for k in (2048, 20000, n + 5):
         scores, got = s.search_batch(q, k)
         check_results(scores, got, x, q, metric, k, index)
@@ -143,10 +145,7 @@ def test_tensor_core_screen_returns_the_exact_answer(cctx, rng, metric, unsettle
     x[:3000] = base + 0.1 * x[:3000]
     q = rng.standard_normal((nq, dim)).astype(np.float32)
     q[:unsettled] = base + 0.1 * rng.standard_normal((unsettled, dim)).astype(np.float32)
-    s = cctx.create_storage(dim, metric)
-    ids = [f"r{i}" for i in range(n)]
-    s.add_vectors(ids, x)
-    index = {v: i for i, v in enumerate(ids)}
+    s, index = stored(cctx, x, metric)
     for k in (1, 10, 100):
         scores, got = s.search_batch(q, k)
         check_results(scores, got, x, q, metric, k, index)

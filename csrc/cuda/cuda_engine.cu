@@ -24,9 +24,9 @@ constexpr std::size_t kQueryChunk = 4096;                    // queries per devi
 constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both SGEMM score tiles: 256 MiB
 constexpr std::size_t kBlasWorkspace = std::size_t{32} << 20;
 constexpr std::size_t kSkinnyMaxQueries = 4;  // beyond, cuBLAS measured faster on the H100
-constexpr std::size_t kScreenMaxK = 256;
-constexpr std::size_t kMappedQueryBlocks = 64;              // single-query scans reading the query from the host
-constexpr std::size_t kLaneWorkBytes = std::size_t{1} << 20;  // scratch a lane keeps for single queries     // beyond, near-ties around the k-th make re-runs likely
+constexpr std::size_t kScreenMaxK = 256;     // beyond, near-ties around the k-th make re-runs likely
+constexpr std::size_t kMappedQueryBlocks = 64;               // single-query scans reading the query from the host
+constexpr std::size_t kLaneWorkBytes = std::size_t{1} << 20;  // scratch a lane keeps for single queries
 constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
@@ -730,16 +730,15 @@ void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::
     const std::size_t ld4 = ld_ / 4;
     auto* ckeys = static_cast<std::uint64_t*>(work);
     auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + pl.blocks * kk);
+    with_scan_kernel(pl.short_rounds, [&](auto kernel) {
+        allow_shared(kernel, pl.shared);
+        kernel<<<static_cast<unsigned>(pl.blocks), k::kScanBlock, pl.shared, s>>>(
+            reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), factors_,
+            ordinals_, static_cast<int>(kk), pl.cap, ckeys, cvals, one_launch ? lane.done : nullptr, dscores, dslots);
+        check_launch("scan_query_kernel");
+    });
+    if (one_launch) return;
     with_metric(metric_, [&](auto m) {
-        with_scan_kernel(pl.short_rounds, [&](auto kernel) {
-            allow_shared(kernel, pl.shared);
-            kernel<<<static_cast<unsigned>(pl.blocks), k::kScanBlock, pl.shared, s>>>(
-                reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), factors_,
-                ordinals_, static_cast<int>(kk), pl.cap, ckeys, cvals, one_launch ? lane.done : nullptr,
-                dscores, dslots);
-            check_launch("scan_query_kernel");
-        });
-        if (one_launch) return;
         // Short candidate lists (small stores) merge one item per thread per round: a
         // smaller shared array, so a cheaper sort, where latency is what counts.
         constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
