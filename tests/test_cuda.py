@@ -202,6 +202,54 @@ def test_bad_bulk_add_leaves_store_unchanged(cctx, rng):
     assert s.search(x[0], 5)[0].id == "keep"
 
 
+def test_staged_bulk_add_and_its_fallbacks(rng):
+    # Batches of 32 MiB and more travel to the device while their ids are converted, through
+    # pool memory that goes back when the add ends, whether it succeeds or fails.
+    ctx = hive_gpu.CudaContext()  # a pool of its own: the stats below are this test's
+    n, dim = 40_000, 256
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    ids = [f"s{i}" for i in range(n)]
+    md = [{"i": str(i)} if i % 3 == 0 else None for i in range(n)]
+    s = ctx.create_storage(dim, M.DOT_PRODUCT)
+    s.add_vectors(["keep"], x[:1])
+    bad = x.copy()
+    bad[31_337, 7] = np.inf
+    with pytest.raises(hive_gpu.NonFiniteValueError, match="row 31337"):
+        s.add_vectors(ids, bad, md)
+    with pytest.raises(hive_gpu.DuplicateIdError, match="'keep' already exists"):
+        s.add_vectors(ids[:-1] + ["keep"], x)
+    assert s.ids() == ["keep"] and ctx.pool_stats().used_bytes == 0
+    s.add_vectors(ids, x, md)
+    st = ctx.pool_stats()
+    assert st.peak_bytes >= x.nbytes and st.used_bytes == 0
+    assert len(s) == n + 1
+    for i in (0, 1, 31_337, n - 1):
+        v = s.get_vector(f"s{i}")
+        np.testing.assert_array_equal(v.data, x[i])
+        assert v.metadata == ({"i": str(i)} if i % 3 == 0 else {})
+    rows = np.vstack([x[:1], x])
+    q = rng.standard_normal((3, dim)).astype(np.float32)
+    scores, got = s.search_batch(q, 7)
+    check_results(scores, got, rows, q, M.DOT_PRODUCT, 7, {"keep": 0, **{f"s{i}": i + 1 for i in range(n)}})
+
+    # A cap with room for the staged copy but not for it and the new store's rows together:
+    # the add gives the copy back and succeeds from host memory.
+    s2 = ctx.create_storage(dim, M.EUCLIDEAN)
+    try:
+        ctx.configure_pool(max_bytes=ctx.pool_stats().rows_bytes + int(x.nbytes * 1.2))
+        s2.add_vectors(ids, x)
+        # No room for even the staged copy: the plain add reports the shortage.
+        s3 = ctx.create_storage(dim, M.EUCLIDEAN)
+        with pytest.raises(hive_gpu.OutOfMemoryError):
+            s3.add_vectors(ids, x)
+        assert len(s3) == 0
+    finally:
+        ctx.configure_pool(max_bytes=0)
+    assert len(s2) == n and ctx.pool_stats().used_bytes == 0
+    _, got = s2.search_batch(x[[2, 39_999]], 1)
+    assert list(got[:, 0]) == ["s2", "s39999"]
+
+
 def test_pool_config_and_stats(cctx, rng):
     s = cctx.create_storage(64, M.DOT_PRODUCT)
     s.add_vectors([f"p{i}" for i in range(5000)], rng.standard_normal((5000, 64)).astype(np.float32))

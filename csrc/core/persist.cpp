@@ -215,7 +215,8 @@ void VectorStorage::save(const std::string& path) const {
 
     std::string ids, meta, ords;
     for (const auto& id : id_of_) put_str(ids, id);
-    for (const auto& md : metadata_of_) {
+    for (std::size_t i = 0; i < n; ++i) {
+        const Metadata& md = metadata_of_[i];
         put<std::uint32_t>(meta, static_cast<std::uint32_t>(md.size()));
         for (const auto& [k, v] : md) {
             put_str(meta, k);
@@ -332,16 +333,19 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
         }
         if (!c.done()) c.fail("trailing bytes");
     }
-    std::vector<Metadata> metas(n);
+    detail::MetadataColumn metas;
+    metas.reserve(n);
     {
         Cursor c(meta_b, "metadata");
         for (std::size_t i = 0; i < n; ++i) {
             auto pairs = c.get<std::uint32_t>();
+            Metadata md;
             for (std::uint32_t p = 0; p < pairs; ++p) {
                 std::string k = c.get_str(meta_b.size());
                 std::string v = c.get_str(meta_b.size());
-                if (!metas[i].emplace(std::move(k), std::move(v)).second) c.fail("repeated metadata key");
+                if (!md.emplace(std::move(k), std::move(v)).second) c.fail("repeated metadata key");
             }
+            metas.push_back(detail::MetadataColumn::make(std::move(md)));
         }
         if (!c.done()) c.fail("trailing bytes");
     }

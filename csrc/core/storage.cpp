@@ -107,8 +107,12 @@ void VectorStorage::add_vector(const std::string& id, const float* data, std::si
 }
 
 void VectorStorage::add_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
-                                std::size_t dim, std::vector<Metadata> metadata) {
-    add_rows(std::move(ids), Source{data}, n, dim, std::move(metadata));
+                                std::size_t dim, std::vector<Metadata> metadata,
+                                std::unique_ptr<StagedRows> staged) {
+    if (staged && staged->rows() != n)
+        throw InvalidArgumentError("staged rows are " + std::to_string(staged->rows()) + " rows, the batch " +
+                                   std::to_string(n));
+    add_rows(std::move(ids), Source{data}, n, dim, std::move(metadata), std::move(staged));
 }
 
 void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float* data,
@@ -118,6 +122,19 @@ void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float
         throw InvalidArgumentError("device rows have a stride of " + std::to_string(ld) +
                                    " floats, less than their dimension " + std::to_string(dim));
     add_rows(std::move(ids), Source{data, true, ld, stream}, n, dim, std::move(metadata));
+}
+
+// context_ and dimension_ never change, so no lock is needed; a store closed meanwhile
+// fails in the add. A wrong dimension is add_vectors' error to report.
+bool VectorStorage::stages(std::size_t n, std::size_t dim) const {
+    const std::size_t min = context_->min_staged_bytes();
+    return min != 0 && n != 0 && dim == dimension_ && n * dim * sizeof(float) >= min;
+}
+
+std::unique_ptr<StagedRows> VectorStorage::stage_rows(const float* data, std::size_t n,
+                                                      std::size_t dim) const {
+    if (!stages(n, dim)) return nullptr;
+    return context_->stage_rows(data, n, dim);
 }
 
 void VectorStorage::unindex(std::size_t first, std::size_t count) noexcept {
@@ -139,7 +156,8 @@ void VectorStorage::unindex(std::size_t first, std::size_t count) noexcept {
 // Large batches run the two on two threads. Then everything is kept, or all of it undone:
 // the index entries, the by-slot vectors, the engine rows and the ordinal counter.
 void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
-                             std::size_t dim, std::vector<Metadata>&& metadata) {
+                             std::size_t dim, std::vector<Metadata>&& metadata,
+                             std::unique_ptr<StagedRows> staged) {
     if (ids.size() != n)
         throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
                                    std::to_string(n) + " vectors");
@@ -158,6 +176,8 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
     // Device rows, and host rows of engines that check after their upload, are checked by
     // the engine under the lock instead.
     if (!src.device && !engine_checks_rows_) check_rows(src.data, n, dim, "vectors");
+    // Staged rows are device rows to the engine, which checks those.
+    if (staged && !engine_checks_rows_) staged.reset();
 
     WriteLock lock(mutex_);
     check_open();
@@ -184,21 +204,32 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
     bool took = false;
     std::uint64_t ordinals_before = 0;
     auto add_rows_part = [&] {
-        if (metadata.empty())
-            metadata_of_.resize(old + n);
-        else
-            metadata_of_.insert(metadata_of_.end(), std::make_move_iterator(metadata.begin()),
-                                std::make_move_iterator(metadata.end()));
         const std::uint32_t first = take_ordinals(n);  // may renumber the stored rows first
         ordinals_before = first;
         took = true;
         ordinal_of_.resize(old + n);  // reserved, unless a renumbering replaced the vector
         std::iota(ordinal_of_.begin() + old, ordinal_of_.end(), first);
-        if (src.device)
+        // The rows first: on GPU backends the upload is the long part.
+        if (src.device) {
             engine_->append_device(src.data, src.ld, ordinal_of_.data() + old, n, src.stream);
-        else
+        } else if (staged) {
+            try {
+                engine_->append_device(staged->data(), staged->ld(), ordinal_of_.data() + old, n, 0);
+            } catch (const OutOfMemoryError&) {
+                // The staged copy may hold the memory the store needs to grow: give it back
+                // and add from the host as if it had never been made.
+                staged.reset();
+                engine_->append(src.data, ordinal_of_.data() + old, n);
+            }
+        } else {
             engine_->append(src.data, ordinal_of_.data() + old, n);
+        }
         appended = true;
+        if (metadata.empty()) {
+            metadata_of_.append_empty(n);
+        } else {
+            for (Metadata& md : metadata) metadata_of_.push_back(detail::MetadataColumn::make(std::move(md)));
+        }
     };
     // Undoes both parts, then throws: the duplicate id when there is one, else `error`.
     auto fail = [&](std::exception_ptr error) {
@@ -215,7 +246,7 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
         if (took) next_ordinal_ = ordinals_before;
         unindex(old, indexed);
         id_of_.resize(old);
-        metadata_of_.resize(old);
+        metadata_of_.truncate(old);
         ordinal_of_.resize(old);
         try {
             std::rethrow_exception(error);
@@ -258,10 +289,11 @@ bool VectorStorage::update_vector(const std::string& id, const float* data, std:
     check_open();
     const std::size_t slot = index_->find(id_of_, id);
     if (slot == detail::IdIndex::npos) return false;
-    Metadata md_copy;
-    if (metadata) md_copy = *metadata;  // copy first: the engine write must be the last thing that can fail
+    std::unique_ptr<Metadata> md_copy;
+    // Copy first: the engine write must be the last thing that can fail.
+    if (metadata) md_copy = detail::MetadataColumn::make(Metadata(*metadata));
     engine_->write(slot, data);
-    if (metadata) metadata_of_[slot] = std::move(md_copy);
+    if (metadata) metadata_of_.set(slot, std::move(md_copy));
     return true;
 }
 
@@ -271,12 +303,12 @@ void VectorStorage::remove_slot(std::size_t slot) {
         engine_->move(last, slot);
         index_->relocate(id_of_, last, slot);
         id_of_[slot] = std::move(id_of_[last]);
-        metadata_of_[slot] = std::move(metadata_of_[last]);
+        metadata_of_.move(last, slot);
         ordinal_of_[slot] = ordinal_of_[last];
     }
     engine_->truncate(last);
     id_of_.pop_back();
-    metadata_of_.pop_back();
+    metadata_of_.truncate(last);
     ordinal_of_.pop_back();
 }
 

@@ -116,6 +116,57 @@ std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric m
         std::static_pointer_cast<CudaContext>(shared_from_this()), dimension, metric);
 }
 
+namespace {
+
+// Staged rows live in pool memory allocated on their own stream, and go back to the pool on
+// that stream (the add that read them has synchronized its own).
+class DeviceStagedRows final : public StagedRows {
+   public:
+    DeviceStagedRows(std::shared_ptr<CudaContext> ctx, std::size_t n, std::size_t dim)
+        : ctx_(std::move(ctx)), n_(n), dim_(dim) {
+        check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+        try {
+            buffer_ = Scratch(*ctx_, n * dim * sizeof(float), stream_);
+            // Ready for the upload's own streams.
+            check(cudaStreamSynchronize(stream_), "staging allocation");
+        } catch (...) {
+            buffer_.reset();
+            cudaStreamDestroy(stream_);
+            throw;
+        }
+    }
+    ~DeviceStagedRows() override {
+        DeviceGuard guard(ctx_->device());
+        buffer_.reset();
+        cudaStreamDestroy(stream_);
+    }
+    const float* data() const override { return buffer_.as<float>(); }
+    float* data() { return buffer_.as<float>(); }
+    std::size_t rows() const override { return n_; }
+    std::size_t ld() const override { return dim_; }
+
+   private:
+    std::shared_ptr<CudaContext> ctx_;
+    std::size_t n_, dim_;
+    cudaStream_t stream_ = nullptr;
+    Scratch buffer_;
+};
+
+}  // namespace
+
+std::unique_ptr<StagedRows> CudaContext::stage_rows(const float* rows, std::size_t n, std::size_t dim) {
+    if (n * dim * sizeof(float) < kStageMinBytes) return nullptr;
+    DeviceGuard guard(device_);
+    std::unique_ptr<DeviceStagedRows> staged;
+    try {
+        staged = std::make_unique<DeviceStagedRows>(std::static_pointer_cast<CudaContext>(shared_from_this()), n, dim);
+    } catch (const OutOfMemoryError&) {
+        return nullptr;  // no room for a second copy: the plain add decides whether the rows fit
+    }
+    upload_host_rows(*this, rows, n, dim, dim, staged->data());
+    return staged;
+}
+
 std::uint64_t CudaContext::max_bytes() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return config_.max_bytes;

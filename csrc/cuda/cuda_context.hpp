@@ -26,6 +26,9 @@ class CudaContext final : public Context {
     std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) override;
     PoolStats pool_stats() const override;
     void set_pool_config(const PoolConfig& config) override;
+    // Into pool memory (counted against max_bytes).
+    std::size_t min_staged_bytes() const override { return kStageMinBytes; }
+    std::unique_ptr<StagedRows> stage_rows(const float* rows, std::size_t n, std::size_t dim) override;
 
     int device() const { return device_; }
     const cudaDeviceProp& props() const { return props_; }
@@ -55,6 +58,8 @@ class CudaContext final : public Context {
     std::uint64_t max_bytes() const;
 
     static constexpr std::size_t kStagingBytes = std::size_t{8} << 20;
+    // Below this a batch's ids take too little time to be worth hiding behind its upload.
+    static constexpr std::size_t kStageMinBytes = std::size_t{32} << 20;
 
     int device_;
     cudaDeviceProp props_{};

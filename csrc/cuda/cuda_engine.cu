@@ -325,31 +325,37 @@ void CudaEngine::reserve(std::size_t rows) {
 }
 
 void CudaEngine::upload_rows(const float* rows, std::size_t n, float* dst) {
-    const std::size_t row_bytes = ld_ * sizeof(float);
-    const std::size_t total = n * row_bytes;
+    const std::size_t total = n * ld_ * sizeof(float);
     if (total <= small_host_bytes_) {
         pack_rows(rows, n, dim_, ld_, small_host_);
         check(cudaMemcpyAsync(dst, small_host_, total, cudaMemcpyHostToDevice, write_stream_), "cudaMemcpyAsync");
         check(cudaStreamSynchronize(write_stream_), "upload");
         return;
     }
-    // Bulk: several threads each pack chunks into their own pinned buffers (two, so the
-    // next pack overlaps the previous copy) and copy them up on their own stream.
-    const std::size_t chunk_rows = std::max<std::size_t>(1, ctx_->staging_bytes() / row_bytes);
-    if (chunk_rows * row_bytes > ctx_->staging_bytes())
+    upload_host_rows(*ctx_, rows, n, dim_, ld_, dst);
+}
+
+// Several threads each pack chunks into their own pinned buffers (two, so the next pack
+// overlaps the previous copy) and copy them up on their own stream. Touches no engine state.
+void upload_host_rows(CudaContext& ctx, const float* rows, std::size_t n, std::size_t dim,
+                      std::size_t ld, float* dst) {
+    const std::size_t row_bytes = ld * sizeof(float);
+    const std::size_t total = n * row_bytes;
+    const std::size_t chunk_rows = std::max<std::size_t>(1, ctx.staging_bytes() / row_bytes);
+    if (chunk_rows * row_bytes > ctx.staging_bytes())
         throw InvalidArgumentError(HIVE_GPU_BACKEND_NAME ": a row is larger than a staging buffer");
     const std::size_t chunks = ceil_div(n, chunk_rows);
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
     const std::size_t threads = total <= kSmallAppendBytes
                                     ? 1
                                     : std::min<std::size_t>({chunks, std::max(1u, hw / 2), 8});
-    std::vector<void*> buffers = ctx_->acquire_staging(threads * 2);
+    std::vector<void*> buffers = ctx.acquire_staging(threads * 2);
     std::vector<std::exception_ptr> errors(threads);
     auto worker = [&](std::size_t t) {
         cudaStream_t s = nullptr;
         cudaEvent_t ev[2] = {nullptr, nullptr};
         try {
-            DeviceGuard guard(ctx_->device());
+            DeviceGuard guard(ctx.device());
             check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
             for (auto& e : ev) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
             bool used[2] = {false, false};
@@ -359,8 +365,8 @@ void CudaEngine::upload_rows(const float* rows, std::size_t n, float* dst) {
                 const std::size_t count = std::min(chunk_rows, n - first);
                 float* buf = static_cast<float*>(buffers[t * 2 + parity]);
                 if (used[parity]) check(cudaEventSynchronize(ev[parity]), "staging");
-                pack_rows(rows + first * dim_, count, dim_, ld_, buf);
-                check(cudaMemcpyAsync(dst + first * ld_, buf, count * row_bytes, cudaMemcpyHostToDevice, s),
+                pack_rows(rows + first * dim, count, dim, ld, buf);
+                check(cudaMemcpyAsync(dst + first * ld, buf, count * row_bytes, cudaMemcpyHostToDevice, s),
                       "cudaMemcpyAsync");
                 check(cudaEventRecord(ev[parity], s), "cudaEventRecord");
                 used[parity] = true;
@@ -385,7 +391,7 @@ void CudaEngine::upload_rows(const float* rows, std::size_t n, float* dst) {
         for (std::size_t t = 0; t < threads; ++t) pool.emplace_back(worker, t);
         for (auto& th : pool) th.join();
     }
-    ctx_->return_staging(buffers);
+    ctx.return_staging(buffers);
     for (auto& e : errors)
         if (e) std::rethrow_exception(e);
 }

@@ -19,6 +19,11 @@
 
 namespace hive_gpu::cuda {
 
+// Copies n host rows of `dim` floats to device memory `dst` with a stride of `ld` floats
+// (zero padding after dim), through the context's pinned staging buffers on worker threads.
+void upload_host_rows(CudaContext& ctx, const float* rows, std::size_t n, std::size_t dim,
+                      std::size_t ld, float* dst);
+
 class CudaEngine final : public Engine {
    public:
     CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric);

@@ -2,6 +2,8 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <variant>
 
@@ -443,9 +445,36 @@ PYBIND11_MODULE(_core, m) {
              [](VectorStorage& s, const py::list& id_list, const FloatArray& a, std::vector<Metadata> md) {
                  if (a.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
                  auto [n, d] = rows_cols(a);
-                 std::vector<std::string> ids = ids_from(id_list);
+                 // A large batch travels to the device on another thread while this one
+                 // converts its ids (which needs the GIL); the array stays alive meanwhile.
+                 std::unique_ptr<StagedRows> staged;
+                 std::thread upload;
+                 if (s.stages(n, d) && id_list.size() == n) {
+                     try {
+                         upload = std::thread([&s, &staged, rows = a.data(), n = n, d = d] {
+                             try {
+                                 staged = s.stage_rows(rows, n, d);
+                             } catch (...) {
+                                 // The add from host memory runs instead and reports any error.
+                             }
+                         });
+                     } catch (const std::system_error&) {
+                         // No thread: no overlap.
+                     }
+                 }
+                 std::vector<std::string> ids;
+                 try {
+                     ids = ids_from(id_list);
+                 } catch (...) {
+                     if (upload.joinable()) {
+                         py::gil_scoped_release release;
+                         upload.join();
+                     }
+                     throw;
+                 }
                  py::gil_scoped_release release;
-                 s.add_vectors(std::move(ids), a.data(), n, d, std::move(md));
+                 if (upload.joinable()) upload.join();
+                 s.add_vectors(std::move(ids), a.data(), n, d, std::move(md), std::move(staged));
              },
              py::arg("ids"), py::arg("data"), py::arg("metadata") = std::vector<Metadata>{})
         .def("update_vector",

@@ -14,6 +14,16 @@ namespace hive_gpu {
 
 class VectorStorage;
 
+// Host rows copied to device memory ahead of an add (Context::stage_rows). The memory is
+// the context's and goes back to it when the object is destroyed.
+class StagedRows {
+   public:
+    virtual ~StagedRows() = default;
+    virtual const float* data() const = 0;  // device pointer: rows() rows, ld() floats apart
+    virtual std::size_t rows() const = 0;
+    virtual std::size_t ld() const = 0;
+};
+
 // Always held by std::shared_ptr (create_context returns one); every storage and engine
 // made from a context keeps it alive, so the caller may drop its own pointer first.
 class Context : public std::enable_shared_from_this<Context> {
@@ -34,6 +44,17 @@ class Context : public std::enable_shared_from_this<Context> {
     // zeros and ignore the configuration).
     virtual PoolStats pool_stats() const { return {}; }
     virtual void set_pool_config(const PoolConfig& config) { (void)config; }
+
+    // Copies n host rows of `dim` floats to this device, with no storage involved, for a
+    // later VectorStorage::add_vectors_staged. Backends with device memory stage batches of
+    // at least min_staged_bytes(); the others, smaller batches, and a device short of memory
+    // give null (the caller then adds from host memory as usual). The rows are not checked
+    // here: the add checks them.
+    virtual std::size_t min_staged_bytes() const { return 0; }  // 0: never stages
+    virtual std::unique_ptr<StagedRows> stage_rows(const float* rows, std::size_t n, std::size_t dim) {
+        (void)rows, (void)n, (void)dim;
+        return nullptr;
+    }
 
     // An empty store of `dimension`-float rows compared with `metric`, held on this device.
     // 1 <= dimension <= kMaxDimension; throws InvalidArgumentError otherwise.

@@ -20,6 +20,35 @@ namespace hive_gpu {
 namespace detail {
 class IdIndex;  // core/id_index.hpp: id -> slot, keyed by id_of_
 
+// Metadata by slot. Most rows carry none, so a row without any costs one null pointer: a
+// batch of a million such rows appends 8 MB of zeros rather than a million empty maps
+// (48 MB to construct, and later to destroy).
+class MetadataColumn {
+   public:
+    std::size_t size() const { return rows_.size(); }
+    void reserve(std::size_t n) { rows_.reserve(n); }
+    const Metadata& operator[](std::size_t slot) const { return rows_[slot] ? *rows_[slot] : empty(); }
+
+    // The stored form of one row's metadata: null when empty. May throw bad_alloc.
+    static std::unique_ptr<Metadata> make(Metadata&& md) {
+        return md.empty() ? nullptr : std::make_unique<Metadata>(std::move(md));
+    }
+    // Appends n rows without metadata; allocates nothing within the reserved capacity.
+    void append_empty(std::size_t n) { rows_.resize(rows_.size() + n); }
+    void push_back(std::unique_ptr<Metadata> md) { rows_.push_back(std::move(md)); }
+    void set(std::size_t slot, std::unique_ptr<Metadata> md) noexcept { rows_[slot] = std::move(md); }
+    void move(std::size_t src, std::size_t dst) noexcept { rows_[dst] = std::move(rows_[src]); }
+    void truncate(std::size_t n) { rows_.resize(n); }
+    void clear() noexcept { rows_.clear(); }
+
+   private:
+    static const Metadata& empty() {
+        static const Metadata none;
+        return none;
+    }
+    std::vector<std::unique_ptr<Metadata>> rows_;
+};
+
 // A shared mutex that never starves writers: a writer waits at the gate for the readers in
 // flight and closes it behind them, so a stream of overlapping searches (each of which may
 // hold the lock while its device works) cannot keep an add or remove out for ever.
@@ -86,8 +115,18 @@ class VectorStorage {
     // n rows of `dim` floats, row major; metadata empty or one per row. All or nothing: one
     // bad row, or an id repeated in `ids` or already stored, rejects the whole batch.
     // `ids` and `metadata` are taken by value: pass them with std::move to spare a copy.
+    // `staged`, from stage_rows(data, n, dim), is the same rows already on the device: the add
+    // uses it instead of `data`, and gives it back first should the store need its memory
+    // to grow.
     void add_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
-                     std::size_t dim, std::vector<Metadata> metadata = {});
+                     std::size_t dim, std::vector<Metadata> metadata = {},
+                     std::unique_ptr<StagedRows> staged = nullptr);
+    // The first half of a bulk add from host memory, so that the caller can do other work
+    // while the rows travel (the Python binding converts the ids meanwhile): copies the rows
+    // to the device without taking the storage's lock, for add_vectors(..., staged). Null
+    // when the backend does not stage, the batch is small, or the device is short of memory.
+    bool stages(std::size_t n, std::size_t dim) const;  // whether stage_rows would try
+    std::unique_ptr<StagedRows> stage_rows(const float* data, std::size_t n, std::size_t dim) const;
     // Replaces the row of `id` (its insertion order, hence its rank among ties, stays).
     // false when `id` is unknown. metadata == nullptr keeps the current metadata.
     bool update_vector(const std::string& id, const float* data, std::size_t len,
@@ -152,7 +191,8 @@ class VectorStorage {
         float* device_scores = nullptr;
     };
     void add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
-                  std::size_t dim, std::vector<Metadata>&& metadata);
+                  std::size_t dim, std::vector<Metadata>&& metadata,
+                  std::unique_ptr<StagedRows> staged = nullptr);
     // Takes slots [first, first + count) out of index_ (their ids still in id_of_).
     void unindex(std::size_t first, std::size_t count) noexcept;
     BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
@@ -170,7 +210,7 @@ class VectorStorage {
     bool closed_ = false;
     std::unique_ptr<detail::IdIndex> index_;  // id -> slot; stores no ids, reads id_of_
     std::vector<std::string> id_of_;          // by slot
-    std::vector<Metadata> metadata_of_;       // by slot
+    detail::MetadataColumn metadata_of_;      // by slot
     std::vector<std::uint32_t> ordinal_of_;   // by slot, mirrors the engine's
     std::uint64_t next_ordinal_ = 0;
 };
