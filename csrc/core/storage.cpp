@@ -22,6 +22,13 @@ namespace {
 using ReadLock = std::shared_lock<detail::WriterPreferringMutex>;
 using WriteLock = std::unique_lock<detail::WriterPreferringMutex>;
 
+// Room for `need` elements, growing geometrically: std::vector::reserve takes exactly what it
+// is asked for, which would make a run of single adds copy the whole vector each time.
+template <typename Vec>
+void make_room(Vec& v, std::size_t need) {
+    if (need > v.capacity()) v.reserve(std::max(need, v.capacity() + v.capacity() / 2));
+}
+
 }  // namespace
 
 VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<Engine> engine)
@@ -183,21 +190,24 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
     check_open();
     const std::size_t old = id_of_.size();
     try {
-        id_of_.reserve(old + n);
-        metadata_of_.reserve(old + n);
-        ordinal_of_.reserve(old + n);
+        if (old != 0) make_room(id_of_, old + n);  // an empty store takes `ids` as they are
+        make_room(metadata_of_, old + n);
+        make_room(ordinal_of_, old + n);
         index_->reserve(old + n);
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while growing the id map");
     }
 
-    // With the room reserved, moving strings in and entering them in the index allocate
-    // nothing and cannot throw. The index stops at the first id it already holds.
+    // With the room reserved (an empty store takes the batch's vector whole), moving strings
+    // in and entering them in the index allocate nothing and cannot throw. The index stops at the first id it already holds.
     std::size_t indexed = 0;                    // ids entered in the index
     std::size_t clash = detail::IdIndex::npos;  // slot already holding id_of_[old + indexed]
     auto add_ids = [&]() noexcept {
-        id_of_.insert(id_of_.end(), std::make_move_iterator(ids.begin()),
-                      std::make_move_iterator(ids.end()));
+        if (old == 0)
+            id_of_ = std::move(ids);
+        else
+            id_of_.insert(id_of_.end(), std::make_move_iterator(ids.begin()),
+                          std::make_move_iterator(ids.end()));
         indexed = index_->insert_range(id_of_, old, n, &clash);
     };
     bool appended = false;
@@ -213,11 +223,22 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
         if (src.device) {
             engine_->append_device(src.data, src.ld, ordinal_of_.data() + old, n, src.stream);
         } else if (staged) {
+            // A failed copy (no room for it, say) leaves the host rows to add from; so does a
+            // store that cannot grow while the staged copy holds device memory.
+            bool on_device = true;
             try {
-                engine_->append_device(staged->data(), staged->ld(), ordinal_of_.data() + old, n, 0);
-            } catch (const OutOfMemoryError&) {
-                // The staged copy may hold the memory the store needs to grow: give it back
-                // and add from the host as if it had never been made.
+                staged->wait();
+            } catch (const std::exception&) {
+                on_device = false;
+            }
+            if (on_device) {
+                try {
+                    engine_->append_device(staged->data(), staged->ld(), ordinal_of_.data() + old, n, 0);
+                } catch (const OutOfMemoryError&) {
+                    on_device = false;
+                }
+            }
+            if (!on_device) {
                 staged.reset();
                 engine_->append(src.data, ordinal_of_.data() + old, n);
             }

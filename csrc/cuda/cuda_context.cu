@@ -1,7 +1,10 @@
 #include "cuda/cuda_context.hpp"
 
 #include <algorithm>
+#include <exception>
 #include <string>
+#include <system_error>
+#include <thread>
 
 #include "cuda/cuda_check.hpp"
 #include "cuda/cuda_engine.hpp"
@@ -118,53 +121,60 @@ std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric m
 
 namespace {
 
-// Staged rows live in pool memory allocated on their own stream, and go back to the pool on
-// that stream (the add that read them has synchronized its own).
+// Staged rows: a thread of their own allocates pool memory on their own stream and uploads
+// into it; the memory goes back to the pool on that stream (the add that read the rows has
+// synchronized its own).
 class DeviceStagedRows final : public StagedRows {
    public:
-    DeviceStagedRows(std::shared_ptr<CudaContext> ctx, std::size_t n, std::size_t dim)
+    DeviceStagedRows(std::shared_ptr<CudaContext> ctx, const float* rows, std::size_t n, std::size_t dim)
         : ctx_(std::move(ctx)), n_(n), dim_(dim) {
-        check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-        try {
-            buffer_ = Scratch(*ctx_, n * dim * sizeof(float), stream_);
-            // Ready for the upload's own streams.
-            check(cudaStreamSynchronize(stream_), "staging allocation");
-        } catch (...) {
-            buffer_.reset();
-            cudaStreamDestroy(stream_);
-            throw;
-        }
+        copy_ = std::thread([this, rows] { run(rows); });
     }
     ~DeviceStagedRows() override {
+        if (copy_.joinable()) copy_.join();
         DeviceGuard guard(ctx_->device());
         buffer_.reset();
-        cudaStreamDestroy(stream_);
+        if (stream_) cudaStreamDestroy(stream_);
+    }
+    void wait() override {
+        if (copy_.joinable()) copy_.join();
+        if (error_) std::rethrow_exception(error_);
     }
     const float* data() const override { return buffer_.as<float>(); }
-    float* data() { return buffer_.as<float>(); }
     std::size_t rows() const override { return n_; }
     std::size_t ld() const override { return dim_; }
 
    private:
+    void run(const float* rows) noexcept {
+        try {
+            DeviceGuard guard(ctx_->device());
+            check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+            buffer_ = Scratch(*ctx_, n_ * dim_ * sizeof(float), stream_);
+            check(cudaStreamSynchronize(stream_), "staging allocation");  // ready for the upload's streams
+            upload_host_rows(*ctx_, rows, n_, dim_, dim_, buffer_.as<float>());
+        } catch (...) {
+            error_ = std::current_exception();
+        }
+    }
+
     std::shared_ptr<CudaContext> ctx_;
     std::size_t n_, dim_;
     cudaStream_t stream_ = nullptr;
     Scratch buffer_;
+    std::exception_ptr error_;
+    std::thread copy_;  // last: started once everything it uses exists
 };
 
 }  // namespace
 
 std::unique_ptr<StagedRows> CudaContext::stage_rows(const float* rows, std::size_t n, std::size_t dim) {
     if (n * dim * sizeof(float) < kStageMinBytes) return nullptr;
-    DeviceGuard guard(device_);
-    std::unique_ptr<DeviceStagedRows> staged;
     try {
-        staged = std::make_unique<DeviceStagedRows>(std::static_pointer_cast<CudaContext>(shared_from_this()), n, dim);
-    } catch (const OutOfMemoryError&) {
-        return nullptr;  // no room for a second copy: the plain add decides whether the rows fit
+        return std::make_unique<DeviceStagedRows>(std::static_pointer_cast<CudaContext>(shared_from_this()), rows,
+                                                  n, dim);
+    } catch (const std::system_error&) {
+        return nullptr;  // no thread to spare: the add copies the rows itself
     }
-    upload_host_rows(*this, rows, n, dim, dim, staged->data());
-    return staged;
 }
 
 std::uint64_t CudaContext::max_bytes() const {

@@ -2,8 +2,6 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
-#include <system_error>
-#include <thread>
 #include <utility>
 #include <variant>
 
@@ -445,35 +443,27 @@ PYBIND11_MODULE(_core, m) {
              [](VectorStorage& s, const py::list& id_list, const FloatArray& a, std::vector<Metadata> md) {
                  if (a.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
                  auto [n, d] = rows_cols(a);
-                 // A large batch travels to the device on another thread while this one
-                 // converts its ids (which needs the GIL); the array stays alive meanwhile.
+                 // A large batch starts travelling to the device (on threads of its own)
+                 // while this one converts the ids, which needs the GIL. `a` stays alive.
                  std::unique_ptr<StagedRows> staged;
-                 std::thread upload;
-                 if (s.stages(n, d) && id_list.size() == n) {
+                 if (id_list.size() == n) {
                      try {
-                         upload = std::thread([&s, &staged, rows = a.data(), n = n, d = d] {
-                             try {
-                                 staged = s.stage_rows(rows, n, d);
-                             } catch (...) {
-                                 // The add from host memory runs instead and reports any error.
-                             }
-                         });
-                     } catch (const std::system_error&) {
-                         // No thread: no overlap.
+                         staged = s.stage_rows(a.data(), n, d);
+                     } catch (const std::exception&) {
+                         // The add from host memory runs instead and reports any error.
                      }
                  }
                  std::vector<std::string> ids;
                  try {
                      ids = ids_from(id_list);
                  } catch (...) {
-                     if (upload.joinable()) {
+                     {
                          py::gil_scoped_release release;
-                         upload.join();
+                         staged.reset();  // waits for the copy
                      }
                      throw;
                  }
                  py::gil_scoped_release release;
-                 if (upload.joinable()) upload.join();
                  s.add_vectors(std::move(ids), a.data(), n, d, std::move(md), std::move(staged));
              },
              py::arg("ids"), py::arg("data"), py::arg("metadata") = std::vector<Metadata>{})

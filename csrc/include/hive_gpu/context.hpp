@@ -14,12 +14,17 @@ namespace hive_gpu {
 
 class VectorStorage;
 
-// Host rows copied to device memory ahead of an add (Context::stage_rows). The memory is
-// the context's and goes back to it when the object is destroyed.
+// Host rows on their way to device memory ahead of an add (Context::stage_rows). The copy
+// runs on threads of its own from the moment the object exists; the host rows must stay
+// unchanged until wait() returns or the object is destroyed (which waits for the copy). The
+// memory is the context's and goes back to it with the object.
 class StagedRows {
    public:
     virtual ~StagedRows() = default;
-    virtual const float* data() const = 0;  // device pointer: rows() rows, ld() floats apart
+    // Blocks until the rows are on the device; throws what the copy threw (OutOfMemoryError
+    // when the device had no room for them).
+    virtual void wait() = 0;
+    virtual const float* data() const = 0;  // after wait(): rows() rows, ld() floats apart
     virtual std::size_t rows() const = 0;
     virtual std::size_t ld() const = 0;
 };
@@ -45,11 +50,11 @@ class Context : public std::enable_shared_from_this<Context> {
     virtual PoolStats pool_stats() const { return {}; }
     virtual void set_pool_config(const PoolConfig& config) { (void)config; }
 
-    // Copies n host rows of `dim` floats to this device, with no storage involved, for a
-    // later VectorStorage::add_vectors_staged. Backends with device memory stage batches of
-    // at least min_staged_bytes(); the others, smaller batches, and a device short of memory
-    // give null (the caller then adds from host memory as usual). The rows are not checked
-    // here: the add checks them.
+    // Starts copying n host rows of `dim` floats to this device, with no storage involved,
+    // for a later VectorStorage::add_vectors(..., staged), and returns at once. Backends with
+    // device memory stage batches of at least min_staged_bytes(); the others and smaller
+    // batches give null (the caller then adds from host memory as usual). The rows are not
+    // checked here: the add checks them.
     virtual std::size_t min_staged_bytes() const { return 0; }  // 0: never stages
     virtual std::unique_ptr<StagedRows> stage_rows(const float* rows, std::size_t n, std::size_t dim) {
         (void)rows, (void)n, (void)dim;

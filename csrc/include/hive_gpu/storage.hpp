@@ -26,6 +26,7 @@ class IdIndex;  // core/id_index.hpp: id -> slot, keyed by id_of_
 class MetadataColumn {
    public:
     std::size_t size() const { return rows_.size(); }
+    std::size_t capacity() const { return rows_.capacity(); }
     void reserve(std::size_t n) { rows_.reserve(n); }
     const Metadata& operator[](std::size_t slot) const { return rows_[slot] ? *rows_[slot] : empty(); }
 
@@ -115,16 +116,16 @@ class VectorStorage {
     // n rows of `dim` floats, row major; metadata empty or one per row. All or nothing: one
     // bad row, or an id repeated in `ids` or already stored, rejects the whole batch.
     // `ids` and `metadata` are taken by value: pass them with std::move to spare a copy.
-    // `staged`, from stage_rows(data, n, dim), is the same rows already on the device: the add
-    // uses it instead of `data`, and gives it back first should the store need its memory
-    // to grow.
+    // `staged`, from stage_rows(data, n, dim), is the same rows on their way to the device:
+    // the add waits for them and uses them instead of `data`, and adds from `data` when the
+    // copy failed or the store needs its memory to grow.
     void add_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
                      std::size_t dim, std::vector<Metadata> metadata = {},
                      std::unique_ptr<StagedRows> staged = nullptr);
     // The first half of a bulk add from host memory, so that the caller can do other work
-    // while the rows travel (the Python binding converts the ids meanwhile): copies the rows
-    // to the device without taking the storage's lock, for add_vectors(..., staged). Null
-    // when the backend does not stage, the batch is small, or the device is short of memory.
+    // while the rows travel (the Python binding converts the ids meanwhile): starts copying
+    // the rows to the device, without taking the storage's lock, for add_vectors(..., staged).
+    // Null when the backend does not stage or the batch is small.
     bool stages(std::size_t n, std::size_t dim) const;  // whether stage_rows would try
     std::unique_ptr<StagedRows> stage_rows(const float* data, std::size_t n, std::size_t dim) const;
     // Replaces the row of `id` (its insertion order, hence its rank among ties, stays).
