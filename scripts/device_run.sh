@@ -89,7 +89,7 @@ fi
 
 if has sanitize; then
   # The sanitizers slow kernels 10-100x: the CUDA tests that cover every kernel at small sizes.
-  sel="ties or empty or update or device_rows or (search_paths and 13 and not 300) or (search_paths and 768 and 3-) or (large_k and EUCLIDEAN) or pool_config"
+  sel="ties or empty or update or device_rows or (search_paths and 13 and not 300) or (search_paths and 768 and 3-) or (large_k and EUCLIDEAN) or pool_config or staged"
   for tool in memcheck racecheck synccheck; do
     step "compute-sanitizer --tool $tool"
     (cd /tmp && timeout "$(limit sanitize 120)" compute-sanitizer --tool "$tool" --print-limit 20 \
