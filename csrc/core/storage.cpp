@@ -225,8 +225,10 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
         } else if (staged) {
             // A failed copy (no room for it, say) leaves the host rows to add from; so does a
             // store that cannot grow while the staged copy holds device memory.
+            // The store grows while the copy is still running.
             bool on_device = true;
             try {
+                engine_->reserve(old + n);
                 staged->wait();
             } catch (const std::exception&) {
                 on_device = false;

@@ -55,6 +55,7 @@ class CudaEngine final : public Engine {
     // What one search in flight owns.
     struct Lane {
         cudaStream_t stream = nullptr;
+        std::uint64_t writes_seen = ~std::uint64_t{0};  // writes_ when the stream last waited on written_
         cudaEvent_t ingest = nullptr;  // recorded on a producer's stream
         cublasHandle_t blas = nullptr;
         void* blas_workspace = nullptr;
@@ -98,6 +99,8 @@ class CudaEngine final : public Engine {
     void wait_producer(cudaStream_t ours, cudaEvent_t event, std::uintptr_t producer) const;
     void check_device_pointer(const void* p, const char* what) const;
     void upload_rows(const float* rows, std::size_t n, float* dst);
+    void record_write();                    // ends every write: records written_
+    void after_writes(Lane& lane) const;    // orders the lane's stream after the last write
     void finish_append(std::size_t n, const char* what);
 
     Plan plan(std::size_t nq, std::size_t k) const;
@@ -151,6 +154,7 @@ class CudaEngine final : public Engine {
 
     cudaStream_t write_stream_ = nullptr;
     cudaEvent_t written_ = nullptr;   // searches wait on the last write
+    std::atomic<std::uint64_t> writes_{0};  // times written_ was recorded
     cudaEvent_t producer_ = nullptr;  // for append_device
     unsigned long long* fault_device_ = nullptr;
     unsigned long long* fault_host_ = nullptr;
