@@ -35,7 +35,8 @@
 // fx (Cosine); every constant is computed in double, scaled by 1 + 2^-10 and rounded up to
 // float, and c gains 2^-140. The scale covers the few roundings of evaluating B and s -+ B
 // in float (each within u of a value at most 2^9 B for DotProduct and Cosine); 2^-140
-// covers their underflow.
+// covers their underflow. DotProduct's c holds 2A: where |q||x| is tiny, A alone is B, and
+// the doubling is the slack for those roundings.
 #include "cpu/screen.hpp"
 
 #include <algorithm>
