@@ -208,9 +208,13 @@ bool screen_impl(const ScreenRows& rows, ThreadPool& pool, const float* queries,
     heaps.reserve(chunks * nq);
     for (std::size_t i = 0; i < chunks * nq; ++i) heaps.emplace_back(k);
     std::vector<std::vector<Candidate>> found(chunks * nq);
-    // The best k-th keep any chunk has reached, per query, as order_key(+-keep).
+    // The best k-th keep any chunk has reached, per query, as a key: order_key(keep), or
+    // order_key(-keep) for Euclidean, so that a larger key is always a better threshold.
+    auto key_of = [](float keep) { return order_key(kHigherFirst ? keep : -keep); };
+    auto keep_of = [](std::uint32_t key) { return kHigherFirst ? from_order_key(key) : -from_order_key(key); };
+    const std::uint32_t no_key = key_of(kWorst);
     std::vector<std::atomic<std::uint32_t>> published(nq);
-    for (auto& p : published) p.store(order_key(kHigherFirst ? kWorst : -kWorst), std::memory_order_relaxed);
+    for (auto& p : published) p.store(no_key, std::memory_order_relaxed);
     std::atomic<std::size_t> total{0};
     std::atomic<bool> abandoned{false};
 
@@ -236,17 +240,12 @@ bool screen_impl(const ScreenRows& rows, ThreadPool& pool, const float* queries,
                     if (top.may_enter(keep[pick[j]])) top.push(keep[pick[j]], 0, 0);
                 // The threshold: the better of this chunk's k-th keep and the best one
                 // published, which this chunk's joins.
-                std::uint32_t key = order_key(kWorst * (kHigherFirst ? 1.0f : -1.0f));
-                if (top.size() == k) {
-                    const float kth = top.items().front().score;
-                    key = order_key(kHigherFirst ? kth : -kth);
-                }
+                std::uint32_t key = top.size() < k ? no_key : key_of(top.items().front().score);
                 std::uint32_t seen = published[q].load(std::memory_order_relaxed);
                 while (seen < key && !published[q].compare_exchange_weak(seen, key, std::memory_order_relaxed)) {
                 }
                 key = std::max(key, seen);
-                const float thr = kHigherFirst ? from_order_key(key) : -from_order_key(key);
-                m = kern.filter(reach, nx, thr, kHigherFirst, pick.data());
+                m = kern.filter(reach, nx, keep_of(key), kHigherFirst, pick.data());
                 std::vector<Candidate>& f = found[c * nq + q];
                 for (std::size_t j = 0; j < m; ++j) f.push_back({x0 + pick[j], reach[pick[j]]});
                 added += m;
