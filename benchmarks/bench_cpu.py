@@ -1,6 +1,8 @@
 """CPU backend against faiss-cpu (IndexFlatIP / IndexFlatL2) and NumPy, side by side in one
-process: 100k x 768 and 1M x 128, 1 and 64 queries, k = 10, median of repeats; each
-contender runs in blocks of its own (see race()), in order and then in reverse order.
+process: 100k x 768 and 1M x 128, dot product and Euclidean with 1 and 64 queries, cosine
+with 1 query, k = 10, median of repeats; each contender runs in blocks of its own (see
+race()), in order and then in reverse order. The peers get cosine as an inner product on
+rows normalised beforehand (outside the timing).
 
     python benchmarks/bench_cpu.py [--repeats 7] [--cases 100000x768,1000000x128] [--out PATH]
 
@@ -57,7 +59,8 @@ def race(fns: dict, repeats: int) -> dict[str, tuple[float, object]]:
 
 
 def numpy_search(X: np.ndarray, xnorm: np.ndarray | None, Q: np.ndarray, k: int):
-    """matmul + argpartition + sort of the k; Euclidean as |x|^2 - 2 q.x (+|q|^2)."""
+    """matmul + argpartition + sort of the k; Euclidean as |x|^2 - 2 q.x (+|q|^2). Cosine
+    is the inner product of rows normalised beforehand with the normalised queries."""
     S = X @ Q[0] if len(Q) == 1 else Q @ X.T
     S = S.reshape(len(Q), -1)
     if xnorm is None:
@@ -90,19 +93,25 @@ def agree(ours_ids: np.ndarray, ours_d: np.ndarray, peer_ids: np.ndarray, exact:
     return hits / total
 
 
-def exact_scores(X: np.ndarray, Q: np.ndarray, l2: bool) -> np.ndarray:
+def exact_scores(X: np.ndarray, Q: np.ndarray, metric: str) -> np.ndarray:
     """float64 scores of every row for every query (Euclidean: the distance)."""
     out = np.empty((len(Q), len(X)))
+    Q64 = Q.astype(np.float64)
     step = 65536
     for a in range(0, len(X), step):
         xb = X[a:a + step].astype(np.float64)
-        if l2:
+        if metric == "euclidean":
             out[:, a:a + step] = np.sqrt(np.maximum(
-                (xb ** 2).sum(1)[None] - 2 * Q.astype(np.float64) @ xb.T
-                + (Q.astype(np.float64) ** 2).sum(1)[:, None], 0))
+                (xb ** 2).sum(1)[None] - 2 * Q64 @ xb.T + (Q64 ** 2).sum(1)[:, None], 0))
+        elif metric == "cosine":
+            out[:, a:a + step] = (Q64 @ xb.T) / np.linalg.norm(xb, axis=1)[None] / np.linalg.norm(Q64, axis=1)[:, None]
         else:
-            out[:, a:a + step] = Q.astype(np.float64) @ xb.T
+            out[:, a:a + step] = Q64 @ xb.T
     return out
+
+
+def normalised(A: np.ndarray) -> np.ndarray:
+    return (A / np.linalg.norm(A.astype(np.float64), axis=1, keepdims=True)).astype(np.float32)
 
 
 def run_case(n: int, d: int, repeats: int, rng: np.random.Generator, faiss) -> list[dict]:
@@ -111,22 +120,26 @@ def run_case(n: int, d: int, repeats: int, rng: np.random.Generator, faiss) -> l
     ids = [str(i) for i in range(n)]
     ctx = hive_gpu.create_context("cpu")
     rows = []
-    for metric in ("dot_product", "euclidean"):
-        l2 = metric == "euclidean"
-        store = ctx.create_storage(d, GpuDistanceMetric.EUCLIDEAN if l2 else GpuDistanceMetric.DOT_PRODUCT)
+    metrics = {"dot_product": GpuDistanceMetric.DOT_PRODUCT, "euclidean": GpuDistanceMetric.EUCLIDEAN,
+               "cosine": GpuDistanceMetric.COSINE}
+    for metric, query_counts in (("dot_product", (1, 64)), ("euclidean", (1, 64)), ("cosine", (1,))):
+        l2, cos = metric == "euclidean", metric == "cosine"
+        store = ctx.create_storage(d, metrics[metric])
         store.add_vectors(ids, X)
+        peer_rows = normalised(X) if cos else X
         index = None
         if faiss is not None:
             index = faiss.IndexFlatL2(d) if l2 else faiss.IndexFlatIP(d)
-            index.add(X)
-        for nq in (1, 64):
+            index.add(peer_rows)
+        for nq in query_counts:
             Q = rng.standard_normal((nq, d), dtype=np.float32)
+            peer_q = normalised(Q) if cos else Q
             fns = {
                 "hive_gpu": lambda: store.search_batch(Q, K),
-                "numpy": lambda: numpy_search(X, xnorm if l2 else None, Q, K),
+                "numpy": lambda: numpy_search(peer_rows, xnorm if l2 else None, peer_q, K),
             }
             if index is not None:
-                fns["faiss"] = lambda: index.search(Q, K)
+                fns["faiss"] = lambda: index.search(peer_q, K)
             load_before = load()
             got = race(fns, repeats)
             t_hive, (hd, hi) = got["hive_gpu"]
@@ -136,7 +149,7 @@ def run_case(n: int, d: int, repeats: int, rng: np.random.Generator, faiss) -> l
                 "n": n, "d": d, "nq": nq, "k": K, "metric": metric,
                 "hive_gpu_ms": t_hive * 1e3, "numpy_ms": t_np * 1e3, "load_before": load_before,
             }
-            exact = exact_scores(X, Q, l2)
+            exact = exact_scores(X, Q, metric)
             row["recall_vs_numpy"] = agree(hive_ids, hd, ni, exact, not l2, 1e-5)
             if index is not None:
                 t_fa, (fd, fi) = got["faiss"]

@@ -1,9 +1,11 @@
-# CPU backend sources beyond the two listed in the top-level CMakeLists.txt: a thread pool and
-# the scoring kernels, one source compiled once per instruction set with its own flags.
+# CPU backend sources beyond the two listed in the top-level CMakeLists.txt: a thread pool, the
+# row memory, the screen, and the scoring kernels, one source compiled once per instruction set
+# with its own flags.
 set(_cpu_dir ${CMAKE_CURRENT_LIST_DIR})
 target_sources(hive_gpu PRIVATE
   ${_cpu_dir}/thread_pool.cpp
   ${_cpu_dir}/host_buffer.cpp
+  ${_cpu_dir}/screen.cpp
   ${_cpu_dir}/dispatch.cpp
   ${_cpu_dir}/kernels_generic.cpp)
 

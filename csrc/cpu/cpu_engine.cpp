@@ -11,6 +11,7 @@
 #include "core/topk.hpp"
 #include "cpu/cpu_context.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/screen.hpp"
 #include "hive_gpu/error.hpp"
 
 namespace hive_gpu::cpu {
@@ -28,56 +29,83 @@ float cosine_factor(double squared_norm) {
 CpuEngine::CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric)
     : context_(std::move(context)), dim_(dimension), metric_(metric) {}
 
-float CpuEngine::row_factor(const float* row) const {
+void CpuEngine::set_row_data(std::size_t slot, const float* row) {
     double s = 0.0;
     for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
-    if (metric_ == Metric::Cosine) return cosine_factor(s);
-    return static_cast<float>(s);
+    factors_[slot] = metric_ == Metric::Cosine ? cosine_factor(s) : static_cast<float>(s);
+    if (keeps_norms()) {
+        // Rounded up: the screen's bound needs |x| from above.
+        const double r = std::sqrt(s) * (1.0 + 0x1p-30);  // covers the sum's own error
+        float f = static_cast<float>(r);
+        if (static_cast<double>(f) < r) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+        norms_[slot] = f;
+    }
 }
 
 void CpuEngine::reserve(std::size_t rows) {
-    if (rows > std::numeric_limits<std::size_t>::max() / (dim_ * sizeof(float)))
+    if (rows > (std::numeric_limits<std::size_t>::max() - kPlaneSlack) / (dim_ * sizeof(float)))
         throw OutOfMemoryError("cpu: cannot reserve " + std::to_string(rows) + " rows");
-    // The vectors first: if they throw, the row buffer is still as it was.
+    // The vectors first, then both planes before either is committed: whatever throws, the
+    // store is as it was.
     try {
         factors_.reserve(rows);
+        if (keeps_norms()) norms_.reserve(rows);
         ordinals_.reserve(rows);
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("cpu: cannot reserve " + std::to_string(rows) + " rows");
     } catch (const std::length_error&) {
         throw OutOfMemoryError("cpu: cannot reserve " + std::to_string(rows) + " rows");
     }
-    rows_.reserve(rows * dim_, size() * dim_);
+    if (rows <= row_capacity() && hi_.data()) return;
+    const std::size_t keep = size() * dim_, want = rows * dim_;
+    HostBuffer<std::uint16_t> hi = hi_.grown(want + kPlaneSlack, keep);
+    HostBuffer<std::uint16_t> lo = lo_.grown(want, keep);
+    std::memset(hi.data() + keep, 0, kPlaneSlack * sizeof(std::uint16_t));
+    hi_ = std::move(hi);
+    lo_ = std::move(lo);
 }
 
 void CpuEngine::append(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
     const std::size_t old = size(), need = old + n;
-    if (need * dim_ > rows_.capacity() || need > ordinals_.capacity() || need > factors_.capacity())
+    if (need > row_capacity() || !hi_.data() || need > ordinals_.capacity() ||
+        need > factors_.capacity() || (keeps_norms() && need > norms_.capacity()))
         reserve(std::max(need, old * 2));
-    std::memcpy(rows_.data() + old * dim_, rows, n * dim_ * sizeof(float));
-    for (std::size_t i = 0; i < n; ++i) factors_.push_back(row_factor(rows + i * dim_));
+    kernels().split(rows, n * dim_, hi_.data() + old * dim_, lo_.data() + old * dim_);
+    std::memset(hi_.data() + need * dim_, 0, kPlaneSlack * sizeof(std::uint16_t));
+    factors_.resize(need);
+    if (keeps_norms()) norms_.resize(need);
+    for (std::size_t i = 0; i < n; ++i) set_row_data(old + i, rows + i * dim_);
     ordinals_.insert(ordinals_.end(), ordinals, ordinals + n);
 }
 
 void CpuEngine::write(std::size_t slot, const float* row) {
-    std::memcpy(rows_.data() + slot * dim_, row, dim_ * sizeof(float));
-    factors_[slot] = row_factor(row);
+    kernels().split(row, dim_, hi_.data() + slot * dim_, lo_.data() + slot * dim_);
+    set_row_data(slot, row);
 }
 
 void CpuEngine::move(std::size_t src, std::size_t dst) {
-    std::memcpy(rows_.data() + dst * dim_, rows_.data() + src * dim_, dim_ * sizeof(float));
+    const std::size_t bytes = dim_ * sizeof(std::uint16_t);
+    std::memcpy(hi_.data() + dst * dim_, hi_.data() + src * dim_, bytes);
+    std::memcpy(lo_.data() + dst * dim_, lo_.data() + src * dim_, bytes);
     factors_[dst] = factors_[src];
+    if (keeps_norms()) norms_[dst] = norms_[src];
     ordinals_[dst] = ordinals_[src];
 }
 
 void CpuEngine::truncate(std::size_t n) {
     factors_.resize(n);
+    if (keeps_norms()) norms_.resize(n);
     ordinals_.resize(n);
     if (n == 0) {
-        rows_.release();
+        hi_.release();
+        lo_.release();
         factors_.shrink_to_fit();
+        norms_.shrink_to_fit();
         ordinals_.shrink_to_fit();
+    } else {
+        // The screen may read past the last row: what follows it must be zeros again.
+        std::memset(hi_.data() + n * dim_, 0, kPlaneSlack * sizeof(std::uint16_t));
     }
 }
 
@@ -87,11 +115,12 @@ void CpuEngine::set_ordinals(const std::uint32_t* ordinals, std::size_t n) {
 
 void CpuEngine::read(std::size_t first, std::size_t n, float* out) const {
     if (n == 0) return;
-    std::memcpy(out, rows_.data() + first * dim_, n * dim_ * sizeof(float));
+    kernels().widen(hi_.data() + first * dim_, lo_.data() + first * dim_, n * dim_, out);
 }
 
 std::size_t CpuEngine::memory_bytes() const {
-    return rows_.capacity() * sizeof(float) + factors_.capacity() * sizeof(float) +
+    return (hi_.capacity() + lo_.capacity()) * sizeof(std::uint16_t) +
+           (factors_.capacity() + norms_.capacity()) * sizeof(float) +
            ordinals_.capacity() * sizeof(std::uint32_t);
 }
 
@@ -99,12 +128,15 @@ namespace {
 
 // Queries scored together against one tile of rows (and the unit of query parallelism).
 constexpr std::size_t kQueryBlock = 64;
-// A tile of rows stays in L2 while every query of the block is scored against it.
+// A tile of rows, widened to float32 from the two planes, stays in L2 while every query of
+// the block is scored against it; it is widened in pieces that fit L1.
 constexpr std::size_t kTileBytes = std::size_t{256} << 10;
+constexpr std::size_t kPieceBytes = std::size_t{16} << 10;
 constexpr std::size_t kMaxTileRows = 1024;
 // Up to this many queries, Euclidean runs the direct (x - q)^2 kernel: the scan is bound by
 // memory bandwidth there, and the direct form needs no correction.
 constexpr std::size_t kDirectL2MaxQueries = 3;
+static_assert(kScreenMaxQueries <= kDirectL2MaxQueries, "screened Euclidean re-scores with the direct kernel");
 // Below this many multiply-adds a search runs on the calling thread alone.
 constexpr std::size_t kParallelWork = std::size_t{1} << 18;
 constexpr std::size_t kChunksPerThread = 4;
@@ -116,11 +148,44 @@ std::size_t tile_rows(std::size_t d) {
     return std::max<std::size_t>(r, 3);
 }
 
+// A multiple of the kernel's blocks of rows (8 for one query, else 3) where it fits.
+std::size_t piece_rows(std::size_t d) {
+    const std::size_t r = kPieceBytes / (d * sizeof(float));
+    return r >= 24 ? r / 24 * 24 : std::max<std::size_t>(r / 3 * 3, 3);
+}
+
 float inverse_norm(const float* v, std::size_t d) {
     double s = 0.0;
     for (std::size_t j = 0; j < d; ++j) s += static_cast<double>(v[j]) * v[j];
     return cosine_factor(s);
 }
+
+// How the exact kernel scores a search of nq queries, and whether the Euclidean winners
+// are re-scored with the direct kernel.
+struct Plan {
+    Form form = Form::Dot;
+    Epilogue epilogue = Epilogue::None;
+    bool rerank = false;  // Euclidean through |x|^2 - 2 q.x: exact distances for the winners
+};
+
+Plan plan_for(Metric metric, std::size_t nq) {
+    Plan p;
+    if (metric == Metric::Euclidean) {
+        if (nq <= kDirectL2MaxQueries) {
+            p.form = Form::L2;
+        } else {
+            p.epilogue = Epilogue::L2Expanded;
+            p.rerank = true;
+        }
+    } else if (metric == Metric::Cosine) {
+        p.epilogue = Epilogue::Cosine;
+    }
+    return p;
+}
+
+// Uninitialised scratch for widened rows, 64-byte aligned like the planes: rows of a
+// multiple of 16 floats then never straddle cache lines.
+HostBuffer<float> scratch(std::size_t n) { return HostBuffer<float>::allocate(n); }
 
 }  // namespace
 
@@ -136,6 +201,36 @@ void CpuEngine::search(const float* queries, std::size_t nq, std::size_t k, floa
     }
 }
 
+// The screen (screen.hpp) names the rows that can be in each query's top k; they are
+// scored by the same kernel, with the same operations, as a full scan, and selected by
+// (score, ordinal): the answer is bit for bit the full scan's.
+template <bool kHigherFirst>
+bool CpuEngine::search_screened(const float* queries, const float* query_factor, std::size_t nq,
+                                std::size_t k, float* scores, std::int64_t* slots) const {
+    const std::size_t d = dim_;
+    std::vector<std::vector<std::size_t>> candidates;
+    const ScreenRows view{hi_.data(), size(), d, metric_, factors_.data(),
+                          keeps_norms() ? norms_.data() : nullptr};
+    if (!screen(view, context_->pool(), queries, query_factor, nq, k, candidates)) return false;
+
+    const KernelTable& kern = kernels();
+    const Plan plan = plan_for(metric_, nq);
+    const bool factored = plan.epilogue != Epilogue::None;
+    for (std::size_t q = 0; q < nq; ++q) {
+        TopK<kHigherFirst> top(k);
+        for (const std::size_t r : candidates[q]) {
+            float v;
+            TileArgs a{queries + q * d, 1, d, nullptr, 1, d, plan.form, plan.epilogue,
+                       factored ? &factors_[r] : nullptr, query_factor ? query_factor + q : nullptr,
+                       &v, 1, hi_.data() + r * d, lo_.data() + r * d};
+            kern.score_tile(a);
+            if (top.may_enter(v)) top.push(v, ordinals_[r], static_cast<std::int64_t>(r));
+        }
+        top.write_sorted(scores + q * k, slots + q * k);
+    }
+    return true;
+}
+
 // Rows are cut into chunks and queries into blocks; each (block, chunk) task scores its
 // rows tile by tile and keeps a top-k per query, filtered by the current k-th score so that
 // only the rare candidates touch the heap. The per-chunk top-ks are merged per query.
@@ -146,22 +241,24 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
     if (nq == 0 || n == 0 || k == 0) return;
     const KernelTable& kern = kernels();
     ThreadPool& pool = context_->pool();
+    const Plan plan = plan_for(metric_, nq);
+    const Form form = plan.form;
+    const Epilogue epilogue = plan.epilogue;
+    const bool rerank = plan.rerank;
 
-    Form form = Form::Dot;
-    Epilogue epilogue = Epilogue::None;
-    bool rerank = false;  // Euclidean through |x|^2 - 2 q.x: exact distances for the winners
-    if (metric_ == Metric::Euclidean) {
-        if (nq <= kDirectL2MaxQueries) {
-            form = Form::L2;
-        } else {
-            epilogue = Epilogue::L2Expanded;
-            rerank = true;
-        }
-    } else if (metric_ == Metric::Cosine) {
-        epilogue = Epilogue::Cosine;
+    std::vector<float> query_factor;
+    if (epilogue == Epilogue::Cosine) {
+        query_factor.resize(nq);
+        for (std::size_t q = 0; q < nq; ++q) query_factor[q] = inverse_norm(queries + q * d, d);
     }
+    // A zero cosine query ties every row at 0: the screen could not drop any.
+    const bool zero_query = std::find(query_factor.begin(), query_factor.end(), 0.0f) != query_factor.end();
+    if (!zero_query && screen_wanted(n, d, nq, k) &&
+        search_screened<kHigherFirst>(queries, query_factor.empty() ? nullptr : query_factor.data(), nq, k,
+                                      scores, slots))
+        return;
 
-    const std::size_t tile = tile_rows(d);
+    const std::size_t tile = tile_rows(d), piece = piece_rows(d);
     const std::size_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
     const std::size_t threads = pool.threads();
     std::size_t chunks = 1;
@@ -176,20 +273,16 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
     chunks = (n + chunk_rows - 1) / chunk_rows;
     const std::size_t tasks = blocks * chunks;
 
-    std::vector<float> query_factor;
     std::vector<TopK<kHigherFirst>> heaps;  // [chunk][query]
     std::vector<float> strips;
     std::vector<std::uint32_t> picks;
-    if (epilogue == Epilogue::Cosine) {
-        query_factor.resize(nq);
-        for (std::size_t q = 0; q < nq; ++q) query_factor[q] = inverse_norm(queries + q * d, d);
-    }
     heaps.reserve(chunks * nq);
     for (std::size_t i = 0; i < chunks * nq; ++i) heaps.emplace_back(k);
     strips.resize(tasks * 4 * tile);
     picks.resize(tasks * tile);
 
-    const float* X = rows_.data();
+    const std::uint16_t* hi = hi_.data();
+    const std::uint16_t* lo = lo_.data();
     const float* row_factor = epilogue == Epilogue::None ? nullptr : factors_.data();
     const float* qf = query_factor.empty() ? nullptr : query_factor.data();
     constexpr float kNone = kHigherFirst ? -std::numeric_limits<float>::infinity()
@@ -201,14 +294,48 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         const std::size_t ra = c * chunk_rows, rb = std::min(n, ra + chunk_rows);
         float* strip = strips.data() + t * 4 * tile;
         std::uint32_t* pick = picks.data() + t * tile;
+        // The kernels read the queries from L1 at every step: when rows of them straddle
+        // cache lines, the block's copy on 64 bytes keeps those loads whole (split loads
+        // cost a batch up to a third of its time).
+        const float* Q = queries + qa * d;
+        HostBuffer<float> aligned;
+        if (d % 16 == 0 && reinterpret_cast<std::uintptr_t>(Q) % 64 != 0) {
+            aligned = scratch(qn * d);
+            std::memcpy(aligned.data(), Q, qn * d * sizeof(float));
+            Q = aligned.data();
+        }
+        // One group of queries reads the planes directly; more groups share a tile widened
+        // to floats once.
+        const bool direct = qn <= 4;
+        HostBuffer<float> X = direct ? HostBuffer<float>() : scratch(std::min(tile, rb - ra) * d);
         for (std::size_t x0 = ra; x0 < rb; x0 += tile) {
             const std::size_t nx = std::min(tile, rb - x0);
             for (std::size_t g = 0; g < qn; g += 4) {
                 const std::size_t q0 = qa + g, gn = std::min<std::size_t>(4, qn - g);
-                TileArgs a{queries + q0 * d, gn, d, X + x0 * d, nx, d, form, epilogue,
+                TileArgs a{Q + g * d, gn, d, X.data(), nx, d, form, epilogue,
                            row_factor ? row_factor + x0 : nullptr, qf ? qf + q0 : nullptr,
                            strip, tile};
-                kern.score_tile(a);
+                if (direct) {
+                    a.hi = hi + x0 * d;
+                    a.lo = lo + x0 * d;
+                    kern.score_tile(a);
+                } else if (g == 0) {
+                    // The first group widens the tile a piece at a time, each just before
+                    // scoring it: the reads from memory then overlap the arithmetic as
+                    // they would reading float rows (a separate widening pass would wait
+                    // on memory alone), and each piece is still in L1 when it is scored.
+                    for (std::size_t p = 0; p < nx; p += piece) {
+                        TileArgs b = a;
+                        b.nx = std::min(piece, nx - p);
+                        b.rows = X.data() + p * d;
+                        if (b.row_factor) b.row_factor += p;
+                        b.out += p;
+                        kern.widen(hi + (x0 + p) * d, lo + (x0 + p) * d, b.nx * d, X.data() + p * d);
+                        kern.score_tile(b);
+                    }
+                } else {
+                    kern.score_tile(a);
+                }
                 for (std::size_t i = 0; i < gn; ++i) {
                     TopK<kHigherFirst>& top = heaps[c * nq + q0 + i];
                     const float* s = strip + i * tile;
@@ -248,8 +375,9 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         // their exact squared distance (identical vectors: 0) and the final order.
         std::vector<Candidate> c = top->items();
         for (Candidate& x : c) {
-            TileArgs a{queries + q * d, 1, d, X + static_cast<std::size_t>(x.slot) * d, 1, d,
-                       Form::L2, Epilogue::None, nullptr, nullptr, &x.score, 1};
+            const std::size_t r = static_cast<std::size_t>(x.slot);
+            TileArgs a{queries + q * d, 1, d, nullptr, 1, d, Form::L2, Epilogue::None,
+                       nullptr, nullptr, &x.score, 1, hi + r * d, lo + r * d};
             kern.score_tile(a);
         }
         std::sort(c.begin(), c.end(), ranks_before<false>);

@@ -37,14 +37,26 @@ class CpuEngine final : public Engine {
     template <bool kHigherFirst>
     void search_impl(const float* queries, std::size_t nq, std::size_t k, float* scores,
                      std::int64_t* slots) const;
-    // Per-row factor the kernels use: 1/|x| for Cosine, |x|^2 for Euclidean, unused for dot.
-    float row_factor(const float* row) const;
+    // The screened search (screen.hpp); false when the screen gave up.
+    template <bool kHigherFirst>
+    bool search_screened(const float* queries, const float* query_factor, std::size_t nq,
+                         std::size_t k, float* scores, std::int64_t* slots) const;
+    // Per-row data from one pass over a row: factors_ and (DotProduct, Euclidean) norms_.
+    void set_row_data(std::size_t slot, const float* row);
+    bool keeps_norms() const { return metric_ != Metric::Cosine; }
+    std::size_t row_capacity() const { return lo_.capacity() / dim_; }
 
     std::shared_ptr<CpuContext> context_;
     std::size_t dim_;
     Metric metric_;
-    HostBuffer rows_;  // size() * dim_ floats in use
+    // Each float row split into two planes of its bit pattern's halves (kernels.hpp): the
+    // screen reads only hi_; exact scoring widens both back. size() * dim_ elements each,
+    // and hi_ has kPlaneSlack zeros after the last row.
+    HostBuffer<std::uint16_t> hi_;
+    HostBuffer<std::uint16_t> lo_;
+    // Per-row factor the kernels use: 1/|x| for Cosine, |x|^2 for Euclidean, unused for dot.
     std::vector<float> factors_;
+    std::vector<float> norms_;  // |x| rounded up, for the screen's bound (empty for Cosine)
     std::vector<std::uint32_t> ordinals_;
 };
 

@@ -1,7 +1,6 @@
 #include "cpu/host_buffer.hpp"
 
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <string>
 
@@ -13,7 +12,7 @@
 #include <sys/mman.h>
 #endif
 
-namespace hive_gpu::cpu {
+namespace hive_gpu::cpu::detail {
 
 namespace {
 
@@ -33,7 +32,18 @@ void* allocate(std::size_t bytes, std::size_t alignment) {
 #endif
 }
 
-void deallocate(void* p) {
+}  // namespace
+
+void* host_allocate(std::size_t bytes, const char* what) {
+    if (bytes > std::numeric_limits<std::size_t>::max() - kHugePage)
+        throw OutOfMemoryError("cpu: cannot allocate " + std::to_string(bytes) + " bytes for " + what);
+    const std::size_t alignment = bytes >= kHugePage ? kHugePage : 64;
+    void* p = allocate(bytes == 0 ? 1 : bytes, alignment);
+    if (!p) throw OutOfMemoryError("cpu: cannot allocate " + std::to_string(bytes) + " bytes for " + what);
+    return p;
+}
+
+void host_free(void* p) {
 #if defined(_WIN32)
     _aligned_free(p);
 #else
@@ -41,29 +51,4 @@ void deallocate(void* p) {
 #endif
 }
 
-}  // namespace
-
-HostBuffer::~HostBuffer() { release(); }
-
-void HostBuffer::release() {
-    if (data_) deallocate(data_);
-    data_ = nullptr;
-    capacity_ = 0;
-}
-
-void HostBuffer::reserve(std::size_t floats, std::size_t keep) {
-    if (floats <= capacity_) return;
-    if (floats > std::numeric_limits<std::size_t>::max() / sizeof(float) - kHugePage)
-        throw OutOfMemoryError("cpu: cannot allocate " + std::to_string(floats) + " floats");
-    const std::size_t bytes = floats * sizeof(float);
-    const std::size_t alignment = bytes >= kHugePage ? kHugePage : 64;
-    auto* p = static_cast<float*>(allocate(bytes, alignment));
-    if (!p)
-        throw OutOfMemoryError("cpu: cannot allocate " + std::to_string(bytes) + " bytes for rows");
-    if (keep) std::memcpy(p, data_, keep * sizeof(float));
-    release();
-    data_ = p;
-    capacity_ = floats;
-}
-
-}  // namespace hive_gpu::cpu
+}  // namespace hive_gpu::cpu::detail
