@@ -133,14 +133,10 @@ void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float
 
 // context_ and dimension_ never change, so no lock is needed; a store closed meanwhile
 // fails in the add. A wrong dimension is add_vectors' error to report.
-bool VectorStorage::stages(std::size_t n, std::size_t dim) const {
-    const std::size_t min = context_->min_staged_bytes();
-    return min != 0 && n != 0 && dim == dimension_ && n * dim * sizeof(float) >= min;
-}
-
 std::unique_ptr<StagedRows> VectorStorage::stage_rows(const float* data, std::size_t n,
                                                       std::size_t dim) const {
-    if (!stages(n, dim)) return nullptr;
+    const std::size_t min = context_->min_staged_bytes();
+    if (min == 0 || n == 0 || dim != dimension_ || n * dim * sizeof(float) < min) return nullptr;
     return context_->stage_rows(data, n, dim);
 }
 

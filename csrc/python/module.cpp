@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include "core/id_index.hpp"
+#include "cpu/screen.hpp"
 #include "hive_gpu/async.hpp"
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/context.hpp"
@@ -397,6 +398,11 @@ PYBIND11_MODULE(_core, m) {
           py::call_guard<py::gil_scoped_release>());
     // Tests only: the hash the id index places ids by (not stable across versions).
     m.def("_id_hash", [](const std::string& id) { return detail::hash_id(id); }, py::arg("id"));
+    // Tests only: how many CPU screens finished and how many gave up (cpu/screen.hpp).
+    m.def("_cpu_screen_counts", [] {
+        const cpu::ScreenCounts c = cpu::screen_counts();
+        return py::make_tuple(c.screened, c.abandoned);
+    });
 
     py::class_<Context, std::shared_ptr<Context>>(m, "Context")
         .def_property_readonly("backend", &Context::backend)

@@ -126,7 +126,6 @@ class VectorStorage {
     // while the rows travel (the Python binding converts the ids meanwhile): starts copying
     // the rows to the device, without taking the storage's lock, for add_vectors(..., staged).
     // Null when the backend does not stage or the batch is small.
-    bool stages(std::size_t n, std::size_t dim) const;  // whether stage_rows would try
     std::unique_ptr<StagedRows> stage_rows(const float* data, std::size_t n, std::size_t dim) const;
     // Replaces the row of `id` (its insertion order, hence its rank among ties, stays).
     // false when `id` is unknown. metadata == nullptr keeps the current metadata.
