@@ -70,7 +70,7 @@ run_pytest() {
     grep -E "^E |^(FAILED|ERROR) |^[^ ]+\.py:[0-9]+: " "$OUT/pytest_$name.log" | head -n 40
   fi
 }
-has tests_cuda && run_pytest cuda cuda "$(limit tests_cuda 240)" "$root/tests" -k "not webgpu and not metal"
+has tests_cuda && run_pytest cuda cuda "$(limit tests_cuda 320)" "$root/tests" -k "not webgpu and not metal"
 has tests_webgpu && [ $webgpu = ON ] && run_pytest webgpu webgpu "$(limit tests_webgpu 120)" "$root/tests" -k webgpu
 
 if has bench_cuda; then
