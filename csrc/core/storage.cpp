@@ -135,8 +135,7 @@ void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float
 // fails in the add. A wrong dimension is add_vectors' error to report.
 std::unique_ptr<StagedRows> VectorStorage::stage_rows(const float* data, std::size_t n,
                                                       std::size_t dim) const {
-    const std::size_t min = context_->min_staged_bytes();
-    if (min == 0 || n == 0 || dim != dimension_ || n * dim * sizeof(float) < min) return nullptr;
+    if (n == 0 || dim != dimension_) return nullptr;
     return context_->stage_rows(data, n, dim);
 }
 

@@ -27,7 +27,6 @@ class CudaContext final : public Context {
     PoolStats pool_stats() const override;
     void set_pool_config(const PoolConfig& config) override;
     // Into pool memory (counted against max_bytes).
-    std::size_t min_staged_bytes() const override { return kStageMinBytes; }
     std::unique_ptr<StagedRows> stage_rows(const float* rows, std::size_t n, std::size_t dim) override;
 
     int device() const { return device_; }

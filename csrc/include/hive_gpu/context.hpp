@@ -52,10 +52,9 @@ class Context : public std::enable_shared_from_this<Context> {
 
     // Starts copying n host rows of `dim` floats to this device, with no storage involved,
     // for a later VectorStorage::add_vectors(..., staged), and returns at once. Backends with
-    // device memory stage batches of at least min_staged_bytes(); the others and smaller
+    // device memory stage batches large enough to gain from it; the others and smaller
     // batches give null (the caller then adds from host memory as usual). The rows are not
     // checked here: the add checks them.
-    virtual std::size_t min_staged_bytes() const { return 0; }  // 0: never stages
     virtual std::unique_ptr<StagedRows> stage_rows(const float* rows, std::size_t n, std::size_t dim) {
         (void)rows, (void)n, (void)dim;
         return nullptr;
