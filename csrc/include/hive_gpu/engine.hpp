@@ -11,6 +11,22 @@
 
 namespace hive_gpu {
 
+// A filter as an engine sees it: which slots may appear in a result. The core evaluates the
+// user's predicate against its metadata indexes and hands over the answer; an engine never
+// sees metadata.
+struct SlotFilter {
+    // ceil(size() / 64) words; slot s passes when bit (s % 64) of bits[s / 64] is set. Bits
+    // at or past size() are zero.
+    const std::uint64_t* bits = nullptr;
+    // How many slots pass; the core guarantees 1 <= k <= count.
+    std::size_t count = 0;
+    // The passing slots in ascending order (count of them). Always set when
+    // count <= size() / kSparseListRatio, so an engine may rely on it for a sparse path;
+    // may be set for larger counts too, else null.
+    const std::uint32_t* slots = nullptr;
+    static constexpr std::size_t kSparseListRatio = 16;
+};
+
 // Contract
 // - Rows are dense, slot i in [0, size()). Each row carries a 32-bit ordinal given by the
 //   core (insertion order); ties in score rank the smaller ordinal first, so results are
@@ -54,6 +70,17 @@ class Engine {
     // queries: nq * dimension() host floats, row major. Outputs: nq * k each.
     virtual void search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                         std::int64_t* slots) const = 0;
+
+    // search() restricted to the slots `filter` passes: only those rows may appear, ranked
+    // and tied exactly as search() ranks them. 1 <= k <= filter.count. An engine chooses a
+    // dense path (the mask applied in its scan) or a sparse one (score only filter.slots).
+    virtual void search_filtered(const float* queries, std::size_t nq, std::size_t k,
+                                 const SlotFilter& filter, float* scores,
+                                 std::int64_t* slots) const {
+        // Temporary until every engine implements it (then pure virtual).
+        (void)queries, (void)nq, (void)k, (void)filter, (void)scores, (void)slots;
+        throw BackendError("filtered search is not implemented by this engine yet");
+    }
 
     // Bytes of device (or host, for the CPU) memory held for rows and per-row data.
     virtual std::size_t memory_bytes() const = 0;
