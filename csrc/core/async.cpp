@@ -135,6 +135,46 @@ Ticket AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows, std::v
     return Ticket(std::move(r));
 }
 
+// A write that completes with a value (update, remove): never dropped by Ticket::cancel.
+template <typename T, typename Call>
+Ticket AsyncStorage::submit_write(Completion<T> done, Call call) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Write;
+    auto shared = std::make_shared<Completion<T>>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e, T{}); };
+    r->run = run_then_deliver<T>(shared, std::move(call));
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+Ticket AsyncStorage::update_vector(std::string id, std::vector<float> data, std::optional<Metadata> metadata,
+                                   Completion<bool> done) {
+    return submit_write<bool>(
+        std::move(done), [id = std::move(id), data = std::move(data), md = std::move(metadata)](VectorStorage& s) {
+            return s.update_vector(id, data.data(), data.size(), md ? &*md : nullptr);
+        });
+}
+
+Ticket AsyncStorage::remove_vector(std::string id, Completion<bool> done) {
+    return submit_write<bool>(std::move(done),
+                              [id = std::move(id)](VectorStorage& s) { return s.remove_vector(id); });
+}
+
+Ticket AsyncStorage::remove_vectors(std::vector<std::string> ids, Completion<std::size_t> done) {
+    return submit_write<std::size_t>(std::move(done),
+                                     [ids = std::move(ids)](VectorStorage& s) { return s.remove_vectors(ids); });
+}
+
+Ticket AsyncStorage::save(std::string path, WriteCompletion done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Write;
+    auto shared = std::make_shared<WriteCompletion>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e); };
+    r->run = write_then_deliver(shared, [path = std::move(path)](VectorStorage& s) { s.save(path); });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
 std::future<std::vector<SearchHit>> AsyncStorage::search(std::vector<float> query, std::int64_t k) {
     auto p = std::make_shared<std::promise<std::vector<SearchHit>>>();
     auto f = p->get_future();
@@ -161,6 +201,35 @@ std::future<void> AsyncStorage::add_vectors(std::vector<std::string> ids, Rows r
     auto p = std::make_shared<std::promise<void>>();
     auto f = p->get_future();
     add_vectors(std::move(ids), std::move(rows), std::move(metadata), fulfil(std::move(p)));
+    return f;
+}
+
+std::future<bool> AsyncStorage::update_vector(std::string id, std::vector<float> data,
+                                              std::optional<Metadata> metadata) {
+    auto p = std::make_shared<std::promise<bool>>();
+    auto f = p->get_future();
+    update_vector(std::move(id), std::move(data), std::move(metadata), fulfil(std::move(p)));
+    return f;
+}
+
+std::future<bool> AsyncStorage::remove_vector(std::string id) {
+    auto p = std::make_shared<std::promise<bool>>();
+    auto f = p->get_future();
+    remove_vector(std::move(id), fulfil(std::move(p)));
+    return f;
+}
+
+std::future<std::size_t> AsyncStorage::remove_vectors(std::vector<std::string> ids) {
+    auto p = std::make_shared<std::promise<std::size_t>>();
+    auto f = p->get_future();
+    remove_vectors(std::move(ids), fulfil(std::move(p)));
+    return f;
+}
+
+std::future<void> AsyncStorage::save(std::string path) {
+    auto p = std::make_shared<std::promise<void>>();
+    auto f = p->get_future();
+    save(std::move(path), fulfil(std::move(p)));
     return f;
 }
 

@@ -74,7 +74,19 @@ bool VectorStorage::contains(const std::string& id) const {
 std::vector<std::string> VectorStorage::ids() const {
     ReadLock lock(mutex_);
     check_open();
-    return id_of_;
+    if (std::is_sorted(ordinal_of_.begin(), ordinal_of_.end())) return id_of_;  // no row moved
+    std::vector<std::string> out;
+    out.reserve(id_of_.size());
+    for (std::size_t slot : slots_by_age()) out.push_back(id_of_[slot]);
+    return out;
+}
+
+std::vector<std::size_t> VectorStorage::slots_by_age() const {
+    std::vector<std::size_t> by_age(ordinal_of_.size());
+    std::iota(by_age.begin(), by_age.end(), std::size_t{0});
+    std::sort(by_age.begin(), by_age.end(),
+              [&](std::size_t a, std::size_t b) { return ordinal_of_[a] < ordinal_of_[b]; });
+    return by_age;
 }
 
 std::size_t VectorStorage::memory_bytes() const {
@@ -94,10 +106,7 @@ std::uint32_t VectorStorage::take_ordinals(std::size_t n) {
 
 void VectorStorage::renumber_ordinals() {
     // Keep insertion order, close the gaps left by removals.
-    std::vector<std::size_t> by_age(ordinal_of_.size());
-    std::iota(by_age.begin(), by_age.end(), std::size_t{0});
-    std::sort(by_age.begin(), by_age.end(),
-              [&](std::size_t a, std::size_t b) { return ordinal_of_[a] < ordinal_of_[b]; });
+    const std::vector<std::size_t> by_age = slots_by_age();
     std::vector<std::uint32_t> fresh(ordinal_of_.size());
     for (std::size_t rank = 0; rank < by_age.size(); ++rank)
         fresh[by_age[rank]] = static_cast<std::uint32_t>(rank);
@@ -183,6 +192,12 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
 
     WriteLock lock(mutex_);
     check_open();
+    append_locked(std::move(ids), src, n, std::move(metadata), std::move(staged));
+}
+
+// add_rows' work under the write lock, on arguments it has checked.
+void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& src, std::size_t n,
+                                  std::vector<Metadata>&& metadata, std::unique_ptr<StagedRows> staged) {
     const std::size_t old = id_of_.size();
     try {
         if (old != 0) make_room(id_of_, old + n);  // an empty store takes `ids` as they are
@@ -313,6 +328,104 @@ bool VectorStorage::update_vector(const std::string& id, const float* data, std:
     engine_->write(slot, data);
     if (metadata) metadata_of_.set(slot, std::move(md_copy));
     return true;
+}
+
+// All checks and allocations come before the first change. Then the stored ids' rows are
+// written and the new ids added last: the add undoes itself when it fails, and the writes are
+// undone by writing back the rows they replaced.
+void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
+                                   std::size_t dim, std::vector<std::optional<Metadata>> metadata) {
+    if (ids.size() != n)
+        throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
+                                   std::to_string(n) + " vectors");
+    if (!metadata.empty() && metadata.size() != n)
+        throw InvalidArgumentError("got " + std::to_string(metadata.size()) +
+                                   " metadata entries for " + std::to_string(n) + " vectors");
+    if (n != 0 && dim != dimension_)
+        throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
+                                     ", the storage has dimension " + std::to_string(dimension_));
+    for (const auto& id : ids) check_id(id);
+    if (n != 0) check_rows(data, n, dim, "vectors");
+
+    WriteLock lock(mutex_);
+    check_open();
+    std::vector<std::size_t> stored;  // batch positions of ids already stored
+    std::vector<std::size_t> slots;   // their slots
+    std::vector<std::size_t> fresh;   // batch positions of new ids
+    std::vector<std::string> fresh_ids;
+    std::vector<Metadata> fresh_md;
+    std::vector<float> fresh_rows;
+    std::vector<std::unique_ptr<Metadata>> stored_md;
+    std::vector<float> replaced;  // the stored rows as they were, for the undo
+    try {
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t slot = index_->find(id_of_, ids[i]);
+            (slot == detail::IdIndex::npos ? fresh : stored).push_back(i);
+            if (slot != detail::IdIndex::npos) slots.push_back(slot);
+        }
+        std::vector<std::size_t> sorted(slots);
+        std::sort(sorted.begin(), sorted.end());
+        auto twice = std::adjacent_find(sorted.begin(), sorted.end());
+        if (twice != sorted.end())
+            throw DuplicateIdError("id '" + id_of_[*twice] + "' appears twice in the batch");
+        const bool md_given = !metadata.empty();
+        // A batch of new ids only goes to the add as it is.
+        const bool as_given = stored.empty();
+        if (!as_given) {
+            fresh_rows.reserve(fresh.size() * dim);
+            fresh_ids.reserve(fresh.size());
+            for (std::size_t i : fresh) {
+                fresh_rows.insert(fresh_rows.end(), data + i * dim, data + (i + 1) * dim);
+                fresh_ids.push_back(std::move(ids[i]));
+            }
+        }
+        if (md_given) {
+            fresh_md.reserve(fresh.size());
+            for (std::size_t i : fresh) fresh_md.push_back(metadata[i] ? std::move(*metadata[i]) : Metadata{});
+            stored_md.resize(stored.size());
+            for (std::size_t j = 0; j < stored.size(); ++j)
+                if (metadata[stored[j]]) stored_md[j] = detail::MetadataColumn::make(std::move(*metadata[stored[j]]));
+        }
+        replaced.resize(stored.size() * dim);
+        for (std::size_t j = 0; j < stored.size(); ++j) engine_->read(slots[j], 1, replaced.data() + j * dim);
+        if (as_given) fresh_ids = std::move(ids);
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("host memory exhausted while upserting vectors");
+    }
+
+    std::size_t written = 0;
+    try {
+        for (; written < stored.size(); ++written) engine_->write(slots[written], data + stored[written] * dim);
+        if (!fresh.empty())
+            append_locked(std::move(fresh_ids), Source{fresh_rows.empty() ? data : fresh_rows.data()},
+                          fresh.size(), std::move(fresh_md));
+    } catch (...) {
+        try {
+            for (std::size_t j = 0; j < written; ++j) engine_->write(slots[j], replaced.data() + j * dim);
+        } catch (...) {
+            // The device failed twice; the first error is the one to report.
+        }
+        throw;
+    }
+    for (std::size_t j = 0; j < stored_md.size(); ++j)
+        if (metadata[stored[j]]) metadata_of_.set(slots[j], std::move(stored_md[j]));
+}
+
+void VectorStorage::get_vectors(const std::vector<std::string>& ids, float* out,
+                                std::vector<Metadata>* metadata) const {
+    ReadLock lock(mutex_);
+    check_open();
+    std::vector<std::size_t> slots(ids.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        slots[i] = index_->find(id_of_, ids[i]);
+        if (slots[i] == detail::IdIndex::npos) throw VectorNotFoundError("no vector has id '" + ids[i] + "'");
+    }
+    if (metadata) {
+        metadata->clear();
+        metadata->reserve(ids.size());
+        for (std::size_t slot : slots) metadata->push_back(metadata_of_[slot]);
+    }
+    for (std::size_t i = 0; i < slots.size(); ++i) engine_->read(slots[i], 1, out + i * dimension_);
 }
 
 void VectorStorage::remove_slot(std::size_t slot) {

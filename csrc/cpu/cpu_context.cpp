@@ -92,6 +92,34 @@ DeviceInfo CpuContext::device_info() const {
     return d;
 }
 
+PoolStats CpuContext::pool_stats() const {
+    PoolStats s;
+    s.rows_bytes = rows_bytes_.load();
+    std::lock_guard<std::mutex> lock(config_mutex_);
+    s.config = config_;
+    return s;
+}
+
+void CpuContext::set_pool_config(const PoolConfig& config) {
+    std::lock_guard<std::mutex> lock(config_mutex_);
+    config_ = config;
+}
+
+void CpuContext::charge(std::uint64_t bytes, const char* what) {
+    std::uint64_t cap;
+    {
+        std::lock_guard<std::mutex> lock(config_mutex_);
+        cap = config_.max_bytes;
+    }
+    const std::uint64_t now = rows_bytes_.fetch_add(bytes) + bytes;
+    if (cap != 0 && now > cap) {
+        rows_bytes_.fetch_sub(bytes);
+        throw OutOfMemoryError("cpu: the context's memory cap of " + std::to_string(cap) +
+                               " bytes would be exceeded by " + std::to_string(bytes) + " bytes for " + what +
+                               " (see set_pool_config)");
+    }
+}
+
 std::unique_ptr<Engine> CpuContext::make_engine(std::size_t dimension, Metric metric) {
     return std::make_unique<CpuEngine>(std::static_pointer_cast<CpuContext>(shared_from_this()),
                                        dimension, metric);

@@ -1,6 +1,9 @@
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
+#include <mutex>
 
 #include "cpu/thread_pool.hpp"
 #include "hive_gpu/context.hpp"
@@ -18,9 +21,20 @@ class CpuContext final : public Context {
     int threads() const { return threads_; }
     ThreadPool& pool() const { return *pool_; }
 
+    // PoolConfig::max_bytes caps the host memory of this context's stored rows (rows_bytes);
+    // there is no scratch pool. Engines charge their row buffers before allocating them:
+    // charge() throws OutOfMemoryError when the cap would be passed, nothing charged.
+    PoolStats pool_stats() const override;
+    void set_pool_config(const PoolConfig& config) override;
+    void charge(std::uint64_t bytes, const char* what);
+    void uncharge(std::uint64_t bytes) { rows_bytes_.fetch_sub(bytes); }
+
    private:
     int threads_;
     std::unique_ptr<ThreadPool> pool_;
+    mutable std::mutex config_mutex_;
+    PoolConfig config_;
+    std::atomic<std::uint64_t> rows_bytes_{0};
 };
 
 }  // namespace hive_gpu::cpu

@@ -29,6 +29,14 @@ float cosine_factor(double squared_norm) {
 CpuEngine::CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric)
     : context_(std::move(context)), dim_(dimension), metric_(metric) {}
 
+CpuEngine::~CpuEngine() { context_->uncharge(charged_); }
+
+std::uint64_t CpuEngine::footprint(std::size_t rows) const {
+    const std::uint64_t per_row_floats = keeps_norms() ? 3 : 2;  // factors_, ordinals_ (and norms_)
+    return (2 * static_cast<std::uint64_t>(rows) * dim_ + kPlaneSlack) * sizeof(std::uint16_t) +
+           rows * per_row_floats * sizeof(float);
+}
+
 void CpuEngine::set_row_data(std::size_t slot, const float* row) {
     double s = 0.0;
     for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
@@ -45,6 +53,22 @@ void CpuEngine::set_row_data(std::size_t slot, const float* row) {
 void CpuEngine::reserve(std::size_t rows) {
     if (rows > (std::numeric_limits<std::size_t>::max() - kPlaneSlack) / (dim_ * sizeof(float)))
         throw OutOfMemoryError("cpu: cannot reserve " + std::to_string(rows) + " rows");
+    // Charged before anything is allocated: a growth beyond the context's cap changes nothing.
+    const std::uint64_t charged_before = charged_;
+    if (footprint(rows) > charged_) {
+        context_->charge(footprint(rows) - charged_, "rows");
+        charged_ = footprint(rows);
+    }
+    try {
+        reserve_charged(rows);
+    } catch (...) {
+        context_->uncharge(charged_ - charged_before);
+        charged_ = charged_before;
+        throw;
+    }
+}
+
+void CpuEngine::reserve_charged(std::size_t rows) {
     // The vectors first, then both planes before either is committed: whatever throws, the
     // store is as it was.
     try {
@@ -69,8 +93,14 @@ void CpuEngine::append(const float* rows, const std::uint32_t* ordinals, std::si
     if (n == 0) return;
     const std::size_t old = size(), need = old + n;
     if (need > row_capacity() || !hi_.data() || need > ordinals_.capacity() ||
-        need > factors_.capacity() || (keeps_norms() && need > norms_.capacity()))
-        reserve(std::max(need, old * 2));
+        need > factors_.capacity() || (keeps_norms() && need > norms_.capacity())) {
+        try {
+            reserve(std::max(need, old * 2));
+        } catch (const OutOfMemoryError&) {
+            if (old * 2 <= need) throw;
+            reserve(need);  // room for the rows themselves may still be there (or under the cap)
+        }
+    }
     kernels().split(rows, n * dim_, hi_.data() + old * dim_, lo_.data() + old * dim_);
     std::memset(hi_.data() + need * dim_, 0, kPlaneSlack * sizeof(std::uint16_t));
     factors_.resize(need);
@@ -103,6 +133,8 @@ void CpuEngine::truncate(std::size_t n) {
         factors_.shrink_to_fit();
         norms_.shrink_to_fit();
         ordinals_.shrink_to_fit();
+        context_->uncharge(charged_);
+        charged_ = 0;
     } else {
         // The screen may read past the last row: what follows it must be zeros again.
         std::memset(hi_.data() + n * dim_, 0, kPlaneSlack * sizeof(std::uint16_t));

@@ -17,6 +17,7 @@ class CpuContext;
 class CpuEngine final : public Engine {
    public:
     CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric);
+    ~CpuEngine() override;
 
     std::size_t dimension() const override { return dim_; }
     Metric metric() const override { return metric_; }
@@ -45,6 +46,9 @@ class CpuEngine final : public Engine {
     void set_row_data(std::size_t slot, const float* row);
     bool keeps_norms() const { return metric_ != Metric::Cosine; }
     std::size_t row_capacity() const { return lo_.capacity() / dim_; }
+    // Bytes of the buffers for `rows` rows: what reserve(rows) charges to the context's cap.
+    std::uint64_t footprint(std::size_t rows) const;
+    void reserve_charged(std::size_t rows);  // reserve() once the rows are charged
 
     std::shared_ptr<CpuContext> context_;
     std::size_t dim_;
@@ -58,6 +62,7 @@ class CpuEngine final : public Engine {
     std::vector<float> factors_;
     std::vector<float> norms_;  // |x| rounded up, for the screen's bound (empty for Cosine)
     std::vector<std::uint32_t> ordinals_;
+    std::uint64_t charged_ = 0;  // bytes charged to the context for the buffers above
 };
 
 }  // namespace hive_gpu::cpu

@@ -22,20 +22,29 @@ using namespace hive_gpu;
 
 namespace {
 
+// An argument of the wrong Python type (hive_gpu.errors.InvalidArgumentTypeError, also a
+// TypeError): only the binding sees Python types.
+class ArgumentTypeError : public InvalidArgumentError {
+   public:
+    using InvalidArgumentError::InvalidArgumentError;
+};
+
 // A Python list of ids as C++ strings, each checked to be a str in the same pass (the
 // Python layer leaves that check to this loop: one pass over a million ids, not two).
-std::vector<std::string> ids_from(const py::list& ids) {
+// skip_unstorable: ids with no UTF-8 form, which no store can hold, are left out (for removals).
+std::vector<std::string> ids_from(const py::list& ids, bool skip_unstorable = false) {
     std::vector<std::string> out;
     out.reserve(ids.size());
     for (py::handle h : ids) {
         if (!PyUnicode_CheckExact(h.ptr()))
-            throw InvalidArgumentError("ids must be strings, got " +
+            throw ArgumentTypeError("ids must be strings, got " +
                                        py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>() + " " +
                                        py::repr(h).cast<std::string>());
         Py_ssize_t len = 0;
         const char* p = PyUnicode_AsUTF8AndSize(h.ptr(), &len);
         if (p == nullptr) {  // a lone surrogate: no UTF-8 form
             PyErr_Clear();
+            if (skip_unstorable) continue;
             throw InvalidArgumentError("ids must be valid Unicode text, got " + py::repr(h).cast<std::string>());
         }
         out.emplace_back(p, static_cast<std::size_t>(len));
@@ -66,6 +75,7 @@ void register_errors(py::module_& m) {
     // Captured once; the translator runs with the GIL held.
     static py::object base = errors.attr("HiveGpuError");
     static py::object invalid = errors.attr("InvalidArgumentError");
+    static py::object invalid_type = errors.attr("InvalidArgumentTypeError");
     static py::object dimension = errors.attr("DimensionMismatchError");
     static py::object nonfinite = errors.attr("NonFiniteValueError");
     static py::object duplicate = errors.attr("DuplicateIdError");
@@ -86,6 +96,8 @@ void register_errors(py::module_& m) {
             PyErr_SetString(nonfinite.ptr(), e.what());
         } catch (const DuplicateIdError& e) {
             PyErr_SetString(duplicate.ptr(), e.what());
+        } catch (const ArgumentTypeError& e) {
+            PyErr_SetString(invalid_type.ptr(), e.what());
         } catch (const InvalidArgumentError& e) {
             PyErr_SetString(invalid.ptr(), e.what());
         } catch (const VectorNotFoundError& e) {
@@ -182,7 +194,7 @@ struct AsyncError {
     std::exception_ptr error;
 };
 
-using AsyncResult = std::variant<std::monostate, std::vector<SearchHit>, BatchResult>;
+using AsyncResult = std::variant<std::monostate, std::vector<SearchHit>, BatchResult, bool, std::size_t>;
 
 struct Done {
     PyRef future;
@@ -201,6 +213,8 @@ py::object result_to_python(AsyncResult&& r) {
         return std::move(out);
     }
     if (auto* batch = std::get_if<BatchResult>(&r)) return batch_to_python(std::move(*batch));
+    if (auto* found = std::get_if<bool>(&r)) return py::bool_(*found);
+    if (auto* count = std::get_if<std::size_t>(&r)) return py::int_(*count);
     return py::none();
 }
 
@@ -285,7 +299,8 @@ template <typename T>
 Completion<T> completion_to(std::shared_ptr<LoopSink> sink, py::object future, py::object keepalive) {
     auto refs = std::make_shared<std::pair<PyRef, PyRef>>(PyRef(std::move(future)), PyRef(std::move(keepalive)));
     return [sink = std::move(sink), refs](std::exception_ptr error, T result) {
-        sink->push(Done{std::move(refs->first), std::move(refs->second), error, AsyncResult(std::move(result))});
+        sink->push(Done{std::move(refs->first), std::move(refs->second), error,
+                        AsyncResult(std::in_place_type<T>, std::move(result))});
     };
 }
 
@@ -361,6 +376,25 @@ void bind_async(py::module_& m) {
                  return a.add_vectors(ids_from(ids), Rows::borrow(v.data(), n, d), std::move(md),
                                       write_completion_to(std::move(sink), std::move(future), v));
              })
+        .def("update_vector",
+             [](AsyncStorage& a, const std::string& id, const FloatArray& v, std::optional<Metadata> md, Sink sink,
+                py::object future) {
+                 return a.update_vector(id, vector_of(v), std::move(md),
+                                        completion_to<bool>(std::move(sink), std::move(future), py::none()));
+             })
+        .def("remove_vector",
+             [](AsyncStorage& a, const std::string& id, Sink sink, py::object future) {
+                 return a.remove_vector(id, completion_to<bool>(std::move(sink), std::move(future), py::none()));
+             })
+        .def("remove_vectors",
+             [](AsyncStorage& a, const py::list& ids, Sink sink, py::object future) {
+                 return a.remove_vectors(ids_from(ids, true), completion_to<std::size_t>(std::move(sink),
+                                                                                         std::move(future), py::none()));
+             })
+        .def("save",
+             [](AsyncStorage& a, const std::string& path, Sink sink, py::object future) {
+                 return a.save(path, write_completion_to(std::move(sink), std::move(future), py::none()));
+             })
         .def("set_batching",
              [](AsyncStorage& a, double max_wait_us, std::size_t max_batch) {
                  a.set_batching(batching_config(max_wait_us, max_batch));
@@ -381,6 +415,7 @@ void bind_async(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "hive_gpu native core";
     m.attr("__version__") = HIVE_GPU_VERSION;
+    m.attr("MAX_DIMENSION") = kMaxDimension;
     register_errors(m);
 
     py::enum_<Metric>(m, "Metric")
@@ -481,6 +516,28 @@ PYBIND11_MODULE(_core, m) {
                                         md ? &*md : nullptr);
              },
              py::arg("id"), py::arg("data"), py::arg("metadata") = std::nullopt)
+        .def("upsert_vectors",
+             [](VectorStorage& s, const py::list& id_list, const FloatArray& a, std::vector<std::optional<Metadata>> md) {
+                 if (a.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
+                 auto [n, d] = rows_cols(a);
+                 std::vector<std::string> ids = ids_from(id_list);
+                 py::gil_scoped_release release;
+                 s.upsert_vectors(std::move(ids), a.data(), n, d, std::move(md));
+             },
+             py::arg("ids"), py::arg("data"), py::arg("metadata") = std::vector<std::optional<Metadata>>{})
+        .def("get_vectors",
+             [](const VectorStorage& s, const py::list& id_list) {
+                 std::vector<std::string> ids = ids_from(id_list);
+                 FloatArray rows({ids.size(), s.dimension()});
+                 std::vector<Metadata> md;
+                 float* out = rows.mutable_data();
+                 {
+                     py::gil_scoped_release release;
+                     s.get_vectors(ids, out, &md);
+                 }
+                 return py::make_tuple(rows, md);
+             },
+             py::arg("ids"))
         .def("remove_vector", &VectorStorage::remove_vector, py::call_guard<py::gil_scoped_release>())
         .def("remove_vectors", &VectorStorage::remove_vectors, py::call_guard<py::gil_scoped_release>())
         .def("clear", &VectorStorage::clear, py::call_guard<py::gil_scoped_release>())

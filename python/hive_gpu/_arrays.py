@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgumentError, InvalidDtypeError
+from .errors import HiveGpuError, InvalidArgumentError, InvalidArgumentTypeError, InvalidDtypeError
+
+# The largest k the core takes (int64); a larger k means "every vector", as any k > len does.
+_MAX_K = 2**63 - 1
 
 
 def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
     """``x`` as a float32, C-contiguous array of ``ndim`` dimensions.
 
     float32 C-contiguous arrays pass through untouched; other floating dtypes and
-    non-contiguous arrays are converted; integer, bool, complex and object data are rejected.
+    non-contiguous arrays are converted (bfloat16 too, from PyTorch or ml_dtypes/JAX); integer,
+    bool, complex and object data are rejected.
     """
     if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == ndim:
         return x  # the hot path: no copy, no checks beyond these
+    x = widen_bfloat16(x)
     if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
         a = np.asarray(x)
-        if a.dtype.kind != "f":
+        if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
             raise InvalidDtypeError(f"{what} must have a floating-point dtype, got {a.dtype}")
     else:
         try:
@@ -30,6 +37,15 @@ def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
         shape = "(dimension,)" if ndim == 1 else "(n, dimension)"
         raise InvalidArgumentError(f"{what} must have shape {shape}, got shape {a.shape}")
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def widen_bfloat16(x: Any) -> Any:
+    """A PyTorch bfloat16 tensor as float32 (NumPy has no bfloat16, so ``np.asarray`` fails on
+    one); anything else as it is. ml_dtypes' bfloat16 arrays (JAX's) need nothing: NumPy
+    converts them."""
+    if type(x).__module__.split(".")[0] == "torch" and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        return x.detach().float()
+    return x
 
 
 def storable(id: str) -> bool:
@@ -43,43 +59,99 @@ def storable(id: str) -> bool:
 
 
 def check_id(id: Any) -> None:
+    """Refuses an id that cannot be stored: not a str (a TypeError), or a str with no UTF-8 form."""
     if type(id) is not str:
-        raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        raise InvalidArgumentTypeError(f"id must be a string, got {type(id).__name__}")
     if not storable(id):
         raise InvalidArgumentError(f"ids must be valid Unicode text, got {id!r}")
 
 
 def check_ids(ids: Any, *, elements: bool = True) -> list[str]:
-    """``ids`` as a list. ``elements=False``: the native add, which checks that every id is
+    """``ids`` as a list. ``elements=False``: the native call, which checks that every id is
     a str while converting it, does the per-element check (one pass instead of two)."""
-    if isinstance(ids, str):
-        raise InvalidArgumentError("ids must be a sequence of strings, not one string")
+    if isinstance(ids, (str, bytes)):
+        raise InvalidArgumentTypeError("ids must be a sequence of strings, not one string")
     if isinstance(ids, np.ndarray):
         ids = ids.tolist()
     if type(ids) is not list:
-        ids = list(ids)
+        try:
+            ids = list(ids)
+        except TypeError:
+            raise InvalidArgumentTypeError(f"ids must be a sequence of strings, got {type(ids).__name__}") from None
     if elements:
         for i in ids:
             if type(i) is not str:
-                raise InvalidArgumentError(f"ids must be strings, got {type(i).__name__} {i!r}")
+                raise InvalidArgumentTypeError(f"ids must be strings, got {type(i).__name__} {i!r}")
     return ids
 
 
 def check_metadata(md: Any) -> dict[str, str]:
+    """``md`` as a dict of str to str ({} for None); a wrong type is a TypeError. Text with no
+    UTF-8 form is found when the native call refuses it (see native_call)."""
     if md is None:
         return {}
     if not isinstance(md, dict):
-        raise InvalidArgumentError(f"metadata must be a dict of str to str, got {type(md).__name__}")
+        raise InvalidArgumentTypeError(f"metadata must be a dict of str to str, got {type(md).__name__}")
     for k, v in md.items():
         if type(k) is not str or type(v) is not str:
-            raise InvalidArgumentError(f"metadata must map str to str, got {k!r}: {v!r}")
+            raise InvalidArgumentTypeError(f"metadata must map str to str, got {k!r}: {v!r}")
     return md
 
 
 def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise InvalidArgumentError(f"k must be an integer, got {type(k).__name__}")
+    """``k`` as an int the core takes: an int or NumPy integer (not a bool) >= 1. Any larger k
+    than the store holds returns every vector, so one beyond int64 is taken as the largest."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise InvalidArgumentTypeError(f"k must be an integer, got {type(k).__name__}")
     k = int(k)
     if k <= 0:
         raise InvalidArgumentError(f"k must be >= 1, got {k}")
-    return k
+    return min(k, _MAX_K)
+
+
+def check_count(value: Any, what: str, *, bits: int = 64) -> int:
+    """``value`` as an int in [0, 2**bits): a TypeError when it is not an int, a ValueError
+    when it is out of range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentTypeError(f"{what} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if not 0 <= value < 2**bits:
+        raise InvalidArgumentError(f"{what} must be in [0, 2**{bits}), got {value}")
+    return value
+
+
+def as_path(path: Any) -> bytes:
+    """A file path in the form the core opens: str, bytes or os.PathLike, encoded as the
+    file system does (so names that are not UTF-8 work too)."""
+    try:
+        return os.fsencode(path)
+    except TypeError:
+        raise InvalidArgumentTypeError(f"path must be str, bytes or os.PathLike, got {type(path).__name__}") from None
+
+
+def native_call(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` for a native function, with what its argument conversion refuses (the
+    TypeError or OverflowError of pybind11) raised as this package's errors: text with no
+    UTF-8 form (a lone surrogate) as an InvalidArgumentError naming it, anything else as an
+    InvalidArgumentTypeError."""
+    try:
+        return fn(*args)
+    except HiveGpuError:
+        raise
+    except (TypeError, OverflowError) as e:
+        bad = _unstorable_text(args)
+        if bad is not None:
+            raise InvalidArgumentError(f"text must be valid Unicode, got {bad!r}") from None
+        raise InvalidArgumentTypeError(str(e).splitlines()[0]) from None
+
+
+def _unstorable_text(value: Any, depth: int = 0) -> str | None:
+    # Arguments nest at most as a tuple of lists of dicts of str.
+    if type(value) is str:
+        return None if storable(value) else value
+    if depth < 3 and isinstance(value, (list, tuple, dict)):
+        for v in itertools.chain.from_iterable(value.items()) if isinstance(value, dict) else value:
+            bad = _unstorable_text(v, depth + 1)
+            if bad is not None:
+                return bad
+    return None

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
+import numpy as np
+
 from . import _core
+from ._arrays import as_path, check_count
 from ._storage import _METRIC_TO_CORE, VectorStorage
 from ._types import GpuDeviceInfo, GpuDistanceMetric, PoolStats
-from .errors import InvalidArgumentError, NoDeviceError
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, InvalidDeviceIdError, NoDeviceError
 
 __all__ = [
     "Context",
@@ -30,11 +33,12 @@ class Context:
 
     def __init__(self, device_id: int = 0) -> None:
         if type(self) is Context:
-            raise TypeError("use CpuContext, CudaContext, ... or hive_gpu.create_context()")
+            raise InvalidArgumentTypeError("use CpuContext, CudaContext, ... or hive_gpu.create_context()")
+        device_id = _check_device_id(device_id)
         if self.BACKEND not in _core.compiled_backends():
             raise NoDeviceError(f"the {self.BACKEND} backend is not compiled into this build of hive_gpu")
-        self._ctx = _core.create_context(self.BACKEND, int(device_id))
-        self._device_id = int(device_id)
+        self._ctx = _core.create_context(self.BACKEND, device_id)
+        self._device_id = device_id
 
     @classmethod
     def is_available(cls) -> bool:
@@ -43,6 +47,7 @@ class Context:
 
     @classmethod
     def device_count(cls) -> int:
+        """Usable devices of this backend here (0 when none, or not compiled in)."""
         return _core.device_count(cls.BACKEND)
 
     @classmethod
@@ -52,13 +57,16 @@ class Context:
 
     @property
     def backend(self) -> str:
+        """The backend's name: "cpu", "cuda", "rocm", "metal" or "webgpu"."""
         return self.BACKEND
 
     @property
     def device_id(self) -> int:
+        """Which device of the backend this context uses."""
         return self._device_id
 
     def device_info(self) -> GpuDeviceInfo:
+        """A fresh snapshot of the device: name, memory, driver (see GpuDeviceInfo)."""
         return GpuDeviceInfo._from_core(self._ctx.device_info())
 
     def vram_usage(self) -> float:
@@ -66,31 +74,38 @@ class Context:
         return self.device_info().vram_usage_percent()
 
     def has_available_vram(self, required_bytes: int) -> bool:
-        return self.device_info().has_available_vram(required_bytes)
+        """Whether the device has at least ``required_bytes`` free now."""
+        return self.device_info().has_available_vram(check_count(required_bytes, "required_bytes"))
 
     def create_storage(
         self, dimension: int, metric: GpuDistanceMetric | str = GpuDistanceMetric.COSINE
     ) -> VectorStorage:
-        if isinstance(dimension, bool) or not isinstance(dimension, int):
-            raise InvalidArgumentError(f"dimension must be an integer, got {type(dimension).__name__}")
-        if dimension <= 0:
-            raise InvalidArgumentError(f"dimension must be >= 1, got {dimension}")
+        """An empty storage of ``dimension``-component vectors compared with ``metric``
+        ("cosine", "dot_product", "euclidean" or a GpuDistanceMetric), on this device."""
+        if isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)):
+            raise InvalidArgumentTypeError(f"dimension must be an integer, got {type(dimension).__name__}")
+        if not 1 <= dimension <= _core.MAX_DIMENSION:
+            raise InvalidArgumentError(f"dimension must be in [1, {_core.MAX_DIMENSION}], got {dimension}")
         m = GpuDistanceMetric.parse(metric)
-        return VectorStorage(self._ctx.create_storage(dimension, _METRIC_TO_CORE[m]))
+        return VectorStorage(self._ctx.create_storage(int(dimension), _METRIC_TO_CORE[m]))
 
     def load_storage(self, path: str | os.PathLike[str]) -> VectorStorage:
         """Load a file written by ``VectorStorage.save`` (from any backend) onto this device."""
-        return VectorStorage(self._ctx.load_storage(os.fspath(path)))
+        return VectorStorage(self._ctx.load_storage(as_path(path)))
 
     def pool_stats(self) -> PoolStats:
+        """The memory pool's counters and configuration (see PoolStats)."""
         return PoolStats(**self._ctx.pool_stats())
 
     def configure_pool(self, release_threshold: int | None = None, max_bytes: int | None = None) -> None:
-        """Set the memory pool's release threshold and cap in bytes (None keeps the current value)."""
+        """Set the memory pool's release threshold and cap in bytes (None keeps the current
+        value). ``max_bytes`` (0: no cap) caps the memory of the stored rows of every storage
+        of this context, plus pool scratch on GPUs: an add beyond it raises OutOfMemoryError
+        and changes nothing."""
         cur = self._ctx.pool_stats()
         self._ctx.set_pool_config(
-            cur["release_threshold"] if release_threshold is None else int(release_threshold),
-            cur["max_bytes"] if max_bytes is None else int(max_bytes),
+            cur["release_threshold"] if release_threshold is None else check_count(release_threshold, "release_threshold"),
+            cur["max_bytes"] if max_bytes is None else check_count(max_bytes, "max_bytes"),
         )
 
     def __repr__(self) -> str:
@@ -148,6 +163,8 @@ def available_backends() -> list[str]:
 
 def create_context(backend: str = "auto", device_id: int = 0) -> Context:
     """A context of ``backend`` ("auto" picks the first of available_backends())."""
+    if not isinstance(backend, str):
+        raise InvalidArgumentTypeError(f"backend must be a string such as 'cpu' or 'auto', got {type(backend).__name__}")
     name = _ALIASES.get(backend.lower(), backend.lower())
     if name == "auto":
         avail = available_backends()
@@ -157,3 +174,11 @@ def create_context(backend: str = "auto", device_id: int = 0) -> Context:
     if name not in _BY_NAME:
         raise InvalidArgumentError(f"unknown backend {backend!r}; known: {sorted(_BY_NAME)}")
     return _BY_NAME[name](device_id)
+
+
+def _check_device_id(device_id: object) -> int:
+    if isinstance(device_id, (bool, np.bool_)) or not isinstance(device_id, (int, np.integer)):
+        raise InvalidArgumentTypeError(f"device_id must be an integer, got {type(device_id).__name__}")
+    if not 0 <= device_id < 2**31:
+        raise InvalidDeviceIdError(f"device_id must be in [0, 2**31), got {device_id}")
+    return int(device_id)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Sequence
+import threading
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import _core
 from . import aio
 from . import _device_arrays as _dev
-from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata, storable
+from ._arrays import (
+    as_float32,
+    as_path,
+    check_id,
+    check_ids,
+    check_k,
+    check_metadata,
+    native_call,
+    storable,
+)
 from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, search_results
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, VectorNotFoundError
 
 __all__ = ["VectorStorage"]
 
@@ -24,33 +34,62 @@ _METRIC_TO_CORE = {
 _METRIC_FROM_CORE = {v: k for k, v in _METRIC_TO_CORE.items()}
 
 
+# Guards the making of each storage's async queue.
+_queue_lock = threading.Lock()
+
+
 class VectorStorage:
     """Vectors of one dimension and metric on one device, addressed by string ids.
 
+    Made by ``ctx.create_storage(dimension, metric)`` or ``ctx.load_storage(path)``.
     Thread-safe: searches run concurrently, writes are exclusive, and every write is
-    all-or-nothing. The GIL is released while the device works.
+    all-or-nothing. The GIL is released while the device works. Iterating yields the ids in
+    insertion order.
+
+    The ``*_async`` methods take the same arguments, run the same checks and raise the same
+    exceptions as their synchronous namesakes (host arrays only). They run on this storage's
+    worker threads, in issue order: a request sees every async write issued before it, and
+    concurrent ``search_async`` calls share engine batches (see docs/async.md).
     """
 
     __slots__ = ("_s", "_aq", "__weakref__")
 
     def __init__(self, core_storage: "_core.Storage") -> None:
+        if not isinstance(core_storage, _core.Storage):
+            raise InvalidArgumentTypeError(
+                f"VectorStorage is made by ctx.create_storage(dimension, metric) or ctx.load_storage(path), "
+                f"not from {type(core_storage).__name__}"
+            )
         self._s = core_storage
-        self._aq: "_core.AsyncStorage | None" = None  # the async queue, made on first use (aio.queue)
+        self._aq: "_core.AsyncStorage | None" = None  # the async queue, made on first use
 
-    # -- properties -------------------------------------------------------------------
+    def _async_queue(self) -> "_core.AsyncStorage":
+        """This storage's one async queue, made on first use: one queue keeps one order."""
+        q = self._aq
+        if q is None:
+            with _queue_lock:
+                q = self._aq
+                if q is None:
+                    q = self._aq = aio.make_queue(self._s)
+        return q
+
     @property
     def dimension(self) -> int:
+        """Components per vector."""
         return self._s.dimension
 
     @property
     def metric(self) -> GpuDistanceMetric:
+        """How vectors are compared (see GpuDistanceMetric)."""
         return _METRIC_FROM_CORE[self._s.metric]
 
     @property
     def backend(self) -> str:
+        """The backend whose device holds the rows: "cpu", "cuda", "rocm", "metal" or "webgpu"."""
         return self._s.backend
 
     def vector_count(self) -> int:
+        """How many vectors are stored (as ``len(store)``)."""
         return self._s.size()
 
     def __len__(self) -> int:
@@ -59,22 +98,23 @@ class VectorStorage:
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and storable(id) and self._s.contains(id)
 
+    def __iter__(self) -> Iterator[str]:
+        """The ids in insertion order, as they were when the iteration began."""
+        return iter(self._s.ids())
+
     def ids(self) -> list[str]:
+        """Every id, in insertion order (an update keeps an id's place; a removed id that is
+        added again goes last)."""
         return self._s.ids()
 
     def memory_usage(self) -> int:
         """Bytes of device memory held for rows and per-row data."""
         return self._s.memory_bytes()
 
-    # -- writes -----------------------------------------------------------------------
     def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None) -> None:
-        """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``."""
-        if isinstance(vector, GpuVector):
-            id, data, metadata = vector.id, vector.data, vector.metadata
-        else:
-            id = vector
-        check_id(id)
-        self._s.add_vector(id, as_float32(data, 1, "vector"), check_metadata(metadata))
+        """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``.
+        DuplicateIdError when the id is stored already."""
+        native_call(self._s.add_vector, *_add_vector_args(vector, data, metadata))
 
     def add_vectors(
         self,
@@ -83,60 +123,50 @@ class VectorStorage:
         metadata: Sequence[dict[str, str] | None] | None = None,
     ) -> None:
         """Add a batch, all or nothing: ``add_vectors(ids, array[n, dim], metadata=None)`` or
-        ``add_vectors([GpuVector, ...])``. A float32 C-contiguous array is read without a copy."""
-        if data is None:
-            vectors = list(ids)
-            if not all(isinstance(v, GpuVector) for v in vectors):
-                raise InvalidArgumentError("add_vectors(ids, data): data is missing")
-            if not vectors:
-                return
-            ids = [v.id for v in vectors]
-            data = np.stack([as_float32(v.data, 1, "vector") for v in vectors]) if vectors else None
-            metadata = [v.metadata for v in vectors]
-        id_list = check_ids(ids, elements=False)
-        md: list[dict[str, str]] = []
-        if metadata is not None:
-            md = [check_metadata(m) for m in metadata]
-            if len(md) != len(id_list):
-                raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
-            if not any(md):
-                md = []
-        if _dev.is_device_array(data):
+        ``add_vectors([GpuVector, ...])``. A float32 C-contiguous array is read without a copy;
+        on CUDA storages a CUDA array (PyTorch, CuPy, JAX) is read in place."""
+        if data is not None and _dev.is_device_array(data):
             if self._s.backend in _dev.DEVICE_BACKENDS:
+                id_list, md = _ids_and_metadata(ids, metadata)
                 v = _dev.device_view(data, 2, "vectors")
                 if v.shape[0] != len(id_list):
                     raise InvalidArgumentError(f"got {len(id_list)} ids for {v.shape[0]} vectors")
-                self._s.add_vectors_device(id_list, v.ptr, v.shape[0], v.shape[1], v.ld, v.stream, md)
+                native_call(self._s.add_vectors_device, id_list, v.ptr, v.shape[0], v.shape[1], v.ld, v.stream, md)
                 return
             data = _dev.to_host(data)
-        arr = as_float32(data, 2, "vectors")
-        if arr.shape[0] != len(id_list):
-            raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
-        self._s.add_vectors(id_list, arr, md)
+        args = _add_vectors_args(ids, data, metadata)
+        if args is not None:
+            native_call(self._s.add_vectors, *args)
+
+    def upsert_vectors(
+        self, ids: Sequence[str], data: Any, metadata: Sequence[dict[str, str] | None] | None = None
+    ) -> None:
+        """Add the ids not stored and replace the vectors of those stored, all or nothing.
+
+        ``metadata`` None keeps a stored id's metadata and gives a new id none; a list holds
+        one dict (which replaces) or None (which keeps) per id. Stored ids keep their place in
+        insertion order. An id given twice raises DuplicateIdError."""
+        id_list = check_ids(ids, elements=False)
+        md: list[dict[str, str] | None] = []
+        if metadata is not None:
+            md = [None if m is None else check_metadata(m) for m in _as_list(metadata, "metadata")]
+        if _dev.is_device_array(data):
+            data = _dev.to_host(data)
+        native_call(self._s.upsert_vectors, id_list, as_float32(data, 2, "vectors"), md)
 
     def update_vector(
         self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
     ) -> bool:
         """Replace a vector's data (and its metadata when given). False if the id is unknown."""
-        if isinstance(vector, GpuVector):
-            id, data, metadata = vector.id, vector.data, vector.metadata
-        else:
-            id = vector
-        if type(id) is not str:
-            raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
-        if not storable(id):
-            return False
-        md = None if metadata is None else check_metadata(metadata)
-        return self._s.update_vector(id, as_float32(data, 1, "vector"), md)
+        args = _update_vector_args(vector, data, metadata)
+        return args is not None and native_call(self._s.update_vector, *args)
 
     def remove_vector(self, id: str) -> bool:
         """Remove a vector in O(1); False if the id is unknown."""
-        if type(id) is not str or not storable(id):
-            return False
-        return self._s.remove_vector(id)
+        return _known_id(id) and self._s.remove_vector(id)
 
     def remove_vectors(self, ids: Iterable[str]) -> int:
-        """Remove several vectors; returns how many existed."""
+        """Remove several vectors; returns how many existed (unknown ids are skipped)."""
         id_list = check_ids(ids)
         try:
             return self._s.remove_vectors(id_list)
@@ -144,11 +174,12 @@ class VectorStorage:
             return self._s.remove_vectors([i for i in id_list if storable(i)])
 
     def clear(self) -> None:
+        """Remove every vector."""
         self._s.clear()
 
-    # -- reads ------------------------------------------------------------------------
     def get_vector(self, id: str) -> GpuVector | None:
-        if type(id) is not str or not storable(id):
+        """The vector of ``id`` (its data bit for bit as given, and its metadata), or None."""
+        if not _known_id(id):
             return None
         got = self._s.get_vector(id)
         if got is None:
@@ -156,12 +187,27 @@ class VectorStorage:
         data, md = got
         return GpuVector(id, data, md)
 
+    def get_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, list[dict[str, str]]]:
+        """The vectors of ``ids`` as ``(array[len(ids), dimension] float32, metadata list)``,
+        in the order given, from one consistent read. VectorNotFoundError (a KeyError) names
+        the first unknown id."""
+        id_list = check_ids(ids, elements=False)
+        try:
+            return native_call(self._s.get_vectors, id_list)
+        except InvalidArgumentError as e:
+            unstorable = next((i for i in id_list if type(i) is str and not storable(i)), None)
+            if unstorable is None or isinstance(e, TypeError):
+                raise
+            raise VectorNotFoundError(f"no vector has id {unstorable!r}") from None
+
     def get_metadata(self, id: str) -> dict[str, str] | None:
-        return self._s.get_metadata(id) if type(id) is str else None
+        """The metadata of ``id`` (a copy), or None when the id is unknown."""
+        return self._s.get_metadata(id) if _known_id(id) else None
 
     def search(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
-        """The ``min(k, len(self))`` nearest vectors to ``query``, best first. ``query`` may be
-        a CUDA array (PyTorch, CuPy, JAX), read in place on CUDA storages."""
+        """The ``min(k, len(self))`` nearest vectors to ``query``, best first (any k >= 1 is
+        taken: a k above the count returns every vector). ``query`` may be a CUDA array
+        (PyTorch, CuPy, JAX), read in place on CUDA storages."""
         if _dev.is_device_array(query):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(query, 1, "query")
@@ -201,17 +247,15 @@ class VectorStorage:
         ids[:] = flat_ids
         return scores, ids.reshape(q.shape[0], kk)
 
-    # -- asyncio (see docs/async.md) --------------------------------------------------
-    # Same arguments, validation, results and exceptions as the synchronous methods (host
-    # arrays); the work runs on this storage's worker threads and concurrent search_async
-    # calls share engine batches. A request sees every async write issued before it.
     async def search_async(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
+        """Like search; concurrent calls share engine batches."""
         q = as_float32(query, 1, "query")
-        return search_results(await aio.search(self, q, check_k(k)))
+        return search_results(await aio.run(self._async_queue().search, q, check_k(k)))
 
     async def search_batch_async(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Like search_batch (host arrays)."""
         q = as_float32(queries, 2, "queries")
-        scores, flat_ids, kk = await aio.search_batch(self, q, check_k(k))
+        scores, flat_ids, kk = await aio.run(self._async_queue().search_batch, q, check_k(k))
         ids = np.empty(len(flat_ids), dtype=object)
         ids[:] = flat_ids
         return scores, ids.reshape(q.shape[0], kk)
@@ -220,7 +264,7 @@ class VectorStorage:
         self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
     ) -> None:
         """Like add_vector. Cancelling the awaiting task does not withdraw the write."""
-        await aio.add_vector(self, *_add_vector_args(vector, data, metadata))
+        await aio.run(self._async_queue().add_vector, *_add_vector_args(vector, data, metadata))
 
     async def add_vectors_async(
         self,
@@ -231,23 +275,44 @@ class VectorStorage:
         """Like add_vectors. The array is read in place: leave it unchanged until this returns."""
         args = _add_vectors_args(ids, data, metadata)
         if args is not None:
-            await aio.add_vectors(self, *args)
+            await aio.run(self._async_queue().add_vectors, *args)
+
+    async def update_vector_async(
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
+    ) -> bool:
+        """Like update_vector. Cancelling the awaiting task does not withdraw the write."""
+        args = _update_vector_args(vector, data, metadata)
+        return args is not None and await aio.run(self._async_queue().update_vector, *args)
+
+    async def remove_vector_async(self, id: str) -> bool:
+        """Like remove_vector. Cancelling the awaiting task does not withdraw the write."""
+        return _known_id(id) and await aio.run(self._async_queue().remove_vector, id)
+
+    async def remove_vectors_async(self, ids: Iterable[str]) -> int:
+        """Like remove_vectors. Cancelling the awaiting task does not withdraw the write."""
+        return await aio.run(self._async_queue().remove_vectors, check_ids(ids, elements=False))
+
+    async def save_async(self, path: str | os.PathLike[str]) -> None:
+        """Like save, ordered as a write: the file holds every async write issued before it
+        and none issued after it. Cancelling the awaiting task does not withdraw the save."""
+        await aio.run(self._async_queue().save, as_path(path))
 
     def set_batching(self, max_wait_us: float | None = None, max_batch: int | None = None) -> None:
         """Tune how concurrent search_async calls are coalesced (defaults 200 us, 256);
         ``max_batch=1`` turns coalescing off."""
-        aio.set_batching(self, max_wait_us, max_batch)
+        aio.set_batching(self._async_queue(), max_wait_us, max_batch)
 
     def batching(self) -> aio.BatchingConfig:
-        return aio.batching(self)
+        """How concurrent search_async calls are coalesced (see set_batching)."""
+        return aio.batching(self._async_queue())
 
     def async_stats(self) -> aio.AsyncStats:
-        return aio.stats(self)
+        """Counters of this storage's async queue."""
+        return aio.stats(self._async_queue())
 
-    # -- persistence and lifetime -----------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the storage to ``path`` atomically (see docs/format.md)."""
-        self._s.save(os.fspath(path))
+        self._s.save(as_path(path))
 
     def close(self) -> None:
         """Free the device memory now; later calls raise StorageClosedError."""
@@ -257,6 +322,7 @@ class VectorStorage:
 
     @property
     def closed(self) -> bool:
+        """Whether close() was called."""
         return self._s.closed
 
     def __enter__(self) -> "VectorStorage":
@@ -274,7 +340,7 @@ class VectorStorage:
         )
 
 
-# Argument checks of add_vector / add_vectors (host arrays), shared with the async forms.
+# Argument checks shared by the synchronous and async forms (host arrays).
 def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, str]]:
     if isinstance(vector, GpuVector):
         id, data, metadata = vector.id, vector.data, vector.metadata
@@ -284,12 +350,54 @@ def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple
     return id, as_float32(data, 1, "vector"), check_metadata(metadata)
 
 
+def _update_vector_args(
+    vector: GpuVector | str, data: Any, metadata: Any
+) -> tuple[str, np.ndarray, dict[str, str] | None] | None:
+    """The checked arguments; None when the id cannot be stored (so the update finds nothing)."""
+    if isinstance(vector, GpuVector):
+        id, data, metadata = vector.id, vector.data, vector.metadata
+    else:
+        id = vector
+    if not _known_id(id):
+        return None
+    return id, as_float32(data, 1, "vector"), None if metadata is None else check_metadata(metadata)
+
+
+def _known_id(id: Any) -> bool:
+    """Whether ``id`` could be stored; a TypeError of ours when it is not a str."""
+    if type(id) is not str:
+        raise InvalidArgumentTypeError(f"id must be a string, got {type(id).__name__}")
+    return storable(id)
+
+
+def _as_list(values: Any, what: str) -> list:
+    if isinstance(values, (str, bytes, dict)):
+        raise InvalidArgumentTypeError(f"{what} must be a sequence, got {type(values).__name__}")
+    try:
+        return list(values)
+    except TypeError:
+        raise InvalidArgumentTypeError(f"{what} must be a sequence, got {type(values).__name__}") from None
+
+
+def _ids_and_metadata(ids: Any, metadata: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """Checked ids and metadata of a batch add ([] for metadata when no row has any)."""
+    id_list = check_ids(ids, elements=False)
+    md: list[dict[str, str]] = []
+    if metadata is not None:
+        md = [check_metadata(m) for m in _as_list(metadata, "metadata")]
+        if len(md) != len(id_list):
+            raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
+        if not any(md):
+            md = []
+    return id_list, md
+
+
 def _add_vectors_args(
     ids: Any, data: Any, metadata: Any
 ) -> tuple[list[str], np.ndarray, list[dict[str, str]]] | None:
     """The checked arguments; None when a list of GpuVector is empty (nothing to add)."""
     if data is None:
-        vectors = list(ids)
+        vectors = check_ids(ids, elements=False)
         if not all(isinstance(v, GpuVector) for v in vectors):
             raise InvalidArgumentError("add_vectors(ids, data): data is missing")
         if not vectors:
@@ -297,14 +405,7 @@ def _add_vectors_args(
         ids = [v.id for v in vectors]
         data = np.stack([as_float32(v.data, 1, "vector") for v in vectors])
         metadata = [v.metadata for v in vectors]
-    id_list = check_ids(ids, elements=False)
-    md: list[dict[str, str]] = []
-    if metadata is not None:
-        md = [check_metadata(m) for m in metadata]
-        if len(md) != len(id_list):
-            raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
-        if not any(md):
-            md = []
+    id_list, md = _ids_and_metadata(ids, metadata)
     arr = as_float32(data, 2, "vectors")
     if arr.shape[0] != len(id_list):
         raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")

@@ -3,24 +3,22 @@
 Requests run on the storage's worker threads with the GIL released; concurrent single
 searches are coalesced there into one batch. Completions come back to the awaiting loop
 through ``loop.call_soon_threadsafe``: the loop thread itself never waits on the device.
+This module knows queues, not storages: each storage hands over its own queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from . import _core
-from .errors import InvalidArgumentError
-
-if TYPE_CHECKING:
-    from ._storage import VectorStorage
+from ._arrays import check_count, native_call
+from .errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = ["AsyncStats", "BatchingConfig"]
 
@@ -44,7 +42,7 @@ class AsyncStats:
     search_batches: int  # engine calls that executed them
     largest_batch: int
     batch_searches: int  # search_batch_async requests executed
-    writes: int  # add_vector(s)_async requests executed
+    writes: int  # add, update, remove and save requests executed
     cancelled: int  # requests dropped before they ran
 
     @property
@@ -52,21 +50,14 @@ class AsyncStats:
         return self.searches / self.search_batches if self.search_batches else 0.0
 
 
-_create_lock = threading.Lock()
 _queues: "weakref.WeakSet[_core.AsyncStorage]" = weakref.WeakSet()
 _sinks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _core.LoopSink]" = weakref.WeakKeyDictionary()
 
 
-def queue(store: "VectorStorage") -> "_core.AsyncStorage":
-    """The storage's one async queue, made on first use: one queue keeps one order."""
-    q = store._aq
-    if q is None:
-        with _create_lock:
-            q = store._aq
-            if q is None:
-                q = _core.AsyncStorage(store._s)
-                store._aq = q
-                _queues.add(q)
+def make_queue(core_storage: "_core.Storage") -> "_core.AsyncStorage":
+    """A new async queue over a native storage; its workers stop at interpreter exit."""
+    q = _core.AsyncStorage(core_storage)
+    _queues.add(q)
     return q
 
 
@@ -103,53 +94,37 @@ async def _complete(fut: asyncio.Future, ticket: "_core.Ticket") -> Any:
     return out
 
 
-async def search(store: "VectorStorage", query: np.ndarray, k: int) -> list:
+async def run(submit: Callable[..., "_core.Ticket"], *args: Any) -> Any:
+    """Submits one request, ``submit(*args, sink, future)`` (a method of a queue such as
+    ``queue.search``), and awaits its result: a request sees every write submitted before it."""
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
-    return await _complete(fut, queue(store).search(query, k, _sink(loop), fut))
+    return await _complete(fut, native_call(submit, *args, _sink(loop), fut))
 
 
-async def search_batch(store: "VectorStorage", queries: np.ndarray, k: int) -> tuple:
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    return await _complete(fut, queue(store).search_batch(queries, k, _sink(loop), fut))
-
-
-async def add_vector(store: "VectorStorage", id: str, data: np.ndarray, metadata: dict[str, str]) -> None:
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    await _complete(fut, queue(store).add_vector(id, data, metadata, _sink(loop), fut))
-
-
-async def add_vectors(
-    store: "VectorStorage", ids: list[str], data: np.ndarray, metadata: list[dict[str, str]]
-) -> None:
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    await _complete(fut, queue(store).add_vectors(ids, data, metadata, _sink(loop), fut))
-
-
-def set_batching(store: "VectorStorage", max_wait_us: float | None, max_batch: int | None) -> None:
-    q = queue(store)
+def set_batching(q: "_core.AsyncStorage", max_wait_us: float | None, max_batch: int | None) -> None:
+    """Sets the queue's coalescing; None keeps a value as it is."""
     wait, batch = q.batching()
     if max_wait_us is not None:
         if isinstance(max_wait_us, bool) or not isinstance(max_wait_us, (int, float, np.integer, np.floating)):
-            raise InvalidArgumentError(f"max_wait_us must be a number, got {type(max_wait_us).__name__}")
+            raise InvalidArgumentTypeError(f"max_wait_us must be a number, got {type(max_wait_us).__name__}")
         wait = float(max_wait_us)
     if max_batch is not None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+        batch = check_count(max_batch, "max_batch")
+        if batch < 1:
             raise InvalidArgumentError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-        batch = int(max_batch)
     q.set_batching(wait, batch)
 
 
-def batching(store: "VectorStorage") -> BatchingConfig:
-    wait, batch = queue(store).batching()
+def batching(q: "_core.AsyncStorage") -> BatchingConfig:
+    """The queue's coalescing settings."""
+    wait, batch = q.batching()
     return BatchingConfig(wait, batch)
 
 
-def stats(store: "VectorStorage") -> AsyncStats:
-    return AsyncStats(**queue(store).stats())
+def stats(q: "_core.AsyncStorage") -> AsyncStats:
+    """The queue's counters."""
+    return AsyncStats(**q.stats())
 
 
 @atexit.register

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "HiveGpuError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "DimensionMismatchError",
     "NonFiniteValueError",
     "DuplicateIdError",
@@ -32,6 +33,11 @@ class InvalidArgumentError(HiveGpuError, ValueError):
     """An argument is invalid; nothing was changed."""
 
 
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (an id that is not a str, a k that is not an int...);
+    nothing was changed."""
+
+
 class DimensionMismatchError(InvalidArgumentError):
     """A vector or query does not have the storage's dimension."""
 
@@ -44,7 +50,7 @@ class DuplicateIdError(InvalidArgumentError):
     """An id already exists in the storage, or appears twice in one batch."""
 
 
-class InvalidDtypeError(InvalidArgumentError, TypeError):
+class InvalidDtypeError(InvalidArgumentTypeError):
     """An array has a dtype that cannot hold vector components (int, bool, complex, object...)."""
 
 

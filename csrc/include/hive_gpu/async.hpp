@@ -10,6 +10,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,7 @@ struct AsyncStats {
     std::uint64_t search_batches = 0;  // engine calls that executed them
     std::uint64_t largest_batch = 0;
     std::uint64_t batch_searches = 0;  // search_batch requests executed
-    std::uint64_t writes = 0;          // add_vector / add_vectors requests executed
+    std::uint64_t writes = 0;          // add, update, remove and save requests executed
     std::uint64_t cancelled = 0;       // searches dropped before they ran
 };
 
@@ -105,6 +106,13 @@ class AsyncStorage {
     Ticket add_vector(std::string id, std::vector<float> data, Metadata metadata, WriteCompletion done);
     Ticket add_vectors(std::vector<std::string> ids, Rows rows, std::vector<Metadata> metadata,
                        WriteCompletion done);
+    Ticket update_vector(std::string id, std::vector<float> data, std::optional<Metadata> metadata,
+                         Completion<bool> done);
+    Ticket remove_vector(std::string id, Completion<bool> done);
+    Ticket remove_vectors(std::vector<std::string> ids, Completion<std::size_t> done);
+    // A save is a write of the queue (it sees every earlier write and runs alone), so that
+    // the file holds exactly what the requests before it made.
+    Ticket save(std::string path, WriteCompletion done);
 
     // Future forms (the future rethrows the error of the synchronous call).
     std::future<std::vector<SearchHit>> search(std::vector<float> query, std::int64_t k);
@@ -112,6 +120,11 @@ class AsyncStorage {
     std::future<void> add_vector(std::string id, std::vector<float> data, Metadata metadata = {});
     std::future<void> add_vectors(std::vector<std::string> ids, Rows rows,
                                   std::vector<Metadata> metadata = {});
+    std::future<bool> update_vector(std::string id, std::vector<float> data,
+                                    std::optional<Metadata> metadata = std::nullopt);
+    std::future<bool> remove_vector(std::string id);
+    std::future<std::size_t> remove_vectors(std::vector<std::string> ids);
+    std::future<void> save(std::string path);
 
     // max_batch >= 1 (InvalidArgumentError otherwise). Applies to batches formed from now on.
     void set_batching(const BatchingConfig& config);
@@ -122,6 +135,9 @@ class AsyncStorage {
     void shutdown();
 
    private:
+    template <typename T, typename Call>
+    Ticket submit_write(Completion<T> done, Call call);
+
     std::shared_ptr<VectorStorage> storage_;
     std::unique_ptr<detail::Batcher> batcher_;
 };

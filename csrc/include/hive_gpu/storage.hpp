@@ -106,7 +106,7 @@ class VectorStorage {
     const std::shared_ptr<Context>& context() const { return context_; }
     std::size_t size() const;
     bool contains(const std::string& id) const;
-    std::vector<std::string> ids() const;  // slot order (changes with removals)
+    std::vector<std::string> ids() const;  // insertion order (an update keeps an id's place)
     // Bytes the engine holds for rows and per-row data (device memory on GPU backends).
     std::size_t memory_bytes() const;
 
@@ -131,6 +131,11 @@ class VectorStorage {
     // false when `id` is unknown. metadata == nullptr keeps the current metadata.
     bool update_vector(const std::string& id, const float* data, std::size_t len,
                        const Metadata* metadata = nullptr);
+    // Adds the ids not stored and replaces the rows of those stored, all or nothing (an id
+    // given twice is a DuplicateIdError). metadata: empty, or one per row, where nullopt keeps
+    // a stored id's metadata and gives a new one none. Stored ids keep their insertion order.
+    void upsert_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
+                        std::size_t dim, std::vector<std::optional<Metadata>> metadata = {});
     // false when `id` is unknown. O(1): the last row moves into the freed slot.
     bool remove_vector(const std::string& id);
     // Number of ids removed; unknown ids are skipped.
@@ -140,6 +145,11 @@ class VectorStorage {
     // Copies: the row bit for bit as it was given, and its metadata. nullopt for an unknown id.
     std::optional<Vector> get_vector(const std::string& id) const;
     std::optional<Metadata> get_metadata(const std::string& id) const;
+    // The rows of `ids`, in order, into `out` (ids.size() * dimension() floats) and, when
+    // `metadata` is set, their metadata; one consistent read. Throws VectorNotFoundError
+    // naming the first unknown id.
+    void get_vectors(const std::vector<std::string>& ids, float* out,
+                     std::vector<Metadata>* metadata = nullptr) const;
 
     // k >= 1 (InvalidArgumentError otherwise); returns min(k, size()) hits, best first (an
     // empty store returns none). SearchHit::score follows Metric; equal scores rank the
@@ -193,6 +203,9 @@ class VectorStorage {
     void add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
                   std::size_t dim, std::vector<Metadata>&& metadata,
                   std::unique_ptr<StagedRows> staged = nullptr);
+    void append_locked(std::vector<std::string>&& ids, const Source& src, std::size_t n,
+                       std::vector<Metadata>&& metadata, std::unique_ptr<StagedRows> staged = nullptr);
+    std::vector<std::size_t> slots_by_age() const;  // slots by ordinal: insertion order
     // Takes slots [first, first + count) out of index_ (their ids still in id_of_).
     void unindex(std::size_t first, std::size_t count) noexcept;
     BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
