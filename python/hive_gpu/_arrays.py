@@ -23,7 +23,7 @@ def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
     """
     if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == ndim:
         return x  # the hot path: no copy, no checks beyond these
-    x = widen_bfloat16(x)
+    x = plain_array(x)
     if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
         a = np.asarray(x)
         if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
@@ -39,13 +39,15 @@ def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def widen_bfloat16(x: Any) -> Any:
-    """A PyTorch bfloat16 tensor as float32 (NumPy has no bfloat16, so ``np.asarray`` fails on
-    one); anything else as it is. ml_dtypes' bfloat16 arrays (JAX's) need nothing: NumPy
-    converts them."""
-    if type(x).__module__.split(".")[0] == "torch" and str(getattr(x, "dtype", "")) == "torch.bfloat16":
-        return x.detach().float()
-    return x
+def plain_array(x: Any) -> Any:
+    """``x`` in a form NumPy and the array interfaces take: a PyTorch tensor detached from
+    autograd and, when bfloat16 (which NumPy lacks), widened to float32 by PyTorch, on its
+    own device; anything else as it is. ml_dtypes' bfloat16 arrays (JAX's) need nothing:
+    NumPy converts them."""
+    if type(x).__module__.split(".")[0] != "torch" or not hasattr(x, "detach"):
+        return x
+    x = x.detach()
+    return x.float() if str(x.dtype) == "torch.bfloat16" else x
 
 
 def storable(id: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import plain_array
 from .errors import InvalidArgumentError, InvalidDtypeError
 
 __all__ = ["DEVICE_BACKENDS", "DeviceArray", "alloc_scores", "device_view", "is_device_array", "to_device", "to_host"]
@@ -42,6 +43,8 @@ def is_device_array(x: Any) -> bool:
     """True for arrays that live in CUDA device memory."""
     if isinstance(x, np.ndarray):
         return False
+    if _module_of(x) == "torch":  # its interface raises for a tensor that requires grad
+        return bool(getattr(x, "is_cuda", False))
     if hasattr(x, "__cuda_array_interface__"):
         return True
     dev = getattr(x, "__dlpack_device__", None)
@@ -163,6 +166,7 @@ def _from_dlpack(x: Any, ndim: int, what: str) -> DeviceArray:
 
 def device_view(x: Any, ndim: int, what: str) -> DeviceArray:
     """``x`` (a CUDA array of ``ndim`` dimensions) as pointer, shape, stride and stream."""
+    x = plain_array(x)
     if hasattr(x, "__cuda_array_interface__"):
         return _from_cai(x, ndim, what)
     return _from_dlpack(x, ndim, what)
@@ -172,7 +176,7 @@ def to_host(x: Any) -> np.ndarray:
     """A device array copied to a NumPy array (for backends without device memory)."""
     mod = _module_of(x)
     if mod == "torch":
-        return x.detach().cpu().numpy()
+        return plain_array(x).cpu().numpy()
     if hasattr(x, "get"):  # CuPy
         return x.get()
     return np.asarray(x)  # JAX and others that implement __array__

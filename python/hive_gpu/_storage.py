@@ -93,9 +93,11 @@ class VectorStorage:
         return self._s.size()
 
     def __len__(self) -> int:
+        """How many vectors are stored."""
         return self._s.size()
 
     def __contains__(self, id: object) -> bool:
+        """Whether ``id`` is stored (False for anything that is not a str)."""
         return isinstance(id, str) and storable(id) and self._s.contains(id)
 
     def __iter__(self) -> Iterator[str]:
@@ -326,9 +328,11 @@ class VectorStorage:
         return self._s.closed
 
     def __enter__(self) -> "VectorStorage":
+        """The storage itself; leaving the ``with`` block closes it."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Closes the storage."""
         self.close()
 
     def __repr__(self) -> str:

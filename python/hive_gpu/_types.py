@@ -21,6 +21,8 @@ class GpuDistanceMetric(enum.Enum):
 
     @classmethod
     def parse(cls, value: "GpuDistanceMetric | str") -> "GpuDistanceMetric":
+        """A metric from itself or its name ("cosine", "dot_product", "euclidean"; also
+        "dot", "ip", "inner_product", "l2"), in any case."""
         if isinstance(value, cls):
             return value
         if isinstance(value, str):
@@ -36,6 +38,7 @@ class GpuDistanceMetric(enum.Enum):
 
     @property
     def higher_is_better(self) -> bool:
+        """True when a larger ``distance`` is a closer match (cosine, dot product)."""
         return self is not GpuDistanceMetric.EUCLIDEAN
 
 
@@ -64,6 +67,7 @@ class GpuDeviceInfo:
         return 100.0 * self.vram_used / self.vram_total
 
     def has_available_vram(self, required_bytes: int) -> bool:
+        """Whether at least ``required_bytes`` were free when the snapshot was taken."""
         return self.vram_available >= required_bytes
 
     @classmethod

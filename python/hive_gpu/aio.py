@@ -47,6 +47,7 @@ class AsyncStats:
 
     @property
     def mean_batch(self) -> float:
+        """Single searches per engine call (0.0 before the first)."""
         return self.searches / self.search_batches if self.search_batches else 0.0
 
 
