@@ -151,16 +151,35 @@ def test_duplicate_ids(store, rng):
 @pytest.mark.parametrize("bad_id", ["", "x" * 5000, 17, None, b"bytes", "lone \ud800 surrogate"])
 def test_bad_ids(store, bad_id):
     before = snapshot(store)
-    with pytest.raises(hive_gpu.InvalidArgumentError):
+    # A wrong type is a TypeError too; a bad str only a ValueError.
+    builtin = ValueError if isinstance(bad_id, str) else TypeError
+    with pytest.raises(hive_gpu.InvalidArgumentError) as e:
         store.add_vector(bad_id, np.ones(8, np.float32))
-    with pytest.raises(hive_gpu.InvalidArgumentError):
+    assert isinstance(e.value, builtin)
+    with pytest.raises(hive_gpu.InvalidArgumentError) as e:
         store.add_vectors(["ok", bad_id], np.ones((2, 8), np.float32))
+    assert isinstance(e.value, builtin)
     unchanged(store, before)
     assert "ok" not in store
     if isinstance(bad_id, str):  # ids that cannot be stored are simply unknown
         assert bad_id not in store and store.get_vector(bad_id) is None
+        assert store.get_metadata(bad_id) is None
         assert store.remove_vector(bad_id) is False and store.remove_vectors([bad_id, "nope"]) == 0
         assert store.update_vector(bad_id, np.ones(8, np.float32)) is False
+    else:  # a wrong type is refused by every call that takes an id, but `in` is just False
+        assert bad_id not in store
+        for call in (
+            lambda: store.get_vector(bad_id),
+            lambda: store.get_metadata(bad_id),
+            lambda: store.remove_vector(bad_id),
+            lambda: store.remove_vectors(["v1", bad_id]),
+            lambda: store.update_vector(bad_id, np.ones(8, np.float32)),
+            lambda: store.get_vectors(["v1", bad_id]),
+            lambda: store.upsert_vectors(["v1", bad_id], np.ones((2, 8), np.float32)),
+        ):
+            with pytest.raises(hive_gpu.InvalidArgumentTypeError):
+                call()
+    unchanged(store, before)
 
 
 def test_bad_metadata(store):
@@ -174,12 +193,48 @@ def test_bad_metadata(store):
     unchanged(store, before)
 
 
-@pytest.mark.parametrize("k", [0, -1, -100, 2.5, "3", True])
+@pytest.mark.parametrize("md", [{1: "a"}, {None: "a"}, {("t",): "a"}, ["k", "v"], "k=v"])
+def test_metadata_of_the_wrong_type_is_a_type_error(store, md):
+    before = snapshot(store)
+    for call in (
+        lambda: store.add_vector("m", np.ones(8, np.float32), md),
+        lambda: store.add_vectors(["m"], np.ones((1, 8), np.float32), [md]),
+        lambda: store.update_vector("v1", np.ones(8, np.float32), md),
+        lambda: store.upsert_vectors(["v1", "m"], np.ones((2, 8), np.float32), [md, None]),
+    ):
+        with pytest.raises(hive_gpu.InvalidArgumentTypeError) as e:
+            call()
+        assert isinstance(e.value, TypeError)
+    unchanged(store, before)
+    assert "m" not in store
+
+
+@pytest.mark.parametrize("where", ["key", "value"])
+def test_metadata_that_is_not_unicode(store, where):
+    before = snapshot(store)
+    md = {"lone \udc80": "v"} if where == "key" else {"k": "lone \udc80"}
+    for call in (
+        lambda: store.add_vector("m", np.ones(8, np.float32), md),
+        lambda: store.add_vectors(["m0", "m1"], np.ones((2, 8), np.float32), [{}, md]),
+        lambda: store.update_vector("v1", np.ones(8, np.float32), md),
+        lambda: store.upsert_vectors(["v2", "m"], np.ones((2, 8), np.float32), [None, md]),
+    ):
+        with pytest.raises(hive_gpu.InvalidArgumentError, match="Unicode") as e:
+            call()
+        assert isinstance(e.value, ValueError) and not isinstance(e.value, TypeError)
+    unchanged(store, before)
+
+
+@pytest.mark.parametrize("k", [0, -1, -100, -(2**64), 2.5, "3", True, None, np.float32(3)])
 def test_bad_k(store, k):
-    with pytest.raises(hive_gpu.InvalidArgumentError):
+    # Not an int: also a TypeError; an int below 1: a ValueError only.
+    builtin = ValueError if isinstance(k, int) and not isinstance(k, bool) else TypeError
+    with pytest.raises(hive_gpu.InvalidArgumentError) as e:
         store.search(np.ones(8, np.float32), k)
-    with pytest.raises(hive_gpu.InvalidArgumentError):
+    assert isinstance(e.value, builtin)
+    with pytest.raises(hive_gpu.InvalidArgumentError) as e:
         store.search_batch(np.ones((2, 8), np.float32), k)
+    assert isinstance(e.value, builtin)
 
 
 def test_unknown_ids_are_reported_not_raised(store):
