@@ -82,10 +82,14 @@ std::vector<std::string> VectorStorage::ids() const {
 }
 
 std::vector<std::size_t> VectorStorage::slots_by_age() const {
-    std::vector<std::size_t> by_age(ordinal_of_.size());
-    std::iota(by_age.begin(), by_age.end(), std::size_t{0});
-    std::sort(by_age.begin(), by_age.end(),
-              [&](std::size_t a, std::size_t b) { return ordinal_of_[a] < ordinal_of_[b]; });
+    // Sorting (ordinal, slot) keys in place is several times faster than sorting slots through
+    // a comparator that looks their ordinals up. Slots fit in 32 bits as ordinals do.
+    std::vector<std::uint64_t> keys(ordinal_of_.size());
+    for (std::size_t slot = 0; slot < keys.size(); ++slot)
+        keys[slot] = (std::uint64_t{ordinal_of_[slot]} << 32) | slot;
+    std::sort(keys.begin(), keys.end());
+    std::vector<std::size_t> by_age(keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) by_age[i] = static_cast<std::size_t>(keys[i] & 0xffffffffu);
     return by_age;
 }
 
