@@ -57,6 +57,15 @@ WriteCompletion fulfil(std::shared_ptr<std::promise<void>> p) {
     };
 }
 
+// The future form of a request: `submit(completion)` is its callback form.
+template <typename T, typename Submit>
+std::future<T> future_of(Submit submit) {
+    auto p = std::make_shared<std::promise<T>>();
+    auto f = p->get_future();
+    submit(fulfil(std::move(p)));
+    return f;
+}
+
 }  // namespace
 
 Rows Rows::copy_of(const float* data, std::size_t n, std::size_t dim) {
@@ -135,7 +144,7 @@ Ticket AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows, std::v
     return Ticket(std::move(r));
 }
 
-// A write that completes with a value (update, remove): never dropped by Ticket::cancel.
+// A write request: never dropped by Ticket::cancel, run alone in issue order.
 template <typename T, typename Call>
 Ticket AsyncStorage::submit_write(Completion<T> done, Call call) {
     auto r = std::make_shared<Request>();
@@ -166,71 +175,48 @@ Ticket AsyncStorage::remove_vectors(std::vector<std::string> ids, Completion<std
 }
 
 Ticket AsyncStorage::save(std::string path, WriteCompletion done) {
-    auto r = std::make_shared<Request>();
-    r->kind = RequestKind::Write;
-    auto shared = std::make_shared<WriteCompletion>(std::move(done));
-    r->fail = [shared](std::exception_ptr e) { (*shared)(e); };
-    r->run = write_then_deliver(shared, [path = std::move(path)](VectorStorage& s) { s.save(path); });
-    batcher_->submit(r);
-    return Ticket(std::move(r));
+    return submit_write<bool>([done = std::move(done)](std::exception_ptr error, bool) { done(error); },
+                              [path = std::move(path)](VectorStorage& s) {
+                                  s.save(path);
+                                  return true;
+                              });
 }
 
 std::future<std::vector<SearchHit>> AsyncStorage::search(std::vector<float> query, std::int64_t k) {
-    auto p = std::make_shared<std::promise<std::vector<SearchHit>>>();
-    auto f = p->get_future();
-    search(std::move(query), k, fulfil(std::move(p)));
-    return f;
+    return future_of<std::vector<SearchHit>>([&](auto done) { search(std::move(query), k, std::move(done)); });
 }
 
 std::future<BatchResult> AsyncStorage::search_batch(Rows queries, std::int64_t k) {
-    auto p = std::make_shared<std::promise<BatchResult>>();
-    auto f = p->get_future();
-    search_batch(std::move(queries), k, fulfil(std::move(p)));
-    return f;
+    return future_of<BatchResult>([&](auto done) { search_batch(std::move(queries), k, std::move(done)); });
 }
 
 std::future<void> AsyncStorage::add_vector(std::string id, std::vector<float> data, Metadata metadata) {
-    auto p = std::make_shared<std::promise<void>>();
-    auto f = p->get_future();
-    add_vector(std::move(id), std::move(data), std::move(metadata), fulfil(std::move(p)));
-    return f;
+    return future_of<void>(
+        [&](auto done) { add_vector(std::move(id), std::move(data), std::move(metadata), std::move(done)); });
 }
 
 std::future<void> AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows,
                                             std::vector<Metadata> metadata) {
-    auto p = std::make_shared<std::promise<void>>();
-    auto f = p->get_future();
-    add_vectors(std::move(ids), std::move(rows), std::move(metadata), fulfil(std::move(p)));
-    return f;
+    return future_of<void>(
+        [&](auto done) { add_vectors(std::move(ids), std::move(rows), std::move(metadata), std::move(done)); });
 }
 
 std::future<bool> AsyncStorage::update_vector(std::string id, std::vector<float> data,
                                               std::optional<Metadata> metadata) {
-    auto p = std::make_shared<std::promise<bool>>();
-    auto f = p->get_future();
-    update_vector(std::move(id), std::move(data), std::move(metadata), fulfil(std::move(p)));
-    return f;
+    return future_of<bool>(
+        [&](auto done) { update_vector(std::move(id), std::move(data), std::move(metadata), std::move(done)); });
 }
 
 std::future<bool> AsyncStorage::remove_vector(std::string id) {
-    auto p = std::make_shared<std::promise<bool>>();
-    auto f = p->get_future();
-    remove_vector(std::move(id), fulfil(std::move(p)));
-    return f;
+    return future_of<bool>([&](auto done) { remove_vector(std::move(id), std::move(done)); });
 }
 
 std::future<std::size_t> AsyncStorage::remove_vectors(std::vector<std::string> ids) {
-    auto p = std::make_shared<std::promise<std::size_t>>();
-    auto f = p->get_future();
-    remove_vectors(std::move(ids), fulfil(std::move(p)));
-    return f;
+    return future_of<std::size_t>([&](auto done) { remove_vectors(std::move(ids), std::move(done)); });
 }
 
 std::future<void> AsyncStorage::save(std::string path) {
-    auto p = std::make_shared<std::promise<void>>();
-    auto f = p->get_future();
-    save(std::move(path), fulfil(std::move(p)));
-    return f;
+    return future_of<void>([&](auto done) { save(std::move(path), std::move(done)); });
 }
 
 }  // namespace hive_gpu

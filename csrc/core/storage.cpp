@@ -29,6 +29,15 @@ void make_room(Vec& v, std::size_t need) {
     if (need > v.capacity()) v.reserve(std::max(need, v.capacity() + v.capacity() / 2));
 }
 
+// A batch of n rows takes n ids, and no metadata or one entry per row.
+void check_batch_sizes(std::size_t ids, std::size_t metadata, std::size_t n) {
+    if (ids != n)
+        throw InvalidArgumentError("got " + std::to_string(ids) + " ids for " + std::to_string(n) + " vectors");
+    if (metadata != 0 && metadata != n)
+        throw InvalidArgumentError("got " + std::to_string(metadata) + " metadata entries for " +
+                                   std::to_string(n) + " vectors");
+}
+
 }  // namespace
 
 VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<Engine> engine)
@@ -173,12 +182,7 @@ void VectorStorage::unindex(std::size_t first, std::size_t count) noexcept {
 void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
                              std::size_t dim, std::vector<Metadata>&& metadata,
                              std::unique_ptr<StagedRows> staged) {
-    if (ids.size() != n)
-        throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
-                                   std::to_string(n) + " vectors");
-    if (!metadata.empty() && metadata.size() != n)
-        throw InvalidArgumentError("got " + std::to_string(metadata.size()) +
-                                   " metadata entries for " + std::to_string(n) + " vectors");
+    check_batch_sizes(ids.size(), metadata.size(), n);
     if (n == 0) {
         ReadLock lock(mutex_);
         check_open();
@@ -339,12 +343,7 @@ bool VectorStorage::update_vector(const std::string& id, const float* data, std:
 // undone by writing back the rows they replaced.
 void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
                                    std::size_t dim, std::vector<std::optional<Metadata>> metadata) {
-    if (ids.size() != n)
-        throw InvalidArgumentError("got " + std::to_string(ids.size()) + " ids for " +
-                                   std::to_string(n) + " vectors");
-    if (!metadata.empty() && metadata.size() != n)
-        throw InvalidArgumentError("got " + std::to_string(metadata.size()) +
-                                   " metadata entries for " + std::to_string(n) + " vectors");
+    check_batch_sizes(ids.size(), metadata.size(), n);
     if (n != 0 && dim != dimension_)
         throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
                                      ", the storage has dimension " + std::to_string(dimension_));

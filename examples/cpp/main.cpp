@@ -5,6 +5,7 @@
 //   app              every compiled backend that has a device here
 //   app cpu cuda     only these (a named backend that cannot run is a failure)
 
+#include <hive_gpu/async.hpp>
 #include <hive_gpu/hive_gpu.hpp>
 
 #include <algorithm>
@@ -186,6 +187,23 @@ void exercise(const std::shared_ptr<hive_gpu::Context>& ctx, hive_gpu::Metric me
     bool same = loaded->size() == before && a.ids == b.ids;
     for (std::size_t i = 0; same && i < a.scores.size(); ++i) same = close(b.scores[i], a.scores[i]);
     check(same, tag + ": save/load round trip");
+
+    // Upsert replaces a stored row and adds a new one, get_vectors reads both back, and the
+    // async queue runs an update and a removal in the order they were issued.
+    {
+        const std::vector<float> two(queries.begin(), queries.begin() + long(2 * dim));
+        store->upsert_vectors({ids_left[0], "upserted"}, two.data(), 2, dim);
+        std::vector<float> back(2 * dim);
+        store->get_vectors({ids_left[0], "upserted"}, back.data());
+        check(back == two && store->size() == before + 1, tag + ": upsert_vectors and get_vectors");
+        hive_gpu::AsyncStorage async(store);
+        auto updated = async.update_vector("upserted", std::vector<float>(rows.begin(), rows.begin() + long(dim)));
+        auto removed = async.remove_vector(ids_left[0]);
+        check(updated.get() && removed.get() && !store->contains(ids_left[0]) && store->size() == before,
+              tag + ": async update and remove");
+        expect_throw<hive_gpu::VectorNotFoundError>(
+            [&] { store->get_vectors({ids_left[0]}, back.data()); }, tag + ": get_vectors of a removed id");
+    }
 
     store->clear();
     check(store->size() == 0 && store->search(queries.data(), dim, k).empty(), tag + ": clear");
