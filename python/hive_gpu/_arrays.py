@@ -23,6 +23,8 @@ def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
     """
     if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == ndim:
         return x  # the hot path: no copy, no checks beyond these
+    if x is None:
+        raise InvalidArgumentTypeError(f"{what} must be an array of numbers, got None")
     x = plain_array(x)
     if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
         a = np.asarray(x)

@@ -32,9 +32,10 @@ class GpuDistanceMetric(enum.Enum):
             for m in cls:
                 if m.value == key:
                     return m
-        from .errors import InvalidArgumentError
+        from .errors import InvalidArgumentError, InvalidArgumentTypeError
 
-        raise InvalidArgumentError(f"unknown metric {value!r}; use one of {[m.value for m in cls]}")
+        error = InvalidArgumentError if isinstance(value, str) else InvalidArgumentTypeError
+        raise error(f"unknown metric {value!r}; use one of {[m.value for m in cls]}")
 
     @property
     def higher_is_better(self) -> bool:
