@@ -102,19 +102,28 @@ class _Shard:
         self.store = self.context.load_storage(path)
         return self.store.ids()
 
-    def rank(self, query: np.ndarray, rows: np.ndarray, batch: bool) -> list[int]:
-        """The order this engine gives ``rows`` (oldest first) for ``query``: a store of just
-        these rows answers as one holding every row would, ranking by the engine's score."""
+    def rank(self, tasks: list[tuple[np.ndarray, np.ndarray]], batch: bool) -> list[list[int]]:
+        """For each (query, rows), the order this engine gives the rows (oldest first): a
+        store of just those rows ranks them by the engine's own scores, as one holding every
+        row would."""
         tmp = self._new_store(self.store.dimension, self.store.metric)
+        out = []
         try:
-            tmp.add_vectors([str(j) for j in range(len(rows))], rows)
-            if batch:
-                got = tmp.search_batch(query.reshape(1, -1), len(rows))[1][0]
-            else:
-                got = [h.id for h in tmp.search(query, len(rows))]
-            return [int(i) for i in got]
+            for query, rows in tasks:
+                tmp.clear()
+                tmp.add_vectors([str(j) for j in range(len(rows))], rows)
+                if batch:
+                    got = tmp.search_batch(query.reshape(1, -1), len(rows))[1][0]
+                else:
+                    got = [h.id for h in tmp.search(query, len(rows))]
+                out.append([int(i) for i in got])
+            return out
         finally:
             tmp.close()
+
+    def vectors(self, ids: list[str]) -> np.ndarray:
+        """The rows of ``ids``, as stored."""
+        return np.stack([self.store.get_vector(i).data for i in ids])
 
     def add_vectors(self, ids: list[str], data: np.ndarray, metadata: list[dict[str, str]]) -> None:
         self.store.add_vectors(ids, data, metadata or None)
@@ -157,13 +166,8 @@ class _Shard:
     def export(self) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
         """Every row in slot order: (ids, vectors, metadata)."""
         ids = self.store.ids()
-        rows = np.empty((len(ids), self.store.dimension), np.float32)
-        mds = []
-        for j, i in enumerate(ids):
-            v = self.store.get_vector(i)
-            rows[j] = v.data
-            mds.append(v.metadata)
-        return ids, rows, mds
+        rows = self.vectors(ids) if ids else np.empty((0, self.store.dimension), np.float32)
+        return ids, rows, [self.store.get_metadata(i) for i in ids]
 
     def room(self) -> tuple[tuple, int | None]:
         """(device key, free bytes) for routing; free is None where the context has no
@@ -379,12 +383,9 @@ class _ShardedBase:
             raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
         self._add(id_list, arr, md, "vectors")
 
-    def _add(
-        self, ids: list[str], arr: np.ndarray, md: list[dict[str, str]], what: str, seqs: np.ndarray | None = None
-    ) -> None:
+    def _add(self, ids: list[str], arr: np.ndarray, md: list[dict[str, str]], what: str) -> None:
         """Validate completely, then write each shard's contiguous slice in one call; if a
-        shard fails, undo the others. ``seqs``: the rows' sequences (a load), else new ones."""
-        n = len(ids)
+        shard fails, undo the others."""
         if arr.shape[1] != self._dimension:
             raise DimensionMismatchError(
                 f"{what} have dimension {arr.shape[1]}, the storage has dimension {self._dimension}"
@@ -393,33 +394,39 @@ class _ShardedBase:
         _check_rows(arr, what)
         with self._lock.write():
             self._check_open()
-            if not self._where.keys().isdisjoint(ids):
-                dup = next(i for i in ids if i in self._where)
-                raise DuplicateIdError(f"id '{dup}' already exists")
-            if n == 0:
-                return
-            take = split_rows(self._counts, self._capacities(), n)
-            calls, bounds, start = [], [], 0
-            for shard, t in enumerate(take):
-                if t:
-                    s = slice(start, start + t)
-                    calls.append((shard, "add_vectors", (ids[s], arr[s], md[s] if md else [])))
-                    bounds.append((shard, start, start + t))
-                    start += t
-            out = self._run(calls)
-            failed = [r for r in out if isinstance(r, BaseException)]
-            if failed:
-                undo = [(c[0], "remove_vectors", (c[2][0],)) for c, r in zip(calls, out) if not isinstance(r, BaseException)]
-                self._run(undo)
-                raise failed[0]
-            if seqs is None:
-                seqs = np.arange(self._next_seq, self._next_seq + n, dtype=np.int64)
-            keys = seqs << _SHARD_BITS
-            for shard, b, e in bounds:
-                keys[b:e] |= shard
-                self._counts[shard] += e - b
-            self._where.update(zip(ids, keys.tolist()))
-            self._next_seq = max(self._next_seq, int(seqs.max()) + 1)
+            self._add_checked(ids, arr, md, None)
+
+    def _add_checked(self, ids: list[str], arr: np.ndarray, md: list[dict[str, str]], seqs: np.ndarray | None) -> None:
+        """The part of ``_add`` that needs the write lock (or a store nobody else sees yet).
+        ``seqs``: the rows' sequences (a load), else new ones."""
+        n = len(ids)
+        if not self._where.keys().isdisjoint(ids):
+            dup = next(i for i in ids if i in self._where)
+            raise DuplicateIdError(f"id '{dup}' already exists")
+        if n == 0:
+            return
+        take = split_rows(self._counts, self._capacities(), n)
+        calls, bounds, start = [], [], 0
+        for shard, t in enumerate(take):
+            if t:
+                s = slice(start, start + t)
+                calls.append((shard, "add_vectors", (ids[s], arr[s], md[s] if md else [])))
+                bounds.append((shard, start, start + t))
+                start += t
+        out = self._run(calls)
+        failed = [r for r in out if isinstance(r, BaseException)]
+        if failed:
+            undo = [(c[0], "remove_vectors", (c[2][0],)) for c, r in zip(calls, out) if not isinstance(r, BaseException)]
+            self._run(undo)
+            raise failed[0]
+        if seqs is None:
+            seqs = np.arange(self._next_seq, self._next_seq + n, dtype=np.int64)
+        keys = seqs << _SHARD_BITS
+        for shard, b, e in bounds:
+            keys[b:e] |= shard
+            self._counts[shard] += e - b
+        self._where.update(zip(ids, keys.tolist()))
+        self._next_seq = max(self._next_seq, int(seqs.max()) + 1)
 
     def _capacities(self) -> list[float] | None:
         """Each shard's capacity in rows (see ``hive_gpu._routing``), re-read at most once per
@@ -581,41 +588,48 @@ class _ShardedBase:
         two different squares can round to one root. A shard orders such rows by the square,
         which the merge cannot see: a run of equal roots within the top k keeps its shard's
         order, or, when it spans shards, is re-ranked by the engine (``_Shard.rank``), in
-        place in ``order``."""
+        place in ``order``. A root of 0 has the one square 0: a true tie, already in order."""
         all_scores = np.concatenate([s for _, s, _ in lists], axis=1)
         all_ids = np.concatenate([ids for _, _, ids in lists], axis=1)
         shard_of = np.concatenate([np.full(s.shape[1], i) for i, s, _ in lists])
+        spans = []  # (query, begin, end) of runs that span shards
         for r in range(order.shape[0]):
             sc = all_scores[r, order[r]]
-            same = np.flatnonzero(sc[1:] == sc[:-1])  # position p ties with p + 1
-            if not same.size or same[0] >= kk:
+            tie = sc[1:] == sc[:-1]  # position p ties with p + 1
+            if not tie[: kk].any():
                 continue
-            # Runs of equal scores: [b, e); only those starting inside the top k matter.
-            b = None
-            for p in range(len(sc) - 1):
-                if sc[p + 1] == sc[p]:
-                    if b is None:
-                        b = p
+            b = 0
+            for p in range(1, len(sc) + 1):
+                if p < len(sc) and tie[p - 1]:
                     continue
-                if b is not None:
-                    self._rank_run(q[r], order[r], b, p + 1, all_ids[r], shard_of, batch)
-                    b = None
-                if p + 1 >= kk:
+                if p - b > 1 and sc[b] != 0:  # the run [b, p)
+                    cols = order[r, b:p]
+                    if len(set(shard_of[cols].tolist())) < 2:
+                        order[r, b:p] = np.sort(cols)  # one shard's rows: its list order
+                    else:
+                        spans.append((r, b, p))
+                if p >= kk:
                     break
-            if b is not None:
-                self._rank_run(q[r], order[r], b, len(sc), all_ids[r], shard_of, batch)
-
-    def _rank_run(
-        self, query: np.ndarray, row_order: np.ndarray, b: int, e: int, ids: np.ndarray, shard_of: np.ndarray, batch: bool
-    ) -> None:
-        cols = row_order[b:e]
-        if len(set(shard_of[cols].tolist())) < 2:
-            row_order[b:e] = np.sort(cols)  # one shard's rows: its own list order is the engine's
+                b = p
+        if not spans:
             return
-        vecs = self._all([(self._shard_of(ids[c]), "get_vector", (ids[c],)) for c in cols])
-        rows = np.stack([v.data for v in vecs])
-        perm = self._all([(int(shard_of[cols[0]]), "rank", (query, rows, batch))])[0]
-        row_order[b:e] = cols[perm]
+        # One call per shard for the rows, one per shard for the rankings.
+        wanted = {str(all_ids[r, c]) for r, b, e in spans for c in order[r, b:e]}
+        by_shard: dict[int, list[str]] = {}
+        for id in wanted:
+            by_shard.setdefault(self._shard_of(id), []).append(id)
+        got = self._all([(shard, "vectors", (group,)) for shard, group in by_shard.items()])
+        row_of = {id: row for group, rows in zip(by_shard.values(), got) for id, row in zip(group, rows)}
+        tasks: dict[int, list[tuple[int, int, int]]] = {}
+        for r, b, e in spans:
+            tasks.setdefault(int(shard_of[order[r, b]]), []).append((r, b, e))
+        calls = [
+            (shard, "rank", ([(q[r], np.stack([row_of[str(all_ids[r, c])] for c in order[r, b:e]])) for r, b, e in ts], batch))
+            for shard, ts in tasks.items()
+        ]
+        for ts, perms in zip(tasks.values(), self._all(calls)):
+            for (r, b, e), perm in zip(ts, perms):
+                order[r, b:e] = order[r, b:e][perm]
 
     # -- asyncio: the synchronous calls on the loop's executor, so the loop never blocks --
     async def _in_executor(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -705,7 +719,8 @@ class _ShardedBase:
 
     def _restore_from(self, path: str) -> None:
         """Fill this empty store (same dimension, metric and dtype) from a save, loading the
-        shard files directly when the shard count matches, re-balancing otherwise."""
+        shard files directly when the shard count matches, re-balancing otherwise. The
+        caller holds the write lock, or no one else sees the store yet."""
         manifest = read_manifest(path)
         for field, mine in (("dimension", self._dimension), ("metric", self._metric.value), ("dtype", self._dtype)):
             if manifest[field] != mine:
@@ -734,7 +749,7 @@ class _ShardedBase:
             ids = [ids[j] for j in order]
             mds = [mds[j] for j in order]
             md = mds if any(mds) else []
-            self._add(ids, np.ascontiguousarray(rows[order]), md, "stored vectors", seqs=seqs[order])
+            self._add_checked(ids, np.ascontiguousarray(rows[order]), md, seqs[order])
         self._next_seq = max(self._next_seq, int(manifest["next_sequence"]))
 
     # -- lifetime ---------------------------------------------------------------------
