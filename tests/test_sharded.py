@@ -124,6 +124,10 @@ def test_bad_input_changes_nothing(rng):
         sharded.add_vector("v0", good[0])
     with pytest.raises(hive_gpu.DimensionMismatchError):
         sharded.update_vector("v0", good[0, :3])
+    with pytest.raises(hive_gpu.DimensionMismatchError):  # checked for an unknown id too, as one store does
+        sharded.update_vector("missing", good[0, :3])
+    with pytest.raises(hive_gpu.NonFiniteValueError):
+        sharded.update_vector("v1", nan[3])
     with pytest.raises(hive_gpu.NonFiniteValueError):
         sharded.search(nan[3], 3)
     with pytest.raises(hive_gpu.DimensionMismatchError):
@@ -287,3 +291,40 @@ def test_euclidean_roots_that_collide():
     scores, _ = one.search_batch(queries, 600)
     assert (scores[:, 1:] == scores[:, :-1]).sum() >= 3  # the case really occurs here
     assert_same_answers(one, sharded, queries, [600])
+
+
+def test_concurrent_searches_and_writes(rng):
+    """Searches on several threads while another thread adds and removes: every answer is a
+    consistent one, and the end state equals one store's."""
+    import threading
+
+    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(3, threads=1), DIM, "cosine")
+    one = hive_gpu.CpuContext().create_storage(DIM, "cosine")
+    rows = rng.standard_normal((400, DIM)).astype(np.float32)
+    ids = [f"v{i}" for i in range(400)]
+    for store in (one, sharded):
+        store.add_vectors(ids[:100], rows[:100])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search():
+        try:
+            while not stop.is_set():
+                scores, got = sharded.search_batch(rows[:4], 5)
+                assert got.shape == (4, 5) and all(len(set(r)) == 5 for r in got.tolist())
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for b in range(100, 400, 30):
+        for store in (one, sharded):
+            store.add_vectors(ids[b : b + 30], rows[b : b + 30])
+            store.remove_vectors(ids[b - 50 : b - 40])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert_same_answers(one, sharded, rows[:6], [1, 10, 500])
+

@@ -388,7 +388,8 @@ class _ShardedBase:
         shard fails, undo the others."""
         if arr.shape[1] != self._dimension:
             raise DimensionMismatchError(
-                f"{what} have dimension {arr.shape[1]}, the storage has dimension {self._dimension}"
+                f"{what} {'has' if what == 'vector' else 'have'} dimension {arr.shape[1]}, "
+                f"the storage has dimension {self._dimension}"
             )
         _check_new_ids(ids)
         _check_rows(arr, what)
@@ -454,7 +455,7 @@ class _ShardedBase:
             id = vector
         if type(id) is not str:
             raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
-        row = as_float32(data, 1, "vector")
+        row = self._check_queries(data, 1, "vector")  # checked even for an unknown id, as one store does
         md = None if metadata is None else check_metadata(metadata)
         with self._lock.write():
             self._check_open()
@@ -519,6 +520,8 @@ class _ShardedBase:
             return None if shard is None else self._all([(shard, "get_metadata", (id,))])[0]
 
     def _check_queries(self, queries: Any, ndim: int, what: str) -> np.ndarray:
+        """``queries`` (or a row) as float32 of the store's dimension, finite and within the
+        norm limit."""
         q = as_float32(queries, ndim, what)
         if q.shape[-1] != self._dimension:
             raise DimensionMismatchError(
