@@ -48,7 +48,8 @@ _MAX_ID_BYTES = 4096  # the core's kMaxIdBytes
 _MAX_SQUARED_NORM = 3.4028234663852886e38 / 4.0  # the core's kMaxSquaredNorm
 _SHARD_BITS = 16  # an id's entry is (sequence << 16) | shard: one int per id
 _SHARD_MASK = (1 << _SHARD_BITS) - 1
-_ROOM_TTL_S = 1.0  # free memory is re-read at most this often when routing
+_ROOM_TTL_S = 1.0
+_THREADED_WORK = 1 << 20  # free memory is re-read at most this often when routing
 MANIFEST = "manifest.json"
 _FORMAT = "hive_gpu.sharded"
 _FORMAT_VERSION = 1
@@ -281,11 +282,11 @@ class _ShardedBase:
         self._room: tuple[float, list[float] | None] = (-1e9, None)
 
     # -- the primitive ----------------------------------------------------------------
-    def _run(self, calls: list[tuple[int, str, tuple]]) -> list[Any]:
+    def _run(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:
         raise NotImplementedError
 
-    def _all(self, calls: list[tuple[int, str, tuple]]) -> list[Any]:
-        out = self._run(calls)
+    def _all(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:
+        out = self._run(calls, parallel)
         for r in out:
             if isinstance(r, BaseException):
                 raise r
@@ -519,16 +520,18 @@ class _ShardedBase:
             shard = self._shard_of(id)
             return None if shard is None else self._all([(shard, "get_metadata", (id,))])[0]
 
-    def _check_queries(self, queries: Any, ndim: int, what: str) -> np.ndarray:
-        """``queries`` (or a row) as float32 of the store's dimension, finite and within the
-        norm limit."""
+    def _check_queries(self, queries: Any, ndim: int, what: str, values: bool = True) -> np.ndarray:
+        """``queries`` (or a row) as float32 of the store's dimension; ``values``: also
+        finite and within the norm limit (searches leave that to the shards, which check
+        before they read anything, unless no shard has rows)."""
         q = as_float32(queries, ndim, what)
         if q.shape[-1] != self._dimension:
             raise DimensionMismatchError(
                 f"{what} {'has' if ndim == 1 else 'have'} dimension {q.shape[-1]}, "
                 f"the storage has dimension {self._dimension}"
             )
-        _check_rows(q.reshape(-1, self._dimension), what)
+        if values:
+            _check_rows(q.reshape(-1, self._dimension), what)
         return q
 
     def _seqs(self, ids: Iterable[str]) -> np.ndarray:
@@ -538,12 +541,16 @@ class _ShardedBase:
     def search(self, query: Any, k: int = 10, *, filter: Any = None) -> list[GpuSearchResult]:
         """The ``min(k, len(self))`` nearest vectors to ``query``, best first, exactly as one
         store holding every row would answer: every shard searches at once, then one merge."""
-        q = self._check_queries(query, 1, "query")
+        q = self._check_queries(query, 1, "query", values=False)
         k = check_k(k)
         with self._lock.read():
             self._check_open()
             live = [i for i in range(self._n) if self._counts[i]]
-            hits = self._all([(i, "search", (q, k, filter)) for i in live])
+            if len(live) <= 1:  # one shard's list is already the answer
+                if not live:
+                    _check_rows(q.reshape(1, -1), "query")
+                return self._all([(i, "search", (q, k, filter)) for i in live])[0] if live else []
+            hits = self._all([(i, "search", (q, k, filter)) for i in live], self._worth_threads(live, 1))
             lists = [
                 (i, np.array([h.distance for h in hs], np.float32).reshape(1, -1), np.array([h.id for h in hs], object).reshape(1, -1))
                 for i, hs in zip(live, hits)
@@ -555,21 +562,29 @@ class _ShardedBase:
     def search_batch(self, queries: Any, k: int = 10, *, filter: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """FAISS-style batch search: ``(distances[nq, k'], ids[nq, k'])``, ``k' = min(k, len(self))``,
         equal to one store's answer. The batch is sent once to every shard."""
-        q = self._check_queries(queries, 2, "queries")
+        q = self._check_queries(queries, 2, "queries", values=False)
         k = check_k(k)
         nq = q.shape[0]
         with self._lock.read():
             self._check_open()
             live = [i for i in range(self._n) if self._counts[i]]
             if nq == 0 or not live:
+                _check_rows(q, "queries")
                 kk = min(k, len(self._where))
                 return np.empty((nq, kk), np.float32), np.empty((nq, kk), object)
-            got = self._all([(i, "search_batch", (q, k, filter)) for i in live])
+            if len(live) == 1:
+                return self._all([(live[0], "search_batch", (q, k, filter))])[0]
+            got = self._all([(i, "search_batch", (q, k, filter)) for i in live], self._worth_threads(live, nq))
             lists = [(i, scores, ids) for i, (scores, ids) in zip(live, got)]
             order = self._merge(q, k, lists, batch=True)
         all_scores = np.concatenate([s for _, s, _ in lists], axis=1)
         all_ids = np.concatenate([ids for _, _, ids in lists], axis=1)
         return np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_ids, order, 1)
+
+    def _worth_threads(self, live: list[int], nq: int) -> bool:
+        """Whether a search is worth a thread per shard: below about a million multiply-adds
+        per shard, handing work to another thread costs more than the work."""
+        return max(self._counts[i] for i in live) * self._dimension * nq >= _THREADED_WORK
 
     def _merge(self, q: np.ndarray, k: int, lists: list[tuple[int, np.ndarray, np.ndarray]], batch: bool) -> np.ndarray:
         """The merged order of the shards' (shard, scores[nq, k_s], ids[nq, k_s]) lists."""
@@ -924,7 +939,7 @@ class ShardedStorage(_ShardedBase):
     def contexts(self) -> list[Context]:
         return [s.context for s in self._shards]
 
-    def _run(self, calls: list[tuple[int, str, tuple]]) -> list[Any]:
+    def _run(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:
         def call(c: tuple[int, str, tuple]) -> Any:
             shard, op, args = c
             try:
@@ -932,7 +947,7 @@ class ShardedStorage(_ShardedBase):
             except Exception as e:  # returned, so that the caller can undo the others
                 return e
 
-        if len(calls) <= 1:
+        if len(calls) <= 1 or not parallel:
             return [call(c) for c in calls]
         futures = [self._pool.submit(call, c) for c in calls[1:]]
         first = call(calls[0])

@@ -174,7 +174,8 @@ class RayStorage(_ShardedBase):
                 + " (call restore(path) to bring the store back)"
             )
 
-    def _run(self, calls: list[tuple[int, str, tuple]]) -> list[Any]:
+    def _run(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:
+        # Actors always run in parallel: a Ray round trip costs more than any search it saves.
         puts: dict[int, Any] = {}
 
         def by_reference(a: Any) -> Any:
