@@ -24,11 +24,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata, storable
+from ._arrays import as_float32, check_ids, check_k, check_metadata, storable
 from ._contexts import Context, create_context
 from ._merge import merge_order
 from ._routing import split_rows
-from ._storage import VectorStorage
+from ._storage import VectorStorage, _add_vector_args, _add_vectors_args
 from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector
 from .errors import (
     CorruptFileError,
@@ -345,13 +345,7 @@ class _ShardedBase:
     # -- writes -----------------------------------------------------------------------
     def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None) -> None:
         """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``."""
-        if isinstance(vector, GpuVector):
-            id, data, metadata = vector.id, vector.data, vector.metadata
-        else:
-            id = vector
-        check_id(id)
-        row = as_float32(data, 1, "vector")
-        md = check_metadata(metadata)
+        id, row, md = _add_vector_args(vector, data, metadata)
         self._add([id], row.reshape(1, -1), [md] if md else [], "vector")
 
     def add_vectors(
@@ -362,26 +356,10 @@ class _ShardedBase:
     ) -> None:
         """Add a batch, all or nothing, split over the shards (see ``hive_gpu._routing``):
         ``add_vectors(ids, array[n, dim], metadata=None)`` or ``add_vectors([GpuVector, ...])``."""
-        if data is None:
-            vectors = list(ids)
-            if not all(isinstance(v, GpuVector) for v in vectors):
-                raise InvalidArgumentError("add_vectors(ids, data): data is missing")
-            if not vectors:
-                return
-            ids = [v.id for v in vectors]
-            data = np.stack([as_float32(v.data, 1, "vector") for v in vectors])
-            metadata = [v.metadata for v in vectors]
-        id_list = check_ids(ids)
-        md: list[dict[str, str]] = []
-        if metadata is not None:
-            md = [check_metadata(m) for m in metadata]
-            if len(md) != len(id_list):
-                raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
-            if not any(md):
-                md = []
-        arr = as_float32(data, 2, "vectors")
-        if arr.shape[0] != len(id_list):
-            raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
+        args = _add_vectors_args(ids, data, metadata)
+        if args is None:
+            return
+        id_list, arr, md = args
         self._add(id_list, arr, md, "vectors")
 
     def _add(self, ids: list[str], arr: np.ndarray, md: list[dict[str, str]], what: str) -> None:
@@ -770,7 +748,28 @@ class _ShardedBase:
             self._add_checked(ids, np.ascontiguousarray(rows[order]), md, seqs[order])
         self._next_seq = max(self._next_seq, int(manifest["next_sequence"]))
 
+    def _filled_from(self, path: str) -> Any:
+        """This new store, filled from a save; closed again if the save cannot be read."""
+        try:
+            self._restore_from(path)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     # -- lifetime ---------------------------------------------------------------------
+    def _release(self) -> None:
+        """Free every shard (a subclass's resources)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free every shard's memory now; later calls raise StorageClosedError."""
+        with self._lock.write():
+            if self._closed:
+                return
+            self._closed = True
+            self._release()
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -914,7 +913,7 @@ class ShardedStorage(_ShardedBase):
             for s in self._shards:
                 s.create(dimension, m, self._dtype)
         except BaseException:
-            self._close_shards()
+            self._release()
             raise
 
     @classmethod
@@ -923,13 +922,7 @@ class ShardedStorage(_ShardedBase):
         are re-balanced when the number differs, keeping their order for ties."""
         path = os.fspath(path)
         m = read_manifest(path)
-        store = cls(contexts, m["dimension"], m["metric"], dtype=m["dtype"])
-        try:
-            store._restore_from(path)
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return cls(contexts, m["dimension"], m["metric"], dtype=m["dtype"])._filled_from(path)
 
     @property
     def backend(self) -> str:
@@ -953,18 +946,10 @@ class ShardedStorage(_ShardedBase):
         first = call(calls[0])
         return [first] + [f.result() for f in futures]
 
-    def _close_shards(self) -> None:
+    def _release(self) -> None:
         for s in self._shards:
             s.close()
         self._pool.shutdown(wait=True)
-
-    def close(self) -> None:
-        """Free every shard's memory now; later calls raise StorageClosedError."""
-        with self._lock.write():
-            if self._closed:
-                return
-            self._closed = True
-            self._close_shards()
 
 
 def create_sharded_storage(

@@ -134,12 +134,7 @@ class RayStorage(_ShardedBase):
         path = os.path.abspath(os.fspath(path))
         m = read_manifest(path)
         store = cls(m["dimension"], m["metric"], shards=shards or len(m["shards"]), dtype=m["dtype"], **options)
-        try:
-            store._restore_from(path)
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return store._filled_from(path)
 
     def restore(self, path: str | os.PathLike[str]) -> None:
         """Replace every actor, including dead ones, by fresh ones loaded from a save."""
@@ -148,7 +143,7 @@ class RayStorage(_ShardedBase):
         with self._lock.write():
             if self._closed:
                 super()._check_open()
-            self._stop()
+            self._release()
             self._where, self._counts, self._next_seq = {}, [0] * self._n, 0
             self._room = (-1e9, None)
             # Until the new actors hold the save, calls fail as they did.
@@ -200,7 +195,7 @@ class RayStorage(_ShardedBase):
                 out.append(cause if isinstance(cause, Exception) else BackendError(f"shard {shard}: {e}"))
         return out
 
-    def _stop(self) -> None:
+    def _release(self) -> None:
         for a in self._actors:
             try:
                 ray.kill(a, no_restart=True)
@@ -210,14 +205,6 @@ class RayStorage(_ShardedBase):
         if self._pg is not None:
             remove_placement_group(self._pg)
             self._pg = None
-
-    def close(self) -> None:
-        """Stop every actor and free its memory; later calls raise StorageClosedError."""
-        with self._lock.write():
-            if self._closed:
-                return
-            self._closed = True
-            self._stop()
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a ShardedStorage-format directory (see ``ShardedStorage.save``); each actor
