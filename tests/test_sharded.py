@@ -17,8 +17,6 @@ from sharded_model import DIM, random_rows, assert_same_answers, run_random_oper
 
 
 def _contexts(backend: str, n: int) -> list[hive_gpu.Context]:
-    if backend == "cpu":
-        return hive_gpu._sharded.cpu_contexts(n, threads=1)
     return [hive_gpu.create_context(backend) for _ in range(n)]
 
 
@@ -66,7 +64,7 @@ def test_k_beyond_every_shard_and_empty_shards(backend, ctx, rng):
 
 
 def test_batches_are_balanced_and_sent_once_per_shard(rng):
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(3, threads=1), DIM, "cosine")
+    sharded = ShardedStorage(_contexts("cpu", 3), DIM, "cosine")
     calls = []
     for n, shard in enumerate(sharded._shards):
         add = shard.add_vectors
@@ -92,7 +90,7 @@ def _snapshot(sharded, q):
 
 
 def test_bad_input_changes_nothing(rng):
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(3, threads=1), DIM, "dot")
+    sharded = ShardedStorage(_contexts("cpu", 3), DIM, "dot")
     sharded.add_vectors([f"v{i}" for i in range(7)], rng.standard_normal((7, DIM)))
     q = rng.standard_normal((3, DIM)).astype(np.float32)
     before = _snapshot(sharded, q)
@@ -138,7 +136,7 @@ def test_bad_input_changes_nothing(rng):
 
 
 def test_a_failing_shard_is_undone(rng):
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(3, threads=1), DIM, "cosine")
+    sharded = ShardedStorage(_contexts("cpu", 3), DIM, "cosine")
     sharded.add_vectors([f"v{i}" for i in range(6)], rng.standard_normal((6, DIM)))
     q = rng.standard_normal((2, DIM)).astype(np.float32)
     before = _snapshot(sharded, q)
@@ -183,7 +181,7 @@ def test_save_and_load_onto_other_shard_counts(backend, ctx, metric, rng, tmp_pa
 
 
 def test_save_is_atomic_and_replaces_the_previous_generation(rng, tmp_path):
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(3, threads=1), DIM, "cosine")
+    sharded = ShardedStorage(_contexts("cpu", 3), DIM, "cosine")
     sharded.add_vectors([f"v{i}" for i in range(9)], rng.standard_normal((9, DIM)))
     d = tmp_path / "s"
     sharded.save(d)
@@ -199,21 +197,21 @@ def test_save_is_atomic_and_replaces_the_previous_generation(rng, tmp_path):
     with pytest.raises(hive_gpu.PersistenceError):
         sharded.save(d)
     assert sorted(os.listdir(d)) == first  # the failed save left nothing behind
-    assert len(ShardedStorage.load(d, hive_gpu._sharded.cpu_contexts(2, threads=1))) == 9
+    assert len(ShardedStorage.load(d, _contexts("cpu", 2))) == 9
     sharded._shards[1].save = save
     sharded.save(d)
     second = sorted(os.listdir(d))
     assert len(second) == 5 and not set(second) & (set(first) - {"manifest.json"})
-    assert "w" in ShardedStorage.load(d, hive_gpu._sharded.cpu_contexts(3, threads=1))
+    assert "w" in ShardedStorage.load(d, _contexts("cpu", 3))
 
 
 def test_damaged_saves_are_refused(rng, tmp_path):
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(2, threads=1), DIM, "cosine")
+    sharded = ShardedStorage(_contexts("cpu", 2), DIM, "cosine")
     sharded.add_vectors([f"v{i}" for i in range(9)], rng.standard_normal((9, DIM)))
     d = tmp_path / "s"
     sharded.save(d)
     manifest = json.loads((d / "manifest.json").read_text())
-    ctxs = hive_gpu._sharded.cpu_contexts(2, threads=1)
+    ctxs = _contexts("cpu", 2)
     shard0 = d / manifest["shards"][0]["file"]
     good = shard0.read_bytes()
     shard0.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
@@ -235,7 +233,7 @@ def test_damaged_saves_are_refused(rng, tmp_path):
 
 
 def test_async_forms(rng):
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(2, threads=1), DIM, "euclidean")
+    sharded = ShardedStorage(_contexts("cpu", 2), DIM, "euclidean")
     rows = rng.standard_normal((20, DIM)).astype(np.float32)
 
     async def main():
@@ -251,6 +249,14 @@ def test_async_forms(rng):
     assert hits[0].id == "last" and hits[0].metadata == {"m": "x"} and hits[0].distance == 0.0
     assert hits == sharded.search(rows[19], 3)
     np.testing.assert_array_equal(ids, sharded.search_batch(rows[:5], 4)[1])
+
+
+def test_cpu_shards_divide_the_cores(monkeypatch):
+    monkeypatch.delenv("HIVE_GPU_CPU_THREADS", raising=False)
+    with hive_gpu.create_sharded_storage(DIM, "cosine", backend="cpu", devices=2) as s:
+        threads = [c.device_info().max_threads_per_block for c in s.contexts]
+    assert threads == [max(1, (os.cpu_count() or 1) // 2)] * 2
+    assert "HIVE_GPU_CPU_THREADS" not in os.environ
 
 
 def test_surface_and_lifetime(rng):
@@ -283,7 +289,7 @@ def test_euclidean_roots_that_collide():
     rows = rng.standard_normal((1500, 16)).astype(np.float32)
     ids = [f"v{i}" for i in range(len(rows))]
     one = hive_gpu.CpuContext().create_storage(16, "euclidean")
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(3, threads=1), 16, "euclidean")
+    sharded = ShardedStorage(_contexts("cpu", 3), 16, "euclidean")
     one.add_vectors(ids, rows)
     for b, e in [(0, 10), (10, 700), (700, 1500)]:
         sharded.add_vectors(ids[b:e], rows[b:e])
@@ -298,7 +304,7 @@ def test_concurrent_searches_and_writes(rng):
     consistent one, and the end state equals one store's."""
     import threading
 
-    sharded = ShardedStorage(hive_gpu._sharded.cpu_contexts(3, threads=1), DIM, "cosine")
+    sharded = ShardedStorage(_contexts("cpu", 3), DIM, "cosine")
     one = hive_gpu.CpuContext().create_storage(DIM, "cosine")
     rows = rng.standard_normal((400, DIM)).astype(np.float32)
     ids = [f"v{i}" for i in range(400)]
