@@ -334,3 +334,32 @@ def test_concurrent_searches_and_writes(rng):
     assert not errors, errors[0]
     assert_same_answers(one, sharded, rows[:6], [1, 10, 500])
 
+
+
+def test_filter_is_forwarded_to_every_shard_only_when_given(rng):
+    sharded = ShardedStorage(_contexts("cpu", 2), DIM, "cosine")
+    rows = rng.standard_normal((6, DIM)).astype(np.float32)
+    sharded.add_vectors([f"v{i}" for i in range(6)], rows)
+
+    class Spy:  # stands in for a shard's store, recording the keywords it is searched with
+        def __init__(self, store):
+            self.store, self.seen = store, []
+
+        def search(self, q, k, **kw):
+            self.seen.append(kw)
+            return self.store.search(q, k)
+
+        def search_batch(self, q, k, **kw):
+            self.seen.append(kw)
+            return self.store.search_batch(q, k)
+
+    spies = []
+    for shard in sharded._shards:
+        shard.store = Spy(shard.store)
+        spies.append(shard.store)
+    sharded.search(rows[0], 3)
+    sharded.search_batch(rows[:2], 3)
+    sharded.search(rows[0], 3, filter={"lang": "pt"})
+    sharded.search_batch(rows[:2], 3, filter={"lang": "pt"})
+    for spy in spies:
+        assert spy.seen == [{}, {}, {"filter": {"lang": "pt"}}, {"filter": {"lang": "pt"}}]
