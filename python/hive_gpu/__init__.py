@@ -16,6 +16,7 @@ from ._contexts import (
 )
 from ._core import __version__
 from ._storage import VectorStorage
+from ._sharded import ShardedStorage, create_sharded_storage
 from .aio import AsyncStats, BatchingConfig
 from ._types import GpuDeviceInfo, GpuDistanceMetric, GpuSearchResult, GpuVector, PoolStats
 from .errors import (
@@ -52,6 +53,8 @@ __all__ = [
     "compiled_backends",
     "create_context",
     "VectorStorage",
+    "ShardedStorage",
+    "create_sharded_storage",
     "GpuDeviceInfo",
     "GpuDistanceMetric",
     "GpuSearchResult",

@@ -1,0 +1,92 @@
+"""RayStorage over a local Ray cluster must answer exactly as one VectorStorage. Few and quick:
+one cluster of 2 CPUs for the module, three actors per store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import hive_gpu  # noqa: E402
+from hive_gpu.distributed import RayStorage  # noqa: E402
+from reference import METRICS  # noqa: E402
+from sharded_model import DIM, assert_same_answers, random_rows, run_random_operations  # noqa: E402
+
+# Three actors of a quarter CPU each: two stores fit at once in the 2-CPU cluster.
+OPTIONS = {"shards": 3, "backend": "cpu", "cpus_per_shard": 0.25}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+def test_equals_one_store_after_random_operations(metric, rng):
+    one = hive_gpu.CpuContext().create_storage(DIM, metric)
+    with RayStorage(DIM, metric, **OPTIONS) as store:
+        assert store.backend == "cpu" and store.shard_count == 3
+        run_random_operations(one, store, metric, rng, steps=20)
+        # Duplicates of one row across every shard: the oldest wins, k beyond every shard and n.
+        row = rng.standard_normal(DIM).astype(np.float32)
+        for i in range(6):
+            one.add_vector(f"dup{i}", row)
+            store.add_vector(f"dup{i}", row)
+        assert_same_answers(one, store, np.stack([row, -row]), [1, 4, max(store.shard_sizes()) + 2, len(one) + 3])
+
+
+def test_save_load_kill_and_restore(rng, tmp_path):
+    rows = random_rows(rng, 50, rng.standard_normal((4, DIM)).astype(np.float32))
+    ids = [f"r{i}" for i in range(50)]
+    one = hive_gpu.CpuContext().create_storage(DIM, "euclidean")
+    one.add_vectors(ids, rows)
+    one.remove_vectors(ids[10:20])
+    queries = np.concatenate([rows[:3], rng.standard_normal((3, DIM)).astype(np.float32)])
+    store = RayStorage(DIM, "euclidean", **OPTIONS)
+    store.add_vectors(ids, rows)  # one message per actor, through the object store
+    store.remove_vectors(ids[10:20])
+    store.save(tmp_path / "s")
+    assert_same_answers(one, store, queries, [1, 5, 40])
+
+    ray.kill(store.actors[1])
+    with pytest.raises(hive_gpu.BackendError, match="shard 1"):
+        store.search_batch(queries, 5)
+    for call in (lambda: store.search(queries[0], 3), lambda: len(store), lambda: store.add_vector("x", rows[0])):
+        with pytest.raises(hive_gpu.BackendError, match="shard 1"):
+            call()
+    store.restore(tmp_path / "s")
+    assert_same_answers(one, store, queries, [1, 5, 40])
+    store.close()
+
+    # A ShardedStorage save of 3 shards onto 2 actors, re-balanced, same answers.
+    with RayStorage.load(tmp_path / "s", shards=2, backend="cpu", cpus_per_shard=0.25) as two:
+        assert two.shard_count == 2 and sorted(two.shard_sizes()) == [20, 20]
+        assert_same_answers(one, two, queries, [1, 5, 40])
+
+
+def test_bad_input_and_async(rng):
+    with RayStorage(DIM, "cosine", **OPTIONS) as store:
+        rows = rng.standard_normal((9, DIM)).astype(np.float32)
+        store.add_vectors([f"v{i}" for i in range(9)], rows)
+        before = (store.shard_sizes(), store.search_batch(rows, 9)[1].tolist())
+        bad = rows.copy()
+        bad[4, 2] = np.inf
+        with pytest.raises(hive_gpu.NonFiniteValueError):
+            store.add_vectors([f"n{i}" for i in range(9)], bad)
+        with pytest.raises(hive_gpu.DuplicateIdError):
+            store.add_vectors(["n0", "v3"], rows[:2])
+        with pytest.raises(hive_gpu.DimensionMismatchError):
+            store.search(rows[0, :3], 2)
+        assert (store.shard_sizes(), store.search_batch(rows, 9)[1].tolist()) == before
+
+        async def main():
+            await store.add_vectors_async(["a0", "a1"], rows[:2])
+            return await store.search_async(rows[0], 2), await store.search_batch_async(rows[:2], 2)
+
+        hits, (_, ids) = asyncio.run(main())
+        assert [h.id for h in hits] == ["v0", "a0"] and ids[1].tolist() == ["v1", "a1"]
