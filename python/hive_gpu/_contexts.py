@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import ClassVar
 
 from . import _core
@@ -20,6 +21,7 @@ __all__ = [
     "available_backends",
     "compiled_backends",
     "create_context",
+    "default_context",
 ]
 
 
@@ -157,3 +159,19 @@ def create_context(backend: str = "auto", device_id: int = 0) -> Context:
     if name not in _BY_NAME:
         raise InvalidArgumentError(f"unknown backend {backend!r}; known: {sorted(_BY_NAME)}")
     return _BY_NAME[name](device_id)
+
+
+_DEFAULTS: dict[tuple[str, int], Context] = {}
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_context(backend: str = "auto", device_id: int = 0) -> Context:
+    """The context this process shares for ``backend`` and ``device_id``, made by
+    create_context() on first use. ``VectorStorage.load``, ``from_bytes`` and unpickling use
+    it when given no context, so they do not start a device per call."""
+    key = (backend, device_id)
+    with _DEFAULTS_LOCK:
+        ctx = _DEFAULTS.get(key)
+        if ctx is None:
+            ctx = _DEFAULTS[key] = create_context(backend, device_id)
+        return ctx
