@@ -19,6 +19,7 @@ __all__ = [
     "MetalContext",
     "WgpuContext",
     "available_backends",
+    "backend_status",
     "compiled_backends",
     "create_context",
     "default_context",
@@ -142,10 +143,22 @@ def compiled_backends() -> list[str]:
 
 def available_backends() -> list[str]:
     """Backends that can create a context on this machine, fastest first: devices emulated
-    in software on the CPU (a WebGPU CPU adapter such as lavapipe) come after the CPU."""
+    in software on the CPU (a WebGPU CPU adapter such as lavapipe) come after the CPU.
+    ``backend_status()`` says why each of the others cannot."""
     avail = [b for b in _core.compiled_backends() if _core.backend_available(b)]
     emulated = [b for b in avail if _core.backend_emulated(b)]
     return [b for b in avail if b not in emulated] + emulated
+
+
+def backend_status() -> dict[str, str]:
+    """Every backend hive_gpu knows, mapped to why it cannot be used here ("" when it can).
+
+    A backend left out of this build says why the build left it out, for instance
+    ``"backend 'cuda' is not compiled into this build of hive_gpu: nvcc found, cuBLAS not
+    found: pip install nvidia-cublas"``; a compiled one says what is missing at run time (no
+    driver, no device, a library that could not be loaded).
+    """
+    return {name: _core.backend_unavailable_reason(name) for name in _BY_NAME}
 
 
 def create_context(backend: str = "auto", device_id: int = 0) -> Context:
