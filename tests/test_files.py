@@ -115,6 +115,20 @@ def test_fifo_and_device_are_refused_at_once(backend, tmp_path):
     assert out.stdout.split() == ["refused"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+def test_refused_paths_leave_no_descriptor_open(ctx, tmp_path):
+    fifo = tmp_path / "pipe.hgv"
+    os.mkfifo(fifo)
+    (tmp_path / "short.hgv").write_bytes(b"HIVEGPU")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        for p, error in ((fifo, PersistenceError), (tmp_path, IsADirectoryError),
+                         (tmp_path / "short.hgv", CorruptFileError), (tmp_path / "missing", FileNotFoundError)):
+            with pytest.raises(error):
+                ctx.load_storage(p)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 # -- a NUL in a path -------------------------------------------------------------------------
 
 

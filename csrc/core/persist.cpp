@@ -8,6 +8,7 @@
 #include <limits>
 #include <mutex>
 #include <string_view>
+#include <utility>
 
 #include "core/crc32c.hpp"
 #include "core/id_index.hpp"
@@ -17,6 +18,8 @@
 
 #if defined(_WIN32)
 #include <io.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <windows.h>
 #else
 #include <fcntl.h>
@@ -212,14 +215,14 @@ class FileSink : public ByteSink {
 class FileSource : public ByteSource {
    public:
     explicit FileSource(const std::string& path) : path_(path), name_("'" + path + "'") {
-        f_ = std::fopen(path.c_str(), "rb");
+        file_.f = std::fopen(path.c_str(), "rb");
+        f_ = file_.f;
         if (!f_) throw_io("cannot open '" + path + "'", errno, path_);
         struct _stat64 st;
         if (_fstat64(_fileno(f_), &st) != 0) throw_io("cannot stat '" + path + "'", errno, path_);
         if (!(st.st_mode & _S_IFREG)) throw IoError("'" + path + "' is not a regular file", 0, path_);
         size_ = static_cast<std::uint64_t>(st.st_size);
     }
-    ~FileSource() override { std::fclose(f_); }
     const std::string& name() const override { return name_; }
     std::uint64_t size() const override { return size_; }
     void read(void* p, std::size_t n) override {
@@ -236,7 +239,15 @@ class FileSource : public ByteSource {
     }
 
    private:
+    // Closes the file also when the constructor throws after opening it.
+    struct Owned {
+        std::FILE* f = nullptr;
+        ~Owned() {
+            if (f) std::fclose(f);
+        }
+    };
     std::string path_, name_;
+    Owned file_;
     std::FILE* f_ = nullptr;
     std::uint64_t size_ = 0, pos_ = 0;
 };
@@ -280,24 +291,23 @@ class FileSource : public ByteSource {
     // O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses anything
     // but a regular file before a byte is read.
     explicit FileSource(const std::string& path) : path_(path), name_("'" + path + "'") {
-        fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-        if (fd_ < 0) throw_io("cannot open '" + path + "'", errno, path_);
+        fd_.fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd_.fd < 0) throw_io("cannot open '" + path + "'", errno, path_);
         struct stat st;
-        if (::fstat(fd_, &st) != 0) throw_io("cannot stat '" + path + "'", errno, path_);
+        if (::fstat(fd_.fd, &st) != 0) throw_io("cannot stat '" + path + "'", errno, path_);
         if (S_ISDIR(st.st_mode)) throw IoError("'" + path + "' is a directory, not a regular file", EISDIR, path_);
         if (!S_ISREG(st.st_mode)) throw IoError("'" + path + "' is not a regular file", 0, path_);
-        const int flags = ::fcntl(fd_, F_GETFL);
-        if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        const int flags = ::fcntl(fd_.fd, F_GETFL);
+        if (flags < 0 || ::fcntl(fd_.fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
             throw_io("cannot read '" + path + "'", errno, path_);
         size_ = static_cast<std::uint64_t>(st.st_size);
     }
-    ~FileSource() override { ::close(fd_); }
     const std::string& name() const override { return name_; }
     std::uint64_t size() const override { return size_; }
     void read(void* p, std::size_t n) override {
         char* c = static_cast<char*>(p);
         while (n) {
-            ssize_t r = ::read(fd_, c, n);
+            ssize_t r = ::read(fd_.fd, c, n);
             if (r < 0) {
                 if (errno == EINTR) continue;
                 throw_io("cannot read '" + path_ + "'", errno, path_);
@@ -310,13 +320,20 @@ class FileSource : public ByteSource {
     }
     std::uint64_t position() const override { return pos_; }
     void seek(std::uint64_t pos) override {
-        if (::lseek(fd_, static_cast<off_t>(pos), SEEK_SET) < 0) throw_io("cannot seek in '" + path_ + "'", errno, path_);
+        if (::lseek(fd_.fd, static_cast<off_t>(pos), SEEK_SET) < 0) throw_io("cannot seek in '" + path_ + "'", errno, path_);
         pos_ = pos;
     }
 
    private:
+    // Closes the descriptor also when the constructor throws after opening it.
+    struct Owned {
+        int fd = -1;
+        ~Owned() {
+            if (fd >= 0) ::close(fd);
+        }
+    };
     std::string path_, name_;
-    int fd_ = -1;
+    Owned fd_;
     std::uint64_t size_ = 0, pos_ = 0;
 };
 #endif
