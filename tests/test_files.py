@@ -14,7 +14,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 
 from conftest import make_ids
 from reference import METRICS, assert_matches
-from test_persistence import _child, _run_child, assert_same_store, build, parse, small_store
+from test_persistence import _child, _endless_saver, _run_child, assert_same_store, build, parse, small_store
 
 import hive_gpu
 from hive_gpu import CorruptFileError, InvalidArgumentError, PersistenceError, StorageClosedError, VectorStorage
@@ -262,16 +261,7 @@ def test_save_removes_temporaries_of_dead_processes_only(ctx, tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="no SIGKILL here")
 def test_temporaries_of_a_save_killed_mid_write_go_with_the_next_save(ctx, backend, tmp_path):
     target = tmp_path / "s.hgv"
-    code = _child(
-        backend,
-        f"""
-        s = ctx.create_storage(64, "euclidean")
-        s.add_vectors([f"n{{i}}" for i in range(60000)], np.full((60000, 64), 0.5, np.float32))
-        print("ready", flush=True)
-        while True:
-            s.save({str(target)!r})
-        """,
-    )
+    code = _endless_saver(backend, target)
     leftovers: list[str] = []
     for attempt in range(20):  # until a kill lands while a temporary exists
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
