@@ -125,7 +125,7 @@ class ByteSink {
 class ByteSource {
    public:
     virtual ~ByteSource() = default;
-    // For messages: the path in quotes, or "the bytes".
+    // For messages: the path in quotes, or "the data".
     virtual const std::string& name() const = 0;
     virtual std::uint64_t size() const = 0;
     // Exactly n bytes, or CorruptFileError (the data ended early).
