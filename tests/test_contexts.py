@@ -77,8 +77,10 @@ def test_cli_info_json():
         [sys.executable, "-m", "hive_gpu", "info", "--json"], check=True, capture_output=True, text=True
     ).stdout
     data = json.loads(out)
-    names = {b["backend"] for b in data["backends"]}
-    assert set(hive_gpu.compiled_backends()) == names
+    # Every known backend is listed; those not compiled in say why.
+    assert {b["backend"] for b in data["backends"]} == set(hive_gpu.backend_status())
+    assert {b["backend"] for b in data["backends"] if b["compiled"]} == set(hive_gpu.compiled_backends())
+    assert all(b["reason"] for b in data["backends"] if not b["available"])
     cpu = next(b for b in data["backends"] if b["backend"] == "cpu")
     assert cpu["available"] and cpu["devices"][0]["name"]
 
@@ -101,3 +103,17 @@ def test_auto_ranks_emulated_devices_after_the_cpu():
     emulated = [b for b in avail if core.backend_emulated(b)]
     assert all(avail.index(b) > avail.index("cpu") for b in emulated), avail
     assert hive_gpu.create_context("auto").backend not in emulated
+
+
+def test_backend_status_says_why_each_backend_is_unavailable():
+    status = hive_gpu.backend_status()
+    assert set(status) == {"cpu", "cuda", "rocm", "metal", "webgpu"}
+    assert status["cpu"] == ""
+    # "" exactly for the backends that can make a context here.
+    assert {b for b, why in status.items() if not why} == set(hive_gpu.available_backends())
+    for b, why in status.items():
+        if b not in hive_gpu.compiled_backends():
+            # The build's own reason follows: OFF, no toolchain, not this platform...
+            head = f"backend '{b}' is not compiled into this build of hive_gpu: "
+            assert why.startswith(head) and len(why) > len(head), why
+        assert why == hive_gpu.create_context.__globals__["_core"].backend_unavailable_reason(b)

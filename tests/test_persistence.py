@@ -476,13 +476,10 @@ def test_save_failing_mid_write_keeps_previous_file(ctx, backend, tmp_path):
     assert_same_store(old, ctx.load_storage(target))
 
 
-def test_process_killed_mid_save_keeps_a_complete_file(ctx, backend, tmp_path):
-    # A child saves a large store over and over; it is killed at a few moments. Whatever
-    # the moment, the target is one complete store: the old one or the new one.
-    old, _ = small_store(ctx)
-    target = tmp_path / "s.hgv"
-    old.save(target)
-    code = _child(
+def _endless_saver(backend: str, target) -> str:
+    """A child program that saves a store of 60000 x 64 floats (0.5) to target forever,
+    printing "ready" first."""
+    return _child(
         backend,
         f"""
         s = ctx.create_storage(64, "euclidean")
@@ -492,6 +489,15 @@ def test_process_killed_mid_save_keeps_a_complete_file(ctx, backend, tmp_path):
             s.save({str(target)!r})
         """,
     )
+
+
+def test_process_killed_mid_save_keeps_a_complete_file(ctx, backend, tmp_path):
+    # A child saves a large store over and over; it is killed at a few moments. Whatever
+    # the moment, the target is one complete store: the old one or the new one.
+    old, _ = small_store(ctx)
+    target = tmp_path / "s.hgv"
+    old.save(target)
+    code = _endless_saver(backend, target)
     saw_new = False
     for delay in (0.0, 0.05, 0.13, 0.31, 2.0):
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

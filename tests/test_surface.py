@@ -135,7 +135,7 @@ STORAGE_CASES = [
 ]
 
 # Public methods without arguments to get wrong.
-NO_ARGUMENTS = {"vector_count", "ids", "memory_usage", "clear", "batching", "async_stats", "close"}
+NO_ARGUMENTS = {"vector_count", "ids", "memory_usage", "clear", "batching", "async_stats", "close", "to_bytes"}
 
 
 def _context_cases(ctx):

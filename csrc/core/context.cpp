@@ -57,6 +57,15 @@ std::vector<BackendEntry> entries() {
     return e;
 }
 
+// Why CMake left a backend out of this build ("" for a backend it built, or an unknown name).
+std::string build_reason(const std::string& backend) {
+    if (backend == "cuda") return HIVE_GPU_CUDA_BUILD_REASON;
+    if (backend == "rocm") return HIVE_GPU_ROCM_BUILD_REASON;
+    if (backend == "metal") return HIVE_GPU_METAL_BUILD_REASON;
+    if (backend == "webgpu") return HIVE_GPU_WEBGPU_BUILD_REASON;
+    return "";
+}
+
 const BackendEntry* find_entry(const std::vector<BackendEntry>& all, const std::string& name) {
     for (const auto& e : all)
         if (name == e.name) return &e;
@@ -80,7 +89,10 @@ int device_count(const std::string& backend) {
 std::string backend_unavailable_reason(const std::string& backend) {
     auto all = entries();
     const BackendEntry* e = find_entry(all, backend);
-    if (!e) return "backend '" + backend + "' is not compiled into this build of hive_gpu";
+    if (!e) {
+        const std::string why = build_reason(backend);
+        return "backend '" + backend + "' is not compiled into this build of hive_gpu" + (why.empty() ? "" : ": " + why);
+    }
     return e->unavailable_reason();
 }
 

@@ -4,8 +4,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <mutex>
+#include <string_view>
+#include <utility>
 
 #include "core/crc32c.hpp"
 #include "core/id_index.hpp"
@@ -15,9 +18,12 @@
 
 #if defined(_WIN32)
 #include <io.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <windows.h>
 #else
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #endif
@@ -95,57 +101,244 @@ class Cursor {
     std::size_t pos_ = 0;
 };
 
-class File {
+std::string get_utf8(Cursor& c, std::size_t max_len) {
+    std::string s = c.get_str(max_len);
+    if (!detail::valid_utf8(s)) c.fail("a string is not valid UTF-8");
+    return s;
+}
+
+}  // namespace
+
+// ---- I/O layer: where the format's bytes go and come from --------------------------------
+// The format code writes to a ByteSink and reads from a ByteSource, so a file and the
+// in-memory form (to_bytes / from_bytes) share every line of it.
+namespace detail {
+
+class ByteSink {
    public:
-    File(const std::string& path, const char* mode) : path_(path), f_(std::fopen(path.c_str(), mode)) {
-        if (!f_) throw IoError("cannot open '" + path + "': " + std::strerror(errno));
-    }
-    ~File() {
-        if (f_) std::fclose(f_);
-    }
-    void write(const void* p, std::size_t n) {
-        if (n && std::fwrite(p, 1, n, f_) != n)
-            throw IoError("cannot write '" + path_ + "': " + std::strerror(errno));
-    }
-    // Reads exactly n bytes or throws CorruptFileError (the file ended early).
-    void read(void* p, std::size_t n) {
-        if (n && std::fread(p, 1, n, f_) != n) {
-            if (std::ferror(f_)) throw IoError("cannot read '" + path_ + "': " + std::strerror(errno));
-            throw CorruptFileError("'" + path_ + "' is truncated");
-        }
-    }
-    // Size of the open file; anything but a regular file (directory, FIFO) is refused.
-    std::uint64_t size() {
-#if defined(_WIN32)
-        struct _stat64 st;
-        if (_fstat64(_fileno(f_), &st) != 0) throw IoError("cannot stat '" + path_ + "': " + std::strerror(errno));
-        if (!(st.st_mode & _S_IFREG)) throw IoError("'" + path_ + "' is not a regular file");
-#else
-        struct stat st;
-        if (fstat(fileno(f_), &st) != 0) throw IoError("cannot stat '" + path_ + "': " + std::strerror(errno));
-        if (!S_ISREG(st.st_mode)) throw IoError("'" + path_ + "' is not a regular file");
-#endif
-        return static_cast<std::uint64_t>(st.st_size);
-    }
-    // Flush to the disk, then close.
-    void sync_close() {
-        if (std::fflush(f_) != 0) throw IoError("cannot write '" + path_ + "': " + std::strerror(errno));
-#if defined(_WIN32)
-        _commit(_fileno(f_));
-#else
-        if (fsync(fileno(f_)) != 0) throw IoError("cannot sync '" + path_ + "': " + std::strerror(errno));
-#endif
-        std::FILE* f = f_;
-        f_ = nullptr;
-        if (std::fclose(f) != 0) throw IoError("cannot close '" + path_ + "': " + std::strerror(errno));
+    virtual ~ByteSink() = default;
+    virtual void write(const void* p, std::size_t n) = 0;
+    // The total the format will write; a sink may reserve it.
+    virtual void expect(std::uint64_t) {}
+};
+
+class ByteSource {
+   public:
+    virtual ~ByteSource() = default;
+    // For messages: the path in quotes, or "the data".
+    virtual const std::string& name() const = 0;
+    virtual std::uint64_t size() const = 0;
+    // Exactly n bytes, or CorruptFileError (the data ended early).
+    virtual void read(void* p, std::size_t n) = 0;
+    virtual std::uint64_t position() const = 0;
+    virtual void seek(std::uint64_t pos) = 0;
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::ByteSink;
+using detail::ByteSource;
+
+[[noreturn]] void throw_io(const std::string& what, int err, const std::string& path) {
+    throw IoError(what + ": " + std::strerror(err), err, path);
+}
+
+// A path reaches open() as a C string: an embedded NUL would silently cut it.
+void check_path(const std::string& path) {
+    if (path.empty()) throw InvalidArgumentError("a path must not be empty");
+    if (path.find('\0') != std::string::npos)
+        throw InvalidArgumentError("a path must not contain a NUL character");
+}
+
+class StringSink : public ByteSink {
+   public:
+    explicit StringSink(std::string& out) : out_(out) {}
+    void write(const void* p, std::size_t n) override { out_.append(static_cast<const char*>(p), n); }
+    void expect(std::uint64_t total) override {
+        if (total > out_.max_size()) throw OutOfMemoryError("the store is too large for one in-memory copy");
+        out_.reserve(static_cast<std::size_t>(total));
     }
 
    private:
-    std::string path_;
-    std::FILE* f_;
+    std::string& out_;
 };
 
-void write_section(File& f, std::uint32_t t, const std::string& payload) {
+class MemorySource : public ByteSource {
+   public:
+    MemorySource(const void* data, std::size_t size) : p_(static_cast<const char*>(data)), size_(size) {}
+    const std::string& name() const override { return name_; }
+    std::uint64_t size() const override { return size_; }
+    void read(void* p, std::size_t n) override {
+        if (size_ - pos_ < n) throw CorruptFileError("the data is truncated");
+        if (n) std::memcpy(p, p_ + pos_, n);
+        pos_ += n;
+    }
+    std::uint64_t position() const override { return pos_; }
+    void seek(std::uint64_t pos) override { pos_ = static_cast<std::size_t>(std::min<std::uint64_t>(pos, size_)); }
+
+   private:
+    const char* p_;
+    std::size_t size_;
+    std::size_t pos_ = 0;
+    std::string name_ = "the data";
+};
+
+#if defined(_WIN32)
+// Windows: the C runtime's files (no FIFOs to block on; a directory fails to open).
+class FileSink : public ByteSink {
+   public:
+    // `shown` is the path the caller named, reported in errors; `path` the file written.
+    FileSink(const std::string& path, const std::string& shown) : path_(path), shown_(shown) {
+        f_ = std::fopen(path.c_str(), "wb");
+        if (!f_) throw_io("cannot create '" + path + "'", errno, shown_);
+    }
+    ~FileSink() override {
+        if (f_) std::fclose(f_);
+    }
+    void write(const void* p, std::size_t n) override {
+        if (n && std::fwrite(p, 1, n, f_) != n) throw_io("cannot write '" + path_ + "'", errno, shown_);
+    }
+    void sync_close() {
+        if (std::fflush(f_) != 0) throw_io("cannot write '" + path_ + "'", errno, shown_);
+        _commit(_fileno(f_));
+        std::FILE* f = std::exchange(f_, nullptr);
+        if (std::fclose(f) != 0) throw_io("cannot close '" + path_ + "'", errno, shown_);
+    }
+
+   private:
+    std::string path_, shown_;
+    std::FILE* f_ = nullptr;
+};
+
+class FileSource : public ByteSource {
+   public:
+    explicit FileSource(const std::string& path) : path_(path), name_("'" + path + "'") {
+        file_.f = std::fopen(path.c_str(), "rb");
+        f_ = file_.f;
+        if (!f_) throw_io("cannot open '" + path + "'", errno, path_);
+        struct _stat64 st;
+        if (_fstat64(_fileno(f_), &st) != 0) throw_io("cannot stat '" + path + "'", errno, path_);
+        if (!(st.st_mode & _S_IFREG)) throw IoError("'" + path + "' is not a regular file", 0, path_);
+        size_ = static_cast<std::uint64_t>(st.st_size);
+    }
+    const std::string& name() const override { return name_; }
+    std::uint64_t size() const override { return size_; }
+    void read(void* p, std::size_t n) override {
+        if (n && std::fread(p, 1, n, f_) != n) {
+            if (std::ferror(f_)) throw_io("cannot read '" + path_ + "'", errno, path_);
+            throw CorruptFileError(name_ + " is truncated");
+        }
+        pos_ += n;
+    }
+    std::uint64_t position() const override { return pos_; }
+    void seek(std::uint64_t pos) override {
+        if (_fseeki64(f_, static_cast<__int64>(pos), SEEK_SET) != 0) throw_io("cannot seek in '" + path_ + "'", errno, path_);
+        pos_ = pos;
+    }
+
+   private:
+    // Closes the file also when the constructor throws after opening it.
+    struct Owned {
+        std::FILE* f = nullptr;
+        ~Owned() {
+            if (f) std::fclose(f);
+        }
+    };
+    std::string path_, name_;
+    Owned file_;
+    std::FILE* f_ = nullptr;
+    std::uint64_t size_ = 0, pos_ = 0;
+};
+#else
+class FileSink : public ByteSink {
+   public:
+    // `shown` is the path the caller named, reported in errors; `path` the file written.
+    FileSink(const std::string& path, const std::string& shown) : path_(path), shown_(shown) {
+        fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+        if (fd_ < 0) throw_io("cannot create '" + path + "'", errno, shown_);
+    }
+    ~FileSink() override {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    void write(const void* p, std::size_t n) override {
+        const char* c = static_cast<const char*>(p);
+        while (n) {
+            ssize_t w = ::write(fd_, c, n);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                throw_io("cannot write '" + path_ + "'", errno, shown_);
+            }
+            c += w;
+            n -= static_cast<std::size_t>(w);
+        }
+    }
+    // Flush to the disk, then close.
+    void sync_close() {
+        if (::fsync(fd_) != 0) throw_io("cannot sync '" + path_ + "'", errno, shown_);
+        int fd = std::exchange(fd_, -1);
+        if (::close(fd) != 0) throw_io("cannot close '" + path_ + "'", errno, shown_);
+    }
+
+   private:
+    std::string path_, shown_;
+    int fd_ = -1;
+};
+
+class FileSource : public ByteSource {
+   public:
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses anything
+    // but a regular file before a byte is read.
+    explicit FileSource(const std::string& path) : path_(path), name_("'" + path + "'") {
+        fd_.fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd_.fd < 0) throw_io("cannot open '" + path + "'", errno, path_);
+        struct stat st;
+        if (::fstat(fd_.fd, &st) != 0) throw_io("cannot stat '" + path + "'", errno, path_);
+        if (S_ISDIR(st.st_mode)) throw IoError("'" + path + "' is a directory, not a regular file", EISDIR, path_);
+        if (!S_ISREG(st.st_mode)) throw IoError("'" + path + "' is not a regular file", 0, path_);
+        const int flags = ::fcntl(fd_.fd, F_GETFL);
+        if (flags < 0 || ::fcntl(fd_.fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+            throw_io("cannot read '" + path + "'", errno, path_);
+        size_ = static_cast<std::uint64_t>(st.st_size);
+    }
+    const std::string& name() const override { return name_; }
+    std::uint64_t size() const override { return size_; }
+    void read(void* p, std::size_t n) override {
+        char* c = static_cast<char*>(p);
+        while (n) {
+            ssize_t r = ::read(fd_.fd, c, n);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                throw_io("cannot read '" + path_ + "'", errno, path_);
+            }
+            if (r == 0) throw CorruptFileError(name_ + " is truncated");
+            c += r;
+            n -= static_cast<std::size_t>(r);
+            pos_ += static_cast<std::uint64_t>(r);
+        }
+    }
+    std::uint64_t position() const override { return pos_; }
+    void seek(std::uint64_t pos) override {
+        if (::lseek(fd_.fd, static_cast<off_t>(pos), SEEK_SET) < 0) throw_io("cannot seek in '" + path_ + "'", errno, path_);
+        pos_ = pos;
+    }
+
+   private:
+    // Closes the descriptor also when the constructor throws after opening it.
+    struct Owned {
+        int fd = -1;
+        ~Owned() {
+            if (fd >= 0) ::close(fd);
+        }
+    };
+    std::string path_, name_;
+    Owned fd_;
+    std::uint64_t size_ = 0, pos_ = 0;
+};
+#endif
+
+void write_section(ByteSink& f, std::uint32_t t, const std::string& payload) {
     std::string h;
     put<std::uint32_t>(h, t);
     put<std::uint32_t>(h, 0);
@@ -157,7 +350,7 @@ void write_section(File& f, std::uint32_t t, const std::string& payload) {
 }
 
 // Section header; checks the tag and that the payload fits in what is left of the file.
-std::uint64_t read_section_header(File& f, std::uint32_t expected, const char* name,
+std::uint64_t read_section_header(ByteSource& f, std::uint32_t expected, const char* name,
                                   std::uint64_t& remaining) {
     if (remaining < kSectionHeaderBytes + 4) throw CorruptFileError(std::string("file ends before the ") + name + " section");
     char h[kSectionHeaderBytes];
@@ -176,31 +369,110 @@ std::uint64_t read_section_header(File& f, std::uint32_t expected, const char* n
     return len;
 }
 
-std::string read_payload(File& f, std::uint64_t len, const char* name) {
-    std::string b(static_cast<std::size_t>(len), '\0');
-    f.read(b.data(), b.size());
+// CRC-32C of the next `len` bytes, read in chunks of kChunkBytes.
+std::uint32_t crc_of_next(ByteSource& f, std::uint64_t len, std::vector<char>& chunk) {
+    std::uint32_t crc = 0;
+    for (std::uint64_t done = 0; done < len;) {
+        const std::size_t m = static_cast<std::size_t>(std::min<std::uint64_t>(len - done, chunk.size()));
+        f.read(chunk.data(), m);
+        crc = crc32c(crc, chunk.data(), m);
+        done += m;
+    }
+    return crc;
+}
+
+// The payload is held only once its CRC has matched in a pass over bounded chunks: a length
+// that the file's size allows but its content does not back (a sparse file) costs no memory.
+std::string read_payload(ByteSource& f, std::uint64_t len, const char* name) {
+    const std::uint64_t start = f.position();
+    std::vector<char> chunk(static_cast<std::size_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(len, 1), kChunkBytes)));
+    const std::uint32_t first = crc_of_next(f, len, chunk);
     std::uint32_t crc;
     f.read(&crc, 4);
-    if (crc != crc32c(0, b.data(), b.size()))
+    if (crc != first) throw CorruptFileError(std::string("checksum mismatch in the ") + name + " section");
+    f.seek(start);
+    std::string b(static_cast<std::size_t>(len), '\0');
+    f.read(b.data(), b.size());
+    // The parse must see the bytes that were checked, even if the file changed meanwhile.
+    if (crc32c(0, b.data(), b.size()) != crc)
         throw CorruptFileError(std::string("checksum mismatch in the ") + name + " section");
+    f.seek(start + len + 4);
     return b;
+}
+
+#if defined(_WIN32)
+int current_pid() { return static_cast<int>(GetCurrentProcessId()); }
+bool process_alive(unsigned long pid) {
+    HANDLE h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, static_cast<DWORD>(pid));
+    if (!h) return GetLastError() != ERROR_INVALID_PARAMETER;  // access denied: it exists
+    DWORD code = 0;
+    const bool alive = !GetExitCodeProcess(h, &code) || code == STILL_ACTIVE;
+    CloseHandle(h);
+    return alive;
+}
+#else
+int current_pid() { return static_cast<int>(getpid()); }
+bool process_alive(unsigned long pid) {
+    if (pid == 0 || pid > static_cast<unsigned long>(std::numeric_limits<pid_t>::max())) return false;
+    return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+}
+#endif
+
+// Digits only, at least one, no overflow.
+bool parse_decimal(std::string_view s, unsigned long& out) {
+    if (s.empty() || s.size() > 18) return false;
+    out = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return false;
+        out = out * 10 + static_cast<unsigned long>(c - '0');
+    }
+    return true;
+}
+
+// Removes `path.tmp.<pid>.<n>` left by a save whose process died (killed mid-write). A
+// living process's temporaries, this one's included, are never touched. Best effort: a
+// failure here must not fail the save.
+void remove_dead_temporaries(const std::string& path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path target(path);
+    const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+    const std::string prefix = target.filename().string() + ".tmp.";
+    fs::directory_iterator it(dir, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+        const std::string_view rest = std::string_view(name).substr(prefix.size());
+        const auto dot = rest.find('.');
+        unsigned long pid, counter;
+        if (dot == std::string_view::npos || !parse_decimal(rest.substr(0, dot), pid) ||
+            !parse_decimal(rest.substr(dot + 1), counter))
+            continue;
+        if (pid == static_cast<unsigned long>(current_pid()) || process_alive(pid)) continue;
+        std::error_code ignored;
+        if (it->is_regular_file(ignored)) fs::remove(it->path(), ignored);
+    }
 }
 
 void replace_file(const std::string& from, const std::string& to) {
 #if defined(_WIN32)
     if (!MoveFileExA(from.c_str(), to.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH))
-        throw IoError("cannot replace '" + to + "'");
+        throw IoError("cannot replace '" + to + "'", 0, to);
 #else
-    if (std::rename(from.c_str(), to.c_str()) != 0)
-        throw IoError("cannot replace '" + to + "': " + std::strerror(errno));
-    // Make the rename itself durable.
+    if (std::rename(from.c_str(), to.c_str()) != 0) throw_io("cannot replace '" + to + "'", errno, to);
+    // Make the rename itself durable. The new file is already in place when this fails.
     const auto slash = to.rfind('/');
     const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : to.substr(0, slash);
-    int fd = ::open(dir.c_str(), O_RDONLY);
-    if (fd >= 0) {
-        fsync(fd);
+    const std::string unconfirmed = "'" + to + "' was replaced, but the rename is not confirmed durable";
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) throw_io(unconfirmed + " (cannot open its directory)", errno, to);
+    // EINVAL: this file system cannot sync a directory; there is nothing more to do.
+    if (::fsync(fd) != 0 && errno != EINVAL) {
+        const int err = errno;
         ::close(fd);
+        throw_io(unconfirmed + " (syncing its directory failed)", err, to);
     }
+    ::close(fd);
 #endif
 }
 
@@ -208,7 +480,7 @@ std::atomic<unsigned> g_temp_counter{0};
 
 }  // namespace
 
-void VectorStorage::save(const std::string& path) const {
+void VectorStorage::write_to(ByteSink& f) const {
     std::shared_lock<detail::WriterPreferringMutex> lock(mutex_);
     check_open();
     const std::size_t n = id_of_.size();
@@ -225,48 +497,49 @@ void VectorStorage::save(const std::string& path) const {
     }
     ords.append(reinterpret_cast<const char*>(ordinal_of_.data()), n * sizeof(std::uint32_t));
 
-    std::string tmp = path + ".tmp." + std::to_string(
-#if defined(_WIN32)
-                                           GetCurrentProcessId()
-#else
-                                           getpid()
-#endif
-                                               ) +
-                      "." + std::to_string(g_temp_counter++);
-    try {
-        File f(tmp, "wb");
-        std::string h(kHeaderBytes, '\0');
-        std::memcpy(h.data(), kMagic, 8);
-        std::uint32_t version = kFormatVersion, metric = static_cast<std::uint32_t>(metric_);
-        std::uint64_t dim = dimension_, count = n, next = next_ordinal_;
-        std::memcpy(h.data() + 8, &version, 4);
-        std::memcpy(h.data() + 12, &metric, 4);
-        std::memcpy(h.data() + 16, &dim, 8);
-        std::memcpy(h.data() + 24, &count, 8);
-        std::memcpy(h.data() + 32, &next, 8);
-        std::uint32_t hcrc = crc32c(0, h.data(), 60);
-        std::memcpy(h.data() + 60, &hcrc, 4);
-        f.write(h.data(), h.size());
-        write_section(f, kIds, ids);
-        write_section(f, kMeta, meta);
-        write_section(f, kOrds, ords);
+    std::string h(kHeaderBytes, '\0');
+    std::memcpy(h.data(), kMagic, 8);
+    std::uint32_t version = kFormatVersion, metric = static_cast<std::uint32_t>(metric_);
+    std::uint64_t dim = dimension_, count = n, next = next_ordinal_;
+    std::memcpy(h.data() + 8, &version, 4);
+    std::memcpy(h.data() + 12, &metric, 4);
+    std::memcpy(h.data() + 16, &dim, 8);
+    std::memcpy(h.data() + 24, &count, 8);
+    std::memcpy(h.data() + 32, &next, 8);
+    std::uint32_t hcrc = crc32c(0, h.data(), 60);
+    std::memcpy(h.data() + 60, &hcrc, 4);
+    f.expect(kHeaderBytes + 4 * (kSectionHeaderBytes + 4) + ids.size() + meta.size() + ords.size() +
+             std::uint64_t(n) * dimension_ * sizeof(float));
+    f.write(h.data(), h.size());
+    write_section(f, kIds, ids);
+    write_section(f, kMeta, meta);
+    write_section(f, kOrds, ords);
 
-        // Rows stream from the engine in chunks: no second full copy on the host.
-        std::string sh;
-        put<std::uint32_t>(sh, kVecs);
-        put<std::uint32_t>(sh, 0);
-        put<std::uint64_t>(sh, std::uint64_t(n) * dimension_ * sizeof(float));
-        f.write(sh.data(), sh.size());
-        const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dimension_ * sizeof(float)));
-        std::vector<float> buf(std::min(n, rows_per_chunk) * dimension_);
-        std::uint32_t crc = 0;
-        for (std::size_t first = 0; first < n; first += rows_per_chunk) {
-            std::size_t m = std::min(rows_per_chunk, n - first);
-            engine_->read(first, m, buf.data());
-            f.write(buf.data(), m * dimension_ * sizeof(float));
-            crc = crc32c(crc, buf.data(), m * dimension_ * sizeof(float));
-        }
-        f.write(&crc, 4);
+    // Rows stream from the engine in chunks: no second full copy on the host.
+    std::string sh;
+    put<std::uint32_t>(sh, kVecs);
+    put<std::uint32_t>(sh, 0);
+    put<std::uint64_t>(sh, std::uint64_t(n) * dimension_ * sizeof(float));
+    f.write(sh.data(), sh.size());
+    const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dimension_ * sizeof(float)));
+    std::vector<float> buf(std::min(n, rows_per_chunk) * dimension_);
+    std::uint32_t crc = 0;
+    for (std::size_t first = 0; first < n; first += rows_per_chunk) {
+        std::size_t m = std::min(rows_per_chunk, n - first);
+        engine_->read(first, m, buf.data());
+        f.write(buf.data(), m * dimension_ * sizeof(float));
+        crc = crc32c(crc, buf.data(), m * dimension_ * sizeof(float));
+    }
+    f.write(&crc, 4);
+}
+
+void VectorStorage::save(const std::string& path) const {
+    check_path(path);
+    remove_dead_temporaries(path);
+    const std::string tmp = path + ".tmp." + std::to_string(current_pid()) + "." + std::to_string(g_temp_counter++);
+    try {
+        FileSink f(tmp, path);
+        write_to(f);
         f.sync_close();
         replace_file(tmp, path);
     } catch (...) {
@@ -275,15 +548,43 @@ void VectorStorage::save(const std::string& path) const {
     }
 }
 
+std::string VectorStorage::to_bytes() const {
+    std::string out;
+    StringSink sink(out);
+    write_to(sink);
+    return out;
+}
+
 std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context>& context,
                                                    const std::string& path) {
-    File f(path, "rb");
+    check_path(path);
+    FileSource f(path);
+    return read_from(context, f, nullptr);
+}
+
+std::shared_ptr<VectorStorage> VectorStorage::from_bytes(const std::shared_ptr<Context>& context,
+                                                         const void* data, std::size_t size) {
+    MemorySource source(data, size);
+    return read_from(context, source, nullptr);
+}
+
+StoreFileInfo VectorStorage::inspect_file(const std::string& path) {
+    check_path(path);
+    FileSource f(path);
+    StoreFileInfo info;
+    read_from(nullptr, f, &info);
+    return info;
+}
+
+std::shared_ptr<VectorStorage> VectorStorage::read_from(const std::shared_ptr<Context>& context,
+                                                        ByteSource& f, StoreFileInfo* info) {
+    const std::string& path = f.name();
     std::uint64_t remaining = f.size();
-    if (remaining < kHeaderBytes) throw CorruptFileError("'" + path + "' is too short to be a hive_gpu store");
+    if (remaining < kHeaderBytes) throw CorruptFileError(path + " is too short to be a hive_gpu store");
     char h[kHeaderBytes];
     f.read(h, kHeaderBytes);
     remaining -= kHeaderBytes;
-    if (std::memcmp(h, kMagic, 8) != 0) throw CorruptFileError("'" + path + "' is not a hive_gpu store");
+    if (std::memcmp(h, kMagic, 8) != 0) throw CorruptFileError(path + " is not a hive_gpu store");
     std::uint32_t version, metric, hcrc;
     std::uint64_t dim, count, next;
     std::memcpy(&version, h + 8, 4);
@@ -292,21 +593,21 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
     std::memcpy(&count, h + 24, 8);
     std::memcpy(&next, h + 32, 8);
     std::memcpy(&hcrc, h + 60, 4);
-    if (hcrc != crc32c(0, h, 60)) throw CorruptFileError("'" + path + "' has a damaged header");
+    if (hcrc != crc32c(0, h, 60)) throw CorruptFileError(path + " has a damaged header");
     if (version != kFormatVersion)
-        throw CorruptFileError("'" + path + "' uses format version " + std::to_string(version) +
+        throw CorruptFileError(path + " uses format version " + std::to_string(version) +
                                "; this library reads version " + std::to_string(kFormatVersion));
-    if (metric > 2) throw CorruptFileError("'" + path + "' names an unknown metric");
-    if (dim == 0 || dim > kMaxDimension) throw CorruptFileError("'" + path + "' has an invalid dimension");
+    if (metric > 2) throw CorruptFileError(path + " names an unknown metric");
+    if (dim == 0 || dim > kMaxDimension) throw CorruptFileError(path + " has an invalid dimension");
     // Ordinals are 32-bit; a larger counter would wrap on the next add.
     if (next > std::numeric_limits<std::uint32_t>::max())
-        throw CorruptFileError("'" + path + "' has an invalid ordinal counter");
+        throw CorruptFileError(path + " has an invalid ordinal counter");
     for (std::size_t i = 40; i < 60; ++i)
-        if (h[i] != 0) throw CorruptFileError("'" + path + "' has unknown header fields set");
+        if (h[i] != 0) throw CorruptFileError(path + " has unknown header fields set");
     // The file must be large enough to hold what the header promises: no absurd allocations.
     if (remaining < kMinSectionsBytes ||
         count > (remaining - kMinSectionsBytes) / (dim * sizeof(float) + kMinRowOverhead))
-        throw CorruptFileError("'" + path + "' is shorter than its header says");
+        throw CorruptFileError(path + " is shorter than its header says");
     const std::size_t n = static_cast<std::size_t>(count);
 
     // Each section's length is checked against the count before its payload is read.
@@ -327,7 +628,7 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
     {
         Cursor c(ids_b, "ids");
         for (std::size_t i = 0; i < n; ++i) {
-            ids.push_back(c.get_str(kMaxIdBytes));
+            ids.push_back(get_utf8(c, kMaxIdBytes));
             if (ids.back().empty() || index.insert(ids, i) != detail::IdIndex::npos)
                 c.fail("empty or repeated id");
         }
@@ -341,8 +642,8 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
             auto pairs = c.get<std::uint32_t>();
             Metadata md;
             for (std::uint32_t p = 0; p < pairs; ++p) {
-                std::string k = c.get_str(meta_b.size());
-                std::string v = c.get_str(meta_b.size());
+                std::string k = get_utf8(c, meta_b.size());
+                std::string v = get_utf8(c, meta_b.size());
                 if (!md.emplace(std::move(k), std::move(v)).second) c.fail("repeated metadata key");
             }
             metas.push_back(detail::MetadataColumn::make(std::move(md)));
@@ -363,11 +664,16 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
 
     const std::uint64_t vec_len = read_section_header(f, kVecs, "vectors", remaining);
     if (vec_len != count * dim * sizeof(float)) throw CorruptFileError("corrupt vectors section: wrong length");
-    if (remaining != 0) throw CorruptFileError("'" + path + "' has trailing bytes");
+    if (remaining != 0) throw CorruptFileError(path + " has trailing bytes");
 
-    auto storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric)));
-    Engine& engine = *storage->engine_;
-    engine.reserve(n);
+    // Without a context the rows are only checked (inspect_file).
+    std::shared_ptr<VectorStorage> storage;
+    Engine* engine = nullptr;
+    if (context) {
+        storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric)));
+        engine = storage->engine_.get();
+        engine->reserve(n);
+    }
     const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dim * sizeof(float)));
     std::vector<float> buf(std::min(n, rows_per_chunk) * dim);
     std::uint32_t crc = 0;
@@ -380,11 +686,20 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
         } catch (const InvalidArgumentError& e) {
             throw CorruptFileError(std::string("corrupt vectors section: ") + e.what());
         }
-        engine.append(buf.data(), ords.data() + first, m);
+        if (engine) engine->append(buf.data(), ords.data() + first, m);
     }
     std::uint32_t stored;
     f.read(&stored, 4);
     if (stored != crc) throw CorruptFileError("checksum mismatch in the vectors section");
+    if (info) {
+        info->format_version = version;
+        info->metric = static_cast<Metric>(metric);
+        info->dimension = dim;
+        info->count = count;
+        info->next_ordinal = next;
+        info->file_bytes = f.size();
+    }
+    if (!storage) return nullptr;
 
     storage->id_of_ = std::move(ids);
     *storage->index_ = std::move(index);

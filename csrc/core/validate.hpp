@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 namespace hive_gpu {
 
@@ -15,5 +16,11 @@ enum class RowFault : int { None = 0, NonFinite = 1, TooLarge = 2 };
 
 // Throws the error check_rows() throws for row `row` of `n` rows.
 [[noreturn]] void throw_row_fault(RowFault fault, std::size_t row, std::size_t n, const char* what);
+
+namespace detail {
+// True when `s` is well-formed UTF-8 as Python decodes it: no overlong forms, no surrogates
+// (U+D800..U+DFFF), nothing above U+10FFFF. Text read from a file passes this before use.
+bool valid_utf8(const std::string& s);
+}  // namespace detail
 
 }  // namespace hive_gpu

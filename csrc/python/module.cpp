@@ -70,6 +70,18 @@ py::tuple batch_to_python(BatchResult&& r) {
     return py::make_tuple(scores, ids, r.k);
 }
 
+// A file error as hive_gpu.errors builds it: a PersistenceError that is also the OSError
+// subclass of its errno (FileNotFoundError, PermissionError...), errno and filename set.
+void set_io_error(const IoError& e) {
+    static py::object make = py::module_::import("hive_gpu.errors").attr("_persistence_error");
+    try {
+        py::object err = make(e.what(), e.error_number(), py::bytes(e.path()));
+        PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
+    } catch (py::error_already_set& failed) {
+        failed.restore();  // building the error failed (out of memory): raise that instead
+    }
+}
+
 void register_errors(py::module_& m) {
     py::module_ errors = py::module_::import("hive_gpu.errors");
     // Captured once; the translator runs with the GIL held.
@@ -113,7 +125,7 @@ void register_errors(py::module_& m) {
         } catch (const CorruptFileError& e) {
             PyErr_SetString(corrupt.ptr(), e.what());
         } catch (const IoError& e) {
-            PyErr_SetString(io.ptr(), e.what());
+            set_io_error(e);
         } catch (const StorageClosedError& e) {
             PyErr_SetString(closed.ptr(), e.what());
         } catch (const Error& e) {
@@ -431,6 +443,25 @@ PYBIND11_MODULE(_core, m) {
           py::call_guard<py::gil_scoped_release>());
     m.def("create_context", &create_context, py::arg("backend"), py::arg("device_id") = 0,
           py::call_guard<py::gil_scoped_release>());
+    // Checks a saved store as load() does, on no device: its header as a dict.
+    m.def("inspect_file",
+          [](const std::string& path) {
+              StoreFileInfo info;
+              {
+                  py::gil_scoped_release release;
+                  info = VectorStorage::inspect_file(path);
+              }
+              py::dict r;
+              r["format_version"] = info.format_version;
+              r["metric"] = info.metric;
+              r["dimension"] = info.dimension;
+              r["count"] = info.count;
+              r["next_ordinal"] = info.next_ordinal;
+              r["file_bytes"] = info.file_bytes;
+              r["dtype"] = info.dtype;
+              return r;
+          },
+          py::arg("path"));
     // Tests only: the hash the id index places ids by (not stable across versions).
     m.def("_id_hash", [](const std::string& id) { return detail::hash_id(id); }, py::arg("id"));
     // Tests only: how many CPU screens finished and how many gave up (cpu/screen.hpp).
@@ -462,7 +493,16 @@ PYBIND11_MODULE(_core, m) {
              [](const std::shared_ptr<Context>& c, const std::string& path) {
                  return VectorStorage::load(c, path);
              },
-             py::arg("path"), py::call_guard<py::gil_scoped_release>());
+             py::arg("path"), py::call_guard<py::gil_scoped_release>())
+        .def("storage_from_bytes",
+             [](const std::shared_ptr<Context>& c, const py::buffer& data) {
+                 py::buffer_info b = data.request();  // C-contiguous bytes-like, kept alive by `data`
+                 if (b.ndim != 1 || b.itemsize != 1 || (b.ndim == 1 && b.strides[0] != 1))
+                     throw InvalidArgumentError("from_bytes needs contiguous bytes (bytes, bytearray, memoryview)");
+                 py::gil_scoped_release release;
+                 return VectorStorage::from_bytes(c, b.ptr, static_cast<std::size_t>(b.size));
+             },
+             py::arg("data"));
 
     py::class_<VectorStorage, std::shared_ptr<VectorStorage>>(m, "Storage")
         .def_property_readonly("dimension", &VectorStorage::dimension)
@@ -619,6 +659,15 @@ PYBIND11_MODULE(_core, m) {
              py::arg("ptr"), py::arg("nq"), py::arg("dim"), py::arg("ld"), py::arg("k"), py::arg("stream"),
              py::arg("out_ptr") = 0)
         .def("save", &VectorStorage::save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+        .def("to_bytes",
+             [](const VectorStorage& s) {
+                 std::string out;
+                 {
+                     py::gil_scoped_release release;
+                     out = s.to_bytes();
+                 }
+                 return py::bytes(out);
+             })
         .def("close", &VectorStorage::close, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("closed", &VectorStorage::closed);
 

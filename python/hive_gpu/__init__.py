@@ -11,6 +11,7 @@ from ._contexts import (
     RocmContext,
     WgpuContext,
     available_backends,
+    backend_status,
     compiled_backends,
     create_context,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "MetalContext",
     "WgpuContext",
     "available_backends",
+    "backend_status",
     "compiled_backends",
     "create_context",
     "VectorStorage",

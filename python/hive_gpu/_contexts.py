@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import ClassVar
 
 import numpy as np
@@ -21,8 +22,10 @@ __all__ = [
     "MetalContext",
     "WgpuContext",
     "available_backends",
+    "backend_status",
     "compiled_backends",
     "create_context",
+    "default_context",
 ]
 
 
@@ -155,10 +158,22 @@ def compiled_backends() -> list[str]:
 
 def available_backends() -> list[str]:
     """Backends that can create a context on this machine, fastest first: devices emulated
-    in software on the CPU (a WebGPU CPU adapter such as lavapipe) come after the CPU."""
+    in software on the CPU (a WebGPU CPU adapter such as lavapipe) come after the CPU.
+    ``backend_status()`` says why each of the others cannot."""
     avail = [b for b in _core.compiled_backends() if _core.backend_available(b)]
     emulated = [b for b in avail if _core.backend_emulated(b)]
     return [b for b in avail if b not in emulated] + emulated
+
+
+def backend_status() -> dict[str, str]:
+    """Every backend hive_gpu knows, mapped to why it cannot be used here ("" when it can).
+
+    A backend left out of this build says why the build left it out, for instance
+    ``"backend 'cuda' is not compiled into this build of hive_gpu: nvcc found, cuBLAS not
+    found: pip install nvidia-cublas"``; a compiled one says what is missing at run time (no
+    driver, no device, a library that could not be loaded).
+    """
+    return {name: _core.backend_unavailable_reason(name) for name in _BY_NAME}
 
 
 def create_context(backend: str = "auto", device_id: int = 0) -> Context:
@@ -182,3 +197,19 @@ def _check_device_id(device_id: object) -> int:
     if not 0 <= device_id < 2**31:
         raise InvalidDeviceIdError(f"device_id must be in [0, 2**31), got {device_id}")
     return int(device_id)
+
+
+_DEFAULTS: dict[tuple[str, int], Context] = {}
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_context(backend: str = "auto", device_id: int = 0) -> Context:
+    """The context this process shares for ``backend`` and ``device_id``, made by
+    create_context() on first use. ``VectorStorage.load``, ``from_bytes`` and unpickling use
+    it when given no context, so they do not start a device per call."""
+    key = (backend, device_id)
+    with _DEFAULTS_LOCK:
+        ctx = _DEFAULTS.get(key)
+        if ctx is None:
+            ctx = _DEFAULTS[key] = create_context(backend, device_id)
+        return ctx

@@ -281,7 +281,7 @@ class _ShardedBase:
         self._closed = False
         self._room: tuple[float, list[float] | None] = (-1e9, None)
 
-    # -- the primitive ----------------------------------------------------------------
+    # The primitive.
     def _run(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:
         raise NotImplementedError
 
@@ -296,7 +296,7 @@ class _ShardedBase:
         if self._closed:
             raise StorageClosedError("the storage is closed")
 
-    # -- properties -------------------------------------------------------------------
+    # Properties.
     @property
     def dimension(self) -> int:
         return self._dimension
@@ -342,7 +342,7 @@ class _ShardedBase:
             self._check_open()
             return sum(self._all([(i, "memory_usage", ()) for i in range(self._n)]))
 
-    # -- writes -----------------------------------------------------------------------
+    # Writes.
     def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None) -> None:
         """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``."""
         id, row, md = _add_vector_args(vector, data, metadata)
@@ -481,7 +481,7 @@ class _ShardedBase:
             self._where.clear()
             self._counts = [0] * self._n
 
-    # -- reads ------------------------------------------------------------------------
+    # Reads.
     def _shard_of(self, id: Any) -> int | None:
         where = self._where.get(id) if type(id) is str else None
         return None if where is None else where & _SHARD_MASK
@@ -653,7 +653,7 @@ class _ShardedBase:
         this returns."""
         await self._in_executor(self.add_vectors, ids, data, metadata)
 
-    # -- persistence ------------------------------------------------------------------
+    # Persistence.
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the store to the directory ``path``: one file per shard, the global
         sequences, and ``manifest.json``, whose atomic rename commits the save. Files of the
@@ -757,7 +757,7 @@ class _ShardedBase:
             raise
         return self
 
-    # -- lifetime ---------------------------------------------------------------------
+    # Lifetime.
     def _release(self) -> None:
         """Free every shard (a subclass's resources)."""
         raise NotImplementedError
@@ -926,10 +926,12 @@ class ShardedStorage(_ShardedBase):
 
     @property
     def backend(self) -> str:
+        """The shards' backend names, joined by "+" when they differ (e.g. "cuda")."""
         return "+".join(dict.fromkeys(s.context.backend for s in self._shards))
 
     @property
     def contexts(self) -> list[Context]:
+        """The context of each shard, in shard order."""
         return [s.context for s in self._shards]
 
     def _run(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:

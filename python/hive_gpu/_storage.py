@@ -22,7 +22,13 @@ from ._arrays import (
     storable,
 )
 from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, search_results
-from .errors import InvalidArgumentError, InvalidArgumentTypeError, VectorNotFoundError
+from .errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidDeviceIdError,
+    NoDeviceError,
+    VectorNotFoundError,
+)
 
 __all__ = ["VectorStorage"]
 
@@ -316,6 +322,46 @@ class VectorStorage:
         """Write the storage to ``path`` atomically (see docs/format.md)."""
         self._s.save(as_path(path))
 
+    # The in-memory form, pickle and copy: the file format through memory.
+    def to_bytes(self) -> bytes:
+        """The store in the file format of docs/format.md: the bytes ``save()`` writes.
+
+        The store's reader lock is held while they are written, so the bytes are one
+        consistent snapshot. Holds the store's size twice in host memory for a moment.
+        """
+        return self._s.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, context: Any = None) -> "VectorStorage":
+        """A store rebuilt from ``to_bytes()`` output (or a saved file's content), checked as
+        ``load`` checks a file (CorruptFileError when damaged), on ``context``: a Context, or
+        None for the default one of this process (``create_context("auto")``, made once)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgumentError(f"data must be bytes, bytearray or memoryview, got {type(data).__name__}")
+        return cls(_core_context(context).storage_from_bytes(data))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], context: Any = None) -> "VectorStorage":
+        """Load a file written by ``save`` onto ``context`` (a Context, or None for the default
+        one of this process: ``create_context("auto")``, made once); the same as
+        ``context.load_storage(path)``."""
+        return cls(_core_context(context).load_storage(os.fspath(path)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as the file format; unpickling rebuilds on the same backend and device
+        # when this process has them, else on the default context.
+        device = self._s.context.device_info()["device_id"]
+        return (_unpickle, (self.to_bytes(), self.backend, device))
+
+    def __copy__(self) -> "VectorStorage":
+        """An independent store with the same contents on the same context (rows are never
+        shared, so a copy is always deep)."""
+        return VectorStorage(self._s.context.storage_from_bytes(self._s.to_bytes()))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "VectorStorage":
+        """The same as ``copy.copy``: an independent store on the same context."""
+        return self.__copy__()
+
     def close(self) -> None:
         """Free the device memory now; later calls raise StorageClosedError."""
         if self._aq is not None:
@@ -342,6 +388,29 @@ class VectorStorage:
             f"<VectorStorage backend={self.backend} dimension={self.dimension} "
             f"metric={self.metric.value} count={len(self)}>"
         )
+
+
+def _core_context(context: Any) -> "_core.Context":
+    """The core context of a Context, or of the process's default one for None."""
+    # _contexts imports this module, so it is imported here, when first needed.
+    from ._contexts import Context, default_context
+
+    if context is None:
+        return default_context()._ctx
+    if not isinstance(context, Context):
+        raise InvalidArgumentTypeError(f"context must be a hive_gpu Context or None, got {type(context).__name__}")
+    return context._ctx
+
+
+def _unpickle(data: bytes, backend: str, device_id: int) -> VectorStorage:
+    """The inverse of VectorStorage.__reduce__."""
+    from ._contexts import default_context
+
+    try:
+        ctx = default_context(backend, device_id)
+    except (NoDeviceError, InvalidDeviceIdError, InvalidArgumentError):
+        ctx = default_context()
+    return VectorStorage(ctx._ctx.storage_from_bytes(data))
 
 
 # Argument checks shared by the synchronous and async forms (host arrays).

@@ -1,10 +1,12 @@
-"""The ``hive-gpu`` command: ``info`` lists the backends and devices, ``bench`` times a
-synthetic workload on the best available backend."""
+"""The ``hive-gpu`` command: ``info`` lists the backends and devices (and why a backend is
+missing), ``inspect`` checks a saved store, ``bench`` times a synthetic workload on the best
+available backend."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -14,20 +16,31 @@ import numpy as np
 
 from . import __version__, _core
 from ._contexts import _BY_NAME, create_context
-from .errors import HiveGpuError
+from ._storage import _METRIC_FROM_CORE
+from .errors import CorruptFileError, HiveGpuError
 
 
-def _backends_report() -> list[dict]:
+def _backends_report(dim: int | None = None) -> list[dict]:
+    """Every known backend: compiled ones first (fastest first), then those left out of this
+    build, each with its reason; with ``dim``, per device the float32 rows of that dimension
+    that fit in its free memory."""
+    compiled = list(_core.compiled_backends())
     report = []
-    for name in _core.compiled_backends():
+    for name in compiled + [b for b in _BY_NAME if b not in compiled]:
         reason = _core.backend_unavailable_reason(name)
-        entry: dict = {"backend": name, "available": not reason, "reason": reason, "devices": []}
+        entry: dict = {"backend": name, "compiled": name in compiled, "available": not reason,
+                       "reason": reason, "devices": []}
         if not reason:
             for dev in range(_core.device_count(name)):
                 try:
-                    entry["devices"].append(asdict(_BY_NAME[name](dev).device_info()))
+                    info = asdict(_BY_NAME[name](dev).device_info())
                 except HiveGpuError as e:
                     entry["devices"].append({"device_id": dev, "error": str(e)})
+                    continue
+                if dim is not None:
+                    known = "vram_available" not in info.get("unknown", ())
+                    info["float32_rows_that_fit"] = info["vram_available"] // (4 * dim) if known else None
+                entry["devices"].append(info)
         report.append(entry)
     return report
 
@@ -41,7 +54,7 @@ def _fmt_bytes(n: int) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    report = _backends_report()
+    report = _backends_report(args.dim)
     if args.json:
         print(json.dumps({"version": __version__, "backends": report}, indent=2))
         return 0
@@ -64,6 +77,40 @@ def cmd_info(args: argparse.Namespace) -> int:
                 elif key.startswith("vram") or key == "max_shared_memory":
                     val = _fmt_bytes(int(val))
                 print(f"  {key:22} {val}")
+            if args.dim is not None:
+                fit = d["float32_rows_that_fit"]
+                label = f"rows of dim {args.dim} (f32)"
+                print(f"  {label:22} {'unknown' if fit is None else f'{fit:,}'} fit in the free memory")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = os.fspath(args.file)
+    try:
+        info = _core.inspect_file(path)
+    except CorruptFileError as e:
+        if args.json:
+            print(json.dumps({"file": path, "ok": False, "error": str(e)}, indent=2))
+        else:
+            print(f"{path}: corrupt: {e}")
+        return 1
+    info["metric"] = _METRIC_FROM_CORE[info["metric"]].value
+    if args.json:
+        print(json.dumps({"file": path, "ok": True, "checksums_verified": True, **info}, indent=2))
+        return 0
+    rows = [
+        ("file", path),
+        ("size", f"{info['file_bytes']:,} bytes"),
+        ("format version", info["format_version"]),
+        ("count", f"{info['count']:,}"),
+        ("dimension", info["dimension"]),
+        ("metric", info["metric"]),
+        ("dtype", info["dtype"]),
+        ("next ordinal", info["next_ordinal"]),
+        ("checksums", "verified (header and every section; every row finite)"),
+    ]
+    for key, val in rows:
+        print(f"{key:15} {val}")
     return 0
 
 
@@ -101,10 +148,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     n, d, k = args.n, args.dim, args.k
     print(f"hive_gpu {__version__} bench on {ctx.backend}: {info.name}")
     print(f"{n} x {d} float32 vectors, cosine, k={k}, median of {args.repeats} runs\n")
+    store = ctx.create_storage(d, "cosine")  # refuses a dimension out of range before any allocation
     X = rng.standard_normal((n, d), dtype=np.float32)
     ids = [f"v{i}" for i in range(n)]
     Q = rng.standard_normal((args.queries, d), dtype=np.float32)
-    store = ctx.create_storage(d, "cosine")
 
     bar = _Progress(1, "adding vectors")
     t0 = time.perf_counter()
@@ -140,26 +187,70 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if recall >= 0.99 else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _check_bench_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse sizes the benchmark cannot run with: argparse prints the message and usage and
+    exits with status 2."""
+    for name in ("n", "dim", "queries", "k", "repeats"):
+        value = getattr(args, name)
+        if value < 1:
+            p.error(f"--{name} must be at least 1, got {value}")
+    if args.k > args.n:
+        p.error(f"--k ({args.k}) must not exceed --n ({args.n}): the recall check needs k stored vectors")
+
+
+def _positive_dim(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``hive-gpu`` command and its subcommands."""
     p = argparse.ArgumentParser(prog="hive-gpu", description=__doc__)
     p.add_argument("--version", action="version", version=f"hive_gpu {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    pi = sub.add_parser("info", help="list compiled-in backends and their devices")
+    pi = sub.add_parser("info", help="list the backends, their devices, and why a backend is unavailable",
+                        description="List every backend: its devices when usable, else why not (left "
+                                    "out of the build, no driver, a missing library).")
     pi.add_argument("--json", action="store_true", help="machine-readable output")
+    pi.add_argument("--dim", type=_positive_dim, default=None, metavar="D",
+                    help="also show, per device, how many float32 vectors of dimension D fit in its free memory")
     pi.set_defaults(fn=cmd_info)
-    pb = sub.add_parser("bench", help="quick synthetic benchmark on the best available backend")
-    pb.add_argument("--backend", default="auto")
-    pb.add_argument("--n", type=int, default=100_000, help="vectors in the store")
-    pb.add_argument("--dim", type=int, default=256)
-    pb.add_argument("--queries", type=int, default=64, help="queries per batch")
-    pb.add_argument("--k", type=int, default=10)
-    pb.add_argument("--repeats", type=int, default=20)
-    pb.set_defaults(fn=cmd_bench)
-    args = p.parse_args(argv)
+    ps = sub.add_parser("inspect", help="check a saved store and print its header",
+                        description="Read every byte of a file written by save() as a load would "
+                                    "(checksums, ids, metadata, every row) without putting it on a "
+                                    "device; exit status 1 when it is corrupt.")
+    ps.add_argument("file", help="path of the store file")
+    ps.add_argument("--json", action="store_true", help="machine-readable output")
+    ps.set_defaults(fn=cmd_inspect)
+    pb = sub.add_parser("bench", help="quick synthetic benchmark on the best available backend",
+                        description="Time add_vectors, search and search_batch on random float32 "
+                                    "vectors (cosine) and check recall against NumPy in float64.")
+    pb.add_argument("--backend", default="auto", help="backend to run on: auto, cpu, cuda, rocm, metal or webgpu (default: auto)")
+    pb.add_argument("--n", type=int, default=100_000, help="vectors in the store (default: 100000)")
+    pb.add_argument("--dim", type=int, default=256, help="dimension of the vectors (default: 256)")
+    pb.add_argument("--queries", type=int, default=64, help="queries per batch (default: 64)")
+    pb.add_argument("--k", type=int, default=10, help="neighbours per query, at most --n (default: 10)")
+    pb.add_argument("--repeats", type=int, default=20, help="timed runs per operation; the median is reported (default: 20)")
+    pb.set_defaults(fn=cmd_bench, check=lambda args: _check_bench_args(pb, args))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hive-gpu`` command with ``argv`` (default: sys.argv[1:]); returns the exit
+    status: 0 success, 1 a failed check (bench recall, a corrupt file), 2 bad usage or an
+    error."""
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "check"):
+        args.check(args)
     try:
         return args.fn(args)
     except HiveGpuError as e:
         print(f"hive-gpu: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("hive-gpu: not enough host memory for this run", file=sys.stderr)
         return 2
 
 

@@ -6,6 +6,8 @@ builtin a Python user would reach for (``ValueError``, ``KeyError``, ``MemoryErr
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "HiveGpuError",
     "InvalidArgumentError",
@@ -20,6 +22,14 @@ __all__ = [
     "OutOfMemoryError",
     "BackendError",
     "PersistenceError",
+    "PersistenceFileNotFoundError",
+    "PersistencePermissionError",
+    "PersistenceIsADirectoryError",
+    "PersistenceNotADirectoryError",
+    "PersistenceFileExistsError",
+    "PersistenceInterruptedError",
+    "PersistenceBlockingIOError",
+    "PersistenceTimeoutError",
     "CorruptFileError",
     "StorageClosedError",
 ]
@@ -78,7 +88,78 @@ class BackendError(HiveGpuError, RuntimeError):
 
 
 class PersistenceError(HiveGpuError, OSError):
-    """A file could not be read or written."""
+    """A file could not be read or written.
+
+    When a system call failed, ``errno``, ``strerror`` and ``filename`` are set and the error
+    is also the builtin subclass of OSError for that errno, so ``except FileNotFoundError``
+    (or PermissionError, IsADirectoryError, ...) catches it; see PersistenceFileNotFoundError
+    and its siblings.
+    """
+
+    def __str__(self) -> str:
+        # The core's message names the operation ("cannot open 'x': ..."), which OSError's
+        # "[Errno 2] ..." form would drop.
+        message = self.__dict__.get("_message")
+        return message if message else super().__str__()
+
+
+class PersistenceFileNotFoundError(PersistenceError, FileNotFoundError):
+    """The file (or a folder on its path) does not exist."""
+
+
+class PersistencePermissionError(PersistenceError, PermissionError):
+    """The file system refused access."""
+
+
+class PersistenceIsADirectoryError(PersistenceError, IsADirectoryError):
+    """The path names a directory."""
+
+
+class PersistenceNotADirectoryError(PersistenceError, NotADirectoryError):
+    """A component of the path is not a directory."""
+
+
+class PersistenceFileExistsError(PersistenceError, FileExistsError):
+    """The file already exists."""
+
+
+class PersistenceInterruptedError(PersistenceError, InterruptedError):
+    """A system call was interrupted."""
+
+
+class PersistenceBlockingIOError(PersistenceError, BlockingIOError):
+    """The operation would block."""
+
+
+class PersistenceTimeoutError(PersistenceError, TimeoutError):
+    """A system call timed out."""
+
+
+_PERSISTENCE_BY_OSERROR: dict[type, type[PersistenceError]] = {
+    FileNotFoundError: PersistenceFileNotFoundError,
+    PermissionError: PersistencePermissionError,
+    IsADirectoryError: PersistenceIsADirectoryError,
+    NotADirectoryError: PersistenceNotADirectoryError,
+    FileExistsError: PersistenceFileExistsError,
+    InterruptedError: PersistenceInterruptedError,
+    BlockingIOError: PersistenceBlockingIOError,
+    TimeoutError: PersistenceTimeoutError,
+}
+
+
+def _persistence_error(message: str, errno: int, path: bytes) -> PersistenceError:
+    """The error for a failed file operation of the core: errno 0 means no system call
+    failed (a path that is not a regular file, a short write); path b"" means none."""
+    filename = os.fsdecode(path) if path else None
+    if errno:
+        # OSError(errno, ...) picks the builtin subclass Python itself would raise.
+        cls = _PERSISTENCE_BY_OSERROR.get(type(OSError(errno, "")), PersistenceError)
+        err = cls(errno, os.strerror(errno), filename) if filename else cls(errno, os.strerror(errno))
+    else:
+        err = PersistenceError(message)
+        err.filename = filename
+    err._message = message
+    return err
 
 
 class CorruptFileError(HiveGpuError, ValueError):

@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace hive_gpu {
 
@@ -66,10 +67,20 @@ class CorruptFileError : public Error {
     using Error::Error;
 };
 
-// Reading or writing a file failed (permissions, disk full, missing file).
+// Reading or writing a file failed (permissions, disk full, missing file). error_number()
+// is the errno of the failing call (0 when no system call failed), path() the path the
+// caller named ("" when none).
 class IoError : public Error {
    public:
     using Error::Error;
+    IoError(const std::string& what, int error_number, std::string path)
+        : Error(what), error_number_(error_number), path_(std::move(path)) {}
+    int error_number() const noexcept { return error_number_; }
+    const std::string& path() const noexcept { return path_; }
+
+   private:
+    int error_number_ = 0;
+    std::string path_;
 };
 
 // A call on a VectorStorage after close().

@@ -19,6 +19,8 @@ namespace hive_gpu {
 
 namespace detail {
 class IdIndex;  // core/id_index.hpp: id -> slot, keyed by id_of_
+class ByteSink;    // core/persist.cpp: where save() and to_bytes() write the format
+class ByteSource;  // core/persist.cpp: where load() and from_bytes() read it
 
 // Metadata by slot. Most rows carry none, so a row without any costs one null pointer: a
 // batch of a million such rows appends 8 MB of zeros rather than a million empty maps
@@ -85,6 +87,18 @@ inline constexpr std::size_t kMaxIdBytes = 4096;
 inline constexpr std::size_t kMaxDimension = 1u << 20;
 // Squared norms above this could overflow float32 distance arithmetic.
 inline constexpr double kMaxSquaredNorm = 3.4028234663852886e38 / 4.0;
+
+// What a saved store's header says; VectorStorage::inspect_file() returns it after checking
+// every byte of the file.
+struct StoreFileInfo {
+    std::uint32_t format_version = 0;
+    Metric metric = Metric::Cosine;
+    std::uint64_t dimension = 0;
+    std::uint64_t count = 0;
+    std::uint64_t next_ordinal = 0;
+    std::uint64_t file_bytes = 0;
+    std::string dtype = "float32";  // element type of the stored rows
+};
 
 // Made by Context::create_storage() or VectorStorage::load(). Rows are `dimension()` floats,
 // row major, in host memory unless a *_device call says otherwise.
@@ -179,12 +193,24 @@ class VectorStorage {
     void save(const std::string& path) const;
     static std::shared_ptr<VectorStorage> load(const std::shared_ptr<Context>& context,
                                                const std::string& path);
+    // The bytes save() writes, in memory, and their inverse (the same checks as load()).
+    std::string to_bytes() const;
+    static std::shared_ptr<VectorStorage> from_bytes(const std::shared_ptr<Context>& context,
+                                                     const void* data, std::size_t size);
+    // Reads and checks a whole file as load() does (every checksum, every row) without
+    // putting its rows on any device; returns its header.
+    static StoreFileInfo inspect_file(const std::string& path);
 
     // Frees the rows; every later call throws StorageClosedError.
     void close();
     bool closed() const;
 
    private:
+    // The format itself (persist.cpp), over any sink or source. read_from() with a null
+    // context only checks, and returns null.
+    void write_to(detail::ByteSink& out) const;
+    static std::shared_ptr<VectorStorage> read_from(const std::shared_ptr<Context>& context,
+                                                    detail::ByteSource& in, StoreFileInfo* info);
     void check_open() const;
     void check_row(const float* row, std::size_t len, const char* what) const;
     static void check_id(const std::string& id);
