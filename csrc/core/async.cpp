@@ -135,6 +135,45 @@ Ticket AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows, std::v
     return Ticket(std::move(r));
 }
 
+Ticket AsyncStorage::search(std::vector<float> query, std::int64_t k, Filter filter,
+                            Completion<std::vector<SearchHit>> done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Read;
+    auto shared = std::make_shared<Completion<std::vector<SearchHit>>>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e, {}); };
+    r->run = run_then_deliver<std::vector<SearchHit>>(
+        shared, [query = std::move(query), k, filter = std::move(filter)](VectorStorage& s) {
+            return s.search(query.data(), query.size(), k, filter);
+        });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+Ticket AsyncStorage::search_batch(Rows queries, std::int64_t k, Filter filter, Completion<BatchResult> done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Read;
+    auto shared = std::make_shared<Completion<BatchResult>>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e, BatchResult{}); };
+    r->run = run_then_deliver<BatchResult>(
+        shared, [queries = std::move(queries), k, filter = std::move(filter)](VectorStorage& s) {
+            return s.search_batch(queries.data, queries.n, queries.dim, k, filter);
+        });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+Ticket AsyncStorage::update_metadata(std::string id, Metadata metadata, Completion<bool> done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Write;
+    auto shared = std::make_shared<Completion<bool>>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e, false); };
+    r->run = run_then_deliver<bool>(shared, [id = std::move(id), md = std::move(metadata)](VectorStorage& s) {
+        return s.update_metadata(id, md);
+    });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
 std::future<std::vector<SearchHit>> AsyncStorage::search(std::vector<float> query, std::int64_t k) {
     auto p = std::make_shared<std::promise<std::vector<SearchHit>>>();
     auto f = p->get_future();

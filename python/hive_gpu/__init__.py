@@ -15,6 +15,7 @@ from ._contexts import (
     create_context,
 )
 from ._core import __version__
+from ._filter import Filter
 from ._storage import VectorStorage
 from .aio import AsyncStats, BatchingConfig
 from ._types import GpuDeviceInfo, GpuDistanceMetric, GpuSearchResult, GpuVector, PoolStats
@@ -27,6 +28,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidDeviceIdError,
     InvalidDtypeError,
+    InvalidMetadataError,
     NoDeviceError,
     NonFiniteValueError,
     OutOfMemoryError,
@@ -51,6 +53,7 @@ __all__ = [
     "compiled_backends",
     "create_context",
     "VectorStorage",
+    "Filter",
     "GpuDeviceInfo",
     "GpuDistanceMetric",
     "GpuSearchResult",
@@ -62,6 +65,7 @@ __all__ = [
     "NonFiniteValueError",
     "DuplicateIdError",
     "InvalidDtypeError",
+    "InvalidMetadataError",
     "VectorNotFoundError",
     "NoDeviceError",
     "InvalidDeviceIdError",

@@ -11,7 +11,8 @@ from . import _core
 from . import aio
 from . import _device_arrays as _dev
 from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata, storable
-from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, search_results
+from ._filter import Filter, compile_filter
+from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, metadata_given, search_results
 from .errors import InvalidArgumentError
 
 __all__ = ["VectorStorage"]
@@ -59,15 +60,22 @@ class VectorStorage:
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and storable(id) and self._s.contains(id)
 
-    def ids(self) -> list[str]:
-        return self._s.ids()
+    def ids(self, filter: dict[str, Any] | Filter | None = None) -> list[str]:
+        """Every id, in slot order (which removals change); with ``filter``, those it passes."""
+        f = compile_filter(filter)
+        return self._s.ids() if f is None else self._s.ids_filtered(f)
+
+    def count(self, filter: dict[str, Any] | Filter | None = None) -> int:
+        """How many vectors ``filter`` passes (all of them without one)."""
+        f = compile_filter(filter)
+        return self._s.size() if f is None else self._s.count(f)
 
     def memory_usage(self) -> int:
         """Bytes of device memory held for rows and per-row data."""
         return self._s.memory_bytes()
 
     # -- writes -----------------------------------------------------------------------
-    def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None) -> None:
+    def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None) -> None:
         """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``."""
         if isinstance(vector, GpuVector):
             id, data, metadata = vector.id, vector.data, vector.metadata
@@ -80,7 +88,7 @@ class VectorStorage:
         self,
         ids: Sequence[str] | Sequence[GpuVector],
         data: Any = None,
-        metadata: Sequence[dict[str, str] | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         """Add a batch, all or nothing: ``add_vectors(ids, array[n, dim], metadata=None)`` or
         ``add_vectors([GpuVector, ...])``. A float32 C-contiguous array is read without a copy."""
@@ -94,7 +102,7 @@ class VectorStorage:
             data = np.stack([as_float32(v.data, 1, "vector") for v in vectors]) if vectors else None
             metadata = [v.metadata for v in vectors]
         id_list = check_ids(ids, elements=False)
-        md: list[dict[str, str]] = []
+        md: list[dict[str, Any]] = []
         if metadata is not None:
             md = [check_metadata(m) for m in metadata]
             if len(md) != len(id_list):
@@ -115,9 +123,10 @@ class VectorStorage:
         self._s.add_vectors(id_list, arr, md)
 
     def update_vector(
-        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None
     ) -> bool:
-        """Replace a vector's data (and its metadata when given). False if the id is unknown."""
+        """Replace a vector's data, and its metadata when given (``{}`` clears it; None, or a
+        GpuVector made without metadata, keeps it). False if the id is unknown."""
         if isinstance(vector, GpuVector):
             id, data, metadata = vector.id, vector.data, vector.metadata
         else:
@@ -126,8 +135,17 @@ class VectorStorage:
             raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
         if not storable(id):
             return False
-        md = None if metadata is None else check_metadata(metadata)
+        md = check_metadata(metadata) if metadata_given(metadata) else None
         return self._s.update_vector(id, as_float32(data, 1, "vector"), md)
+
+    def update_metadata(self, id: str, metadata: dict[str, Any]) -> bool:
+        """Replace a vector's metadata (``{}`` clears it). False if the id is unknown."""
+        md = check_metadata(metadata)
+        if type(id) is not str:
+            raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        if not storable(id):
+            return False
+        return self._s.update_metadata(id, md)
 
     def remove_vector(self, id: str) -> bool:
         """Remove a vector in O(1); False if the id is unknown."""
@@ -135,8 +153,15 @@ class VectorStorage:
             return False
         return self._s.remove_vector(id)
 
-    def remove_vectors(self, ids: Iterable[str]) -> int:
-        """Remove several vectors; returns how many existed."""
+    def remove_vectors(
+        self, ids: Iterable[str] | None = None, *, filter: dict[str, Any] | Filter | None = None
+    ) -> int:
+        """Remove the vectors named by ``ids``, or those ``filter`` passes (give exactly one);
+        returns how many were removed."""
+        if (ids is None) == (filter is None):
+            raise InvalidArgumentError("remove_vectors takes either ids or filter=, not both or neither")
+        if filter is not None:
+            return self._s.remove_filtered(compile_filter(filter))
         id_list = check_ids(ids)
         try:
             return self._s.remove_vectors(id_list)
@@ -156,12 +181,21 @@ class VectorStorage:
         data, md = got
         return GpuVector(id, data, md)
 
-    def get_metadata(self, id: str) -> dict[str, str] | None:
+    def get_metadata(self, id: str) -> dict[str, Any] | None:
         return self._s.get_metadata(id) if type(id) is str else None
 
-    def search(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
+    def search(
+        self, query: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
+    ) -> list[GpuSearchResult]:
         """The ``min(k, len(self))`` nearest vectors to ``query``, best first. ``query`` may be
-        a CUDA array (PyTorch, CuPy, JAX), read in place on CUDA storages."""
+        a CUDA array (PyTorch, CuPy, JAX), read in place on CUDA storages. With ``filter``
+        (see :class:`hive_gpu.Filter`), only vectors it passes: ``min(k, matches)`` hits. A
+        device-array query with a filter is copied to the host first (one row, small)."""
+        f = compile_filter(filter)
+        if f is not None:
+            if _dev.is_device_array(query):
+                query = _dev.to_host(query)
+            return search_results(self._s.search_filtered(as_float32(query, 1, "query"), check_k(k), f))
         if _dev.is_device_array(query):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(query, 1, "query")
@@ -172,13 +206,31 @@ class VectorStorage:
         return search_results(self._s.search(q, check_k(k)))
 
     def search_batch(
-        self, queries: Any, k: int = 10, *, device_output: bool = False
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        device_output: bool = False,
+        filter: dict[str, Any] | Filter | None = None,
     ) -> tuple[Any, np.ndarray]:
         """FAISS-style batch search: ``(distances[nq, k'], ids[nq, k'])`` with
         ``k' = min(k, len(self))``; ids is an object array of str. ``queries`` may be a CUDA
         array (read in place on CUDA storages); ``device_output=True`` returns the distances
-        as a CUDA array (PyTorch or CuPy, the queries' own framework when they are one)."""
+        as a CUDA array (PyTorch or CuPy, the queries' own framework when they are one).
+        With ``filter``, one filter for every query: ``k' = min(k, matches)`` (0 columns when
+        nothing matches); device-array queries are then copied to the host first."""
         k = check_k(k)
+        f = compile_filter(filter)
+        if f is not None:
+            if _dev.is_device_array(queries):
+                queries = _dev.to_host(queries)
+            q = as_float32(queries, 2, "queries")
+            scores, flat_ids, kk = self._s.search_batch_filtered(q, k, f)
+            ids = np.empty(len(flat_ids), dtype=object)
+            ids[:] = flat_ids
+            if device_output:
+                scores = _dev.to_device(scores)
+            return scores, ids.reshape(q.shape[0], kk)
         if _dev.is_device_array(queries):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(queries, 2, "queries")
@@ -205,19 +257,31 @@ class VectorStorage:
     # Same arguments, validation, results and exceptions as the synchronous methods (host
     # arrays); the work runs on this storage's worker threads and concurrent search_async
     # calls share engine batches. A request sees every async write issued before it.
-    async def search_async(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
+    # Filtered searches run one storage call each (no coalescing), still off the loop thread.
+    async def search_async(
+        self, query: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
+    ) -> list[GpuSearchResult]:
         q = as_float32(query, 1, "query")
+        f = compile_filter(filter)
+        if f is not None:
+            return search_results(await aio.search_filtered(self, q, check_k(k), f))
         return search_results(await aio.search(self, q, check_k(k)))
 
-    async def search_batch_async(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    async def search_batch_async(
+        self, queries: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = as_float32(queries, 2, "queries")
-        scores, flat_ids, kk = await aio.search_batch(self, q, check_k(k))
+        f = compile_filter(filter)
+        if f is not None:
+            scores, flat_ids, kk = await aio.search_batch_filtered(self, q, check_k(k), f)
+        else:
+            scores, flat_ids, kk = await aio.search_batch(self, q, check_k(k))
         ids = np.empty(len(flat_ids), dtype=object)
         ids[:] = flat_ids
         return scores, ids.reshape(q.shape[0], kk)
 
     async def add_vector_async(
-        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None
     ) -> None:
         """Like add_vector. Cancelling the awaiting task does not withdraw the write."""
         await aio.add_vector(self, *_add_vector_args(vector, data, metadata))
@@ -226,12 +290,21 @@ class VectorStorage:
         self,
         ids: Sequence[str] | Sequence[GpuVector],
         data: Any = None,
-        metadata: Sequence[dict[str, str] | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         """Like add_vectors. The array is read in place: leave it unchanged until this returns."""
         args = _add_vectors_args(ids, data, metadata)
         if args is not None:
             await aio.add_vectors(self, *args)
+
+    async def update_metadata_async(self, id: str, metadata: dict[str, Any]) -> bool:
+        """Like update_metadata, ordered with the other async writes."""
+        md = check_metadata(metadata)
+        if type(id) is not str:
+            raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        if not storable(id):
+            return False
+        return await aio.update_metadata(self, id, md)
 
     def set_batching(self, max_wait_us: float | None = None, max_batch: int | None = None) -> None:
         """Tune how concurrent search_async calls are coalesced (defaults 200 us, 256);
@@ -275,7 +348,7 @@ class VectorStorage:
 
 
 # Argument checks of add_vector / add_vectors (host arrays), shared with the async forms.
-def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, str]]:
+def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, Any]]:
     if isinstance(vector, GpuVector):
         id, data, metadata = vector.id, vector.data, vector.metadata
     else:
@@ -286,7 +359,7 @@ def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple
 
 def _add_vectors_args(
     ids: Any, data: Any, metadata: Any
-) -> tuple[list[str], np.ndarray, list[dict[str, str]]] | None:
+) -> tuple[list[str], np.ndarray, list[dict[str, Any]]] | None:
     """The checked arguments; None when a list of GpuVector is empty (nothing to add)."""
     if data is None:
         vectors = list(ids)
@@ -298,7 +371,7 @@ def _add_vectors_args(
         data = np.stack([as_float32(v.data, 1, "vector") for v in vectors])
         metadata = [v.metadata for v in vectors]
     id_list = check_ids(ids, elements=False)
-    md: list[dict[str, str]] = []
+    md: list[dict[str, Any]] = []
     if metadata is not None:
         md = [check_metadata(m) for m in metadata]
         if len(md) != len(id_list):

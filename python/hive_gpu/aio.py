@@ -115,14 +115,34 @@ async def search_batch(store: "VectorStorage", queries: np.ndarray, k: int) -> t
     return await _complete(fut, queue(store).search_batch(queries, k, _sink(loop), fut))
 
 
-async def add_vector(store: "VectorStorage", id: str, data: np.ndarray, metadata: dict[str, str]) -> None:
+async def search_filtered(store: "VectorStorage", query: np.ndarray, k: int, filter: "_core.Filter") -> list:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    return await _complete(fut, queue(store).search_filtered(query, k, filter, _sink(loop), fut))
+
+
+async def search_batch_filtered(
+    store: "VectorStorage", queries: np.ndarray, k: int, filter: "_core.Filter"
+) -> tuple:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    return await _complete(fut, queue(store).search_batch_filtered(queries, k, filter, _sink(loop), fut))
+
+
+async def update_metadata(store: "VectorStorage", id: str, metadata: dict) -> bool:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    return await _complete(fut, queue(store).update_metadata(id, metadata, _sink(loop), fut))
+
+
+async def add_vector(store: "VectorStorage", id: str, data: np.ndarray, metadata: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
     await _complete(fut, queue(store).add_vector(id, data, metadata, _sink(loop), fut))
 
 
 async def add_vectors(
-    store: "VectorStorage", ids: list[str], data: np.ndarray, metadata: list[dict[str, str]]
+    store: "VectorStorage", ids: list[str], data: np.ndarray, metadata: list[dict[str, Any]]
 ) -> None:
     loop = asyncio.get_running_loop()
     fut = loop.create_future()

@@ -13,6 +13,7 @@ __all__ = [
     "NonFiniteValueError",
     "DuplicateIdError",
     "InvalidDtypeError",
+    "InvalidMetadataError",
     "VectorNotFoundError",
     "NoDeviceError",
     "InvalidDeviceIdError",
@@ -46,6 +47,10 @@ class DuplicateIdError(InvalidArgumentError):
 
 class InvalidDtypeError(InvalidArgumentError, TypeError):
     """An array has a dtype that cannot hold vector components (int, bool, complex, object...)."""
+
+
+class InvalidMetadataError(InvalidArgumentError, TypeError):
+    """A metadata value is not a str, int, float, bool or list of str (the message names the key)."""
 
 
 class VectorNotFoundError(HiveGpuError, KeyError):

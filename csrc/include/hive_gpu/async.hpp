@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "hive_gpu/error.hpp"
+#include "hive_gpu/filter.hpp"
 #include "hive_gpu/storage.hpp"
 #include "hive_gpu/types.hpp"
 
@@ -105,6 +106,14 @@ class AsyncStorage {
     Ticket add_vector(std::string id, std::vector<float> data, Metadata metadata, WriteCompletion done);
     Ticket add_vectors(std::vector<std::string> ids, Rows rows, std::vector<Metadata> metadata,
                        WriteCompletion done);
+
+    // Filtered searches run as one storage call each, in queue order, without coalescing:
+    // searches with different filters cannot share an engine batch.
+    Ticket search(std::vector<float> query, std::int64_t k, Filter filter,
+                  Completion<std::vector<SearchHit>> done);
+    Ticket search_batch(Rows queries, std::int64_t k, Filter filter, Completion<BatchResult> done);
+    // A write, like add_vector: completes with whether the id was found.
+    Ticket update_metadata(std::string id, Metadata metadata, Completion<bool> done);
 
     // Future forms (the future rethrows the error of the synchronous call).
     std::future<std::vector<SearchHit>> search(std::vector<float> query, std::int64_t k);
