@@ -585,16 +585,18 @@ print(json.dumps(out))
 
 
 def test_cpu_filtered_paths_agree_with_and_without_the_screen(backend):
-    """Dense (masked scan and masked screen) and sparse (gathered rows) answers are bit for bit
-    those of the unscreened scan, and match the oracle."""
+    """Dense (masked scan and masked screen) and sparse (gathered rows) answers, whichever path
+    the thresholds pick or the environment forces, are bit for bit the same, and match the
+    oracle."""
     if backend != "cpu":
         pytest.skip("the CPU engine's paths")
     runs = {}
-    for mode in ("off", "always"):
-        env = dict(os.environ, HIVE_GPU_CPU_SCREEN=mode)
+    for screen, path in (("off", "auto"), ("always", "auto"), ("off", "dense"), ("always", "dense"), ("off", "sparse")):
+        env = dict(os.environ, HIVE_GPU_CPU_SCREEN=screen, HIVE_GPU_CPU_FILTER=path)
         res = subprocess.run([sys.executable, "-c", _PATHS_SCRIPT], env=env, capture_output=True, text=True, check=True)
-        runs[mode] = json.loads(res.stdout)
-    assert runs["off"] == runs["always"]
+        runs[screen, path] = json.loads(res.stdout)
+    for key, run in runs.items():
+        assert run == runs["off", "auto"], key
     rng = np.random.default_rng(7)
     n, d = 6000, 16
     X = rng.standard_normal((n, d)).astype(np.float32)
@@ -603,6 +605,6 @@ def test_cpu_filtered_paths_agree_with_and_without_the_screen(backend):
     for metric in METRICS:
         for name, keep in (("dense", lambda i: i % 2 == 1), ("mid", lambda i: i % 97 < 10), ("sparse", lambda i: i % 97 == 3)):
             rows = [i for i in range(n) if keep(i)]
-            ids, bits = runs["off"][f"{metric.value}/{name}/1"]
+            ids, bits = runs["off", "auto"][f"{metric.value}/{name}/1"]
             scores = np.array(bits, np.uint32).view(np.float32)
             assert_matches(ids[0], scores[0], X[rows], [f"v{i}" for i in rows], Q[:1], metric, 20)

@@ -351,11 +351,9 @@ class MetadataTable::Evaluator {
                 for (std::size_t i = 0; i < nw_; ++i) b[i] = all[i] & ~b[i];
                 break;
             }
-            case FilterOp::Contains: {
-                auto p = ki.tags.find(std::get<std::string>(node.values[0]));
-                if (p != ki.tags.end()) p->second.or_into(b.data(), nw_);
+            case FilterOp::Contains:
+                if (const Posting* p = find_tag(ki, node.values[0])) p->or_into(b.data(), nw_);
                 break;
-            }
             case FilterOp::Gt:
             case FilterOp::Gte:
             case FilterOp::Lt:
@@ -363,6 +361,32 @@ class MetadataTable::Evaluator {
             default: break;
         }
         return b;
+    }
+
+    // A condition answered by a few list postings ($eq, $in, $contains, $id $in): its slots,
+    // ascending, without touching n / 64 words twice (count them, then list them).
+    bool few_slots(const FilterNode& node, std::vector<std::uint32_t>& out) const {
+        if (node.op == FilterOp::IdIn) {
+            for (const MetaValue& v : node.values) {
+                const std::size_t s = slot_of_(std::get<std::string>(v));
+                if (s < n_) out.push_back(static_cast<std::uint32_t>(s));
+            }
+        } else if (node.op == FilterOp::Eq || node.op == FilterOp::In || node.op == FilterOp::Contains) {
+            auto it = t_.keys_.find(node.key);
+            if (it == t_.keys_.end()) return true;
+            for (const MetaValue& v : node.values) {
+                const Posting* p = node.op == FilterOp::Contains ? find_tag(it->second, v) : find_equal(it->second, v);
+                if (!p) continue;
+                const std::vector<std::uint32_t>* list = p->list();
+                if (!list) return false;
+                out.insert(out.end(), list->begin(), list->end());
+            }
+        } else {
+            return false;
+        }
+        std::sort(out.begin(), out.end());
+        out.erase(std::unique(out.begin(), out.end()), out.end());
+        return true;
     }
 
    private:
@@ -376,7 +400,16 @@ class MetadataTable::Evaluator {
         if (n_ % 64) b[nw_ - 1] &= (std::uint64_t{1} << (n_ % 64)) - 1;
     }
 
+    static const Posting* find_tag(const KeyIndex& ki, const MetaValue& v) {
+        auto p = ki.tags.find(std::get<std::string>(v));
+        return p == ki.tags.end() ? nullptr : &p->second;
+    }
+
     void add_equal(const KeyIndex& ki, const MetaValue& v, Bits& b) const {
+        if (const Posting* p = find_equal(ki, v)) p->or_into(b.data(), nw_);
+    }
+
+    static const Posting* find_equal(const KeyIndex& ki, const MetaValue& v) {
         const Posting* p = nullptr;
         switch (meta_type(v)) {
             case MetaType::Str: {
@@ -397,7 +430,7 @@ class MetadataTable::Evaluator {
             }
             case MetaType::Tags: break;
         }
-        if (p) p->or_into(b.data(), nw_);
+        return p;
     }
 
     template <typename Map, typename Key>
@@ -434,7 +467,15 @@ SlotBits MetadataTable::evaluate(const Filter& filter,
                                  const std::function<std::size_t(const std::string&)>& slot_of) const {
     SlotBits r;
     const std::size_t n = size();
-    r.words = Evaluator(*this, slot_of).eval(filter.root());
+    const Evaluator ev(*this, slot_of);
+    if (ev.few_slots(filter.root(), r.slots) && r.slots.size() <= n / SlotFilter::kSparseListRatio) {
+        r.count = r.slots.size();
+        r.words.assign((n + 63) / 64, 0);
+        for (std::uint32_t s : r.slots) r.words[s / 64] |= std::uint64_t{1} << (s % 64);
+        return r;
+    }
+    r.slots.clear();
+    r.words = ev.eval(filter.root());
     for (auto w : r.words) r.count += static_cast<std::size_t>(__builtin_popcountll(w));
     if (r.count <= n / SlotFilter::kSparseListRatio) {
         r.slots.reserve(r.count);

@@ -35,6 +35,8 @@ class Posting {
     void erase(std::uint32_t slot, std::size_t rows) noexcept;
     // Slot `from` becomes `to` (to < from, to not in the posting).
     void relabel(std::uint32_t from, std::uint32_t to) noexcept;
+    // The slots, unsorted, while the posting is a list (null once it is a bitmap).
+    const std::vector<std::uint32_t>* list() const { return bitmap_ ? nullptr : &list_; }
     // Sets the posting's bits in `words` (nwords words, covering every slot of the table).
     void or_into(std::uint64_t* words, std::size_t nwords) const;
 

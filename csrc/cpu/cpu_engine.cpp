@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -409,23 +410,52 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
 }
 
 namespace {
-// The sparse path gathers rows at random from both planes; the dense one streams every row
-// (half of them, through the screen, for up to three queries). Measured on this project's
-// 2-core CPU at 1M x 128 (docs/design.md): the sparse path wins below about 1 row in
-// kSparseRowsPer passing.
-constexpr std::size_t kSparseRowsPer = 16;
+// The sparse path gathers the passing rows from both planes at random; the dense one streams
+// every row (the hi plane only, through the screen, for up to three queries). Measured at
+// 1M x 128 on this project's 2-core CPU (docs/design.md): a single query gathers a row for
+// about 2.5 times what the screened scan pays per row; a batch is bound by arithmetic
+// either way, so a gathered row costs what a scanned one does. The sparse path runs up to
+// one row in kSparseRowsPerScreened (up to kScreenMaxQueries queries) or
+// kSparseRowsPerBatch passing.
+constexpr std::size_t kSparseRowsPerScreened = 4;
+constexpr std::size_t kSparseRowsPerBatch = 2;
+
+enum class FilterPath { Auto, Dense, Sparse };
+
+// HIVE_GPU_CPU_FILTER=dense|sparse forces a path, for the tests and for measuring the
+// thresholds; read once.
+FilterPath filter_path() {
+    static const FilterPath p = [] {
+        const char* v = std::getenv("HIVE_GPU_CPU_FILTER");
+        if (v && std::strcmp(v, "dense") == 0) return FilterPath::Dense;
+        if (v && std::strcmp(v, "sparse") == 0) return FilterPath::Sparse;
+        return FilterPath::Auto;
+    }();
+    return p;
+}
 }  // namespace
 
 void CpuEngine::search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
                                 float* scores, std::int64_t* slots) const {
-    RowSet rows;
-    if (filter.slots && filter.count * kSparseRowsPer <= size()) {
-        rows.list = filter.slots;
-        rows.list_size = filter.count;
-    } else {
-        rows.mask = filter.bits;
-    }
+    const std::size_t per = nq <= kScreenMaxQueries ? kSparseRowsPerScreened : kSparseRowsPerBatch;
+    const FilterPath path = filter_path();
+    const bool sparse = path == FilterPath::Sparse || (path == FilterPath::Auto && filter.count * per <= size());
     try {
+        RowSet rows;
+        std::vector<std::uint32_t> listed;  // the passing slots, when the core did not list them
+        if (sparse && !filter.slots) {
+            listed.reserve(filter.count);
+            const std::size_t words = (size() + 63) / 64;
+            for (std::size_t w = 0; w < words; ++w)
+                for (std::uint64_t b = filter.bits[w]; b; b &= b - 1)
+                    listed.push_back(static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(__builtin_ctzll(b))));
+        }
+        if (sparse) {
+            rows.list = filter.slots ? filter.slots : listed.data();
+            rows.list_size = filter.count;
+        } else {
+            rows.mask = filter.bits;
+        }
         if (higher_is_better(metric_))
             search_impl<true>(queries, nq, k, scores, slots, rows);
         else
