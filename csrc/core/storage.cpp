@@ -52,6 +52,8 @@ void VectorStorage::check_id(const std::string& id) {
     if (id.size() > kMaxIdBytes)
         throw InvalidArgumentError("vector id is " + std::to_string(id.size()) +
                                    " bytes long; the limit is " + std::to_string(kMaxIdBytes));
+    // Files hold UTF-8 only (load refuses anything else): refuse what could not be reloaded.
+    if (!detail::valid_utf8(id)) throw InvalidArgumentError("vector id is not valid UTF-8");
 }
 
 void VectorStorage::check_row(const float* row, std::size_t len, const char* what) const {
