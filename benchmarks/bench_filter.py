@@ -28,6 +28,7 @@ import numpy as np
 
 import hive_gpu
 from bench_cpu import agree, exact_scores, load, numpy_search, race
+from bench_cuda import median_wall
 
 K = 10
 BATCH = 64
@@ -56,16 +57,6 @@ def build(backend: str, n: int, d: int, rng: np.random.Generator):
     return store, X, groups
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def hive_ids(ids: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda s: int(s[1:]))(ids) if ids.size else ids.astype(np.int64)
 
@@ -92,7 +83,7 @@ def run(args) -> dict:
         compiled = None if f is None else hive_gpu.Filter(f)
         row = {"filter": name, "passing": int(mask.sum())}
         if compiled is not None:
-            row["bitset_ms"] = 1e3 * median_time(lambda: store.count(compiled), args.repeats)
+            row["bitset_ms"] = 1e3 * median_wall(lambda: store.count(compiled), args.repeats)
             assert store.count(compiled) == len(passing)
         for nq in (1, BATCH):
             q = Q[:nq]
@@ -120,7 +111,7 @@ def run(args) -> dict:
 
                     fns["numpy_mask"] = masked
                     fns["numpy_gather"] = gathered
-            res = race(fns, args.repeats) if peers else {"hive_gpu": (median_time(fns["hive_gpu"], args.repeats), fns["hive_gpu"]())}
+            res = race(fns, args.repeats) if peers else {"hive_gpu": (median_wall(fns["hive_gpu"], args.repeats), fns["hive_gpu"]())}
             row[f"nq{nq}"] = {name2: 1e3 * t for name2, (t, _) in res.items()}
             if peers:
                 ours = hive_ids(res["hive_gpu"][1][1])

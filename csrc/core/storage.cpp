@@ -441,14 +441,8 @@ std::vector<SearchHit> VectorStorage::hits_of(BatchResult&& r) const {
 
 BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, std::size_t dim,
                                         std::int64_t k) const {
-    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    if (dim != dimension_)
-        throw DimensionMismatchError("queries have dimension " + std::to_string(dim) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
-    check_rows(queries, nq, dim, "queries");
-    ReadLock lock(mutex_);
-    check_open();
-    return search_locked(Source{queries}, nq, k);
+    static const Filter every_row;  // the filtered form runs the plain search for it
+    return search_batch(queries, nq, dim, k, every_row);
 }
 
 BatchResult VectorStorage::search_batch_device(const float* queries, std::size_t nq,
