@@ -257,10 +257,11 @@ class VectorStorage:
     # Same arguments, validation, results and exceptions as the synchronous methods (host
     # arrays); the work runs on this storage's worker threads and concurrent search_async
     # calls share engine batches. A request sees every async write issued before it.
-    # Filtered searches run one storage call each (no coalescing), still off the loop thread.
     async def search_async(
         self, query: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
     ) -> list[GpuSearchResult]:
+        """Like search, on the storage's worker threads; concurrent calls share engine batches.
+        A filtered search runs as one storage call of its own (no coalescing)."""
         q = as_float32(query, 1, "query")
         f = compile_filter(filter)
         if f is not None:
@@ -270,6 +271,7 @@ class VectorStorage:
     async def search_batch_async(
         self, queries: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Like search_batch (host arrays), on the storage's worker threads."""
         q = as_float32(queries, 2, "queries")
         f = compile_filter(filter)
         if f is not None:
