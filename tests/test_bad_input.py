@@ -185,9 +185,11 @@ def test_bad_ids(store, bad_id):
 def test_bad_metadata(store):
     before = snapshot(store)
     with pytest.raises(hive_gpu.InvalidArgumentError):
-        store.add_vector("m", np.ones(8, np.float32), {"k": 1})
+        store.add_vector("m", np.ones(8, np.float32), {"k": object()})
     with pytest.raises(hive_gpu.InvalidArgumentError):
         store.add_vectors(["m1", "m2"], np.ones((2, 8), np.float32), [{"a": "b"}])
+    with pytest.raises(hive_gpu.InvalidArgumentError):
+        store.add_vectors(["m1"], np.ones((1, 8), np.float32), [{1: "b"}])
     with pytest.raises(hive_gpu.InvalidArgumentError):
         store.add_vectors(["m1"], np.ones((1, 8), np.float32), ["not a dict"])
     unchanged(store, before)

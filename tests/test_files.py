@@ -161,9 +161,9 @@ def _with_id(raw: bytes, new_id: bytes) -> bytes:
 
 
 def _with_metadata(raw: bytes, key: bytes, value: bytes) -> bytes:
-    """A copy of a one-vector file whose metadata is {key: value} (version 1 layout)."""
+    """A copy of a one-vector file whose metadata is {key: value}, a str (type byte 0)."""
     fields, sections = parse(raw)
-    sections[1][2] = struct.pack("<II", 1, len(key)) + key + struct.pack("<I", len(value)) + value
+    sections[1][2] = struct.pack("<II", 1, len(key)) + key + struct.pack("<BI", 0, len(value)) + value
     return build(fields, sections)
 
 

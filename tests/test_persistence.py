@@ -106,7 +106,7 @@ def test_layout_matches_the_format_document(ctx, tmp_path):
     s.save(p)
     fields, sections = parse(p.read_bytes())
     magic, version, metric, dim, count, next_ord, reserved, _ = fields
-    assert (magic, version, metric, dim, count) == (b"HIVEGPU\0", 1, 2, 3, 7)
+    assert (magic, version, metric, dim, count) == (b"HIVEGPU\0", 2, 2, 3, 7)
     assert next_ord == 7 and reserved == bytes(20)
     assert [t for t, *_ in sections] == TAGS
     assert all(flags == 0 for _, flags, *_ in sections)
@@ -114,8 +114,8 @@ def test_layout_matches_the_format_document(ctx, tmp_path):
     assert ids == b"".join(struct.pack("<I", len(i)) + i.encode() for i in make_ids(7))
     assert struct.unpack("<7I", ords) == tuple(range(7))
     np.testing.assert_array_equal(np.frombuffer(vecs, "<f4").reshape(7, 3), X)
-    # Metadata keys are written sorted ("i" < "tag").
-    first = struct.pack("<I", 2) + struct.pack("<I1sI1s", 1, b"i", 1, b"0") + struct.pack("<I3sI", 3, b"tag", 0)
+    # Metadata keys are written sorted ("i" < "tag"), each value after its type byte (0: str).
+    first = struct.pack("<I", 2) + struct.pack("<I1sBI1s", 1, b"i", 0, 1, b"0") + struct.pack("<I3sBI", 3, b"tag", 0, 0)
     assert meta.startswith(first)
 
 
@@ -330,7 +330,7 @@ def _lie(ctx, tmp_path, raw, field=None, value=None, section=None, payload=None,
         (3, 2**40, "dimension"),
         (3, 4, None),  # a plausible but wrong dimension
         (2, 3, "metric"),
-        (1, 2, "version 2"),
+        (1, 3, "version 3"),
         (5, 2**32, "ordinal"),
         (6, b"\x01" + bytes(19), "header fields"),
     ],
@@ -359,9 +359,11 @@ def test_sections_with_valid_crcs_but_bad_content_are_refused(ctx, tmp_path, sav
     big_rows = bad_rows.copy()
     big_rows[:3] = 3e19  # norm beyond the write limit
     # The first vector's metadata {"i": "0", "tag": ""} replaced by a repeated key.
-    first_md = struct.pack("<I", 2) + struct.pack("<I1sI1s", 1, b"i", 1, b"0") + struct.pack("<I3sI", 3, b"tag", 0)
+    first_md = struct.pack("<I", 2) + struct.pack("<I1sBI1s", 1, b"i", 0, 1, b"0") + struct.pack("<I3sBI", 3, b"tag", 0, 0)
     assert meta.startswith(first_md)
-    dup_key = struct.pack("<I", 2) + (struct.pack("<I1sI1s", 1, b"k", 1, b"v") * 2) + meta[len(first_md) :]
+    dup_key = struct.pack("<I", 2) + (struct.pack("<I1sBI1s", 1, b"k", 0, 1, b"v") * 2) + meta[len(first_md) :]
+    bad_type = struct.pack("<I", 1) + struct.pack("<I1sBq", 1, b"k", 9, 0) + meta[len(first_md) :]
+    bad_bool = struct.pack("<I", 1) + struct.pack("<I1sBB", 1, b"k", 3, 2) + meta[len(first_md) :]
     cases = [
         (0, dup_ids, "ids"),
         (0, empty_id, "ids"),
@@ -369,6 +371,8 @@ def test_sections_with_valid_crcs_but_bad_content_are_refused(ctx, tmp_path, sav
         (0, ids + struct.pack("<I", 1) + b"z", "ids"),
         (1, meta[: -1], "metadata"),
         (1, dup_key, "repeated metadata key"),
+        (1, bad_type, "type"),
+        (1, bad_bool, "bool"),
         (1, struct.pack("<I", 0xFFFFFFFF) + meta[4:], "metadata"),
         (2, dup_ord, "ordinal"),
         (2, ords[:-4], "ordinals"),

@@ -117,7 +117,7 @@ def test_bad_input_changes_nothing(rng):
             sharded.add_vectors(*args)
         assert _snapshot(sharded, q) == before
     with pytest.raises(hive_gpu.InvalidArgumentError):
-        sharded.add_vectors(["n0", "n1", "n2", "n3"], good, [{}, {"k": 1}, {}, {}])
+        sharded.add_vectors(["n0", "n1", "n2", "n3"], good, [{}, {"k": object()}, {}, {}])
     with pytest.raises(hive_gpu.DuplicateIdError):
         sharded.add_vector("v0", good[0])
     with pytest.raises(hive_gpu.DimensionMismatchError):

@@ -156,6 +156,20 @@ Ticket AsyncStorage::submit_write(Completion<T> done, Call call) {
     return Ticket(std::move(r));
 }
 
+Ticket AsyncStorage::search(std::vector<float> query, std::int64_t k, Filter filter,
+                            Completion<std::vector<SearchHit>> done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Read;
+    auto shared = std::make_shared<Completion<std::vector<SearchHit>>>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e, {}); };
+    r->run = run_then_deliver<std::vector<SearchHit>>(
+        shared, [query = std::move(query), k, filter = std::move(filter)](VectorStorage& s) {
+            return s.search(query.data(), query.size(), k, filter);
+        });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
 Ticket AsyncStorage::update_vector(std::string id, std::vector<float> data, std::optional<Metadata> metadata,
                                    Completion<bool> done) {
     return submit_write<bool>(
@@ -180,6 +194,25 @@ Ticket AsyncStorage::save(std::string path, WriteCompletion done) {
                                   s.save(path);
                                   return true;
                               });
+}
+
+Ticket AsyncStorage::search_batch(Rows queries, std::int64_t k, Filter filter, Completion<BatchResult> done) {
+    auto r = std::make_shared<Request>();
+    r->kind = RequestKind::Read;
+    auto shared = std::make_shared<Completion<BatchResult>>(std::move(done));
+    r->fail = [shared](std::exception_ptr e) { (*shared)(e, BatchResult{}); };
+    r->run = run_then_deliver<BatchResult>(
+        shared, [queries = std::move(queries), k, filter = std::move(filter)](VectorStorage& s) {
+            return s.search_batch(queries.data, queries.n, queries.dim, k, filter);
+        });
+    batcher_->submit(r);
+    return Ticket(std::move(r));
+}
+
+Ticket AsyncStorage::update_metadata(std::string id, Metadata metadata, Completion<bool> done) {
+    return submit_write<bool>(std::move(done), [id = std::move(id), md = std::move(metadata)](VectorStorage& s) {
+        return s.update_metadata(id, md);
+    });
 }
 
 std::future<std::vector<SearchHit>> AsyncStorage::search(std::vector<float> query, std::int64_t k) {

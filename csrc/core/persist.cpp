@@ -12,6 +12,7 @@
 
 #include "core/crc32c.hpp"
 #include "core/id_index.hpp"
+#include "core/metadata_index.hpp"
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
 #include "hive_gpu/storage.hpp"
@@ -38,7 +39,9 @@ namespace hive_gpu {
 namespace {
 
 constexpr char kMagic[8] = {'H', 'I', 'V', 'E', 'G', 'P', 'U', '\0'};
-constexpr std::uint32_t kFormatVersion = 1;
+constexpr std::uint32_t kFormatVersion = 2;
+// Version 1 stored every metadata value as a str; it still loads.
+constexpr std::uint32_t kOldestFormatVersion = 1;
 constexpr std::size_t kHeaderBytes = 64;
 constexpr std::size_t kSectionHeaderBytes = 16;
 constexpr std::size_t kChunkBytes = std::size_t{32} << 20;
@@ -101,10 +104,74 @@ class Cursor {
     std::size_t pos_ = 0;
 };
 
+// One row's metadata, version 2: u32 pairs, then per pair the key, a type byte (MetaType)
+// and the value.
+void put_metadata(std::string& buf, const Metadata& md) {
+    put<std::uint32_t>(buf, static_cast<std::uint32_t>(md.size()));
+    for (const auto& [k, v] : md) {
+        put_str(buf, k);
+        put<std::uint8_t>(buf, static_cast<std::uint8_t>(meta_type(v)));
+        switch (meta_type(v)) {
+            case MetaType::Str: put_str(buf, std::get<std::string>(v)); break;
+            case MetaType::Int: put<std::int64_t>(buf, std::get<std::int64_t>(v)); break;
+            case MetaType::Float: put<double>(buf, std::get<double>(v)); break;
+            case MetaType::Bool: put<std::uint8_t>(buf, std::get<bool>(v) ? 1 : 0); break;
+            case MetaType::Tags: {
+                const MetaTags& tags = std::get<MetaTags>(v);
+                if (tags.size() > std::numeric_limits<std::uint32_t>::max())
+                    throw IoError("a metadata list longer than 2^32 - 1 cannot be saved");
+                put<std::uint32_t>(buf, static_cast<std::uint32_t>(tags.size()));
+                for (const auto& t : tags) put_str(buf, t);
+                break;
+            }
+        }
+    }
+}
+
 std::string get_utf8(Cursor& c, std::size_t max_len) {
     std::string s = c.get_str(max_len);
     if (!detail::valid_utf8(s)) c.fail("a string is not valid UTF-8");
     return s;
+}
+
+// The inverse of put_metadata (version 1: every value a str, no type byte).
+Metadata read_metadata(Cursor& c, std::uint32_t version, std::size_t max_len) {
+    const auto pairs = c.get<std::uint32_t>();
+    Metadata md;
+    for (std::uint32_t p = 0; p < pairs; ++p) {
+        std::string k = get_utf8(c, max_len);
+        MetaValue v;
+        const auto type = version == 1 ? std::uint8_t(0) : c.get<std::uint8_t>();
+        switch (type) {
+            case std::uint8_t(MetaType::Str): v = get_utf8(c, max_len); break;
+            case std::uint8_t(MetaType::Int): v = c.get<std::int64_t>(); break;
+            case std::uint8_t(MetaType::Float): {
+                const double d = c.get<double>();
+                if (d != d) c.fail("a NaN metadata value");
+                v = d;
+                break;
+            }
+            case std::uint8_t(MetaType::Bool): {
+                const auto b = c.get<std::uint8_t>();
+                if (b > 1) c.fail("a bool that is neither 0 nor 1");
+                v = b == 1;
+                break;
+            }
+            case std::uint8_t(MetaType::Tags): {
+                // Each tag takes at least its 4-byte length: no count can outgrow the section.
+                const auto count = c.get<std::uint32_t>();
+                if (count > max_len / 4) c.fail("a list longer than the section");
+                MetaTags tags;
+                tags.reserve(count);
+                for (std::uint32_t t = 0; t < count; ++t) tags.push_back(get_utf8(c, max_len));
+                v = std::move(tags);
+                break;
+            }
+            default: c.fail("an unknown metadata value type");
+        }
+        if (!md.emplace(std::move(k), std::move(v)).second) c.fail("repeated metadata key");
+    }
+    return md;
 }
 
 }  // namespace
@@ -487,14 +554,7 @@ void VectorStorage::write_to(ByteSink& f) const {
 
     std::string ids, meta, ords;
     for (const auto& id : id_of_) put_str(ids, id);
-    for (std::size_t i = 0; i < n; ++i) {
-        const Metadata& md = metadata_of_[i];
-        put<std::uint32_t>(meta, static_cast<std::uint32_t>(md.size()));
-        for (const auto& [k, v] : md) {
-            put_str(meta, k);
-            put_str(meta, v);
-        }
-    }
+    for (std::size_t i = 0; i < n; ++i) put_metadata(meta, (*metadata_of_)[i]);
     ords.append(reinterpret_cast<const char*>(ordinal_of_.data()), n * sizeof(std::uint32_t));
 
     std::string h(kHeaderBytes, '\0');
@@ -593,12 +653,13 @@ std::shared_ptr<VectorStorage> VectorStorage::read_from(const std::shared_ptr<Co
     std::memcpy(&count, h + 24, 8);
     std::memcpy(&next, h + 32, 8);
     std::memcpy(&hcrc, h + 60, 4);
-    if (hcrc != crc32c(0, h, 60)) throw CorruptFileError(path + " has a damaged header");
-    if (version != kFormatVersion)
-        throw CorruptFileError(path + " uses format version " + std::to_string(version) +
-                               "; this library reads version " + std::to_string(kFormatVersion));
-    if (metric > 2) throw CorruptFileError(path + " names an unknown metric");
-    if (dim == 0 || dim > kMaxDimension) throw CorruptFileError(path + " has an invalid dimension");
+    if (hcrc != crc32c(0, h, 60)) throw CorruptFileError("'" + path + "' has a damaged header");
+    if (version < kOldestFormatVersion || version > kFormatVersion)
+        throw CorruptFileError("'" + path + "' uses format version " + std::to_string(version) +
+                               "; this library reads versions " + std::to_string(kOldestFormatVersion) +
+                               " to " + std::to_string(kFormatVersion));
+    if (metric > 2) throw CorruptFileError("'" + path + "' names an unknown metric");
+    if (dim == 0 || dim > kMaxDimension) throw CorruptFileError("'" + path + "' has an invalid dimension");
     // Ordinals are 32-bit; a larger counter would wrap on the next add.
     if (next > std::numeric_limits<std::uint32_t>::max())
         throw CorruptFileError(path + " has an invalid ordinal counter");
@@ -634,20 +695,12 @@ std::shared_ptr<VectorStorage> VectorStorage::read_from(const std::shared_ptr<Co
         }
         if (!c.done()) c.fail("trailing bytes");
     }
-    detail::MetadataColumn metas;
+    detail::MetadataTable metas;
     metas.reserve(n);
     {
         Cursor c(meta_b, "metadata");
-        for (std::size_t i = 0; i < n; ++i) {
-            auto pairs = c.get<std::uint32_t>();
-            Metadata md;
-            for (std::uint32_t p = 0; p < pairs; ++p) {
-                std::string k = get_utf8(c, meta_b.size());
-                std::string v = get_utf8(c, meta_b.size());
-                if (!md.emplace(std::move(k), std::move(v)).second) c.fail("repeated metadata key");
-            }
-            metas.push_back(detail::MetadataColumn::make(std::move(md)));
-        }
+        for (std::size_t i = 0; i < n; ++i)
+            metas.push_back(detail::MetadataTable::make(read_metadata(c, version, meta_b.size())));
         if (!c.done()) c.fail("trailing bytes");
     }
     std::vector<std::uint32_t> ords(n);
@@ -703,7 +756,7 @@ std::shared_ptr<VectorStorage> VectorStorage::read_from(const std::shared_ptr<Co
 
     storage->id_of_ = std::move(ids);
     *storage->index_ = std::move(index);
-    storage->metadata_of_ = std::move(metas);
+    *storage->metadata_of_ = std::move(metas);
     storage->ordinal_of_ = std::move(ords);
     storage->next_ordinal_ = std::max<std::uint64_t>(next, n ? max_ord + 1 : 0);
     return storage;

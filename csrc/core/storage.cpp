@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/id_index.hpp"
+#include "core/metadata_index.hpp"
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
 
@@ -46,7 +47,8 @@ VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<E
       dimension_(engine_->dimension()),
       metric_(engine_->metric()),
       engine_checks_rows_(engine_->checks_appended_rows()),
-      index_(std::make_unique<detail::IdIndex>()) {}
+      index_(std::make_unique<detail::IdIndex>()),
+      metadata_of_(std::make_unique<detail::MetadataTable>()) {}
 
 VectorStorage::~VectorStorage() = default;
 
@@ -59,6 +61,8 @@ void VectorStorage::check_id(const std::string& id) {
     if (id.size() > kMaxIdBytes)
         throw InvalidArgumentError("vector id is " + std::to_string(id.size()) +
                                    " bytes long; the limit is " + std::to_string(kMaxIdBytes));
+    // Files hold UTF-8 only (load refuses anything else): refuse what could not be reloaded.
+    if (!detail::valid_utf8(id)) throw InvalidArgumentError("vector id is not valid UTF-8");
 }
 
 void VectorStorage::check_row(const float* row, std::size_t len, const char* what) const {
@@ -192,6 +196,7 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
         throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
                                      ", the storage has dimension " + std::to_string(dimension_));
     for (const auto& id : ids) check_id(id);
+    for (const auto& md : metadata) detail::check_metadata(md);
     // Device rows, and host rows of engines that check after their upload, are checked by
     // the engine under the lock instead.
     if (!src.device && !engine_checks_rows_) check_rows(src.data, n, dim, "vectors");
@@ -209,7 +214,7 @@ void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& 
     const std::size_t old = id_of_.size();
     try {
         if (old != 0) make_room(id_of_, old + n);  // an empty store takes `ids` as they are
-        make_room(metadata_of_, old + n);
+        make_room(*metadata_of_, old + n);
         make_room(ordinal_of_, old + n);
         index_->reserve(old + n);
     } catch (const std::bad_alloc&) {
@@ -267,9 +272,9 @@ void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& 
         }
         appended = true;
         if (metadata.empty()) {
-            metadata_of_.append_empty(n);
+            metadata_of_->append_empty(n);
         } else {
-            for (Metadata& md : metadata) metadata_of_.push_back(detail::MetadataColumn::make(std::move(md)));
+            for (Metadata& md : metadata) metadata_of_->push_back(detail::MetadataTable::make(std::move(md)));
         }
     };
     // Undoes both parts, then throws: the duplicate id when there is one, else `error`.
@@ -287,7 +292,7 @@ void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& 
         if (took) next_ordinal_ = ordinals_before;
         unindex(old, indexed);
         id_of_.resize(old);
-        metadata_of_.truncate(old);
+        metadata_of_->truncate(old);
         ordinal_of_.resize(old);
         try {
             std::rethrow_exception(error);
@@ -326,15 +331,29 @@ void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& 
 bool VectorStorage::update_vector(const std::string& id, const float* data, std::size_t len,
                                   const Metadata* metadata) {
     check_row(data, len, "vector");
+    if (metadata) detail::check_metadata(*metadata);
     WriteLock lock(mutex_);
     check_open();
     const std::size_t slot = index_->find(id_of_, id);
     if (slot == detail::IdIndex::npos) return false;
-    std::unique_ptr<Metadata> md_copy;
-    // Copy first: the engine write must be the last thing that can fail.
-    if (metadata) md_copy = detail::MetadataColumn::make(Metadata(*metadata));
-    engine_->write(slot, data);
-    if (metadata) metadata_of_.set(slot, std::move(md_copy));
+    if (!metadata) {
+        engine_->write(slot, data);
+        return true;
+    }
+    // The metadata (re-indexed, all or nothing) first; a failed engine write puts it back.
+    std::unique_ptr<Metadata> old;
+    if (!(*metadata_of_)[slot].empty()) old = std::make_unique<Metadata>((*metadata_of_)[slot]);
+    try {
+        metadata_of_->set(slot, detail::MetadataTable::make(Metadata(*metadata)));
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("host memory exhausted while indexing metadata");
+    }
+    try {
+        engine_->write(slot, data);
+    } catch (...) {
+        metadata_of_->set(slot, std::move(old));
+        throw;
+    }
     return true;
 }
 
@@ -348,6 +367,8 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
         throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
                                      ", the storage has dimension " + std::to_string(dimension_));
     for (const auto& id : ids) check_id(id);
+    for (const auto& md : metadata)
+        if (md) detail::check_metadata(*md);
     if (n != 0) check_rows(data, n, dim, "vectors");
 
     WriteLock lock(mutex_);
@@ -387,7 +408,7 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
             for (std::size_t i : fresh) fresh_md.push_back(metadata[i] ? std::move(*metadata[i]) : Metadata{});
             stored_md.resize(stored.size());
             for (std::size_t j = 0; j < stored.size(); ++j)
-                if (metadata[stored[j]]) stored_md[j] = detail::MetadataColumn::make(std::move(*metadata[stored[j]]));
+                if (metadata[stored[j]]) stored_md[j] = detail::MetadataTable::make(std::move(*metadata[stored[j]]));
         }
         replaced.resize(stored.size() * dim);
         for (std::size_t j = 0; j < stored.size(); ++j) engine_->read(slots[j], 1, replaced.data() + j * dim);
@@ -396,7 +417,29 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
         throw OutOfMemoryError("host memory exhausted while upserting vectors");
     }
 
-    std::size_t written = 0;
+    // The stored ids' metadata first (re-indexed, each set all or nothing), keeping what it
+    // replaces; then the rows; then the new ids. A failure undoes what was done, in reverse.
+    std::vector<std::unique_ptr<Metadata>> replaced_md(stored_md.size());
+    std::size_t relabelled = 0, written = 0;
+    auto undo_metadata = [&]() noexcept {
+        try {
+            for (std::size_t j = 0; j < relabelled; ++j)
+                if (metadata[stored[j]]) metadata_of_->set(slots[j], std::move(replaced_md[j]));
+        } catch (...) {
+            // Restoring a row's entries failed for want of memory; the first error is reported.
+        }
+    };
+    try {
+        for (; relabelled < stored_md.size(); ++relabelled) {
+            if (!metadata[stored[relabelled]]) continue;
+            const Metadata& was = (*metadata_of_)[slots[relabelled]];
+            if (!was.empty()) replaced_md[relabelled] = std::make_unique<Metadata>(was);
+            metadata_of_->set(slots[relabelled], std::move(stored_md[relabelled]));
+        }
+    } catch (const std::bad_alloc&) {
+        undo_metadata();
+        throw OutOfMemoryError("host memory exhausted while indexing metadata");
+    }
     try {
         for (; written < stored.size(); ++written) engine_->write(slots[written], data + stored[written] * dim);
         if (!fresh.empty())
@@ -408,10 +451,9 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
         } catch (...) {
             // The device failed twice; the first error is the one to report.
         }
+        undo_metadata();
         throw;
     }
-    for (std::size_t j = 0; j < stored_md.size(); ++j)
-        if (metadata[stored[j]]) metadata_of_.set(slots[j], std::move(stored_md[j]));
 }
 
 void VectorStorage::get_vectors(const std::vector<std::string>& ids, float* out,
@@ -426,7 +468,7 @@ void VectorStorage::get_vectors(const std::vector<std::string>& ids, float* out,
     if (metadata) {
         metadata->clear();
         metadata->reserve(ids.size());
-        for (std::size_t slot : slots) metadata->push_back(metadata_of_[slot]);
+        for (std::size_t slot : slots) metadata->push_back((*metadata_of_)[slot]);
     }
     for (std::size_t i = 0; i < slots.size(); ++i) engine_->read(slots[i], 1, out + i * dimension_);
 }
@@ -437,12 +479,12 @@ void VectorStorage::remove_slot(std::size_t slot) {
         engine_->move(last, slot);
         index_->relocate(id_of_, last, slot);
         id_of_[slot] = std::move(id_of_[last]);
-        metadata_of_.move(last, slot);
+        metadata_of_->move(last, slot);
         ordinal_of_[slot] = ordinal_of_[last];
     }
     engine_->truncate(last);
     id_of_.pop_back();
-    metadata_of_.truncate(last);
+    metadata_of_->truncate(last);
     ordinal_of_.pop_back();
 }
 
@@ -474,7 +516,7 @@ void VectorStorage::clear() {
     engine_->truncate(0);
     index_->release();
     id_of_.clear();
-    metadata_of_.clear();
+    metadata_of_->clear();
     ordinal_of_.clear();
     next_ordinal_ = 0;
 }
@@ -484,7 +526,7 @@ std::optional<Vector> VectorStorage::get_vector(const std::string& id) const {
     check_open();
     const std::size_t slot = index_->find(id_of_, id);
     if (slot == detail::IdIndex::npos) return std::nullopt;
-    Vector v{id, std::vector<float>(dimension_), metadata_of_[slot]};
+    Vector v{id, std::vector<float>(dimension_), (*metadata_of_)[slot]};
     engine_->read(slot, 1, v.data.data());
     return v;
 }
@@ -494,7 +536,7 @@ std::optional<Metadata> VectorStorage::get_metadata(const std::string& id) const
     check_open();
     const std::size_t slot = index_->find(id_of_, id);
     if (slot == detail::IdIndex::npos) return std::nullopt;
-    return metadata_of_[slot];
+    return (*metadata_of_)[slot];
 }
 
 std::size_t VectorStorage::clamp_k(std::int64_t k) const {
@@ -532,20 +574,14 @@ std::vector<SearchHit> VectorStorage::hits_of(BatchResult&& r) const {
     hits.reserve(r.k);
     for (std::size_t j = 0; j < r.k; ++j)
         hits.push_back(SearchHit{std::move(r.ids[j]), r.scores[j],
-                                 metadata_of_[static_cast<std::size_t>(r.slots[j])]});
+                                 (*metadata_of_)[static_cast<std::size_t>(r.slots[j])]});
     return hits;
 }
 
 BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, std::size_t dim,
                                         std::int64_t k) const {
-    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    if (dim != dimension_)
-        throw DimensionMismatchError("queries have dimension " + std::to_string(dim) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
-    check_rows(queries, nq, dim, "queries");
-    ReadLock lock(mutex_);
-    check_open();
-    return search_locked(Source{queries}, nq, k);
+    static const Filter every_row;  // the filtered form runs the plain search for it
+    return search_batch(queries, nq, dim, k, every_row);
 }
 
 BatchResult VectorStorage::search_batch_device(const float* queries, std::size_t nq,
@@ -576,11 +612,113 @@ BatchResult VectorStorage::search_locked(const Source& queries, std::size_t nq,
                                r.slots.data(), queries.device_scores);
     else
         engine_->search(queries.data, nq, r.k, r.scores.data(), r.slots.data());
-    r.ids.reserve(nq * r.k);
-    for (std::size_t i = 0; i < nq * r.k; ++i) {
+    name_hits(r);
+    return r;
+}
+
+void VectorStorage::name_hits(BatchResult& r) const {
+    r.ids.reserve(r.nq * r.k);
+    for (std::size_t i = 0; i < r.nq * r.k; ++i) {
         r.scores[i] = finish_score(r.scores[i]);
         r.ids.push_back(id_of_[static_cast<std::size_t>(r.slots[i])]);
     }
+}
+
+// ---- Filtered calls ------------------------------------------------------------------------
+
+detail::SlotBits VectorStorage::select(const Filter& filter) const {
+    return metadata_of_->evaluate(filter, [this](const std::string& id) { return index_->find(id_of_, id); });
+}
+
+bool VectorStorage::update_metadata(const std::string& id, const Metadata& metadata) {
+    detail::check_metadata(metadata);
+    WriteLock lock(mutex_);
+    check_open();
+    const std::size_t slot = index_->find(id_of_, id);
+    if (slot == detail::IdIndex::npos) return false;
+    try {
+        metadata_of_->set(slot, detail::MetadataTable::make(Metadata(metadata)));
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("host memory exhausted while indexing metadata");
+    }
+    return true;
+}
+
+std::size_t VectorStorage::count(const Filter& filter) const {
+    ReadLock lock(mutex_);
+    check_open();
+    if (filter.matches_all()) return id_of_.size();
+    return select(filter).count;
+}
+
+std::vector<std::string> VectorStorage::ids(const Filter& filter) const {
+    ReadLock lock(mutex_);
+    check_open();
+    if (filter.matches_all()) return id_of_;
+    const detail::SlotBits sel = select(filter);
+    std::vector<std::string> out;
+    out.reserve(sel.count);
+    for (std::size_t w = 0; w < sel.words.size(); ++w)
+        for (std::uint64_t b = sel.words[w]; b; b &= b - 1)
+            out.push_back(id_of_[w * 64 + static_cast<std::size_t>(__builtin_ctzll(b))]);
+    return out;
+}
+
+std::size_t VectorStorage::remove_vectors(const Filter& filter) {
+    WriteLock lock(mutex_);
+    check_open();
+    const detail::SlotBits sel = select(filter);
+    // From the last slot down: every slot above the one removed is then a row that stays,
+    // so the swap-remove never moves a row that is still to be removed.
+    for (std::size_t w = sel.words.size(); w-- > 0;) {
+        for (std::uint64_t b = sel.words[w]; b;) {
+            const int top = 63 - __builtin_clzll(b);
+            b &= ~(std::uint64_t{1} << top);
+            const std::size_t slot = w * 64 + static_cast<std::size_t>(top);
+            index_->erase_slot(id_of_, slot);
+            remove_slot(slot);
+        }
+    }
+    return sel.count;
+}
+
+std::vector<SearchHit> VectorStorage::search(const float* query, std::size_t len, std::int64_t k,
+                                             const Filter& filter) const {
+    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
+    check_row(query, len, "query");
+    ReadLock lock(mutex_);
+    check_open();
+    return hits_of(search_filtered_locked(query, 1, k, filter));
+}
+
+BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, std::size_t dim,
+                                        std::int64_t k, const Filter& filter) const {
+    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
+    if (dim != dimension_)
+        throw DimensionMismatchError("queries have dimension " + std::to_string(dim) +
+                                     ", the storage has dimension " + std::to_string(dimension_));
+    check_rows(queries, nq, dim, "queries");
+    ReadLock lock(mutex_);
+    check_open();
+    return search_filtered_locked(queries, nq, k, filter);
+}
+
+// The filter is evaluated under the reader lock, so the slots it names are the ones the
+// engine holds while it searches.
+BatchResult VectorStorage::search_filtered_locked(const float* queries, std::size_t nq, std::int64_t k,
+                                                  const Filter& filter) const {
+    if (filter.matches_all()) return search_locked(Source{queries}, nq, k);
+    const detail::SlotBits sel = select(filter);
+    if (sel.count == id_of_.size()) return search_locked(Source{queries}, nq, k);
+    BatchResult r;
+    r.nq = nq;
+    r.k = std::min<std::size_t>(static_cast<std::size_t>(k), sel.count);
+    if (nq == 0 || r.k == 0) return r;
+    r.scores.resize(nq * r.k);
+    r.slots.resize(nq * r.k);
+    const SlotFilter slots{sel.words.data(), sel.count, sel.slots.empty() ? nullptr : sel.slots.data()};
+    engine_->search_filtered(queries, nq, r.k, slots, r.scores.data(), r.slots.data());
+    name_hits(r);
     return r;
 }
 
@@ -591,7 +729,7 @@ void VectorStorage::close() {
     engine_.reset();
     index_->release();
     id_of_.clear();
-    metadata_of_.clear();
+    metadata_of_->clear();
     ordinal_of_.clear();
 }
 

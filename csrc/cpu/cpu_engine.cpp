@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -238,11 +239,12 @@ void CpuEngine::search(const float* queries, std::size_t nq, std::size_t k, floa
 // (score, ordinal): the answer is bit for bit the full scan's.
 template <bool kHigherFirst>
 bool CpuEngine::search_screened(const float* queries, const float* query_factor, std::size_t nq,
-                                std::size_t k, float* scores, std::int64_t* slots) const {
+                                std::size_t k, float* scores, std::int64_t* slots,
+                                const std::uint64_t* mask) const {
     const std::size_t d = dim_;
     std::vector<std::vector<std::size_t>> candidates;
     const ScreenRows view{hi_.data(), size(), d, metric_, factors_.data(),
-                          keeps_norms() ? norms_.data() : nullptr};
+                          keeps_norms() ? norms_.data() : nullptr, mask};
     if (!screen(view, context_->pool(), queries, query_factor, nq, k, candidates)) return false;
 
     const KernelTable& kern = kernels();
@@ -251,6 +253,7 @@ bool CpuEngine::search_screened(const float* queries, const float* query_factor,
     for (std::size_t q = 0; q < nq; ++q) {
         TopK<kHigherFirst> top(k);
         for (const std::size_t r : candidates[q]) {
+            if (mask && !(mask[r / 64] >> (r % 64) & 1)) continue;
             float v;
             TileArgs a{queries + q * d, 1, d, nullptr, 1, d, plan.form, plan.epilogue,
                        factored ? &factors_[r] : nullptr, query_factor ? query_factor + q : nullptr,
@@ -268,8 +271,11 @@ bool CpuEngine::search_screened(const float* queries, const float* query_factor,
 // only the rare candidates touch the heap. The per-chunk top-ks are merged per query.
 template <bool kHigherFirst>
 void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k, float* scores,
-                            std::int64_t* slots) const {
-    const std::size_t n = size(), d = dim_;
+                            std::int64_t* slots, const RowSet& rows) const {
+    // n: the rows ranked; position i is slot i, or list[i] on the sparse path.
+    const std::uint32_t* list = rows.list;
+    const std::uint64_t* mask = rows.mask;
+    const std::size_t n = list ? rows.list_size : size(), d = dim_;
     if (nq == 0 || n == 0 || k == 0) return;
     const KernelTable& kern = kernels();
     ThreadPool& pool = context_->pool();
@@ -285,9 +291,9 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
     }
     // A zero cosine query ties every row at 0: the screen could not drop any.
     const bool zero_query = std::find(query_factor.begin(), query_factor.end(), 0.0f) != query_factor.end();
-    if (!zero_query && screen_wanted(n, d, nq, k) &&
+    if (!list && !zero_query && screen_wanted(n, d, nq, k) &&
         search_screened<kHigherFirst>(queries, query_factor.empty() ? nullptr : query_factor.data(), nq, k,
-                                      scores, slots))
+                                      scores, slots, mask))
         return;
 
     const std::size_t tile = tile_rows(d), piece = piece_rows(d);
@@ -337,21 +343,31 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
             Q = aligned.data();
         }
         // One group of queries reads the planes directly; more groups share a tile widened
-        // to floats once.
-        const bool direct = qn <= 4;
+        // to floats once. The sparse path gathers its rows into the tile first.
+        const bool direct = qn <= 4 && !list;
         HostBuffer<float> X = direct ? HostBuffer<float>() : scratch(std::min(tile, rb - ra) * d);
+        std::vector<float> gathered_factor(list && row_factor ? std::min(tile, rb - ra) : 0);
         for (std::size_t x0 = ra; x0 < rb; x0 += tile) {
             const std::size_t nx = std::min(tile, rb - x0);
+            const float* tile_factor = row_factor ? row_factor + x0 : nullptr;
+            if (list) {
+                for (std::size_t i = 0; i < nx; ++i) {
+                    const std::size_t r = list[x0 + i];
+                    kern.widen(hi + r * d, lo + r * d, d, X.data() + i * d);
+                    if (row_factor) gathered_factor[i] = row_factor[r];
+                }
+                tile_factor = row_factor ? gathered_factor.data() : nullptr;
+            }
             for (std::size_t g = 0; g < qn; g += 4) {
                 const std::size_t q0 = qa + g, gn = std::min<std::size_t>(4, qn - g);
                 TileArgs a{Q + g * d, gn, d, X.data(), nx, d, form, epilogue,
-                           row_factor ? row_factor + x0 : nullptr, qf ? qf + q0 : nullptr,
+                           tile_factor, qf ? qf + q0 : nullptr,
                            strip, tile};
                 if (direct) {
                     a.hi = hi + x0 * d;
                     a.lo = lo + x0 * d;
                     kern.score_tile(a);
-                } else if (g == 0) {
+                } else if (g == 0 && !list) {
                     // The first group widens the tile a piece at a time, each just before
                     // scoring it: the reads from memory then overlap the arithmetic as
                     // they would reading float rows (a separate widening pass would wait
@@ -374,7 +390,8 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
                     const float thr = top.size() < k ? kNone : top.items().front().score;
                     const std::size_t m = kern.filter(s, nx, thr, kHigherFirst, pick);
                     for (std::size_t j = 0; j < m; ++j) {
-                        const std::size_t r = x0 + pick[j];
+                        const std::size_t r = list ? list[x0 + pick[j]] : x0 + pick[j];
+                        if (mask && !(mask[r / 64] >> (r % 64) & 1)) continue;
                         const float v = s[pick[j]];
                         if (top.may_enter(v)) top.push(v, ordinals_[r], static_cast<std::int64_t>(r));
                     }
@@ -422,6 +439,62 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         pool.run(nq, finish);
     else
         for (std::size_t q = 0; q < nq; ++q) finish(q);
+}
+
+namespace {
+// The sparse path gathers the passing rows from both planes at random; the dense one streams
+// every row (the hi plane only, through the screen, for up to three queries). Measured at
+// 1M x 128 on this project's 2-core CPU (docs/design.md): a single query gathers a row for
+// about 2.5 times what the screened scan pays per row; a batch is bound by arithmetic
+// either way, so a gathered row costs what a scanned one does. The sparse path runs up to
+// one row in kSparseRowsPerScreened (up to kScreenMaxQueries queries) or
+// kSparseRowsPerBatch passing.
+constexpr std::size_t kSparseRowsPerScreened = 4;
+constexpr std::size_t kSparseRowsPerBatch = 2;
+
+enum class FilterPath { Auto, Dense, Sparse };
+
+// HIVE_GPU_CPU_FILTER=dense|sparse forces a path, for the tests and for measuring the
+// thresholds; read once.
+FilterPath filter_path() {
+    static const FilterPath p = [] {
+        const char* v = std::getenv("HIVE_GPU_CPU_FILTER");
+        if (v && std::strcmp(v, "dense") == 0) return FilterPath::Dense;
+        if (v && std::strcmp(v, "sparse") == 0) return FilterPath::Sparse;
+        return FilterPath::Auto;
+    }();
+    return p;
+}
+}  // namespace
+
+void CpuEngine::search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
+                                float* scores, std::int64_t* slots) const {
+    const std::size_t per = nq <= kScreenMaxQueries ? kSparseRowsPerScreened : kSparseRowsPerBatch;
+    const FilterPath path = filter_path();
+    const bool sparse = path == FilterPath::Sparse || (path == FilterPath::Auto && filter.count * per <= size());
+    try {
+        RowSet rows;
+        std::vector<std::uint32_t> listed;  // the passing slots, when the core did not list them
+        if (sparse && !filter.slots) {
+            listed.reserve(filter.count);
+            const std::size_t words = (size() + 63) / 64;
+            for (std::size_t w = 0; w < words; ++w)
+                for (std::uint64_t b = filter.bits[w]; b; b &= b - 1)
+                    listed.push_back(static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(__builtin_ctzll(b))));
+        }
+        if (sparse) {
+            rows.list = filter.slots ? filter.slots : listed.data();
+            rows.list_size = filter.count;
+        } else {
+            rows.mask = filter.bits;
+        }
+        if (higher_is_better(metric_))
+            search_impl<true>(queries, nq, k, scores, slots, rows);
+        else
+            search_impl<false>(queries, nq, k, scores, slots, rows);
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("cpu: host memory exhausted during a search");
+    }
 }
 
 }  // namespace hive_gpu::cpu

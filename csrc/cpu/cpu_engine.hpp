@@ -32,16 +32,27 @@ class CpuEngine final : public Engine {
     void read(std::size_t first, std::size_t n, float* out) const override;
     void search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                 std::int64_t* slots) const override;
+    void search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
+                         float* scores, std::int64_t* slots) const override;
     std::size_t memory_bytes() const override;
 
    private:
+    // Which rows a search ranks: all of them, those whose `mask` bit is set (the dense
+    // filtered path: the mask is applied in the scan), or the `list` of slots (the sparse
+    // path: only those rows are gathered and scored).
+    struct RowSet {
+        const std::uint64_t* mask = nullptr;
+        const std::uint32_t* list = nullptr;
+        std::size_t list_size = 0;
+    };
     template <bool kHigherFirst>
     void search_impl(const float* queries, std::size_t nq, std::size_t k, float* scores,
-                     std::int64_t* slots) const;
+                     std::int64_t* slots, const RowSet& rows = {}) const;
     // The screened search (screen.hpp); false when the screen gave up.
     template <bool kHigherFirst>
     bool search_screened(const float* queries, const float* query_factor, std::size_t nq,
-                         std::size_t k, float* scores, std::int64_t* slots) const;
+                         std::size_t k, float* scores, std::int64_t* slots,
+                         const std::uint64_t* mask) const;
     // Per-row data from one pass over a row: factors_ and (DotProduct, Euclidean) norms_.
     void set_row_data(std::size_t slot, const float* row);
     bool keeps_norms() const { return metric_ != Metric::Cosine; }

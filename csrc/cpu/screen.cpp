@@ -172,6 +172,20 @@ struct Candidate {
     float reach;
 };
 
+// A filtered screen: rows whose bit is clear get the worst keep and reach, so they never
+// raise a threshold and drop out as candidates (the exact pass skips any that tie the worst).
+template <bool kHigherFirst>
+void hide_masked(const std::uint64_t* mask, std::size_t x0, std::size_t nx, std::size_t nq, float* keep,
+                 float* reach) {
+    constexpr float kWorst = kHigherFirst ? -std::numeric_limits<float>::infinity()
+                                          : std::numeric_limits<float>::infinity();
+    for (std::size_t x = 0; x < nx; ++x) {
+        const std::size_t r = x0 + x;
+        if (mask[r / 64] >> (r % 64) & 1) continue;
+        for (std::size_t q = 0; q < nq; ++q) keep[q * kTileRows + x] = reach[q * kTileRows + x] = kWorst;
+    }
+}
+
 template <bool kHigherFirst>
 bool screen_impl(const ScreenRows& rows, ThreadPool& pool, const float* queries,
                  const float* query_factor, std::size_t nq, std::size_t k,
@@ -229,6 +243,7 @@ bool screen_impl(const ScreenRows& rows, ThreadPool& pool, const float* queries,
                          row_sq ? row_sq + x0 : nullptr, strips.data(),
                          strips.data() + nq * kTileRows, strips.data() + 2 * nq * kTileRows, kTileRows};
             kern.screen_tile(a);
+            if (rows.mask) hide_masked<kHigherFirst>(rows.mask, x0, nx, nq, a.keep, a.reach);
             std::size_t added = 0;
             for (std::size_t q = 0; q < nq; ++q) {
                 TopK<kHigherFirst>& top = heaps[c * nq + q];

@@ -20,6 +20,8 @@ struct ScreenRows {
     Metric metric;
     const float* factors;  // 1/|x| (Cosine) or |x|^2 (Euclidean); unused for DotProduct
     const float* norms;    // |x| rounded up (DotProduct, Euclidean)
+    // A filtered search: only rows whose bit is set exist for the screen (null: every row).
+    const std::uint64_t* mask = nullptr;
 };
 
 // Up to this many queries a search reads every row once, bound by memory bandwidth, and the

@@ -15,10 +15,79 @@
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/context.hpp"
 #include "hive_gpu/error.hpp"
+#include "hive_gpu/filter.hpp"
 #include "hive_gpu/storage.hpp"
 
 namespace py = pybind11;
 using namespace hive_gpu;
+
+// ---- Typed metadata values: str, int, float, bool, list of str ----------------------------
+// pybind11's variant caster would take a bool for an int; this one checks bool first and
+// accepts nothing else. python/hive_gpu/_arrays.py checks first, with messages naming the key.
+namespace pybind11::detail {
+template <>
+struct type_caster<hive_gpu::MetaValue> {
+    PYBIND11_TYPE_CASTER(hive_gpu::MetaValue, const_name("str | int | float | bool | list[str]"));
+
+    static bool utf8(handle h, std::string& out) {
+        Py_ssize_t len = 0;
+        const char* p = PyUnicode_AsUTF8AndSize(h.ptr(), &len);
+        if (p == nullptr) {
+            PyErr_Clear();
+            return false;
+        }
+        out.assign(p, static_cast<std::size_t>(len));
+        return true;
+    }
+    bool load(handle src, bool) {
+        PyObject* o = src.ptr();
+        if (PyBool_Check(o)) {
+            value = o == Py_True;
+        } else if (PyLong_Check(o)) {
+            int overflow = 0;
+            const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+            if (overflow || (v == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                return false;
+            }
+            value = static_cast<std::int64_t>(v);
+        } else if (PyFloat_Check(o)) {
+            value = PyFloat_AS_DOUBLE(o);
+        } else if (PyUnicode_Check(o)) {
+            std::string s;
+            if (!utf8(src, s)) return false;
+            value = std::move(s);
+        } else if (PyList_Check(o) || PyTuple_Check(o)) {
+            hive_gpu::MetaTags tags;
+            for (handle item : reinterpret_borrow<sequence>(src)) {
+                if (!PyUnicode_Check(item.ptr())) return false;
+                tags.emplace_back();
+                if (!utf8(item, tags.back())) return false;
+            }
+            value = std::move(tags);
+        } else {
+            return false;
+        }
+        return true;
+    }
+    static handle cast(const hive_gpu::MetaValue& v, return_value_policy, handle) {
+        return std::visit(
+            [](const auto& x) -> handle {
+                using T = std::decay_t<decltype(x)>;
+                if constexpr (std::is_same_v<T, bool>) return pybind11::bool_(x).release();
+                else if constexpr (std::is_same_v<T, std::string>) return pybind11::str(x).release();
+                else if constexpr (std::is_same_v<T, std::int64_t>) return pybind11::int_(x).release();
+                else if constexpr (std::is_same_v<T, double>) return pybind11::float_(x).release();
+                else {
+                    pybind11::list l(x.size());
+                    for (std::size_t i = 0; i < x.size(); ++i) l[i] = pybind11::str(x[i]);
+                    return l.release();
+                }
+            },
+            v);
+    }
+};
+}  // namespace pybind11::detail
 
 namespace {
 
@@ -134,6 +203,54 @@ void register_errors(py::module_& m) {
             PyErr_SetString(oom.ptr(), "host memory exhausted");
         }
     });
+}
+
+// A Python filter (dicts, lists, scalars) as the core's FilterExpr; `path` names where a
+// value of a type no filter holds was found.
+FilterExpr filter_expr_from(py::handle h, const std::string& path) {
+    PyObject* o = h.ptr();
+    if (o == Py_None) return FilterExpr();
+    if (PyBool_Check(o)) return FilterExpr::of(o == Py_True);
+    if (PyLong_Check(o)) {
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            throw InvalidArgumentError(path + ": an int outside the 64-bit range");
+        }
+        return FilterExpr::of(static_cast<std::int64_t>(v));
+    }
+    if (PyFloat_Check(o)) return FilterExpr::of(PyFloat_AS_DOUBLE(o));
+    if (PyUnicode_Check(o)) {
+        Py_ssize_t len = 0;
+        const char* p = PyUnicode_AsUTF8AndSize(o, &len);
+        if (p == nullptr) {
+            PyErr_Clear();
+            throw InvalidArgumentError(path + ": a str that is not valid Unicode text");
+        }
+        return FilterExpr::of(std::string(p, static_cast<std::size_t>(len)));
+    }
+    if (PyList_Check(o) || PyTuple_Check(o)) {
+        std::vector<FilterExpr> items;
+        std::size_t i = 0;
+        for (py::handle item : py::reinterpret_borrow<py::sequence>(h))
+            items.push_back(filter_expr_from(item, path + "[" + std::to_string(i++) + "]"));
+        return FilterExpr::list(std::move(items));
+    }
+    if (PyDict_Check(o)) {
+        std::vector<std::pair<std::string, FilterExpr>> fields;
+        for (auto [k, v] : py::reinterpret_borrow<py::dict>(h)) {
+            if (!PyUnicode_Check(k.ptr()))
+                throw InvalidArgumentError(path + ": keys are str, got " +
+                                           py::str(py::type::handle_of(k).attr("__name__")).cast<std::string>());
+            std::string key = py::str(k).cast<std::string>();
+            FilterExpr value = filter_expr_from(v, path + "." + key);
+            fields.emplace_back(std::move(key), std::move(value));
+        }
+        return FilterExpr::object(std::move(fields));
+    }
+    throw InvalidArgumentError(path + ": a filter holds dicts, lists, str, int, float and bool, got " +
+                               py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
 }
 
 py::dict device_info_dict(const DeviceInfo& d) {
@@ -407,6 +524,24 @@ void bind_async(py::module_& m) {
              [](AsyncStorage& a, const std::string& path, Sink sink, py::object future) {
                  return a.save(path, write_completion_to(std::move(sink), std::move(future), py::none()));
              })
+        .def("search_filtered",
+             [](AsyncStorage& a, const FloatArray& q, std::int64_t k, const Filter& f, Sink sink, py::object future) {
+                 if (q.ndim() != 1) throw InvalidArgumentError("a query must be a 1-D array");
+                 return a.search(vector_of(q), k, f,
+                                 completion_to<std::vector<SearchHit>>(std::move(sink), std::move(future), py::none()));
+             })
+        .def("search_batch_filtered",
+             [](AsyncStorage& a, const FloatArray& q, std::int64_t k, const Filter& f, Sink sink, py::object future) {
+                 if (q.ndim() != 2) throw InvalidArgumentError("queries must be a 2-D array (nq, dimension)");
+                 auto [nq, d] = rows_cols(q);
+                 return a.search_batch(Rows::borrow(q.data(), nq, d), k, f,
+                                       completion_to<BatchResult>(std::move(sink), std::move(future), q));
+             })
+        .def("update_metadata",
+             [](AsyncStorage& a, const std::string& id, Metadata md, Sink sink, py::object future) {
+                 return a.update_metadata(id, std::move(md),
+                                          completion_to<bool>(std::move(sink), std::move(future), py::none()));
+             })
         .def("set_batching",
              [](AsyncStorage& a, double max_wait_us, std::size_t max_batch) {
                  a.set_batching(batching_config(max_wait_us, max_batch));
@@ -504,6 +639,12 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("data"));
 
+    // A compiled filter (hive_gpu/filter.hpp); python/hive_gpu/_filter.py wraps it.
+    py::class_<Filter>(m, "Filter")
+        .def(py::init([](py::handle expr) { return Filter::parse(filter_expr_from(expr, "filter")); }),
+             py::arg("expr"))
+        .def_property_readonly("matches_all", &Filter::matches_all);
+
     py::class_<VectorStorage, std::shared_ptr<VectorStorage>>(m, "Storage")
         .def_property_readonly("dimension", &VectorStorage::dimension)
         .def_property_readonly("metric", &VectorStorage::metric)
@@ -511,7 +652,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("context", &VectorStorage::context)
         .def("size", &VectorStorage::size)
         .def("contains", &VectorStorage::contains)
-        .def("ids", &VectorStorage::ids)
+        .def("ids", py::overload_cast<>(&VectorStorage::ids, py::const_))
         .def("memory_bytes", &VectorStorage::memory_bytes)
         .def("add_vector",
              [](VectorStorage& s, const std::string& id, const FloatArray& v, const Metadata& md) {
@@ -579,7 +720,8 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("ids"))
         .def("remove_vector", &VectorStorage::remove_vector, py::call_guard<py::gil_scoped_release>())
-        .def("remove_vectors", &VectorStorage::remove_vectors, py::call_guard<py::gil_scoped_release>())
+        .def("remove_vectors", py::overload_cast<const std::vector<std::string>&>(&VectorStorage::remove_vectors),
+             py::call_guard<py::gil_scoped_release>())
         .def("clear", &VectorStorage::clear, py::call_guard<py::gil_scoped_release>())
         .def("get_vector",
              [](const VectorStorage& s, const std::string& id) -> py::object {
@@ -658,6 +800,41 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("ptr"), py::arg("nq"), py::arg("dim"), py::arg("ld"), py::arg("k"), py::arg("stream"),
              py::arg("out_ptr") = 0)
+        // Filtered forms and metadata updates (hive_gpu/filter.hpp).
+        .def("update_metadata", &VectorStorage::update_metadata, py::arg("id"), py::arg("metadata"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("count", py::overload_cast<const Filter&>(&VectorStorage::count, py::const_), py::arg("filter"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("ids_filtered", py::overload_cast<const Filter&>(&VectorStorage::ids, py::const_), py::arg("filter"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("remove_filtered", py::overload_cast<const Filter&>(&VectorStorage::remove_vectors), py::arg("filter"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("search_filtered",
+             [](const VectorStorage& s, const FloatArray& q, std::int64_t k, const Filter& f) {
+                 if (q.ndim() != 1) throw InvalidArgumentError("a query must be a 1-D array");
+                 std::vector<SearchHit> hits;
+                 {
+                     py::gil_scoped_release release;
+                     hits = s.search(q.data(), static_cast<std::size_t>(q.shape(0)), k, f);
+                 }
+                 py::list out(hits.size());
+                 for (std::size_t i = 0; i < hits.size(); ++i)
+                     out[i] = py::make_tuple(std::move(hits[i].id), hits[i].score, std::move(hits[i].metadata));
+                 return out;
+             },
+             py::arg("query"), py::arg("k"), py::arg("filter"))
+        .def("search_batch_filtered",
+             [](const VectorStorage& s, const FloatArray& q, std::int64_t k, const Filter& f) {
+                 if (q.ndim() != 2) throw InvalidArgumentError("queries must be a 2-D array (nq, dimension)");
+                 auto [nq, d] = rows_cols(q);
+                 BatchResult r;
+                 {
+                     py::gil_scoped_release release;
+                     r = s.search_batch(q.data(), nq, d, k, f);
+                 }
+                 return batch_to_python(std::move(r));
+             },
+             py::arg("queries"), py::arg("k"), py::arg("filter"))
         .def("save", &VectorStorage::save, py::arg("path"), py::call_guard<py::gil_scoped_release>())
         .def("to_bytes",
              [](const VectorStorage& s) {

@@ -99,7 +99,7 @@ void exercise(const std::shared_ptr<hive_gpu::Context>& ctx, hive_gpu::Metric me
     std::vector<hive_gpu::Metadata> metadata(n);
     for (std::size_t i = 0; i < n; ++i) {
         ids[i] = "doc-" + std::to_string(i);
-        metadata[i] = {{"shard", std::to_string(i % 4)}};
+        metadata[i] = {{"shard", std::int64_t(i % 4)}, {"name", "doc " + std::to_string(i)}};
     }
 
     // The quick start: one store, a batch of vectors, a batch of queries.
@@ -131,6 +131,29 @@ void exercise(const std::shared_ptr<hive_gpu::Context>& ctx, hive_gpu::Metric me
     check_hits(*store, ids, rows, queries.data(), hit_ids.data(), hit_scores.data(), k, tag + ": search");
     for (const auto& h : hits)
         check(h.metadata == metadata[std::stoul(h.id.substr(4))], tag + ": metadata of " + h.id);
+
+    // A filtered search: only shard 2 may answer, ranked as the search over those rows alone.
+    const auto shard2 = hive_gpu::Filter::parse(
+        hive_gpu::FilterExpr::object({{"shard", hive_gpu::FilterExpr::of(2)}}));
+    check(store->count(shard2) == n / 4, tag + ": count of shard 2");
+    auto filtered = store->search(queries.data(), dim, k, shard2);
+    check(filtered.size() == k, tag + ": filtered search returns k hits");
+    std::vector<std::string> shard_ids;
+    std::vector<float> shard_rows;
+    for (std::size_t i = 2; i < n; i += 4) {
+        shard_ids.push_back(ids[i]);
+        shard_rows.insert(shard_rows.end(), &rows[i * dim], &rows[(i + 1) * dim]);
+    }
+    std::vector<std::string> filtered_ids;
+    std::vector<float> filtered_scores;
+    for (const auto& h : filtered) {
+        filtered_ids.push_back(h.id);
+        filtered_scores.push_back(h.score);
+        check(std::get<std::int64_t>(h.metadata.at("shard")) == 2, tag + ": filtered hit outside shard 2");
+    }
+    if (filtered.size() == k)
+        check_hits(*store, shard_ids, shard_rows, queries.data(), filtered_ids.data(), filtered_scores.data(), k,
+                   tag + ": filtered search");
 
     // get_vector returns the data exactly as given.
     auto v = store->get_vector("doc-17");

@@ -16,6 +16,7 @@ from ._contexts import (
     create_context,
 )
 from ._core import __version__
+from ._filter import Filter
 from ._storage import VectorStorage
 from ._sharded import ShardedStorage, create_sharded_storage
 from .aio import AsyncStats, BatchingConfig
@@ -30,6 +31,7 @@ from .errors import (
     InvalidArgumentTypeError,
     InvalidDeviceIdError,
     InvalidDtypeError,
+    InvalidMetadataError,
     NoDeviceError,
     NonFiniteValueError,
     OutOfMemoryError,
@@ -57,6 +59,7 @@ __all__ = [
     "VectorStorage",
     "ShardedStorage",
     "create_sharded_storage",
+    "Filter",
     "GpuDeviceInfo",
     "GpuDistanceMetric",
     "GpuSearchResult",
@@ -69,6 +72,7 @@ __all__ = [
     "NonFiniteValueError",
     "DuplicateIdError",
     "InvalidDtypeError",
+    "InvalidMetadataError",
     "VectorNotFoundError",
     "NoDeviceError",
     "InvalidDeviceIdError",

@@ -8,10 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HiveGpuError, InvalidArgumentError, InvalidArgumentTypeError, InvalidDtypeError
+from .errors import (
+    HiveGpuError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidDtypeError,
+    InvalidMetadataError,
+)
 
 # The largest k the core takes (int64); a larger k means "every vector", as any k > len does.
 _MAX_K = 2**63 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
@@ -89,17 +96,50 @@ def check_ids(ids: Any, *, elements: bool = True) -> list[str]:
     return ids
 
 
-def check_metadata(md: Any) -> dict[str, str]:
-    """``md`` as a dict of str to str ({} for None); a wrong type is a TypeError. Text with no
-    UTF-8 form is found when the native call refuses it (see native_call)."""
+def check_metadata(md: Any) -> dict[str, Any]:
+    """``md`` checked for the core: str keys; values str, int (64-bit), float (not NaN), bool,
+    or a list of str (a tuple becomes a list). A value of another type raises
+    InvalidMetadataError (also a TypeError) naming its key."""
     if md is None:
         return {}
     if not isinstance(md, dict):
-        raise InvalidArgumentTypeError(f"metadata must be a dict of str to str, got {type(md).__name__}")
+        raise InvalidArgumentTypeError(f"metadata must be a dict, got {type(md).__name__}")
+    fixed: dict[str, Any] | None = None
     for k, v in md.items():
-        if type(k) is not str or type(v) is not str:
-            raise InvalidArgumentTypeError(f"metadata must map str to str, got {k!r}: {v!r}")
-    return md
+        if type(k) is not str:
+            raise InvalidMetadataError(f"metadata keys must be str, got {type(k).__name__} {k!r}")
+        if not storable(k):
+            raise InvalidArgumentError(f"metadata key {k!r} is not valid Unicode text")
+        t = type(v)
+        if t is str:
+            if not storable(v):
+                raise InvalidArgumentError(f"metadata {k!r}: the value is not valid Unicode text")
+        elif t is bool:  # before int: bool is an int subclass
+            pass
+        elif isinstance(v, int):
+            if not _INT64_MIN <= v <= _INT64_MAX:
+                raise InvalidArgumentError(f"metadata {k!r}: {v} is outside the 64-bit integer range")
+        elif isinstance(v, float):
+            if v != v:
+                raise InvalidArgumentError(f"metadata {k!r}: NaN cannot be stored (it equals nothing)")
+        elif isinstance(v, (list, tuple)):
+            for tag in v:
+                if type(tag) is not str:
+                    raise InvalidMetadataError(
+                        f"metadata {k!r}: a list value holds only str, got {type(tag).__name__} {tag!r}"
+                    )
+                if not storable(tag):
+                    raise InvalidArgumentError(f"metadata {k!r}: a tag is not valid Unicode text")
+            if t is not list:
+                fixed = dict(md) if fixed is None else fixed
+                fixed[k] = list(v)
+        else:
+            raise InvalidMetadataError(
+                f"metadata {k!r}: values are str, int, float, bool or list of str, got {t.__name__}"
+            )
+    if fixed is not None:
+        return fixed
+    return md if type(md) is dict else dict(md)
 
 
 def check_k(k: Any) -> int:

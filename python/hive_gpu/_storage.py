@@ -21,7 +21,8 @@ from ._arrays import (
     native_call,
     storable,
 )
-from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, search_results
+from ._filter import Filter, compile_filter
+from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, metadata_given, search_results
 from .errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
@@ -110,16 +111,22 @@ class VectorStorage:
         """The ids in insertion order, as they were when the iteration began."""
         return iter(self._s.ids())
 
-    def ids(self) -> list[str]:
+    def ids(self, filter: dict[str, Any] | Filter | None = None) -> list[str]:
         """Every id, in insertion order (an update keeps an id's place; a removed id that is
-        added again goes last)."""
-        return self._s.ids()
+        added again goes last); with ``filter``, those it passes."""
+        f = compile_filter(filter)
+        return self._s.ids() if f is None else self._s.ids_filtered(f)
+
+    def count(self, filter: dict[str, Any] | Filter | None = None) -> int:
+        """How many vectors ``filter`` passes (all of them without one)."""
+        f = compile_filter(filter)
+        return self._s.size() if f is None else self._s.count(f)
 
     def memory_usage(self) -> int:
         """Bytes of device memory held for rows and per-row data."""
         return self._s.memory_bytes()
 
-    def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None) -> None:
+    def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None) -> None:
         """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``.
         DuplicateIdError when the id is stored already."""
         native_call(self._s.add_vector, *_add_vector_args(vector, data, metadata))
@@ -128,7 +135,7 @@ class VectorStorage:
         self,
         ids: Sequence[str] | Sequence[GpuVector],
         data: Any = None,
-        metadata: Sequence[dict[str, str] | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         """Add a batch, all or nothing: ``add_vectors(ids, array[n, dim], metadata=None)`` or
         ``add_vectors([GpuVector, ...])``. A float32 C-contiguous array is read without a copy;
@@ -163,18 +170,33 @@ class VectorStorage:
         native_call(self._s.upsert_vectors, id_list, as_float32(data, 2, "vectors"), md)
 
     def update_vector(
-        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None
     ) -> bool:
-        """Replace a vector's data (and its metadata when given). False if the id is unknown."""
+        """Replace a vector's data, and its metadata when given (``{}`` clears it; None, or a
+        GpuVector made without metadata, keeps it). False if the id is unknown."""
         args = _update_vector_args(vector, data, metadata)
         return args is not None and native_call(self._s.update_vector, *args)
+
+    def update_metadata(self, id: str, metadata: dict[str, Any]) -> bool:
+        """Replace a vector's metadata (``{}`` clears it). False if the id is unknown."""
+        md = check_metadata(metadata)
+        if not _known_id(id):
+            return False
+        return native_call(self._s.update_metadata, id, md)
 
     def remove_vector(self, id: str) -> bool:
         """Remove a vector in O(1); False if the id is unknown."""
         return _known_id(id) and self._s.remove_vector(id)
 
-    def remove_vectors(self, ids: Iterable[str]) -> int:
-        """Remove several vectors; returns how many existed (unknown ids are skipped)."""
+    def remove_vectors(
+        self, ids: Iterable[str] | None = None, *, filter: dict[str, Any] | Filter | None = None
+    ) -> int:
+        """Remove the vectors named by ``ids``, or those ``filter`` passes (give exactly one);
+        returns how many were removed."""
+        if (ids is None) == (filter is None):
+            raise InvalidArgumentTypeError("remove_vectors takes either ids or filter=, not both or neither")
+        if filter is not None:
+            return self._s.remove_filtered(compile_filter(filter))
         id_list = check_ids(ids)
         try:
             return self._s.remove_vectors(id_list)
@@ -195,7 +217,7 @@ class VectorStorage:
         data, md = got
         return GpuVector(id, data, md)
 
-    def get_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, list[dict[str, str]]]:
+    def get_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """The vectors of ``ids`` as ``(array[len(ids), dimension] float32, metadata list)``,
         in the order given, from one consistent read. VectorNotFoundError (a KeyError) names
         the first unknown id."""
@@ -208,14 +230,23 @@ class VectorStorage:
                 raise
             raise VectorNotFoundError(f"no vector has id {unstorable!r}") from None
 
-    def get_metadata(self, id: str) -> dict[str, str] | None:
+    def get_metadata(self, id: str) -> dict[str, Any] | None:
         """The metadata of ``id`` (a copy), or None when the id is unknown."""
         return self._s.get_metadata(id) if _known_id(id) else None
 
-    def search(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
+    def search(
+        self, query: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
+    ) -> list[GpuSearchResult]:
         """The ``min(k, len(self))`` nearest vectors to ``query``, best first (any k >= 1 is
-        taken: a k above the count returns every vector). ``query`` may be a CUDA array
-        (PyTorch, CuPy, JAX), read in place on CUDA storages."""
+        taken: a k above the count returns every vector). ``query`` may be
+        a CUDA array (PyTorch, CuPy, JAX), read in place on CUDA storages. With ``filter``
+        (see :class:`hive_gpu.Filter`), only vectors it passes: ``min(k, matches)`` hits. A
+        device-array query with a filter is copied to the host first (one row, small)."""
+        f = compile_filter(filter)
+        if f is not None:
+            if _dev.is_device_array(query):
+                query = _dev.to_host(query)
+            return search_results(self._s.search_filtered(as_float32(query, 1, "query"), check_k(k), f))
         if _dev.is_device_array(query):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(query, 1, "query")
@@ -226,13 +257,31 @@ class VectorStorage:
         return search_results(self._s.search(q, check_k(k)))
 
     def search_batch(
-        self, queries: Any, k: int = 10, *, device_output: bool = False
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        device_output: bool = False,
+        filter: dict[str, Any] | Filter | None = None,
     ) -> tuple[Any, np.ndarray]:
         """FAISS-style batch search: ``(distances[nq, k'], ids[nq, k'])`` with
         ``k' = min(k, len(self))``; ids is an object array of str. ``queries`` may be a CUDA
         array (read in place on CUDA storages); ``device_output=True`` returns the distances
-        as a CUDA array (PyTorch or CuPy, the queries' own framework when they are one)."""
+        as a CUDA array (PyTorch or CuPy, the queries' own framework when they are one).
+        With ``filter``, one filter for every query: ``k' = min(k, matches)`` (0 columns when
+        nothing matches); device-array queries are then copied to the host first."""
         k = check_k(k)
+        f = compile_filter(filter)
+        if f is not None:
+            if _dev.is_device_array(queries):
+                queries = _dev.to_host(queries)
+            q = as_float32(queries, 2, "queries")
+            scores, flat_ids, kk = self._s.search_batch_filtered(q, k, f)
+            ids = np.empty(len(flat_ids), dtype=object)
+            ids[:] = flat_ids
+            if device_output:
+                scores = _dev.to_device(scores)
+            return scores, ids.reshape(q.shape[0], kk)
         if _dev.is_device_array(queries):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(queries, 2, "queries")
@@ -255,21 +304,33 @@ class VectorStorage:
         ids[:] = flat_ids
         return scores, ids.reshape(q.shape[0], kk)
 
-    async def search_async(self, query: Any, k: int = 10) -> list[GpuSearchResult]:
-        """Like search; concurrent calls share engine batches."""
+    async def search_async(
+        self, query: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
+    ) -> list[GpuSearchResult]:
+        """Like search; concurrent calls share engine batches. A filtered search runs as one
+        storage call of its own (no coalescing)."""
         q = as_float32(query, 1, "query")
+        f = compile_filter(filter)
+        if f is not None:
+            return search_results(await aio.run(self._async_queue().search_filtered, q, check_k(k), f))
         return search_results(await aio.run(self._async_queue().search, q, check_k(k)))
 
-    async def search_batch_async(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Like search_batch (host arrays)."""
+    async def search_batch_async(
+        self, queries: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like search_batch (host arrays), with the same ``filter``."""
         q = as_float32(queries, 2, "queries")
-        scores, flat_ids, kk = await aio.run(self._async_queue().search_batch, q, check_k(k))
+        f = compile_filter(filter)
+        if f is not None:
+            scores, flat_ids, kk = await aio.run(self._async_queue().search_batch_filtered, q, check_k(k), f)
+        else:
+            scores, flat_ids, kk = await aio.run(self._async_queue().search_batch, q, check_k(k))
         ids = np.empty(len(flat_ids), dtype=object)
         ids[:] = flat_ids
         return scores, ids.reshape(q.shape[0], kk)
 
     async def add_vector_async(
-        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, str] | None = None
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None
     ) -> None:
         """Like add_vector. Cancelling the awaiting task does not withdraw the write."""
         await aio.run(self._async_queue().add_vector, *_add_vector_args(vector, data, metadata))
@@ -278,7 +339,7 @@ class VectorStorage:
         self,
         ids: Sequence[str] | Sequence[GpuVector],
         data: Any = None,
-        metadata: Sequence[dict[str, str] | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         """Like add_vectors. The array is read in place: leave it unchanged until this returns."""
         args = _add_vectors_args(ids, data, metadata)
@@ -304,6 +365,13 @@ class VectorStorage:
         """Like save, ordered as a write: the file holds every async write issued before it
         and none issued after it. Cancelling the awaiting task does not withdraw the save."""
         await aio.run(self._async_queue().save, as_path(path))
+
+    async def update_metadata_async(self, id: str, metadata: dict[str, Any]) -> bool:
+        """Like update_metadata, ordered with the other async writes."""
+        md = check_metadata(metadata)
+        if not _known_id(id):
+            return False
+        return await aio.run(self._async_queue().update_metadata, id, md)
 
     def set_batching(self, max_wait_us: float | None = None, max_batch: int | None = None) -> None:
         """Tune how concurrent search_async calls are coalesced (defaults 200 us, 256);
@@ -414,7 +482,7 @@ def _unpickle(data: bytes, backend: str, device_id: int) -> VectorStorage:
 
 
 # Argument checks shared by the synchronous and async forms (host arrays).
-def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, str]]:
+def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, Any]]:
     if isinstance(vector, GpuVector):
         id, data, metadata = vector.id, vector.data, vector.metadata
     else:
@@ -433,7 +501,7 @@ def _update_vector_args(
         id = vector
     if not _known_id(id):
         return None
-    return id, as_float32(data, 1, "vector"), None if metadata is None else check_metadata(metadata)
+    return id, as_float32(data, 1, "vector"), check_metadata(metadata) if metadata_given(metadata) else None
 
 
 def _known_id(id: Any) -> bool:
@@ -467,7 +535,7 @@ def _ids_and_metadata(ids: Any, metadata: Any) -> tuple[list[str], list[dict[str
 
 def _add_vectors_args(
     ids: Any, data: Any, metadata: Any
-) -> tuple[list[str], np.ndarray, list[dict[str, str]]] | None:
+) -> tuple[list[str], np.ndarray, list[dict[str, Any]]] | None:
     """The checked arguments; None when a list of GpuVector is empty (nothing to add)."""
     if data is None:
         vectors = check_ids(ids, elements=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -78,13 +78,40 @@ class GpuDeviceInfo:
         return cls(**d)  # type: ignore[arg-type]
 
 
+class _MetadataNotGiven(dict):
+    """GpuVector's metadata when none was given: reads as an empty dict, and tells
+    update_vector to keep the stored metadata. Immutable, since it is shared."""
+
+    __slots__ = ()
+    __hash__ = object.__hash__
+
+    def _immutable(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("this GpuVector has no metadata of its own; pass a dict to set one")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable  # type: ignore[assignment]
+    __ior__ = _immutable  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+METADATA_NOT_GIVEN: dict[str, Any] = _MetadataNotGiven()
+
+
+def metadata_given(md: Any) -> bool:
+    """Whether an update should replace the stored metadata with ``md``."""
+    return md is not None and md is not METADATA_NOT_GIVEN
+
+
 @dataclass(frozen=True)
 class GpuVector:
-    """A vector with its id and metadata."""
+    """A vector with its id and metadata. Metadata values are str, int, float, bool or
+    list of str. ``update_vector`` keeps the stored metadata when this one was not given
+    (or is None) and replaces it otherwise (``{}`` clears it)."""
 
     id: str
     data: np.ndarray
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = METADATA_NOT_GIVEN
 
 
 @dataclass(frozen=True)
@@ -93,14 +120,14 @@ class GpuSearchResult:
 
     id: str
     distance: float
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 _new = object.__new__
 _set = object.__setattr__
 
 
-def search_results(hits: list[tuple[str, float, dict[str, str]]]) -> list[GpuSearchResult]:
+def search_results(hits: list[tuple[str, float, dict[str, Any]]]) -> list[GpuSearchResult]:
     """GpuSearchResult objects for (id, distance, metadata) hits. Equal to constructing them,
     without the frozen ``__init__``'s one ``object.__setattr__`` per field: a single-query
     search on a small store spends a measurable part of its time there."""

@@ -16,6 +16,7 @@ __all__ = [
     "NonFiniteValueError",
     "DuplicateIdError",
     "InvalidDtypeError",
+    "InvalidMetadataError",
     "VectorNotFoundError",
     "NoDeviceError",
     "InvalidDeviceIdError",
@@ -62,6 +63,10 @@ class DuplicateIdError(InvalidArgumentError):
 
 class InvalidDtypeError(InvalidArgumentTypeError):
     """An array has a dtype that cannot hold vector components (int, bool, complex, object...)."""
+
+
+class InvalidMetadataError(InvalidArgumentTypeError):
+    """A metadata value is not a str, int, float, bool or list of str (the message names the key)."""
 
 
 class VectorNotFoundError(HiveGpuError, KeyError):

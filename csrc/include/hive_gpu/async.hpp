@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "hive_gpu/error.hpp"
+#include "hive_gpu/filter.hpp"
 #include "hive_gpu/storage.hpp"
 #include "hive_gpu/types.hpp"
 
@@ -113,6 +114,14 @@ class AsyncStorage {
     // A save is a write of the queue (it sees every earlier write and runs alone), so that
     // the file holds exactly what the requests before it made.
     Ticket save(std::string path, WriteCompletion done);
+
+    // Filtered searches run as one storage call each, in queue order, without coalescing:
+    // searches with different filters cannot share an engine batch.
+    Ticket search(std::vector<float> query, std::int64_t k, Filter filter,
+                  Completion<std::vector<SearchHit>> done);
+    Ticket search_batch(Rows queries, std::int64_t k, Filter filter, Completion<BatchResult> done);
+    // A write, like add_vector: completes with whether the id was found.
+    Ticket update_metadata(std::string id, Metadata metadata, Completion<bool> done);
 
     // Future forms (the future rethrows the error of the synchronous call).
     std::future<std::vector<SearchHit>> search(std::vector<float> query, std::int64_t k);

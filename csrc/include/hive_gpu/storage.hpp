@@ -13,6 +13,7 @@
 
 #include "hive_gpu/context.hpp"
 #include "hive_gpu/engine.hpp"
+#include "hive_gpu/filter.hpp"
 #include "hive_gpu/types.hpp"
 
 namespace hive_gpu {
@@ -22,35 +23,9 @@ class IdIndex;  // core/id_index.hpp: id -> slot, keyed by id_of_
 class ByteSink;    // core/persist.cpp: where save() and to_bytes() write the format
 class ByteSource;  // core/persist.cpp: where load() and from_bytes() read it
 
-// Metadata by slot. Most rows carry none, so a row without any costs one null pointer: a
-// batch of a million such rows appends 8 MB of zeros rather than a million empty maps
-// (48 MB to construct, and later to destroy).
-class MetadataColumn {
-   public:
-    std::size_t size() const { return rows_.size(); }
-    std::size_t capacity() const { return rows_.capacity(); }
-    void reserve(std::size_t n) { rows_.reserve(n); }
-    const Metadata& operator[](std::size_t slot) const { return rows_[slot] ? *rows_[slot] : empty(); }
-
-    // The stored form of one row's metadata: null when empty. May throw bad_alloc.
-    static std::unique_ptr<Metadata> make(Metadata&& md) {
-        return md.empty() ? nullptr : std::make_unique<Metadata>(std::move(md));
-    }
-    // Appends n rows without metadata; allocates nothing within the reserved capacity.
-    void append_empty(std::size_t n) { rows_.resize(rows_.size() + n); }
-    void push_back(std::unique_ptr<Metadata> md) { rows_.push_back(std::move(md)); }
-    void set(std::size_t slot, std::unique_ptr<Metadata> md) noexcept { rows_[slot] = std::move(md); }
-    void move(std::size_t src, std::size_t dst) noexcept { rows_[dst] = std::move(rows_[src]); }
-    void truncate(std::size_t n) { rows_.resize(n); }
-    void clear() noexcept { rows_.clear(); }
-
-   private:
-    static const Metadata& empty() {
-        static const Metadata none;
-        return none;
-    }
-    std::vector<std::unique_ptr<Metadata>> rows_;
-};
+// Metadata by slot and its per-key indexes (core/metadata_index.hpp).
+class MetadataTable;
+struct SlotBits;
 
 // A shared mutex that never starves writers: a writer waits at the gate for the readers in
 // flight and closes it behind them, so a stream of overlapping searches (each of which may
@@ -156,6 +131,19 @@ class VectorStorage {
     std::size_t remove_vectors(const std::vector<std::string>& ids);
     void clear();
 
+    // Replaces the metadata of `id` (an empty map removes it all); false when `id` is unknown.
+    bool update_metadata(const std::string& id, const Metadata& metadata);
+    // The filtered forms (see Filter for the language): only vectors the filter passes are
+    // counted, listed (slot order), removed or returned. A search returns min(k, matches)
+    // hits; a batch with no match returns nq rows of 0 columns.
+    std::size_t count(const Filter& filter) const;
+    std::vector<std::string> ids(const Filter& filter) const;
+    std::size_t remove_vectors(const Filter& filter);
+    std::vector<SearchHit> search(const float* query, std::size_t len, std::int64_t k,
+                                  const Filter& filter) const;
+    BatchResult search_batch(const float* queries, std::size_t nq, std::size_t dim, std::int64_t k,
+                             const Filter& filter) const;
+
     // Copies: the row bit for bit as it was given, and its metadata. nullopt for an unknown id.
     std::optional<Vector> get_vector(const std::string& id) const;
     std::optional<Metadata> get_metadata(const std::string& id) const;
@@ -235,7 +223,13 @@ class VectorStorage {
     // Takes slots [first, first + count) out of index_ (their ids still in id_of_).
     void unindex(std::size_t first, std::size_t count) noexcept;
     BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
+    // The slots `filter` passes, under the caller's lock.
+    detail::SlotBits select(const Filter& filter) const;
+    BatchResult search_filtered_locked(const float* queries, std::size_t nq, std::int64_t k,
+                                       const Filter& filter) const;
     std::vector<SearchHit> hits_of(BatchResult&& r) const;
+    // Final scores and ids for the slots the engine returned.
+    void name_hits(BatchResult& r) const;
     float finish_score(float engine_score) const;
 
     std::shared_ptr<Context> context_;
@@ -249,7 +243,7 @@ class VectorStorage {
     bool closed_ = false;
     std::unique_ptr<detail::IdIndex> index_;  // id -> slot; stores no ids, reads id_of_
     std::vector<std::string> id_of_;          // by slot
-    detail::MetadataColumn metadata_of_;      // by slot
+    std::unique_ptr<detail::MetadataTable> metadata_of_;  // by slot, with its indexes
     std::vector<std::uint32_t> ordinal_of_;   // by slot, mirrors the engine's
     std::uint64_t next_ordinal_ = 0;
 };

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace hive_gpu {
@@ -21,7 +22,15 @@ Metric metric_from_name(const std::string& name);  // "cosine" | "dot" | "dot_pr
 // True when a larger score ranks first.
 constexpr bool higher_is_better(Metric m) { return m != Metric::Euclidean; }
 
-using Metadata = std::map<std::string, std::string>;
+// A metadata value: str, int, float, bool or a list of str (tags). The order of the
+// alternatives is the type code of the file format (docs/format.md): never reorder it.
+using MetaTags = std::vector<std::string>;
+using MetaValue = std::variant<std::string, std::int64_t, double, bool, MetaTags>;
+enum class MetaType : std::uint8_t { Str = 0, Int = 1, Float = 2, Bool = 3, Tags = 4 };
+inline MetaType meta_type(const MetaValue& v) { return static_cast<MetaType>(v.index()); }
+const char* meta_type_name(MetaType t);  // "str", "int", "float", "bool", "list of str"
+
+using Metadata = std::map<std::string, MetaValue>;
 
 struct Vector {
     std::string id;
