@@ -142,8 +142,10 @@ py::tuple batch_to_python(BatchResult&& r) {
 // A file error as hive_gpu.errors builds it: a PersistenceError that is also the OSError
 // subclass of its errno (FileNotFoundError, PermissionError...), errno and filename set.
 void set_io_error(const IoError& e) {
-    static py::object make = py::module_::import("hive_gpu.errors").attr("_persistence_error");
     try {
+        // Looked up per error, not kept in a static: a static py::object is released after
+        // the interpreter has shut down.
+        py::object make = py::module_::import("hive_gpu.errors").attr("_persistence_error");
         py::object err = make(e.what(), e.error_number(), py::bytes(e.path()));
         PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
     } catch (py::error_already_set& failed) {
