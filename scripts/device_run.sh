@@ -62,10 +62,13 @@ fi
 if has conformance; then
   # The C++ engine conformance tests (tests/cpp), built into the wheel's build tree: every
   # engine with a device (CUDA, WebGPU when its driver loads, CPU) against a float64 reference.
-  step "engine conformance (ctest)"
+  step "engine conformance (ctest) and engine-level filtered search timing"
   timeout "$(limit conformance 120)" ctest --test-dir build/device --output-on-failure -R "^engine_" \
       >"$OUT/conformance.log" 2>&1
   rc=$?; tail -n 15 "$OUT/conformance.log"; [ $rc -eq 0 ] || status=1
+  # Filtered search at the engine level, 10M x 128: the bars and the sparse/dense crossover.
+  timeout "$(limit conformance 120)" build/device/engine_filter_bench --backend cuda --runs 10 \
+      --json "$OUT/engine_filter_cuda.json" 2>&1 | tee "$OUT/engine_filter_bench.log" | tail -n 14
 fi
 
 # run_pytest NAME BACKENDS SECONDS [pytest args]: the suite restricted to BACKENDS.

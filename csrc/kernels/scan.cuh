@@ -46,30 +46,34 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
     }
 }
 
-// Raw accumulations of kWarpRows (<= kWarpSize) entries [wbase, wbase + kWarpRows) against
-// the query in shared memory: the return value of lane i < kWarpRows belongs to entry
-// wbase + i, which is row wbase + i, or row list[wbase + i] with a list. Only entries whose
-// bit is set in `live` (bit i: entry wbase + i) are read. kRows rows are loaded together so
-// that several 16-byte loads per lane are in flight.
-template <int kMetric, int kVpl, int kRows, int kWarpRows>
+// Raw accumulations of kWarpRows (<= kWarpSize) consecutive rows [wbase, wbase + kWarpRows)
+// against the query in shared memory: the return value of lane i < kWarpRows belongs to row
+// wbase + i. kRows rows are loaded together so that several 16-byte loads per lane are in
+// flight. kFiltered: entries [wbase, ...) instead, entry e being row list[e] with a list, and
+// only those whose bit is set in `live` (bit i: entry wbase + i) are read; n is unused.
+template <int kMetric, int kVpl, int kRows, int kWarpRows, bool kFiltered>
 __device__ __forceinline__ float warp_row_scores(const float4* __restrict__ rows, std::size_t ld4,
-                                                 const std::uint32_t* __restrict__ list, std::uint64_t live,
-                                                 const float4* q, std::size_t wbase) {
+                                                 std::size_t n, const std::uint32_t* __restrict__ list,
+                                                 std::uint64_t live, const float4* q, std::size_t wbase) {
     const int lane = lane_id();
     float mine = 0.0f;
     for (int i = 0; i < kWarpRows; i += kRows) {
         float acc[kRows];
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
-        const unsigned take = static_cast<unsigned>(live >> i) & ((1u << kRows) - 1);  // bit r: row i + r is read
-        if (take == 0) continue;
+        unsigned take = 0;  // kFiltered: bit r set when entry wbase + i + r is read
+        if constexpr (kFiltered) {
+            take = static_cast<unsigned>(live >> i) & ((1u << kRows) - 1);
+            if (take == 0) continue;  // warp-uniform: no row of this step passes
+        }
         for (std::size_t c0 = 0; c0 < ld4; c0 += static_cast<std::size_t>(kVpl) * kWarpSize) {
             float4 v[kRows][kVpl];
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
-                const bool read = ((take >> r) & 1u) != 0;
                 const std::size_t entry = wbase + i + r;
-                const float4* x = rows + (read && list != nullptr ? list[entry] : entry) * ld4;
+                bool read = entry < n;
+                if constexpr (kFiltered) read = ((take >> r) & 1u) != 0;
+                const float4* x = rows + (kFiltered && read && list != nullptr ? list[entry] : entry) * ld4;
 #pragma unroll
                 for (int c = 0; c < kVpl; ++c) {
                     const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
@@ -168,9 +172,12 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     const std::size_t per_round = blockDim.x / kWarpSize * kWarpRows;
     for (std::size_t base = blockIdx.x * per_round; base < n; base += gridDim.x * per_round) {
         const std::size_t wbase = base + static_cast<std::size_t>(warp_id()) * kWarpRows;
-        const std::uint64_t live = live_entries<kWarpRows>(wbase, n, mask);
-        const float acc = warp_row_scores<kMetric, kVpl, kRows, kWarpRows>(rows, ld4, list, live, q, wbase);
-        if (lane_id() < kWarpRows && ((live >> lane_id()) & 1u) != 0) {
+        std::uint64_t live = 0;
+        if constexpr (kFiltered) live = live_entries<kWarpRows>(wbase, n, mask);
+        const float acc =
+            warp_row_scores<kMetric, kVpl, kRows, kWarpRows, kFiltered>(rows, ld4, n, list, live, q, wbase);
+        const bool ranked = kFiltered ? ((live >> (lane_id() % 64)) & 1u) != 0 : wbase + lane_id() < n;
+        if (lane_id() < kWarpRows && ranked) {
             const std::size_t entry = wbase + lane_id();
             const std::size_t row = list != nullptr ? list[entry] : entry;
             const float s = finish_score<kMetric, false>(acc, row_factor[row], qf);

@@ -380,7 +380,9 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     ensure(s.queries, q.size() * 4, WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "queries");
     ensure(s.qscale, qscale.size() * 4, WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "query norms");
     ensure(s.scores, std::uint64_t{nq} * max_rows * 4, WGPUBufferUsage_Storage, "scores");
-    ensure(s.cands_a, std::uint64_t{nq} * m * L * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
+    // Merge passes write into both buffers, and a middle pass can hold more entries than the
+    // first lists (10 lists of 2048 -> 3 of 8000 for k = 8000): both take the largest.
+    ensure(s.cands_a, std::uint64_t{nq} * pl.max_cands * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
     ensure(s.cands_b, std::uint64_t{nq} * pl.max_cands * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
     ensure(s.params, dispatches * slot_bytes, WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst, "parameters");
     ensure(s.readback, std::uint64_t{nq} * k * 12, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst, "results");

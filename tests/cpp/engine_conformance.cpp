@@ -212,6 +212,9 @@ bool run_filter(Context& ctx, Tally& t) {
         {5000, 128, 70, 0.02, 12, true},  {5000, 128, 3, 0.0, 1, true},    {5000, 128, 1, 1.0, 100, true},
         {3000, 64, 9, 0.3, 64, false},    {3000, 64, 1, 0.05, 0, true},    {4100, 8, 1, 0.5, 300, false},
         {4100, 8, 20, 0.002, 0, true},
+        // Large k: CUDA/ROCm's sorted path (k beyond shared-memory selection), masked and
+        // through the compact copy of listed rows; WebGPU's deep merge trees.
+        {20000, 4, 2, 0.9, 15400, false}, {520000, 4, 1, 0.031, 15500, true}, {520000, 4, 3, 0.031, 15500, true},
     };
     bool ok = true;
     std::mt19937_64 rng(12345);
