@@ -17,7 +17,7 @@ root=$PWD
 OUT=${OUT:-$root/device_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=${HIVE_GPU_STEPS:-build tests_cuda tests_webgpu bench_cuda bench_webgpu bench_async sanitize}
+STEPS=${HIVE_GPU_STEPS:-build conformance tests_cuda tests_webgpu bench_cuda bench_webgpu bench_async sanitize}
 PY=${PYTHON:-python3}
 start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
@@ -48,7 +48,7 @@ if has build; then
   rm -rf build/device-wheel
   if ! timeout "$(limit build 300)" $PY -m pip wheel -q --no-deps --no-build-isolation -w build/device-wheel \
       -C build-dir=build/device -C cmake.define.HIVE_GPU_CUDA=ON -C cmake.define.HIVE_GPU_WEBGPU=$webgpu \
-      -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${HIVE_GPU_CUDA_ARCHS:-90}" \
+      -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${HIVE_GPU_CUDA_ARCHS:-90}" -C cmake.define.HIVE_GPU_TESTS=ON \
       -C cmake.build-type=Release . >"$OUT/build.log" 2>&1 \
      || ! $PY -m pip install -q --no-deps --force-reinstall build/device-wheel/hive_gpu-*.whl >>"$OUT/build.log" 2>&1; then
     tail -n 60 "$OUT/build.log"; exit 1
@@ -57,6 +57,18 @@ if has build; then
   grep -E "hive_gpu: " "$OUT/build.log" || true
   (cd /tmp && $PY -c "import hive_gpu; print('compiled', hive_gpu.compiled_backends(), 'available', hive_gpu.available_backends())
 for b in hive_gpu.available_backends(): print(hive_gpu.create_context(b).device_info())")
+fi
+
+if has conformance; then
+  # The C++ engine conformance tests (tests/cpp), built into the wheel's build tree: every
+  # engine with a device (CUDA, WebGPU when its driver loads, CPU) against a float64 reference.
+  step "engine conformance (ctest) and engine-level filtered search timing"
+  timeout "$(limit conformance 120)" ctest --test-dir build/device --output-on-failure -R "^engine_" \
+      >"$OUT/conformance.log" 2>&1
+  rc=$?; tail -n 15 "$OUT/conformance.log"; [ $rc -eq 0 ] || status=1
+  # Filtered search at the engine level, 10M x 128: the bars and the sparse/dense crossover.
+  timeout "$(limit conformance 120)" build/device/engine_filter_bench --backend cuda --runs 10 \
+      --json "$OUT/engine_filter_cuda.json" 2>&1 | tee "$OUT/engine_filter_bench.log" | tail -n 14
 fi
 
 # run_pytest NAME BACKENDS SECONDS [pytest args]: the suite restricted to BACKENDS.

@@ -57,15 +57,23 @@ def sim(tmp_path_factory) -> Path:
     return exe
 
 
-def run_sim(exe: Path, tmp: Path, X, ordinals, Q, k, metric, path="direct", budget=0):
-    """(scores[nq, k] in engine units, slots[nq, k]) from the simulated GPU search."""
+SELECTIONS = {"mask": 1, "list": 2}
+
+
+def run_sim(exe: Path, tmp: Path, X, ordinals, Q, k, metric, path="direct", budget=0, passing=None, sel="mask"):
+    """(scores[nq, k] in engine units, slots[nq, k]) from the simulated GPU search; with
+    `passing` (ascending rows), a filtered search through the mask or the list selection."""
     X = np.ascontiguousarray(X, np.float32)
     Q = np.ascontiguousarray(np.atleast_2d(Q), np.float32)
     n, d = X.shape
     nq = len(Q)
     src, dst = tmp / "in.bin", tmp / "out.bin"
-    header = np.array([n, d, nq, k, METRIC_ID[metric], PATHS[path], budget, 0], np.uint64)
-    src.write_bytes(header.tobytes() + X.tobytes() + np.asarray(ordinals, np.uint32).tobytes() + Q.tobytes())
+    mode = 0 if passing is None else SELECTIONS[sel]
+    header = np.array([n, d, nq, k, METRIC_ID[metric], PATHS[path], budget, mode], np.uint64)
+    tail = b""
+    if passing is not None:
+        tail = np.array([len(passing)], np.uint64).tobytes() + np.asarray(passing, np.uint32).tobytes()
+    src.write_bytes(header.tobytes() + X.tobytes() + np.asarray(ordinals, np.uint32).tobytes() + Q.tobytes() + tail)
     done = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     raw = dst.read_bytes()
@@ -232,6 +240,27 @@ def test_cosine_tiny_norms_count_as_zero(sim, tmp_path, path):
     # A tiny query is a zero query: every score 0, ranked by ordinal.
     assert (scores[1] == 0).all()
     np.testing.assert_array_equal(slots[1], np.arange(6))
+
+
+@pytest.mark.parametrize("sel", list(SELECTIONS))
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+@pytest.mark.parametrize("n,d,share", [(1, 3, 1.0), (300, 17, 0.5), (2049, 13, 0.02), (5003, 7, 0.3), (700, 5, 1.0)])
+def test_filtered_selection_matches_reference(sim, tmp_path, n, d, share, metric, path, sel):
+    # Only passing rows may appear; the answer is the exact top k among them. The mask is
+    # re-based from an unaligned chunk start, as the engine does for every chunk.
+    rng = np.random.default_rng(n * 31 + d)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    X[1::5] = X[0]  # exact ties
+    ordinals = rng.choice(2**32 - 1, size=n, replace=False).astype(np.uint32)
+    passing = np.sort(rng.choice(n, size=max(1, int(share * n)), replace=False))
+    Q = rng.standard_normal((3, d)).astype(np.float32)
+    for k in sorted({1, min(7, len(passing)), len(passing)}):
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, passing=passing, sel=sel)
+        assert np.isin(slots, passing).all(), "a filtered-out row was returned"
+        check_against_reference(X[passing], ordinals[passing], Q, k, metric, scores,
+                                np.searchsorted(passing, slots))
+        check_key_order(scores, slots, ordinals, metric)
 
 
 def test_kernel_names_and_buffer_indices_match_the_engine(sim):

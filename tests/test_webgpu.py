@@ -147,6 +147,19 @@ def test_large_k_uses_merge_passes(wctx, metric, k):
     _check_all(store, X, ids, Q, metric, k)
 
 
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+def test_merge_pass_larger_than_the_first_lists(wctx, metric):
+    # 10 lists of 2048 merge into 5 of 4096, then 3 of 8000: more entries than the first
+    # pass wrote, in the buffer that held it (the second query's results once overlapped).
+    rng = np.random.default_rng(8000)
+    n, d = 20000, 4
+    X = _rows(rng, n, d)
+    ids = make_ids(n)
+    store = wctx.create_storage(d, metric)
+    store.add_vectors(ids, X)
+    _check_all(store, X, ids, _rows(rng, 2, d), metric, 8000)
+
+
 @pytest.mark.parametrize("k", [1, 10, 32, 33, 2048, 4100])
 def test_ties_rank_by_insertion_across_kernels(monkeypatch, wctx, k):
     # Many identical rows: every kernel path must order equal scores by insertion order.

@@ -28,6 +28,10 @@ constexpr std::size_t kScreenMaxK = 256;     // beyond, near-ties around the k-t
 constexpr std::size_t kMappedQueryBlocks = 64;               // single-query scans reading the query from the host
 constexpr std::size_t kLaneWorkBytes = std::size_t{1} << 20;  // scratch a lane keeps for single queries
 constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
+// Filtered searches passing at most 1/kSparseRatio of the rows (with the slot list given)
+// read only the listed rows; denser filters mask the full scan. cuVS measured its own switch
+// at ~3% of rows passing; docs/cuda.md says how to tune this from the H200 benchmark.
+constexpr std::size_t kSparseRatio = 32;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
@@ -124,6 +128,7 @@ void CudaEngine::LaneDeleter::operator()(Lane* lane) const {
     if (lane->fault_device) cudaFree(lane->fault_device);
     if (lane->fault_host) cudaFreeHost(lane->fault_host);
     if (lane->flags_host) cudaFreeHost(lane->flags_host);
+    if (lane->filter_host) cudaFreeHost(lane->filter_host);
     if (lane->done) cudaFree(lane->done);
     if (lane->ingest) cudaEventDestroy(lane->ingest);
     if (lane->aux) {
@@ -195,6 +200,16 @@ void CudaEngine::ensure_host(Lane& lane, std::size_t bytes) const {
     check(cudaHostAlloc(&lane.host, want, cudaHostAllocMapped), "cudaHostAlloc");
     check(cudaHostGetDevicePointer(&lane.host_device, lane.host, 0), "cudaHostGetDevicePointer");
     lane.host_bytes = want;
+}
+
+void CudaEngine::ensure_filter_host(Lane& lane, std::size_t bytes) const {
+    if (lane.filter_host_bytes >= bytes) return;
+    if (lane.filter_host) cudaFreeHost(lane.filter_host);
+    lane.filter_host = nullptr;
+    lane.filter_host_bytes = 0;
+    const std::size_t want = std::max<std::size_t>(bytes, std::size_t{1} << 16);
+    check(cudaHostAlloc(&lane.filter_host, want, cudaHostAllocDefault), "cudaHostAlloc");
+    lane.filter_host_bytes = want;
 }
 
 void CudaEngine::ensure_blas(Lane& lane) const {
@@ -557,19 +572,21 @@ struct Carve {
 };
 
 template <typename F>
-void CudaEngine::with_scan_kernel(bool short_rounds, F&& f) const {
+void CudaEngine::with_scan_kernel(bool short_rounds, bool filtered, F&& f) const {
     with_metric(metric_, [&](auto m) {
         with_vpl(ld_ / 4, k::warp_size(ctx_->props()), [&](auto v) {
             constexpr int M = decltype(m)::value, V = decltype(v)::value;
             if (short_rounds)
-                f(k::scan_query_kernel<M, V, k::kWarpRowsSmall>);
+                filtered ? f(k::scan_query_kernel<M, V, k::kWarpRowsSmall, true>)
+                         : f(k::scan_query_kernel<M, V, k::kWarpRowsSmall>);
             else
-                f(k::scan_query_kernel<M, V>);
+                filtered ? f(k::scan_query_kernel<M, V, k::kWarpSize, true>) : f(k::scan_query_kernel<M, V>);
         });
     });
 }
 
-CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
+CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk, const RowView& v) const {
+    const std::size_t n = v.n;
     Plan p;
     const std::size_t optin = k::max_block_shared_bytes(ctx_->props());
     if (kk > static_cast<std::size_t>(max_select_k_)) {
@@ -585,14 +602,15 @@ CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
     p.path = Path::Fused;
     // A store too small to give every SM a block of full-warp rounds takes short rounds.
     const std::size_t sms = static_cast<std::size_t>(ctx_->props().multiProcessorCount);
-    p.short_rounds = size_ < static_cast<std::size_t>(k::kScanBlock) * sms;
+    p.short_rounds = n < static_cast<std::size_t>(k::kScanBlock) * sms;
     const std::size_t per_round = p.short_rounds
                                       ? k::kScanBlock / k::warp_size(ctx_->props()) * k::kWarpRowsSmall
                                       : static_cast<std::size_t>(k::kScanBlock);
-    const int slot = (31 - __builtin_clz(static_cast<unsigned>(p.cap))) + (p.short_rounds ? 32 : 0);
+    p.filtered = v.mask != nullptr || v.list != nullptr;
+    const int slot = (31 - __builtin_clz(static_cast<unsigned>(p.cap))) + (p.short_rounds ? 32 : 0) + (p.filtered ? 64 : 0);
     int per_sm = scan_blocks_per_sm_[slot].load(std::memory_order_relaxed);
     if (per_sm == 0) {
-        with_scan_kernel(p.short_rounds, [&](auto kernel) {
+        with_scan_kernel(p.short_rounds, p.filtered, [&](auto kernel) {
             allow_shared(kernel, p.shared);
             check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, p.shared),
                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -602,18 +620,18 @@ CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk) const {
     }
     // Enough blocks to fill the chip, but not so many that merging their k-lists costs
     // more than the scan (large k).
-    p.blocks = std::min<std::size_t>({static_cast<std::size_t>(per_sm) * sms, ceil_div(size_, per_round),
-                                      std::max<std::size_t>(1, size_ / (8 * kk))});
+    p.blocks = std::min<std::size_t>({static_cast<std::size_t>(per_sm) * sms, ceil_div(n, per_round),
+                                      std::max<std::size_t>(1, n / (8 * kk))});
     p.blocks = std::max<std::size_t>(p.blocks, 1);
     p.workspace = p.blocks * kk * (sizeof(std::uint64_t) + sizeof(std::uint32_t));
     return p;
 }
 
-void CudaEngine::search_chunk(Lane& lane, const float* host_queries, const float* device_queries,
-                              std::size_t device_ld, std::size_t qn, std::size_t kk, float* scores,
-                              std::int64_t* slots, float* device_scores) const {
+void CudaEngine::search_chunk(Lane& lane, const RowView& v, const float* host_queries,
+                              const float* device_queries, std::size_t device_ld, std::size_t qn, std::size_t kk,
+                              float* scores, std::int64_t* slots, float* device_scores) const {
     cudaStream_t s = lane.stream;
-    const Plan pl = plan(qn, kk);
+    const Plan pl = plan(qn, kk, v);
     const std::size_t qbytes = qn * ld_ * sizeof(float);
     const std::size_t rbytes = qn * kk * (sizeof(float) + sizeof(std::int64_t));
     if (host_queries && pl.path == Path::Fused) {
@@ -644,7 +662,7 @@ void CudaEngine::search_chunk(Lane& lane, const float* host_queries, const float
             check(cudaMemcpyAsync(base + at_q, lane.host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
         }
         auto* out = reinterpret_cast<std::int64_t*>(static_cast<unsigned char*>(lane.host_device) + at_res);
-        search_fused(lane, pl, dq, kk, base + at_work, reinterpret_cast<float*>(out + kk), out, true);
+        search_fused(lane, pl, v, dq, kk, base + at_work, reinterpret_cast<float*>(out + kk), out, true);
         check(cudaStreamSynchronize(s), "search");
         const auto* hslots = reinterpret_cast<const std::int64_t*>(static_cast<const unsigned char*>(lane.host) + at_res);
         std::memcpy(slots, hslots, kk * sizeof(std::int64_t));
@@ -671,7 +689,7 @@ void CudaEngine::search_chunk(Lane& lane, const float* host_queries, const float
               "cudaMemcpy2DAsync");
         check(cudaMemsetAsync(lane.fault_device, 0xff, sizeof(unsigned long long), s), "cudaMemsetAsync");
     }
-    run_search(lane, pl, dq, qn, kk, dscores, dslots, base + at_work, host_queries ? nullptr : lane.fault_device);
+    run_search(lane, pl, v, dq, qn, kk, dscores, dslots, base + at_work, host_queries ? nullptr : lane.fault_device);
     if (device_scores) {
         const unsigned grid = grid_for(qn * kk, 256, ctx_->props());
         if (metric_ == Metric::Euclidean)
@@ -701,8 +719,60 @@ void CudaEngine::search(const float* queries, std::size_t nq, std::size_t kk, fl
     after_writes(*lane);
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
         const std::size_t qn = std::min(kQueryChunk, nq - q0);
-        search_chunk(*lane, queries + q0 * dim_, nullptr, 0, qn, kk, scores + q0 * kk, slots + q0 * kk, nullptr);
+        search_chunk(*lane, all_rows(), queries + q0 * dim_, nullptr, 0, qn, kk, scores + q0 * kk, slots + q0 * kk,
+                     nullptr);
     }
+}
+
+void CudaEngine::search_filtered(const float* queries, std::size_t nq, std::size_t kk, const SlotFilter& filter,
+                                 float* scores, std::int64_t* slots) const {
+    DeviceGuard guard(ctx_->device());
+    LeasedLane lane(*this);
+    after_writes(*lane);
+    cudaStream_t s = lane->stream;
+    const bool sparse = filter.slots != nullptr && filter.count * kSparseRatio <= size_;
+    // The bits (dense) or the slot list (sparse) go up once for every query, through the
+    // lane's pinned buffer.
+    const std::size_t bytes = sparse ? filter.count * sizeof(std::uint32_t) : ceil_div(size_, 64) * sizeof(std::uint64_t);
+    ensure_filter_host(*lane, bytes);
+    std::memcpy(lane->filter_host, sparse ? static_cast<const void*>(filter.slots) : filter.bits, bytes);
+    Scratch dfilter(*ctx_, bytes, s);
+    check(cudaMemcpyAsync(dfilter.as<void>(), lane->filter_host, bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+    RowView v = all_rows();
+    Scratch compact;
+    bool remap = false;
+    if (!sparse) {
+        v.mask = dfilter.as<std::uint64_t>();
+    } else if (RowView listed{rows_, factors_, ordinals_, filter.count, nullptr, dfilter.as<std::uint32_t>()};
+               nq == 1 && plan(1, kk, listed).path == Path::Fused) {
+        // One query: the scan reads the listed rows where they are.
+        v = listed;
+    } else {
+        // Batches (and k or rows beyond the scan): the listed rows are copied into a compact
+        // matrix searched like a small store (GEMM, TF32 screen and exact re-rank included);
+        // its row i is slot filter.slots[i].
+        const std::size_t n = filter.count;
+        Carve c;
+        const std::size_t at_rows = c.take(n * ld_ * sizeof(float)), at_f = c.take(n * sizeof(float)),
+                          at_o = c.take(n * sizeof(std::uint32_t));
+        compact = Scratch(*ctx_, c.at, s);
+        auto* base = compact.as<unsigned char>();
+        v = RowView{reinterpret_cast<float*>(base + at_rows), reinterpret_cast<float*>(base + at_f),
+                    reinterpret_cast<std::uint32_t*>(base + at_o), n};
+        const unsigned grid = grid_for(n * k::warp_size(ctx_->props()), 256, ctx_->props());
+        k::gather_rows_kernel<<<grid, 256, 0, s>>>(
+            reinterpret_cast<const float4*>(rows_), ld_ / 4, factors_, ordinals_, dfilter.as<std::uint32_t>(), n,
+            reinterpret_cast<float4*>(base + at_rows), reinterpret_cast<float*>(base + at_f),
+            reinterpret_cast<std::uint32_t*>(base + at_o));
+        check_launch("gather_rows_kernel");
+        remap = true;
+    }
+    for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
+        const std::size_t qn = std::min(kQueryChunk, nq - q0);
+        search_chunk(*lane, v, queries + q0 * dim_, nullptr, 0, qn, kk, scores + q0 * kk, slots + q0 * kk, nullptr);
+    }
+    if (remap)
+        for (std::size_t i = 0; i < nq * kk; ++i) slots[i] = filter.slots[slots[i]];
 }
 
 void CudaEngine::search_device(const float* queries, std::size_t ld, std::size_t nq, std::size_t kk,
@@ -717,7 +787,7 @@ void CudaEngine::search_device(const float* queries, std::size_t ld, std::size_t
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
         const std::size_t qn = std::min(kQueryChunk, nq - q0);
         try {
-            search_chunk(*lane, nullptr, queries + q0 * ld, ld, qn, kk, scores + q0 * kk, slots + q0 * kk,
+            search_chunk(*lane, all_rows(), nullptr, queries + q0 * ld, ld, qn, kk, scores + q0 * kk, slots + q0 * kk,
                          device_scores ? device_scores + q0 * kk : nullptr);
         } catch (const RowFaultAt& f) {
             throw_row_fault(static_cast<RowFault>(f.code), q0 + f.row, nq, nq == 1 ? "query" : "queries");
@@ -725,13 +795,13 @@ void CudaEngine::search_device(const float* queries, std::size_t ld, std::size_t
     }
 }
 
-void CudaEngine::run_search(Lane& lane, const Plan& pl, const float* dq, std::size_t nq, std::size_t kk,
+void CudaEngine::run_search(Lane& lane, const Plan& pl, const RowView& v, const float* dq, std::size_t nq, std::size_t kk,
                             float* dscores, std::int64_t* dslots, void* work,
                             unsigned long long* fault) const {
     cudaStream_t s = lane.stream;
     if (pl.path == Path::Fused && fault == nullptr) {
         // Host queries were checked by the core and the scan computes the query's norm.
-        search_fused(lane, pl, dq, kk, work, dscores, dslots);
+        search_fused(lane, pl, v, dq, kk, work, dscores, dslots);
         return;
     }
     Scratch qf(*ctx_, nq * sizeof(float), s);
@@ -741,24 +811,25 @@ void CudaEngine::run_search(Lane& lane, const Plan& pl, const float* dq, std::si
     });
     check_launch("row_stats_kernel");
     if (pl.path == Path::Fused)
-        search_fused(lane, pl, dq, kk, work, dscores, dslots);
+        search_fused(lane, pl, v, dq, kk, work, dscores, dslots);
     else if (pl.path == Path::Sorted)
-        search_sorted(lane, dq, qf.as<float>(), nq, kk, dscores, dslots);
+        search_sorted(lane, v, dq, qf.as<float>(), nq, kk, dscores, dslots);
     else
-        search_gemm(lane, dq, qf.as<float>(), nq, kk, dscores, dslots);
+        search_gemm(lane, v, dq, qf.as<float>(), nq, kk, dscores, dslots);
 }
 
-void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::size_t kk, void* work,
+void CudaEngine::search_fused(Lane& lane, const Plan& pl, const RowView& v, const float* dq, std::size_t kk, void* work,
                               float* dscores, std::int64_t* dslots, bool one_launch) const {
     cudaStream_t s = lane.stream;
     const std::size_t ld4 = ld_ / 4;
     auto* ckeys = static_cast<std::uint64_t*>(work);
     auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + pl.blocks * kk);
-    with_scan_kernel(pl.short_rounds, [&](auto kernel) {
+    with_scan_kernel(pl.short_rounds, pl.filtered, [&](auto kernel) {
         allow_shared(kernel, pl.shared);
         kernel<<<static_cast<unsigned>(pl.blocks), k::kScanBlock, pl.shared, s>>>(
-            reinterpret_cast<const float4*>(rows_), ld4, size_, reinterpret_cast<const float4*>(dq), factors_,
-            ordinals_, static_cast<int>(kk), pl.cap, ckeys, cvals, one_launch ? lane.done : nullptr, dscores, dslots);
+            reinterpret_cast<const float4*>(v.rows), ld4, v.n, v.list, v.mask, reinterpret_cast<const float4*>(dq),
+            v.factors, v.ordinals, static_cast<int>(kk), pl.cap, ckeys, cvals, one_launch ? lane.done : nullptr, dscores,
+            dslots);
         check_launch("scan_query_kernel");
     });
     if (one_launch) return;
@@ -778,7 +849,7 @@ void CudaEngine::search_fused(Lane& lane, const Plan& pl, const float* dq, std::
     });
 }
 
-void CudaEngine::gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+void CudaEngine::gemm_scores(Lane& lane, const RowView& v, const float* dq, std::size_t nq, std::size_t col0,
                              std::size_t cols, float* out, bool tf32) const {
     ensure_blas(lane);
     if (tf32 != lane.blas_tf32) {
@@ -790,7 +861,7 @@ void CudaEngine::gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::s
     const float one = 1.0f, zero = 0.0f;
     // Column-major view: out (cols x nq, ld cols) = rows(col0..)^T (cols x dim) * Q (dim x nq).
     cublasStatus_t st = cublasSgemm(lane.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(nq),
-                                    static_cast<int>(dim_), &one, rows_ + col0 * ld_, static_cast<int>(ld_), dq,
+                                    static_cast<int>(dim_), &one, v.rows + col0 * ld_, static_cast<int>(ld_), dq,
                                     static_cast<int>(ld_), &zero, out, static_cast<int>(cols));
     if (st != CUBLAS_STATUS_SUCCESS)
         throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasSgemm failed with status " + std::to_string(static_cast<int>(st)));
@@ -800,20 +871,20 @@ bool CudaEngine::skinny(std::size_t nq) const {
     return nq <= kSkinnyMaxQueries && kSkinnyMaxQueries * ld_ * sizeof(float) <= 40 * 1024;
 }
 
-std::size_t CudaEngine::screen_width(std::size_t nq, std::size_t kk) const {
+std::size_t CudaEngine::screen_width(std::size_t nq, std::size_t kk, std::size_t n) const {
     if (!tensor_cores_ || skinny(nq) || kk > kScreenMaxK) return 0;
-    const std::size_t kc = std::min(size_, 2 * kk + 32);
+    const std::size_t kc = std::min(n, 2 * kk + 32);
     return kc <= static_cast<std::size_t>(max_select_k_) ? kc : 0;
 }
 
-void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                              std::size_t kk, float* dscores, std::int64_t* dslots) const {
     cudaStream_t s = lane.stream;
     const auto& p = ctx_->props();
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
-    const std::size_t kc = screen_width(nq, kk);
+    const std::size_t kc = screen_width(nq, kk, v.n);
     if (kc == 0) {
-        search_gemm_exact(lane, dq, qf, nq, kk, dscores, dslots);
+        search_gemm_exact(lane, v, dq, qf, nq, kk, dscores, dslots);
         return;
     }
     // Tensor-core screening, then the exact float32 re-rank (kernels/rerank.cuh).
@@ -826,10 +897,12 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
     auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kc);
     auto* max_bits = reinterpret_cast<unsigned*>(base + at_max);
     auto* ok = base + at_ok;
-    select_tiles(lane, dq, qf, nq, kc, true, rkeys, rvals);
+    // Rows a mask drops never become candidates, so the proof below speaks of the rows
+    // that pass: the kc candidates are the best kc of those (all of them when fewer).
+    select_tiles(lane, v, dq, qf, nq, kc, true, rkeys, rvals);
     check(cudaMemsetAsync(max_bits, 0, sizeof(unsigned), s), "cudaMemsetAsync");
     if (metric_ != Metric::Cosine) {
-        k::max_factor_kernel<<<grid_for(size_, 256, p), 256, 0, s>>>(factors_, size_, max_bits);
+        k::max_factor_kernel<<<grid_for(v.n, 256, p), 256, 0, s>>>(v.factors, v.n, max_bits);
         check_launch("max_factor_kernel");
     }
     const int cap = next_pow2(kc);
@@ -837,8 +910,8 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
         auto kernel = k::rerank_kernel<decltype(m)::value>;
         allow_shared(kernel, k::topk_shared_bytes(cap));
         kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
-            rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, reinterpret_cast<const float4*>(rows_),
-            ld_ / 4, reinterpret_cast<const float4*>(dq), factors_, ordinals_, qf, max_bits, k::screen_bound(dim_),
+            rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, reinterpret_cast<const float4*>(v.rows),
+            ld_ / 4, reinterpret_cast<const float4*>(dq), v.factors, v.ordinals, qf, max_bits, k::screen_bound(dim_),
             dscores, dslots, ok);
         check_launch("rerank_kernel");
     });
@@ -850,7 +923,7 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
     if (redo.empty()) return;
     // Queries the screen could not settle (near-ties around the k-th): float32 GEMM again.
     if (redo.size() * 4 > nq) {
-        search_gemm_exact(lane, dq, qf, nq, kk, dscores, dslots);
+        search_gemm_exact(lane, v, dq, qf, nq, kk, dscores, dslots);
         return;
     }
     const std::size_t nr = redo.size();
@@ -868,7 +941,7 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
               "cudaMemcpyAsync");
         check(cudaMemcpyAsync(rqf + i, qf + redo[i], sizeof(float), cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
     }
-    search_gemm_exact(lane, rq, rqf, nr, kk, rsc, rsl);
+    search_gemm_exact(lane, v, rq, rqf, nr, kk, rsc, rsl);
     for (std::size_t i = 0; i < nr; ++i) {
         check(cudaMemcpyAsync(dscores + redo[i] * kk, rsc + i * kk, kk * sizeof(float), cudaMemcpyDeviceToDevice, s),
               "cudaMemcpyAsync");
@@ -878,14 +951,14 @@ void CudaEngine::search_gemm(Lane& lane, const float* dq, const float* qf, std::
     }
 }
 
-void CudaEngine::search_gemm_exact(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                                    std::size_t kk, float* dscores, std::int64_t* dslots) const {
     cudaStream_t s = lane.stream;
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     Scratch run(*ctx_, nq * kk * entry, s);
     auto* rkeys = run.as<std::uint64_t>();
     auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
-    select_tiles(lane, dq, qf, nq, kk, false, rkeys, rvals);
+    select_tiles(lane, v, dq, qf, nq, kk, false, rkeys, rvals);
     with_metric(metric_, [&](auto m) {
         constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
         k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, ctx_->props()), 256, 0, s>>>(rkeys, rvals, nq * kk,
@@ -894,14 +967,14 @@ void CudaEngine::search_gemm_exact(Lane& lane, const float* dq, const float* qf,
     });
 }
 
-void CudaEngine::select_tiles(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t kk,
-                              bool tf32, std::uint64_t* rkeys, std::uint32_t* rvals) const {
+void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
+                              std::size_t kk, bool tf32, std::uint64_t* rkeys, std::uint32_t* rvals) const {
     // GEMM tiles on lane.stream, selection on lane.aux: the selection of tile t runs while
     // tile t + 1 is multiplied. Two score buffers bound the scratch. The running top kk
     // (sorted keys) ends in rkeys/rvals, ordered before later work on lane.stream.
     cudaStream_t s = lane.stream, a = lane.aux;
     const auto& p = ctx_->props();
-    const std::size_t n = size_;
+    const std::size_t n = v.n;
     std::size_t tile = std::min(n, std::max<std::size_t>(1024, kTileBudgetFloats / 2 / nq));
     if (tile < n) tile = std::max<std::size_t>(256, tile / 256 * 256);
     tile = std::min<std::size_t>(tile, static_cast<std::size_t>(1) << 30);  // cuBLAS takes int sizes
@@ -938,19 +1011,19 @@ void CudaEngine::select_tiles(Lane& lane, const float* dq, const float* qf, std:
             float* buf = tile_buf[b];
             if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
             if (thin)
-                skinny_scores(lane, dq, nq, c0, cols, buf);
+                skinny_scores(lane, v, dq, nq, c0, cols, buf);
             else
-                gemm_scores(lane, dq, nq, c0, cols, buf, tf32);
+                gemm_scores(lane, v, dq, nq, c0, cols, buf, tf32);
             check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
             check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
             const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
             if (splits == 1) {
-                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors_, ordinals_, qf,
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, v.factors, v.ordinals, v.mask, qf,
                                                              static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals,
                                                              rkeys, rvals);
                 check_launch("select_tile_kernel");
             } else {
-                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors_, ordinals_, qf,
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, v.factors, v.ordinals, v.mask, qf,
                                                              static_cast<int>(kk), cap, nullptr, nullptr, ckeys, cvals);
                 check_launch("select_tile_kernel");
                 merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
@@ -965,13 +1038,13 @@ void CudaEngine::select_tiles(Lane& lane, const float* dq, const float* qf, std:
     check(cudaStreamWaitEvent(s, lane.selected, 0), "cudaStreamWaitEvent");
 }
 
-void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+void CudaEngine::skinny_scores(Lane& lane, const RowView& v, const float* dq, std::size_t nq, std::size_t col0,
                                std::size_t cols, float* out) const {
     const std::size_t ld4 = ld_ / 4;
     auto launch = [&](auto qn) {
         constexpr int Q = decltype(qn)::value;
-        with_vpl(ld4, k::warp_size(ctx_->props()), [&](auto v) {
-            auto kernel = k::skinny_dots_kernel<Q, decltype(v)::value>;
+        with_vpl(ld4, k::warp_size(ctx_->props()), [&](auto vpl) {
+            auto kernel = k::skinny_dots_kernel<Q, decltype(vpl)::value>;
             const std::size_t shared = Q * ld_ * sizeof(float);
             allow_shared(kernel, shared);
             int per_sm = 0;
@@ -981,7 +1054,7 @@ void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std:
                 static_cast<std::size_t>(std::max(per_sm, 1)) * ctx_->props().multiProcessorCount,
                 std::max<std::size_t>(1, ceil_div(cols, 2 * (k::kSkinnyBlock / k::warp_size(ctx_->props())))));
             kernel<<<static_cast<unsigned>(blocks), k::kSkinnyBlock, shared, lane.stream>>>(
-                reinterpret_cast<const float4*>(rows_ + col0 * ld_), ld4, cols, reinterpret_cast<const float4*>(dq),
+                reinterpret_cast<const float4*>(v.rows + col0 * ld_), ld4, cols, reinterpret_cast<const float4*>(dq),
                 static_cast<int>(nq), out, cols);
             check_launch("skinny_dots_kernel");
         });
@@ -990,11 +1063,11 @@ void CudaEngine::skinny_scores(Lane& lane, const float* dq, std::size_t nq, std:
     else launch(std::integral_constant<int, 4>{});
 }
 
-void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+void CudaEngine::search_sorted(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                                std::size_t kk, float* dscores, std::int64_t* dslots) const {
     // k beyond shared memory: score every row, sort all keys, keep the first k.
     cudaStream_t s = lane.stream;
-    const std::size_t n = size_;
+    const std::size_t n = v.n;
     Scratch dots(*ctx_, n * sizeof(float), s);
     Scratch keys(*ctx_, 2 * n * sizeof(std::uint64_t), s);
     Scratch vals(*ctx_, 2 * n * sizeof(std::uint32_t), s);
@@ -1009,9 +1082,9 @@ void CudaEngine::search_sorted(Lane& lane, const float* dq, const float* qf, std
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
         for (std::size_t q = 0; q < nq; ++q) {
-            gemm_scores(lane, dq + q * ld_, 1, 0, n, dots.as<float>(), false);
+            gemm_scores(lane, v, dq + q * ld_, 1, 0, n, dots.as<float>(), false);
             k::keys_from_scores_kernel<M><<<grid_for(n, 256, ctx_->props()), 256, 0, s>>>(
-                dots.as<float>(), n, factors_, ordinals_, qf + q, k_in, v_in);
+                dots.as<float>(), n, v.factors, v.ordinals, v.mask, qf + q, k_in, v_in);
             check_launch("keys_from_scores_kernel");
             check(k::radix_sort_pairs(temp.as<void>(), temp_bytes, k_in, k_out, v_in, v_out, static_cast<int>(n), s),
                   k::kRadixSortName);

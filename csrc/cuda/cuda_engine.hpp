@@ -42,6 +42,8 @@ class CudaEngine final : public Engine {
     void read(std::size_t first, std::size_t n, float* out) const override;
     void search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                 std::int64_t* slots) const override;
+    void search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
+                         float* scores, std::int64_t* slots) const override;
     std::size_t memory_bytes() const override;
 
     bool checks_appended_rows() const override { return true; }
@@ -67,6 +69,8 @@ class CudaEngine final : public Engine {
         unsigned long long* fault_device = nullptr;
         unsigned long long* fault_host = nullptr;
         unsigned char* flags_host = nullptr;  // pinned, a flag per query of a pass
+        void* filter_host = nullptr;          // pinned: a filtered search's bits or slot list
+        std::size_t filter_host_bytes = 0;
         bool blas_tf32 = false;               // the cuBLAS handle's math mode
         // Batches: selection on `aux` overlaps the next SGEMM tile on `stream`.
         cudaStream_t aux = nullptr;
@@ -74,6 +78,17 @@ class CudaEngine final : public Engine {
         cudaEvent_t tile_free[2] = {nullptr, nullptr};
         cudaEvent_t selected = nullptr;
     };
+    // The rows one search looks at: the store's (all of them, or those a mask passes) or,
+    // for sparse filtered batches, a compact copy of the listed rows.
+    struct RowView {
+        const float* rows;
+        const float* factors;
+        const std::uint32_t* ordinals;
+        std::size_t n;                          // rows, or entries of `list`
+        const std::uint64_t* mask = nullptr;    // dense filter: a bit per row (device)
+        const std::uint32_t* list = nullptr;    // sparse single query: the fused scan reads rows list[0, n)
+    };
+    RowView all_rows() const { return RowView{rows_, factors_, ordinals_, size_}; }
     enum class Path { Fused, Gemm, Sorted };
     struct Plan {
         Path path = Path::Gemm;
@@ -81,6 +96,7 @@ class CudaEngine final : public Engine {
         int cap = 0;             // fused: BlockTopK entries of a scan block
         std::size_t shared = 0;  // fused: dynamic shared bytes of a scan block
         bool short_rounds = false;  // fused: kWarpRowsSmall rows per warp and round (small stores)
+        bool filtered = false;      // fused: the scan kernel that reads a mask or a list
         std::size_t workspace = 0;  // bytes of scratch the path needs beyond queries/results
     };
     struct LaneDeleter {
@@ -91,6 +107,7 @@ class CudaEngine final : public Engine {
 
     LanePtr make_lane() const;
     void ensure_host(Lane& lane, std::size_t bytes) const;
+    void ensure_filter_host(Lane& lane, std::size_t bytes) const;
     void ensure_blas(Lane& lane) const;
 
     void grow(std::size_t rows);
@@ -103,39 +120,39 @@ class CudaEngine final : public Engine {
     void after_writes(Lane& lane) const;    // orders the lane's stream after the last write
     void finish_append(std::size_t n, const char* what);
 
-    Plan plan(std::size_t nq, std::size_t k) const;
+    Plan plan(std::size_t nq, std::size_t k, const RowView& v) const;
     // f(kernel) with the single-query scan kernel of this metric and row width.
     template <typename F>
-    void with_scan_kernel(bool short_rounds, F&& f) const;
+    void with_scan_kernel(bool short_rounds, bool filtered, F&& f) const;
     // Searches nq padded queries already on the device; results land in dscores/dslots.
     // `work` holds plan.workspace bytes; fault (device queries) gets row faults.
-    void run_search(Lane& lane, const Plan& plan, const float* dq, std::size_t nq, std::size_t k,
+    void run_search(Lane& lane, const Plan& plan, const RowView& v, const float* dq, std::size_t nq, std::size_t k,
                     float* dscores, std::int64_t* dslots, void* work,
                     unsigned long long* fault) const;
     // one_launch: the scan's last block merges (Lane::done); dscores/dslots may then be
     // device addresses of mapped host memory.
-    void search_fused(Lane& lane, const Plan& plan, const float* dq, std::size_t k, void* work,
+    void search_fused(Lane& lane, const Plan& plan, const RowView& v, const float* dq, std::size_t k, void* work,
                       float* dscores, std::int64_t* dslots, bool one_launch = false) const;
     // One pass over queries [q0, q0 + qn): upload or copy, search, results to the host.
-    void search_chunk(Lane& lane, const float* host_queries, const float* device_queries,
+    void search_chunk(Lane& lane, const RowView& v, const float* host_queries, const float* device_queries,
                       std::size_t device_ld, std::size_t qn, std::size_t k, float* scores,
                       std::int64_t* slots, float* device_scores) const;
     // Batches: TF32 screening and exact re-ranking where it applies (screen_width > 0),
     // float32 GEMM otherwise and for the queries the screen cannot settle.
-    void search_gemm(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k,
+    void search_gemm(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq, std::size_t k,
                      float* dscores, std::int64_t* dslots) const;
-    void search_gemm_exact(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k,
-                           float* dscores, std::int64_t* dslots) const;
-    void select_tiles(Lane& lane, const float* dq, const float* qf, std::size_t nq, std::size_t k, bool tf32,
-                      std::uint64_t* rkeys, std::uint32_t* rvals) const;
+    void search_gemm_exact(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
+                           std::size_t k, float* dscores, std::int64_t* dslots) const;
+    void select_tiles(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq, std::size_t k,
+                      bool tf32, std::uint64_t* rkeys, std::uint32_t* rvals) const;
     // Candidates per query kept by the TF32 screen; 0 where the screen does not apply.
-    std::size_t screen_width(std::size_t nq, std::size_t k) const;
+    std::size_t screen_width(std::size_t nq, std::size_t k, std::size_t n) const;
     bool skinny(std::size_t nq) const;
-    void search_sorted(Lane& lane, const float* dq, const float* qf, std::size_t nq,
+    void search_sorted(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                        std::size_t k, float* dscores, std::int64_t* dslots) const;
-    void skinny_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+    void skinny_scores(Lane& lane, const RowView& v, const float* dq, std::size_t nq, std::size_t col0,
                        std::size_t cols, float* out) const;
-    void gemm_scores(Lane& lane, const float* dq, std::size_t nq, std::size_t col0,
+    void gemm_scores(Lane& lane, const RowView& v, const float* dq, std::size_t nq, std::size_t col0,
                      std::size_t cols, float* out, bool tf32) const;
 
     std::shared_ptr<CudaContext> ctx_;
@@ -144,7 +161,8 @@ class CudaEngine final : public Engine {
     Metric metric_;
     int max_select_k_;  // largest k the shared-memory selection handles
     bool tensor_cores_;  // TF32 tensor cores (sm_80+): batches are screened with them
-    mutable std::array<std::atomic<int>, 64> scan_blocks_per_sm_{};  // by log2(cap) (+32: short rounds); 0: unknown
+    // By log2(cap) (+32: short rounds, +64: filtered); 0: unknown.
+    mutable std::array<std::atomic<int>, 128> scan_blocks_per_sm_{};
 
     std::size_t size_ = 0;
     std::size_t capacity_ = 0;

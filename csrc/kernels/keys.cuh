@@ -51,4 +51,10 @@ __device__ __forceinline__ float finish_score(float acc, float row_factor, float
     return acc;
 }
 
+// A filtered search's slot bitset (SlotFilter::bits): bit s % 64 of word s / 64. No mask
+// passes every slot.
+__device__ __forceinline__ bool slot_passes(const std::uint64_t* __restrict__ mask, std::size_t slot) {
+    return mask == nullptr || ((mask[slot >> 6] >> (slot & 63)) & 1u) != 0;
+}
+
 }  // namespace hive_gpu::kernels

@@ -49,26 +49,35 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
 // Raw accumulations of kWarpRows (<= kWarpSize) consecutive rows [wbase, wbase + kWarpRows)
 // against the query in shared memory: the return value of lane i < kWarpRows belongs to row
 // wbase + i. kRows rows are loaded together so that several 16-byte loads per lane are in
-// flight.
-template <int kMetric, int kVpl, int kRows, int kWarpRows>
+// flight. kFiltered: entries [wbase, ...) instead, entry e being row list[e] with a list, and
+// only those whose bit is set in `live` (bit i: entry wbase + i) are read; n is unused.
+template <int kMetric, int kVpl, int kRows, int kWarpRows, bool kFiltered>
 __device__ __forceinline__ float warp_row_scores(const float4* __restrict__ rows, std::size_t ld4,
-                                                 std::size_t n, const float4* q, std::size_t wbase) {
+                                                 std::size_t n, const std::uint32_t* __restrict__ list,
+                                                 std::uint64_t live, const float4* q, std::size_t wbase) {
     const int lane = lane_id();
     float mine = 0.0f;
     for (int i = 0; i < kWarpRows; i += kRows) {
         float acc[kRows];
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+        unsigned take = 0;  // kFiltered: bit r set when entry wbase + i + r is read
+        if constexpr (kFiltered) {
+            take = static_cast<unsigned>(live >> i) & ((1u << kRows) - 1);
+            if (take == 0) continue;  // warp-uniform: no row of this step passes
+        }
         for (std::size_t c0 = 0; c0 < ld4; c0 += static_cast<std::size_t>(kVpl) * kWarpSize) {
             float4 v[kRows][kVpl];
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
-                const std::size_t row = wbase + i + r;
+                const std::size_t entry = wbase + i + r;
+                bool read = entry < n;
+                if constexpr (kFiltered) read = ((take >> r) & 1u) != 0;
+                const float4* x = rows + (kFiltered && read && list != nullptr ? list[entry] : entry) * ld4;
 #pragma unroll
                 for (int c = 0; c < kVpl; ++c) {
                     const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
-                    v[r][c] = (row < n && col < ld4) ? __ldg(rows + row * ld4 + col)
-                                                     : make_float4(0.f, 0.f, 0.f, 0.f);
+                    v[r][c] = (read && col < ld4) ? __ldg(x + col) : make_float4(0.f, 0.f, 0.f, 0.f);
                 }
             }
 #pragma unroll
@@ -108,18 +117,38 @@ constexpr int kScanBlock = 256;
 // bandwidth of the chip: 10k rows of 768 floats on 40 blocks took 10 us, not 3).
 constexpr int kWarpRowsSmall = 8;
 
+// Bit i set for entry wbase + i of a warp's kWarpRows entries when it is < n and, with a
+// mask, its row passes. wbase is a multiple of kWarpRows, which divides 64, so the entries'
+// bits lie in one mask word.
+template <int kWarpRows>
+__device__ __forceinline__ std::uint64_t live_entries(std::size_t wbase, std::size_t n,
+                                                      const std::uint64_t* __restrict__ mask) {
+    static_assert(64 % kWarpRows == 0, "a warp's rows must share one mask word");
+    if (wbase >= n) return 0;
+    std::uint64_t live = kWarpRows == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << (kWarpRows % 64)) - 1;
+    if (n - wbase < static_cast<std::size_t>(kWarpRows)) live &= (std::uint64_t{1} << (n - wbase)) - 1;
+    if (mask != nullptr) live &= mask[wbase >> 6] >> (wbase & 63);
+    return live;
+}
+
 // One query against all rows in one pass: each block scores interleaved rounds of
 // (warps x kWarpRows) rows and keeps its k best in shared memory; out gets k keys per block.
 // With `done` (a counter at 0), the last block also merges them into final_scores/slots.
+// kFiltered (its own instantiation, so the plain scan keeps its registers): with `mask`
+// (dense) a row whose bit is clear is neither read nor ranked; with `list` (sparse) the scan
+// runs over entries [0, n) and entry i is row list[i]. Without kFiltered both are ignored.
 // Shared memory: BlockTopK (cap entries) then the query (ld4 float4).
-template <int kMetric, int kVpl, int kWarpRows = kWarpSize>
+template <int kMetric, int kVpl, int kWarpRows = kWarpSize, bool kFiltered = false>
 __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
+    const std::uint32_t* __restrict__ list_arg, const std::uint64_t* __restrict__ mask_arg,
     const float4* __restrict__ query, const float* __restrict__ row_factor,
     const std::uint32_t* __restrict__ ordinals, int k, int cap,
     std::uint64_t* __restrict__ out_keys, std::uint32_t* __restrict__ out_vals,
     unsigned int* done, float* __restrict__ final_scores, std::int64_t* __restrict__ final_slots) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
+    const std::uint32_t* list = kFiltered ? list_arg : nullptr;
+    const std::uint64_t* mask = kFiltered ? mask_arg : nullptr;
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int count;
     __shared__ std::uint64_t bound;
@@ -143,9 +172,14 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     const std::size_t per_round = blockDim.x / kWarpSize * kWarpRows;
     for (std::size_t base = blockIdx.x * per_round; base < n; base += gridDim.x * per_round) {
         const std::size_t wbase = base + static_cast<std::size_t>(warp_id()) * kWarpRows;
-        const float acc = warp_row_scores<kMetric, kVpl, kRows, kWarpRows>(rows, ld4, n, q, wbase);
-        const std::size_t row = wbase + lane_id();
-        if (lane_id() < kWarpRows && row < n) {
+        std::uint64_t live = 0;
+        if constexpr (kFiltered) live = live_entries<kWarpRows>(wbase, n, mask);
+        const float acc =
+            warp_row_scores<kMetric, kVpl, kRows, kWarpRows, kFiltered>(rows, ld4, n, list, live, q, wbase);
+        const bool ranked = kFiltered ? ((live >> (lane_id() % 64)) & 1u) != 0 : wbase + lane_id() < n;
+        if (lane_id() < kWarpRows && ranked) {
+            const std::size_t entry = wbase + lane_id();
+            const std::size_t row = list != nullptr ? list[entry] : entry;
             const float s = finish_score<kMetric, false>(acc, row_factor[row], qf);
             top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
         }
@@ -192,10 +226,12 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
 }
 
 // Keys of every score of a GEMM result (k beyond shared memory: a full sort follows).
+// Rows a mask drops get the empty key, so they sort after every row that passes.
 template <int kMetric>
 __global__ void keys_from_scores_kernel(const float* __restrict__ dots, std::size_t n,
                                         const float* __restrict__ row_factor,
                                         const std::uint32_t* __restrict__ ordinals,
+                                        const std::uint64_t* __restrict__ mask,
                                         const float* __restrict__ query_factor,
                                         std::uint64_t* __restrict__ keys,
                                         std::uint32_t* __restrict__ vals) {
@@ -204,7 +240,7 @@ __global__ void keys_from_scores_kernel(const float* __restrict__ dots, std::siz
     for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
         const float s = finish_score<kMetric, true>(dots[i], row_factor[i], qf);
-        keys[i] = make_key<kHigher>(s, ordinals[i]);
+        keys[i] = slot_passes(mask, i) ? make_key<kHigher>(s, ordinals[i]) : kEmptyKey;
         vals[i] = static_cast<std::uint32_t>(i);
     }
 }
@@ -305,10 +341,12 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
 // Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols.
 // Block (q, s) takes the s-th of gridDim.y column ranges and writes its k best keys to
 // out[(q * gridDim.y + s) * k]; with one range it starts from seed (the running top-k).
+// Rows a mask drops are never candidates.
 template <int kMetric>
 __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float* __restrict__ scores, std::size_t ld_scores, std::size_t cols, std::size_t col0,
     const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
+    const std::uint64_t* __restrict__ mask,
     const float* __restrict__ query_factor, int k, int cap, const std::uint64_t* seed_keys,
     const std::uint32_t* seed_vals, std::uint64_t* out_keys, std::uint32_t* out_vals) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
@@ -350,7 +388,7 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
 #pragma unroll
         for (int j = 0; j < kSelectItems; ++j) {
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
-            if (c < end) {
+            if (c < end && slot_passes(mask, col0 + c)) {
                 const std::size_t row = col0 + c;
                 const float s = finish_score<kMetric, true>(acc[j], rf[j], qf);
                 top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
@@ -361,6 +399,28 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     top.merge();
     const std::size_t slot = q * gridDim.y + blockIdx.y;
     top.store(out_keys + slot * k, out_vals + slot * k);
+}
+
+// Sparse filtered batches: the n listed rows (with their factors and ordinals) copied into
+// a compact matrix that the batch paths then search like a store of n rows. A warp per row,
+// so each row is read in whole, coalesced.
+__global__ void gather_rows_kernel(const float4* __restrict__ rows, std::size_t ld4,
+                                   const float* __restrict__ row_factor,
+                                   const std::uint32_t* __restrict__ ordinals,
+                                   const std::uint32_t* __restrict__ list, std::size_t n,
+                                   float4* __restrict__ out_rows, float* __restrict__ out_factor,
+                                   std::uint32_t* __restrict__ out_ordinals) {
+    const std::size_t warps = (static_cast<std::size_t>(gridDim.x) * blockDim.x) / kWarpSize;
+    const std::size_t first = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+    const int lane = lane_id();
+    for (std::size_t i = first; i < n; i += warps) {
+        const std::size_t src = list[i];
+        for (std::size_t j = lane; j < ld4; j += kWarpSize) out_rows[i * ld4 + j] = __ldg(rows + src * ld4 + j);
+        if (lane == 0) {
+            out_factor[i] = row_factor[src];
+            out_ordinals[i] = ordinals[src];
+        }
+    }
 }
 
 }  // namespace hive_gpu::kernels

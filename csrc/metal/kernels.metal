@@ -54,12 +54,15 @@ kernel void score_rows(device const float* rows [[buffer(0)]],
                        device const float* queries [[buffer(2)]],
                        device const float* query_factors [[buffer(3)]],
                        device float* scores [[buffer(4)]],
-                       constant Params& p [[buffer(5)]],
+                       device const uint* rowsel [[buffer(5)]],
+                       constant Params& p [[buffer(6)]],
                        uint3 gid [[thread_position_in_grid]]) {
     const uint r = gid.x;
     const uint q = gid.y;
     if (r >= p.n_rows || q >= p.nq) return;
-    device const float* x = rows + ulong(r) * p.dim;
+    // A filter's sparse path scores only the listed rows (score r belongs to rowsel[r]).
+    const uint row = p.sel == kSelList ? rowsel[r] : r;
+    device const float* x = rows + ulong(row) * p.dim;
     device const float* y = queries + ulong(q) * p.dim;
     // Two accumulators halve the dependency chain of the loop.
     float a0 = 0.0f;
@@ -86,7 +89,7 @@ kernel void score_rows(device const float* rows [[buffer(0)]],
     if (j < p.dim) a0 = fma(y[j], x[j], a0);
     const float dot = a0 + a1;
     scores[ulong(q) * p.stride + r] =
-        p.metric == kCosine ? dot * row_factors[r] * query_factors[q] : dot;
+        p.metric == kCosine ? dot * row_factors[row] * query_factors[q] : dot;
 }
 
 // Turns the products q.x of a matrix multiply (MPS) into scores, in place.
@@ -111,7 +114,8 @@ kernel void select_segments(device const float* scores [[buffer(0)]],
                             device const uint* ordinals [[buffer(1)]],
                             device ulong* out_keys [[buffer(2)]],
                             device uint* out_slots [[buffer(3)]],
-                            constant Params& p [[buffer(4)]],
+                            device const uint* rowsel [[buffer(4)]],
+                            constant Params& p [[buffer(5)]],
                             uint lid [[thread_index_in_threadgroup]],
                             uint3 group [[threadgroup_position_in_grid]]) {
     threadgroup ulong s_key[kMaxSegment];
@@ -121,9 +125,12 @@ kernel void select_segments(device const float* scores [[buffer(0)]],
     const uint first = group.x * seg;
     for (uint i = lid; i < seg; i += kThreads) {
         const uint r = first + i;
-        if (r < p.n_rows) {
-            s_key[i] = make_key(scores[ulong(q) * p.stride + r], ordinals[r], p.metric);
-            s_slot[i] = r;
+        // A row the filter drops is padding, so it never enters the top k.
+        const bool live = r < p.n_rows && (p.sel != kSelMask || ((rowsel[r / 32] >> (r % 32)) & 1u) != 0u);
+        if (live) {
+            const uint row = p.sel == kSelList ? rowsel[r] : r;
+            s_key[i] = make_key(scores[ulong(q) * p.stride + r], ordinals[row], p.metric);
+            s_slot[i] = row;
         } else {
             s_key[i] = kEmptyKey;
             s_slot[i] = kNoSlot;

@@ -37,6 +37,8 @@ class MetalEngine final : public Engine {
     void read(std::size_t first, std::size_t n, float* out) const override;
     void search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                 std::int64_t* slots) const override;
+    void search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
+                         float* scores, std::int64_t* slots) const override;
     std::size_t memory_bytes() const override;
 
     // Rows one chunk holds (tests shrink it with HIVE_GPU_METAL_CHUNK_BYTES).
@@ -63,10 +65,22 @@ class MetalEngine final : public Engine {
     std::uint32_t* ordinal_at(std::size_t slot) const;
     std::unique_ptr<Scratch> take_scratch() const;
     void give_back(std::unique_ptr<Scratch> scratch) const;
+    // What a filtered search looks at in one chunk (Params::sel): its mask re-based at the
+    // chunk's first row (kSelMask) or its passing rows (kSelList), and how many pass.
+    struct ChunkSelection {
+        uint sel = kSelAll;
+        std::vector<uint> rowsel;
+        std::size_t passing = 0;
+    };
+    std::vector<ChunkSelection> select_chunks(const SlotFilter& filter) const;
+    // search() and search_filtered(): `chunk_sel` is null, or one selection per chunk.
+    void search_rows(const float* queries, std::size_t nq, std::size_t k,
+                     const std::vector<ChunkSelection>* chunk_sel, float* scores, std::int64_t* slots) const;
     // One chunk of rows against queries [0, nq) of the tile already in the scratch buffers:
-    // each query's min(k, rows) best, as (score, global slot).
+    // each query's min(k, rows that pass) best, as (score, global slot).
     void search_chunk(std::size_t chunk, std::size_t nq, std::size_t k, Scratch& scratch,
-                      std::vector<float>& scores, std::vector<std::int64_t>& slots) const;
+                      const ChunkSelection* sel, std::vector<float>& scores,
+                      std::vector<std::int64_t>& slots) const;
 
     std::shared_ptr<MetalContext> ctx_;
     std::size_t dim_;

@@ -21,6 +21,9 @@ constexpr std::size_t kTileBudget = std::size_t{256} << 20;  // scratch bytes of
 constexpr std::size_t kMinRows = 1024;                 // first allocation of a store
 constexpr std::size_t kProductMinQueries = 8;          // from here on, scores come from MPS
 constexpr std::size_t kIdleScratch = 2;                // scratch sets kept between searches
+// Filters passing at most 1/kSparseRatio of the rows score only the listed rows (given the
+// slot list); denser ones score every row and mask the selection. As on CUDA (docs/cuda.md).
+constexpr std::size_t kSparseRatio = 32;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
@@ -194,14 +197,23 @@ void MetalEngine::give_back(std::unique_ptr<Scratch> scratch) const {
 }
 
 void MetalEngine::search_chunk(std::size_t chunk, std::size_t nq, std::size_t k, Scratch& scratch,
-                               std::vector<float>& out_scores, std::vector<std::int64_t>& out_slots) const {
+                               const ChunkSelection* sel, std::vector<float>& out_scores,
+                               std::vector<std::int64_t>& out_slots) const {
     const std::size_t base = chunk * rows_per_chunk_;
-    const std::size_t n = std::min(rows_per_chunk_, size_ - base);
-    const std::size_t kc = std::min(k, n);
+    const std::size_t rows = std::min(rows_per_chunk_, size_ - base);
+    const uint mode = sel ? sel->sel : kSelAll;
+    const std::size_t n = mode == kSelList ? sel->passing : rows;  // rows scored
+    const std::size_t kc = std::min(k, sel ? sel->passing : rows);
+    out_scores.clear();
+    out_slots.clear();
+    if (kc == 0) return;  // no row of this chunk passes the filter
     const bool product = ctx_->has_mps() && nq >= kProductMinQueries;
-    const ChunkShape shape{n, dim_, nq, kc, metric_id_, product};
+    const ChunkShape shape{n, dim_, nq, kc, metric_id_, product, mode};
     const Plan plan = plan_chunk(shape);
     const Chunk& ch = chunks_[chunk];
+    if (mode != kSelAll)
+        std::memcpy(scratch.buffers[static_cast<int>(Buf::RowSel)].contents, sel->rowsel.data(),
+                    sel->rowsel.size() * sizeof(uint));
     auto buffer = [&](Buf b) -> id<MTLBuffer> {
         switch (b) {
             case Buf::Rows: return ch.rows;
@@ -266,13 +278,50 @@ void MetalEngine::search_chunk(std::size_t chunk, std::size_t nq, std::size_t k,
     out_scores.assign(s, s + nq * kc);
     out_slots.resize(nq * kc);
     for (std::size_t i = 0; i < nq * kc; ++i) {
-        if (sl[i] >= n) throw BackendError("metal: internal error: a search returned slot " + std::to_string(sl[i]));
+        if (sl[i] >= rows) throw BackendError("metal: internal error: a search returned slot " + std::to_string(sl[i]));
         out_slots[i] = static_cast<std::int64_t>(base + sl[i]);
     }
 }
 
 void MetalEngine::search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                          std::int64_t* slots) const {
+    search_rows(queries, nq, k, nullptr, scores, slots);
+}
+
+std::vector<MetalEngine::ChunkSelection> MetalEngine::select_chunks(const SlotFilter& filter) const {
+    const std::size_t rpc = rows_per_chunk_;
+    std::vector<ChunkSelection> out(ceil_div(size_, rpc));
+    const bool sparse = filter.slots != nullptr && filter.count * kSparseRatio <= size_;
+    const std::uint32_t* at = filter.slots;
+    for (std::size_t c = 0; c < out.size(); ++c) {
+        const std::size_t first = c * rpc, rows = std::min(rpc, size_ - first);
+        ChunkSelection& s = out[c];
+        if (sparse) {
+            // The ascending list's run inside this chunk, as chunk rows.
+            s.sel = kSelList;
+            for (; at != filter.slots + filter.count && *at < first + rows; ++at)
+                s.rowsel.push_back(static_cast<uint>(*at - first));
+            s.passing = s.rowsel.size();
+        } else {
+            s.sel = kSelMask;
+            s.rowsel.resize(ceil_div(rows, 32));
+            chunk_mask(filter.bits, first, rows, s.rowsel.data());
+            for (uint w : s.rowsel) s.passing += static_cast<std::size_t>(__builtin_popcount(w));
+        }
+    }
+    return out;
+}
+
+void MetalEngine::search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
+                                  float* scores, std::int64_t* slots) const {
+    if (nq == 0 || k == 0 || size_ == 0) return;
+    const std::vector<ChunkSelection> sel = select_chunks(filter);
+    search_rows(queries, nq, k, &sel, scores, slots);
+}
+
+void MetalEngine::search_rows(const float* queries, std::size_t nq, std::size_t k,
+                              const std::vector<ChunkSelection>* chunk_sel, float* scores,
+                              std::int64_t* slots) const {
     if (nq == 0 || k == 0 || size_ == 0) return;
     with_pool([&] {
         const std::size_t rpc = rows_per_chunk_;
@@ -319,7 +368,7 @@ void MetalEngine::search(const float* queries, std::size_t nq, std::size_t k, fl
 
             if (nchunks == 1) {
                 // k <= size_ rows, all in this chunk: its lists are the answer.
-                search_chunk(0, t, k, *scratch, part_scores, part_slots);
+                search_chunk(0, t, k, *scratch, chunk_sel ? &(*chunk_sel)[0] : nullptr, part_scores, part_slots);
                 for (std::size_t i = 0; i < t * k; ++i) {
                     scores[q0 * k + i] = part_scores[i];
                     slots[q0 * k + i] = part_slots[i];
@@ -330,7 +379,7 @@ void MetalEngine::search(const float* queries, std::size_t nq, std::size_t k, fl
             // those are the answer, ranked by the kernels' order (score, then ordinal).
             hits.assign(t, {});
             for (std::size_t c = 0; c < nchunks; ++c) {
-                search_chunk(c, t, k, *scratch, part_scores, part_slots);
+                search_chunk(c, t, k, *scratch, chunk_sel ? &(*chunk_sel)[c] : nullptr, part_scores, part_slots);
                 const std::size_t kc = part_scores.size() / t;
                 for (std::size_t q = 0; q < t; ++q)
                     for (std::size_t i = 0; i < kc; ++i) {

@@ -8,6 +8,10 @@ enum : uint {
     kThreads = 256,      // threads per threadgroup of every kernel
     kMaxSegment = 2048,  // rows one threadgroup sorts in threadgroup memory (24 KiB)
     kNoSlot = 0xffffffffu,
+    // Params::sel, which rows of a chunk a filtered search looks at (the RowSel buffer):
+    kSelAll = 0,   // every row; RowSel unused
+    kSelMask = 1,  // every row scored; row r may enter when bit r % 32 of word r / 32 is set
+    kSelList = 2,  // n_rows listed rows: row r of the dispatch is chunk row RowSel[r]
 };
 
 struct Params {
@@ -22,5 +26,5 @@ struct Params {
     uint len_out;    // merge_lists: entries per output list
     uint lists_in;   // lists per query read (select_segments: lists written)
     uint lists_out;  // merge_lists: lists per query written
-    uint pad;
+    uint sel;        // kSelAll, kSelMask or kSelList
 };

@@ -37,8 +37,9 @@ enum class Buf {
     Scores,                                  // [nq][n] floats
     KeysA, SlotsA, KeysB, SlotsB,            // candidate lists
     OutScores, OutSlots,                     // [nq][k]
+    RowSel,                                  // a filter's chunk mask or row list (Params::sel)
 };
-inline constexpr int kBufCount = 12;
+inline constexpr int kBufCount = 13;
 
 struct Step {
     // true: scores = queries x rows^T by a matrix multiply (MPS); the fields below are unused.
@@ -55,7 +56,8 @@ struct ChunkShape {
     std::size_t nq;   // queries in the chunk, >= 1
     std::size_t k;    // 1 <= k <= n
     uint metric;      // kCosine, kDotProduct, kEuclidean
-    bool product;     // score through a matrix multiply instead of score_rows
+    bool product;     // score through a matrix multiply instead of score_rows (not with kSelList)
+    uint sel = kSelAll;  // kSelList: n is the number of listed rows
 };
 
 inline uint div_up(std::size_t a, std::size_t b) { return static_cast<uint>((a + b - 1) / b); }
@@ -81,10 +83,11 @@ inline Plan plan_chunk(const ChunkShape& s) {
     base.stride = static_cast<uint>(s.n);
     base.metric = s.metric;
     base.k = static_cast<uint>(s.k);
+    base.sel = s.sel;
     const uint row_groups = div_up(s.n, kThreads);
     const uint nq = static_cast<uint>(s.nq);
 
-    if (s.product) {
+    if (s.product && s.sel != kSelList) {
         Step mm;
         mm.product = true;
         plan.steps.push_back(mm);
@@ -94,7 +97,8 @@ inline Plan plan_chunk(const ChunkShape& s) {
                                   {Buf::Scores, Buf::RowFactors, Buf::QueryFactors}, base});
     } else {
         plan.steps.push_back({false, Kernel::ScoreRows, {row_groups, nq, 1},
-                              {Buf::Rows, Buf::RowFactors, Buf::Queries, Buf::QueryFactors, Buf::Scores},
+                              {Buf::Rows, Buf::RowFactors, Buf::Queries, Buf::QueryFactors, Buf::Scores,
+                               Buf::RowSel},
                               base});
     }
 
@@ -106,7 +110,7 @@ inline Plan plan_chunk(const ChunkShape& s) {
     sel.len_in = len;
     sel.lists_in = lists;
     plan.steps.push_back({false, Kernel::SelectSegments, {lists, nq, 1},
-                          {Buf::Scores, Buf::Ordinals, Buf::KeysA, Buf::SlotsA}, sel});
+                          {Buf::Scores, Buf::Ordinals, Buf::KeysA, Buf::SlotsA, Buf::RowSel}, sel});
     plan.entries_per_query = std::size_t{lists} * len;
 
     bool in_a = true;
@@ -160,7 +164,20 @@ inline std::size_t chunk_buffer_bytes(Buf b, const ChunkShape& s, const Plan& pl
         case Buf::SlotsB: return s.nq * plan.entries_per_query * sizeof(uint);
         case Buf::OutScores: return s.nq * s.k * sizeof(float);
         case Buf::OutSlots: return s.nq * s.k * sizeof(uint);
+        case Buf::RowSel: return (s.n + 1) * sizeof(uint);  // a list of n rows or ceil(n / 32) mask words
         default: return 0;
+    }
+}
+
+// A filter's chunk-local selection for rows [first, first + n) of the store: the mask's bits
+// of those rows re-based at 0 (kSelMask), written to `words` (ceil(n / 32) of them).
+inline void chunk_mask(const std::uint64_t* bits, std::size_t first, std::size_t n, uint* words) {
+    for (std::size_t w = 0; w * 32 < n; ++w) {
+        const std::size_t at = first + w * 32;  // global bit of local bit 32w
+        std::uint64_t v = bits[at / 64] >> (at % 64);
+        if (at % 64 > 32 && (first + n - 1) / 64 > at / 64) v |= bits[at / 64 + 1] << (64 - at % 64);
+        const std::size_t left = n - w * 32;
+        words[w] = static_cast<uint>(left >= 32 ? v : v & ((std::uint64_t{1} << left) - 1));
     }
 }
 

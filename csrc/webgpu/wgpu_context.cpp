@@ -434,9 +434,9 @@ WGPUBindGroupLayout WgpuContext::layout(Kernel kernel) {
                uni = WGPUBufferBindingType_Uniform;
     switch (kernel) {
         case Kernel::ScoreGemv:
-        case Kernel::ScoreGemm: types = {ro, ro, ro, ro, rw, uni}; break;
+        case Kernel::ScoreGemm: types = {ro, ro, ro, ro, rw, ro, uni}; break;
         case Kernel::Select:
-        case Kernel::SelectSmall: types = {ro, ro, rw, uni}; break;
+        case Kernel::SelectSmall: types = {ro, ro, rw, ro, uni}; break;
         case Kernel::ReduceSmall:
         case Kernel::Merge: types = {ro, rw, uni}; break;
     }

@@ -25,13 +25,21 @@ constexpr std::uint64_t kChunkCap = 1ull << 30;      // keeps regrowth copies bo
 constexpr std::uint64_t kStagingBytes = 32ull << 20;  // one upload / read-back piece
 constexpr std::uint64_t kTileBudget = 256ull << 20;   // scratch bytes one query tile may use
 constexpr std::size_t kMinRows = 1024;                 // first allocation of a store
+// Filters passing at most 1/kSparseRatio of the rows take the sparse path (score only the
+// listed rows) when the slot list is given; denser ones mask the full scan. Scoring and
+// selection cost is per row either way, so the switch sits where cuVS measured its own (~3%).
+constexpr std::size_t kSparseRatio = 32;
 
 constexpr WGPUBufferUsage kStorage =
     WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst | WGPUBufferUsage_CopySrc;
 
 struct Params {
     std::uint32_t n_rows, dim4, nq, stride, a, b, c, d;
+    std::uint32_t sel = 0, list_at = 0, e = 0, f = 0;  // see common.wgsl
 };
+
+// The shaders' row selection modes (common.wgsl).
+constexpr std::uint32_t kSelAll = 0, kSelMask = 1, kSelList = 2;
 
 std::uint32_t u32(std::size_t v) { return static_cast<std::uint32_t>(v); }
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
@@ -241,12 +249,19 @@ void WgpuEngine::ensure(Buffer& b, std::uint64_t bytes, WGPUBufferUsage usage, c
     b = ctx_->create_buffer(bytes, usage, false, what);
 }
 
-WgpuEngine::Plan WgpuEngine::plan(std::size_t k) const {
+WgpuEngine::RowSelection WgpuEngine::all_rows() const {
+    RowSelection sel;
+    for (std::size_t first = 0; first < size_; first += rows_per_chunk_)
+        sel.part_rows.push_back(std::min(rows_per_chunk_, size_ - first));
+    sel.list_at.assign(sel.part_rows.size(), 0);
+    return sel;
+}
+
+WgpuEngine::Plan WgpuEngine::plan(std::size_t k, const RowSelection& sel) const {
     Plan pl{};
     pl.small = k <= kSmallK;
     pl.list_len = pl.small ? k : std::min(k, kSegment);
-    for (std::size_t first = 0; first < size_; first += rows_per_chunk_) {
-        const std::size_t rows = std::min(rows_per_chunk_, size_ - first);
+    for (const std::size_t rows : sel.part_rows) {
         const std::size_t lists = pl.small ? kSmallLists * ceil_div(rows, kSmallRows) : ceil_div(rows, kSegment);
         pl.parts.push_back({rows, pl.lists, lists});
         pl.lists += lists;
@@ -265,10 +280,9 @@ WgpuEngine::Plan WgpuEngine::plan(std::size_t k) const {
     return pl;
 }
 
-std::size_t WgpuEngine::tile_queries(std::size_t nq, std::size_t k) const {
+std::size_t WgpuEngine::tile_queries(std::size_t nq, std::size_t k, const Plan& pl) const {
     const WGPULimits& lim = ctx_->limits();
     const std::uint64_t limit = std::min<std::uint64_t>({lim.maxStorageBufferBindingSize, lim.maxBufferSize, kTileBudget});
-    const Plan pl = plan(k);
     const std::uint64_t per_query = std::max<std::uint64_t>({std::uint64_t{pl.max_cands} * 12,
                                                              std::uint64_t{pl.max_rows} * 4,
                                                              std::uint64_t{dim4_} * 16});
@@ -285,15 +299,58 @@ void WgpuEngine::search(const float* queries, std::size_t nq, std::size_t k, flo
                         std::int64_t* slots) const {
     if (nq == 0 || k == 0) return;
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
-    const std::size_t t = tile_queries(nq, k);
+    ensure(scratch_.rowsel, 16, WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "row selection");
+    search_rows(queries, nq, k, all_rows(), scores, slots);
+}
+
+void WgpuEngine::search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
+                                 float* scores, std::int64_t* slots) const {
+    if (nq == 0 || k == 0) return;
+    std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
+    const Api& a = ctx_->api();
+    RowSelection sel;
+    if (filter.slots != nullptr && filter.count * kSparseRatio <= size_) {
+        // Sparse: the ascending slot list splits into one run per chunk; each entry becomes
+        // its chunk-local row, so a dispatch reads its chunk's run from list_at[c] on.
+        sel = all_rows();
+        sel.mode = kSelList;
+        std::vector<std::uint32_t> local(filter.count);
+        std::size_t at = 0;
+        for (std::size_t c = 0; c < sel.part_rows.size(); ++c) {
+            const std::size_t first = c * rows_per_chunk_, end = first + sel.part_rows[c];
+            sel.list_at[c] = at;
+            const std::size_t begin = at;
+            for (; at < filter.count && filter.slots[at] < end; ++at)
+                local[at] = static_cast<std::uint32_t>(filter.slots[at] - first);
+            sel.part_rows[c] = at - begin;
+        }
+        ensure(scratch_.rowsel, std::max<std::uint64_t>(16, local.size() * 4),
+               WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "row selection");
+        a.wgpuQueueWriteBuffer(ctx_->queue(), scratch_.rowsel.get(), 0, local.data(), local.size() * 4);
+    } else {
+        // Dense: every row is scored, the bits decide which may enter the top k.
+        sel = all_rows();
+        sel.mode = kSelMask;
+        const std::size_t bytes = ceil_div(size_, 64) * 8;
+        ensure(scratch_.rowsel, std::max<std::uint64_t>(16, bytes), WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst,
+               "row selection");
+        a.wgpuQueueWriteBuffer(ctx_->queue(), scratch_.rowsel.get(), 0, filter.bits, bytes);
+    }
+    search_rows(queries, nq, k, sel, scores, slots);
+}
+
+void WgpuEngine::search_rows(const float* queries, std::size_t nq, std::size_t k, const RowSelection& sel,
+                             float* scores, std::int64_t* slots) const {
+    const Plan pl = plan(k, sel);
+    const std::size_t t = tile_queries(nq, k, pl);
     for (std::size_t q0 = 0; q0 < nq; q0 += t) {
         const std::size_t cnt = std::min(t, nq - q0);
-        search_tile(queries + q0 * dim_, cnt, k, scores + q0 * k, slots + q0 * k);
+        search_tile(queries + q0 * dim_, cnt, k, pl, sel, scores + q0 * k, slots + q0 * k);
     }
 }
 
-void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k, float* out_scores,
-                             std::int64_t* out_slots) const {
+void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k, const Plan& pl,
+                             const RowSelection& sel, float* out_scores, std::int64_t* out_slots) const {
     const Api& a = ctx_->api();
     const WGPULimits& lim = ctx_->limits();
     const std::size_t rpc = rows_per_chunk_;
@@ -312,7 +369,6 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
         }
     }
 
-    const Plan pl = plan(k);
     const std::size_t m = pl.lists, max_rows = pl.max_rows, passes = pl.passes;
     const std::size_t L = pl.list_len;
     if (ceil_div(2 * std::max(L, k), 256) > lim.maxComputeWorkgroupsPerDimension)
@@ -324,7 +380,9 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     ensure(s.queries, q.size() * 4, WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "queries");
     ensure(s.qscale, qscale.size() * 4, WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst, "query norms");
     ensure(s.scores, std::uint64_t{nq} * max_rows * 4, WGPUBufferUsage_Storage, "scores");
-    ensure(s.cands_a, std::uint64_t{nq} * m * L * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
+    // Merge passes write into both buffers, and a middle pass can hold more entries than the
+    // first lists (10 lists of 2048 -> 3 of 8000 for k = 8000): both take the largest.
+    ensure(s.cands_a, std::uint64_t{nq} * pl.max_cands * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
     ensure(s.cands_b, std::uint64_t{nq} * pl.max_cands * 12, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc, "candidates");
     ensure(s.params, dispatches * slot_bytes, WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst, "parameters");
     ensure(s.readback, std::uint64_t{nq} * k * 12, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst, "results");
@@ -363,15 +421,20 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     for (std::size_t c = 0; c < pl.parts.size(); ++c) {
         const Chunk& ch = chunks_[c];
         const std::size_t rows = pl.parts[c].rows;
-        Params sp{u32(rows), u32(dim4_), u32(nq), u32(rows), 0, 0, 0, 0};
+        if (rows == 0) continue;  // a chunk no listed row lives in
+        Params sp{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(c * rpc), 0, 0, 0};
+        sp.sel = sel.mode;
+        sp.list_at = u32(sel.list_at[c]);
         auto xy = fold(ceil_div(rows, gemv ? 32 : 64));
         dispatch(score_kernel, score_pipe,
-                 {ch.rows.get(), ch.factors.get(), s.queries.get(), s.qscale.get(), s.scores.get()}, sp,
-                 xy[0], xy[1], gemv ? 1 : u32(ceil_div(nq, 64)));
-        Params sel{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(c * rpc), u32(pl.parts[c].list_base), u32(m), u32(L)};
+                 {ch.rows.get(), ch.factors.get(), s.queries.get(), s.qscale.get(), s.scores.get(), s.rowsel.get()},
+                 sp, xy[0], xy[1], gemv ? 1 : u32(ceil_div(nq, 64)));
+        Params sp2{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(c * rpc), u32(pl.parts[c].list_base), u32(m), u32(L)};
+        sp2.sel = sel.mode;
+        sp2.list_at = u32(sel.list_at[c]);
         const std::size_t groups_x = pl.small ? pl.parts[c].lists / kSmallLists : pl.parts[c].lists;
-        dispatch(select_kernel, select_pipe, {s.scores.get(), ch.ordinals.get(), s.cands_a.get()}, sel,
-                 u32(groups_x), u32(nq), 1);
+        dispatch(select_kernel, select_pipe, {s.scores.get(), ch.ordinals.get(), s.cands_a.get(), s.rowsel.get()},
+                 sp2, u32(groups_x), u32(nq), 1);
     }
     WGPUBuffer src = s.cands_a.get(), dst = s.cands_b.get();
     std::size_t len = L;

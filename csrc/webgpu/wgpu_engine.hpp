@@ -29,6 +29,8 @@ class WgpuEngine final : public Engine {
     void read(std::size_t first, std::size_t n, float* out) const override;
     void search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                 std::int64_t* slots) const override;
+    void search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
+                         float* scores, std::int64_t* slots) const override;
     std::size_t memory_bytes() const override;
 
     // Rows one chunk holds (tests shrink it with HIVE_GPU_WEBGPU_CHUNK_BYTES).
@@ -44,7 +46,15 @@ class WgpuEngine final : public Engine {
     };
     // Scratch reused across searches (guarded by the context's gpu mutex).
     struct Scratch {
-        Buffer queries, qscale, scores, cands_a, cands_b, params, readback;
+        Buffer queries, qscale, scores, cands_a, cands_b, params, readback, rowsel;
+    };
+    // Which rows of each chunk a search looks at (the shaders' SEL_* modes). Dense: every
+    // row, the filter's bits in `rowsel` mask them (SEL_MASK) or none (SEL_ALL). Sparse
+    // (SEL_LIST): chunk c scores part_rows[c] rows listed from entry list_at[c] of `rowsel`.
+    struct RowSelection {
+        std::uint32_t mode = 0;
+        std::vector<std::size_t> part_rows;
+        std::vector<std::size_t> list_at;
     };
 
     // How a search of k splits the rows into candidate lists and merges them.
@@ -60,14 +70,18 @@ class WgpuEngine final : public Engine {
         std::size_t passes;       // pairwise merge passes
         std::size_t max_cands;    // largest candidate array per query (entries)
     };
-    Plan plan(std::size_t k) const;
+    Plan plan(std::size_t k, const RowSelection& sel) const;
+    RowSelection all_rows() const;
     Chunk make_chunk(std::size_t capacity) const;
     std::size_t capacity() const;
     float row_factor(const float* row) const;
     void ensure(Buffer& b, std::uint64_t bytes, WGPUBufferUsage usage, const char* what) const;
-    void search_tile(const float* queries, std::size_t nq, std::size_t k, float* scores,
-                     std::int64_t* slots) const;
-    std::size_t tile_queries(std::size_t nq, std::size_t k) const;
+    // Under the context's gpu mutex, with scratch_.rowsel filled for `sel`.
+    void search_rows(const float* queries, std::size_t nq, std::size_t k, const RowSelection& sel,
+                     float* scores, std::int64_t* slots) const;
+    void search_tile(const float* queries, std::size_t nq, std::size_t k, const Plan& pl,
+                     const RowSelection& sel, float* scores, std::int64_t* slots) const;
+    std::size_t tile_queries(std::size_t nq, std::size_t k, const Plan& pl) const;
 
     std::shared_ptr<WgpuContext> ctx_;
     std::size_t dim_;

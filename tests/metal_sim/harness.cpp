@@ -4,9 +4,13 @@
 //
 // usage: metal_sim IN OUT    (or metal_sim --bindings, see print_bindings)
 //   IN : u64 n, dim, nq, k, metric (0 cosine, 1 dot, 2 Euclidean), product (0/1),
-//        chunk budget in bytes (0 = default), 0; then f32 rows[n*dim], u32 ordinals[n],
-//        f32 queries[nq*dim]
+//        chunk budget in bytes (0 = default), filter (0 none, 1 mask, 2 list); then
+//        f32 rows[n*dim], u32 ordinals[n], f32 queries[nq*dim]; with a filter, u64 m and
+//        u32 passing rows[m] (ascending). k <= m.
+//        The mask is built as the engine builds a chunk's: the store's bits re-based from
+//        a chunk that starts at slot kChunkFirst (chunk_mask).
 //   OUT: f32 scores[nq*k] (engine units: squared L2 for Euclidean), i64 slots[nq*k]
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -79,7 +83,8 @@ void run_step(const Step& st, Buffers& bufs, const ChunkShape& shape) {
         case Kernel::ScoreRows:
             body = [&](std::uint32_t lid, metal_sim::Group g) {
                 msl::score_rows(arg(0).as<float>(), arg(1).as<float>(), arg(2).as<float>(),
-                                arg(3).as<float>(), arg(4).as<float>(), p, gid(lid, g));
+                                arg(3).as<float>(), arg(4).as<float>(), arg(5).as<std::uint32_t>(), p,
+                                gid(lid, g));
             };
             break;
         case Kernel::FinishProducts:
@@ -91,8 +96,8 @@ void run_step(const Step& st, Buffers& bufs, const ChunkShape& shape) {
         case Kernel::SelectSegments:
             body = [&](std::uint32_t lid, metal_sim::Group g) {
                 msl::select_segments(arg(0).as<float>(), arg(1).as<std::uint32_t>(),
-                                     arg(2).as<std::uint64_t>(), arg(3).as<std::uint32_t>(), p, lid,
-                                     msl::uint3{g.x, g.y, g.z});
+                                     arg(2).as<std::uint64_t>(), arg(3).as<std::uint32_t>(),
+                                     arg(4).as<std::uint32_t>(), p, lid, msl::uint3{g.x, g.y, g.z});
             };
             break;
         case Kernel::MergeLists:
@@ -124,7 +129,8 @@ void read_exact(std::FILE* f, T* data, std::size_t count) {
 int print_bindings() {
     for (const bool product : {false, true})
         for (const std::size_t n : {std::size_t{1}, std::size_t{5000}}) {
-            const Plan plan = hive_gpu::metal::plan_chunk({n, 3, 2, std::min<std::size_t>(n, 4), 0, product});
+            const Plan plan = hive_gpu::metal::plan_chunk({n, 3, 2, std::min<std::size_t>(n, 4), 0, product,
+                                                           product ? hive_gpu::metal::kSelMask : hive_gpu::metal::kSelList});
             for (const Step& st : plan.steps)
                 if (!st.product)
                     std::printf("%s %zu\n", hive_gpu::metal::kernel_name(st.function), st.args.size());
@@ -147,14 +153,33 @@ int main(int argc, char** argv) {
         const std::uint32_t metric = static_cast<std::uint32_t>(h[4]);
         const bool product = h[5] != 0;
         const std::size_t budget = h[6] ? h[6] : (std::size_t{256} << 20);
-        if (n == 0 || dim == 0 || nq == 0 || k == 0 || k > n || metric > 2)
+        const std::uint32_t sel = static_cast<std::uint32_t>(h[7]);
+        if (n == 0 || dim == 0 || nq == 0 || k == 0 || k > n || metric > 2 || sel > 2)
             throw std::runtime_error("invalid shape in input header");
         std::vector<float> rows(n * dim), queries(nq * dim);
-        std::vector<std::uint32_t> ordinals(n);
+        std::vector<std::uint32_t> ordinals(n), passing;
         read_exact(in, rows.data(), rows.size());
         read_exact(in, ordinals.data(), ordinals.size());
         read_exact(in, queries.data(), queries.size());
+        if (sel != hive_gpu::metal::kSelAll) {
+            std::uint64_t m = 0;
+            read_exact(in, &m, 1);
+            if (m == 0 || m > n || k > m) throw std::runtime_error("invalid filter");
+            passing.resize(m);
+            read_exact(in, passing.data(), m);
+        }
         std::fclose(in);
+        // The chunk's RowSel, as the engine fills it.
+        constexpr std::size_t kChunkFirst = 101;
+        std::vector<std::uint32_t> rowsel(n + 1, 0);
+        if (sel == hive_gpu::metal::kSelList) {
+            std::copy(passing.begin(), passing.end(), rowsel.begin());
+        } else if (sel == hive_gpu::metal::kSelMask) {
+            std::vector<std::uint64_t> store_bits((kChunkFirst + n + 63) / 64, 0);
+            for (std::uint32_t r : passing) store_bits[(kChunkFirst + r) / 64] |= std::uint64_t{1} << ((kChunkFirst + r) % 64);
+            hive_gpu::metal::chunk_mask(store_bits.data(), kChunkFirst, n, rowsel.data());
+        }
+        const std::size_t scored = sel == hive_gpu::metal::kSelList ? passing.size() : n;
 
         // The engine's resident buffers, as append() fills them.
         Buffers bufs;
@@ -168,12 +193,14 @@ int main(int argc, char** argv) {
 
         std::vector<float> out_scores(nq * k);
         std::vector<std::int64_t> out_slots(nq * k);
-        const std::size_t chunk = hive_gpu::metal::query_chunk(n, dim, k, nq, budget);
+        const std::size_t chunk = hive_gpu::metal::query_chunk(scored, dim, k, nq, budget);
         for (std::size_t q0 = 0; q0 < nq; q0 += chunk) {
-            const ChunkShape shape{n, dim, std::min(chunk, nq - q0), k, metric, product};
+            const ChunkShape shape{scored, dim, std::min(chunk, nq - q0), k, metric, product, sel};
             const Plan plan = hive_gpu::metal::plan_chunk(shape);
             for (int b = static_cast<int>(Buf::Queries); b < hive_gpu::metal::kBufCount; ++b)
                 bufs.b[b].allocate(hive_gpu::metal::chunk_buffer_bytes(static_cast<Buf>(b), shape, plan));
+            std::copy_n(rowsel.data(), std::min(rowsel.size(), bufs[Buf::RowSel].words.size() * 2),
+                        bufs[Buf::RowSel].as<std::uint32_t>());
             std::memcpy(bufs[Buf::Queries].as<float>(), &queries[q0 * dim], shape.nq * dim * sizeof(float));
             for (std::size_t q = 0; q < shape.nq; ++q)
                 bufs[Buf::QueryFactors].as<float>()[q] =

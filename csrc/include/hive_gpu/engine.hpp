@@ -76,11 +76,7 @@ class Engine {
     // dense path (the mask applied in its scan) or a sparse one (score only filter.slots).
     virtual void search_filtered(const float* queries, std::size_t nq, std::size_t k,
                                  const SlotFilter& filter, float* scores,
-                                 std::int64_t* slots) const {
-        // Temporary until every engine implements it (then pure virtual).
-        (void)queries, (void)nq, (void)k, (void)filter, (void)scores, (void)slots;
-        throw BackendError("filtered search is not implemented by this engine yet");
-    }
+                                 std::int64_t* slots) const = 0;
 
     // Bytes of device (or host, for the CPU) memory held for rows and per-row data.
     virtual std::size_t memory_bytes() const = 0;

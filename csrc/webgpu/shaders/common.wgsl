@@ -8,6 +8,21 @@ struct Params {
     b: u32,
     c: u32,
     d: u32,
+    sel: u32,   // which rows take part: SEL_ALL, SEL_MASK or SEL_LIST (see `rowsel` below)
+    list_at: u32, // SEL_LIST: this chunk's first entry in the list
+    e: u32,
+    f: u32,
+}
+
+// Filtered searches bind `rowsel`: SEL_MASK, one bit per slot of the store (bit s % 32 of
+// word s / 32, the slot filter's 64-bit words read as pairs); SEL_LIST, the chunk-local rows
+// that pass, so that row r of a dispatch is rowsel[list_at + r] of the chunk.
+const SEL_ALL: u32 = 0u;
+const SEL_MASK: u32 = 1u;
+const SEL_LIST: u32 = 2u;
+
+fn mask_passes(word: u32, slot: u32) -> bool {
+    return ((word >> (slot & 31u)) & 1u) != 0u;
 }
 
 struct Cand {

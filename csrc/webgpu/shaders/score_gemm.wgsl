@@ -5,7 +5,14 @@
 @group(0) @binding(2) var<storage, read> queries: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> qscale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> rowsel: array<u32>;
+@group(0) @binding(6) var<uniform> p: Params;
+
+// The chunk row behind row r of this dispatch (SEL_LIST gathers the listed rows).
+fn chunk_row(r: u32) -> u32 {
+    if (p.sel == SEL_LIST) { return rowsel[p.list_at + r]; }
+    return r;
+}
 
 var<workgroup> xs: array<vec4<f32>, 256>;  // 64 rows x 4 vec4
 var<workgroup> ys: array<vec4<f32>, 256>;  // 64 queries x 4 vec4
@@ -19,6 +26,8 @@ fn main(@builtin(local_invocation_index) li: u32,
     let tx = li % 16u;  // queries tx, tx+16, tx+32, tx+48
     let ty = li / 16u;  // rows ty, ty+16, ty+32, ty+48
     let load_row = r0 + li / 4u;
+    var src_row = 0u;
+    if (load_row < p.n_rows) { src_row = chunk_row(load_row); }
     let load_q = q0 + li / 4u;
     let lc = li % 4u;
     var acc: array<vec4<f32>, 4>;
@@ -26,7 +35,7 @@ fn main(@builtin(local_invocation_index) li: u32,
         let kk = k0 + lc;
         var xv = vec4<f32>(0.0);
         var yv = vec4<f32>(0.0);
-        if (load_row < p.n_rows && kk < p.dim4) { xv = rows[load_row * p.dim4 + kk]; }
+        if (load_row < p.n_rows && kk < p.dim4) { xv = rows[src_row * p.dim4 + kk]; }
         if (load_q < p.nq && kk < p.dim4) { yv = queries[load_q * p.dim4 + kk]; }
         xs[li] = xv;
         ys[li] = yv;
@@ -49,7 +58,7 @@ fn main(@builtin(local_invocation_index) li: u32,
             let q = q0 + tx + 16u * j;
             if (r < p.n_rows && q < p.nq) {
                 var s = acc[i][j];
-                if (METRIC == 0u) { s = s * factors[r] * qscale[q]; }
+                if (METRIC == 0u) { s = s * factors[chunk_row(r)] * qscale[q]; }
                 scores[q * p.stride + r] = s;
             }
         }

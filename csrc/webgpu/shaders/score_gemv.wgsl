@@ -5,7 +5,8 @@
 @group(0) @binding(2) var<storage, read> queries: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> qscale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> rowsel: array<u32>;
+@group(0) @binding(6) var<uniform> p: Params;
 
 override QN: u32 = 1u;  // queries computed (<= 8); p.nq <= QN are written
 const LANES: u32 = 8u;
@@ -21,8 +22,13 @@ fn main(@builtin(local_invocation_index) li: u32,
     let local_row = li / LANES;
     let r = block * ROWS_PER_GROUP + local_row;
     var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    if (r < p.n_rows) {
-        let base = r * p.dim4;
+    // SEL_LIST scores the listed rows only; SEL_MASK skips reading rows that cannot enter.
+    var row = r;
+    var live = r < p.n_rows;
+    if (live && p.sel == SEL_LIST) { row = rowsel[p.list_at + r]; }
+    if (live && p.sel == SEL_MASK) { live = mask_passes(rowsel[(p.a + r) / 32u], p.a + r); }
+    if (live) {
+        let base = row * p.dim4;
         for (var j = lane; j < p.dim4; j += LANES) {
             let x = rows[base + j];
             for (var q = 0u; q < QN; q++) {
@@ -41,7 +47,7 @@ fn main(@builtin(local_invocation_index) li: u32,
         for (var l = 0u; l < LANES; l++) {
             s += partial[(local_row * LANES + l) * QN + q];
         }
-        if (METRIC == 0u) { s = s * factors[r] * qscale[q]; }
+        if (METRIC == 0u) { s = s * factors[row] * qscale[q]; }
         scores[q * p.stride + r] = s;
     }
 }

@@ -5,7 +5,8 @@
 @group(0) @binding(0) var<storage, read> scores: array<f32>;
 @group(0) @binding(1) var<storage, read> ordinals: array<u32>;
 @group(0) @binding(2) var<storage, read_write> cands: array<Cand>;
-@group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(3) var<storage, read> rowsel: array<u32>;
+@group(0) @binding(4) var<uniform> p: Params;
 
 const SEG: u32 = 2048u;
 var<workgroup> s_score: array<f32, 2048>;
@@ -20,10 +21,15 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     for (var e = 0u; e < 8u; e++) {
         let i = li + e * 256u;
         let r = seg * SEG + i;
-        if (r < p.n_rows) {
+        // A row the filter drops is padding: it never enters the top k.
+        var live = r < p.n_rows;
+        var row = r;
+        if (live && p.sel == SEL_LIST) { row = rowsel[p.list_at + r]; }
+        if (live && p.sel == SEL_MASK) { live = mask_passes(rowsel[(p.a + r) / 32u], p.a + r); }
+        if (live) {
             s_score[i] = scores[q * p.stride + r];
-            s_ord[i] = ordinals[r];
-            s_slot[i] = p.a + r;
+            s_ord[i] = ordinals[row];
+            s_slot[i] = p.a + row;
         } else {
             s_score[i] = pad;
             s_ord[i] = NO_ORDINAL;

@@ -5,7 +5,8 @@
 @group(0) @binding(0) var<storage, read> scores: array<f32>;
 @group(0) @binding(1) var<storage, read> ordinals: array<u32>;
 @group(0) @binding(2) var<storage, read_write> cands: array<Cand>;
-@group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(3) var<storage, read> rowsel: array<u32>;
+@group(0) @binding(4) var<uniform> p: Params;
 
 const GROUP: u32 = 64u;
 const ROWS_PER_THREAD: u32 = 64u;
@@ -22,13 +23,17 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     for (var i = 0u; i < ROWS_PER_THREAD; i++) {
         let r = first + i * GROUP;
         if (r >= p.n_rows) { break; }
+        // Rows the filter drops never enter; listed rows map back to their chunk row.
+        if (p.sel == SEL_MASK && !mask_passes(rowsel[(p.a + r) / 32u], p.a + r)) { continue; }
+        var row = r;
+        if (p.sel == SEL_LIST) { row = rowsel[p.list_at + r]; }
         let s = scores[q * p.stride + r];
         if (count == k) {
             // Strictly worse than the kept worst: out without reading the ordinal.
             let w = ks[k - 1u];
             if ((METRIC == 2u && s > w) || (METRIC != 2u && s < w)) { continue; }
         }
-        let o = ordinals[r];
+        let o = ordinals[row];
         if (count == k && !better(s, o, ks[k - 1u], ko[k - 1u])) { continue; }
         var pos = count;
         if (count < k) { count += 1u; } else { pos = k - 1u; }
@@ -40,7 +45,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
         }
         ks[pos] = s;
         ko[pos] = o;
-        kr[pos] = r;
+        kr[pos] = row;
     }
     let base = (q * p.c + p.b + wg.x * GROUP + li) * k;
     let pad = worst_score();
