@@ -17,7 +17,7 @@ root=$PWD
 OUT=${OUT:-$root/device_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=${HIVE_GPU_STEPS:-build conformance tests_cuda tests_webgpu bench_cuda bench_webgpu bench_async sanitize}
+STEPS=${HIVE_GPU_STEPS:-build conformance bench_filter bench_sharded tests_cuda tests_webgpu bench_cuda bench_webgpu bench_async sanitize}
 PY=${PYTHON:-python3}
 start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
@@ -69,6 +69,17 @@ if has conformance; then
   # Filtered search at the engine level, 10M x 128: the bars and the sparse/dense crossover.
   timeout "$(limit conformance 120)" build/device/engine_filter_bench --backend cuda --runs 10 \
       --json "$OUT/engine_filter_cuda.json" 2>&1 | tee "$OUT/engine_filter_bench.log" | tail -n 14
+fi
+
+if has bench_filter; then
+  step "benchmark: filtered search through the Python API, 10M x 128, CUDA"
+  timeout "$(limit bench_filter 150)" $PY benchmarks/bench_filter.py --backend cuda --n 10000000 --dim 128 \
+      --out "$OUT/filter_cuda_10000000x128.json" 2>&1 | tee "$OUT/bench_filter.log" | tail -n 16
+fi
+if has bench_sharded; then
+  step "benchmark: two shards on the one GPU against one store (results must be equal)"
+  timeout "$(limit bench_sharded 120)" $PY benchmarks/bench_sharded.py --backend cuda --shards 2 \
+      --out "$OUT/sharded_cuda.json" 2>&1 | tee "$OUT/bench_sharded.log" | tail -n 14
 fi
 
 # run_pytest NAME BACKENDS SECONDS [pytest args]: the suite restricted to BACKENDS.
