@@ -132,7 +132,9 @@ def test_info_dim_gives_the_float32_rows_that_fit_per_device(capsys):
     backends = json.loads(out)["backends"]
     cpu = next(b for b in backends if b["backend"] == "cpu")
     dev = cpu["devices"][0]
-    assert dev["float32_rows_that_fit"] == dev["vram_available"] // (768 * 4)
+    # A host that does not say how much memory is free (some virtual machines) gives None.
+    expected = None if "vram_available" in dev["unknown"] else dev["vram_available"] // (768 * 4)
+    assert dev["float32_rows_that_fit"] == expected
     for b in backends:
         for d in b["devices"]:
             if "error" not in d:
