@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata, storable
+from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata
 from ._contexts import Context, create_context
 from ._filter import Filter, compile_filter
 from ._merge import merge_order
