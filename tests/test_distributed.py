@@ -13,7 +13,13 @@ ray = pytest.importorskip("ray")
 import hive_gpu  # noqa: E402
 from hive_gpu.distributed import RayStorage  # noqa: E402
 from reference import METRICS  # noqa: E402
-from sharded_model import DIM, assert_same_answers, random_rows, run_random_operations  # noqa: E402
+from sharded_model import (  # noqa: E402
+    DIM,
+    assert_same_answers,
+    assert_same_filtered,
+    random_rows,
+    run_random_operations,
+)
 
 # Three actors of a quarter CPU each: two stores fit at once in the 2-CPU cluster.
 OPTIONS = {"shards": 3, "backend": "cpu", "cpus_per_shard": 0.25}
@@ -90,3 +96,28 @@ def test_bad_input_and_async(rng):
 
         hits, (_, ids) = asyncio.run(main())
         assert [h.id for h in hits] == ["v0", "a0"] and ids[1].tolist() == ["v1", "a1"]
+
+
+def test_filters_typed_metadata_and_the_newer_writes(rng, tmp_path):
+    one = hive_gpu.CpuContext().create_storage(DIM, "dot")
+    rows = random_rows(rng, 12, None)
+    ids = [f"v{i}" for i in range(12)]
+    md = [{"lang": ["pt", "en", "es"][i % 3], "year": 2000 + i, "ok": i % 2 == 0, "t": ["a"] * (i % 2)} for i in range(12)]
+    with RayStorage(DIM, "dot", **OPTIONS) as store:
+        for s in (one, store):
+            s.add_vectors(ids, rows, md)
+            assert s.update_metadata("v4", {"lang": "pt", "year": 1.5})
+            s.upsert_vectors(["v1", "n0"], rows[:2], [None, {"lang": "pt"}])
+            assert s.remove_vectors(filter={"year": {"$gte": 2010}}) == 2
+        fs = [{}, {"lang": "pt"}, {"$or": [{"ok": True}, {"t": {"$contains": "a"}}]}, hive_gpu.Filter({"year": {"$lt": 2005}}), {"lang": {"$gt": 3}}]
+        assert_same_filtered(one, store, rows[:3], [1, 4, 20], fs)
+        assert list(store) == one.ids()
+        got, got_md = store.get_vectors(["n0", "v4"])
+        assert got.tobytes() == one.get_vectors(["n0", "v4"])[0].tobytes() and got_md == [{"lang": "pt"}, {"lang": "pt", "year": 1.5}]
+        with pytest.raises(hive_gpu.InvalidArgumentError):  # raised in an actor, before anything is removed
+            store.remove_vectors(filter={"lang": {"$gt": 3}})
+        assert len(store) == len(one)
+        store.save(tmp_path / "s")
+    with RayStorage.load(tmp_path / "s", shards=2, backend="cpu", cpus_per_shard=0.25) as two:
+        assert_same_filtered(one, two, rows[:3], [1, 4, 20], fs)
+        assert two.get_vectors(two.ids())[1] == one.get_vectors(one.ids())[1]

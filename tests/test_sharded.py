@@ -363,3 +363,236 @@ def test_filter_is_forwarded_to_every_shard_only_when_given(rng):
     sharded.search_batch(rows[:2], 3, filter={"lang": "pt"})
     for spy in spies:
         assert spy.seen == [{}, {}, {"filter": {"lang": "pt"}}, {"filter": {"lang": "pt"}}]
+
+
+# ---- filters, typed metadata and the rest of VectorStorage's API ---------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sharded_model import assert_same_filtered, filter_outcome  # noqa: E402
+from test_filter import metadata_st, predicates  # noqa: E402
+from test_surface import STORAGE_CASES, _assert_ours  # noqa: E402
+from test_surface import DIM as SURFACE_DIM  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cpu3():
+    return _contexts("cpu", 3)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_predicates_equal_one_store(cpu3, tmp_path_factory, data):
+    metric = data.draw(st.sampled_from(METRICS))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    one = hive_gpu.create_context("cpu").create_storage(DIM, metric)
+    sharded = ShardedStorage(cpu3, DIM, metric)
+    both = (one, sharded)
+    n = data.draw(st.integers(0, 30))
+    ids = [f"v{i}" for i in range(n)]
+    X = random_rows(rng, n, None)
+    mds = [data.draw(metadata_st) for _ in range(n)]
+    for s in both:
+        s.add_vectors(ids, X, mds)
+    next_id = n
+    ops = ["add", "update", "meta", "remove", "remove_filter", "upsert"]
+    for op in data.draw(st.lists(st.sampled_from(ops), max_size=10)):
+        live = one.ids()
+        if op == "add" or not live:
+            vid, md = f"v{next_id}", data.draw(metadata_st)
+            x = random_rows(rng, 1, one.get_vectors(live)[0] if live else None)[0]
+            next_id += 1
+            for s in both:
+                s.add_vector(vid, x, md)
+        elif op == "update":
+            vid, md = data.draw(st.sampled_from(live)), data.draw(st.one_of(st.none(), metadata_st))
+            x = rng.standard_normal(DIM).astype(np.float32)
+            assert one.update_vector(vid, x, md) is sharded.update_vector(vid, x, md) is True
+        elif op == "meta":
+            vid, md = data.draw(st.sampled_from(live)), data.draw(metadata_st)
+            assert one.update_metadata(vid, md) is sharded.update_metadata(vid, md) is True
+        elif op == "remove":
+            vid = data.draw(st.sampled_from(live))
+            assert one.remove_vector(vid) is sharded.remove_vector(vid) is True
+        elif op == "upsert":
+            old = data.draw(st.lists(st.sampled_from(live), max_size=4, unique=True))
+            up = old + [f"v{next_id + j}" for j in range(data.draw(st.integers(0, 3)))]
+            next_id += len(up) - len(old)
+            md = data.draw(st.one_of(st.none(), st.lists(st.one_of(st.none(), metadata_st), min_size=len(up), max_size=len(up))))
+            rows = rng.standard_normal((len(up), DIM)).astype(np.float32)
+            for s in both:
+                s.upsert_vectors(up, rows, md)
+        else:
+            f = data.draw(predicates())
+            assert filter_outcome(lambda: one.remove_vectors(filter=f)) == filter_outcome(
+                lambda: sharded.remove_vectors(filter=f)
+            )
+        assert sharded.ids() == one.ids() and list(sharded) == list(one)
+    Q = np.concatenate([random_rows(rng, 2, None), one.get_vectors(one.ids()[:1])[0]])
+    fs = [data.draw(predicates()) for _ in range(3)] + [{}, {"$id": {"$in": []}}]
+    ks = [1, data.draw(st.integers(1, 12)), len(one) + 3]
+    assert_same_filtered(one, sharded, Q, ks, fs)
+    path = tmp_path_factory.mktemp("save") / "s"
+    sharded.save(path)
+    with ShardedStorage.load(path, cpu3[:2]) as two:
+        assert two.ids() == one.ids()
+        rows1, md1 = one.get_vectors(one.ids())
+        rows2, md2 = two.get_vectors(two.ids())
+        assert rows1.tobytes() == rows2.tobytes() and repr(md1) == repr(md2)  # types kept: True is not 1
+        assert_same_filtered(one, two, Q, ks, fs)
+    sharded.close()
+
+
+def test_filters_matching_nothing_everything_and_typed_values(cpu3, rng):
+    md = [{"s": "pt", "i": -(2**63), "f": 2.5, "b": True, "t": ["a", "b"]}, {"i": 1, "b": False}, {}]
+    one = hive_gpu.create_context("cpu").create_storage(DIM, "cosine")
+    sharded = ShardedStorage(cpu3, DIM, "cosine")
+    X = random_rows(rng, 9, None)
+    for s in (one, sharded):
+        s.add_vectors([f"v{i}" for i in range(9)], X, md * 3)
+    fs = [{}, {"nope": 1}, {"b": True}, {"b": 1}, {"i": {"$lt": 0}}, {"t": {"$contains": "b"}}, hive_gpu.Filter({"f": 2.5})]
+    assert_same_filtered(one, sharded, X[:3], [1, 2, 4, 100], fs)
+    assert sharded.count({"nope": 1}) == 0 and sharded.search(X[0], 5, filter={"nope": 1}) == []
+    assert sharded.search_batch(X[:2], 5, filter={"nope": 1})[0].shape == (2, 0)
+    assert sharded.count({}) == 9 and sharded.ids(filter={}) == sharded.ids()
+    assert sharded.get_metadata("v0") == md[0] and type(sharded.get_metadata("v0")["b"]) is bool
+    with pytest.raises(hive_gpu.InvalidArgumentError):  # ordering a str against stored numbers
+        sharded.search(X[0], 3, filter={"i": {"$gt": "a"}})
+    with pytest.raises(hive_gpu.InvalidArgumentError):
+        sharded.remove_vectors(filter={"i": {"$gt": "a"}})
+    assert len(sharded) == 9
+    assert sharded.remove_vectors(filter={"b": True}) == one.remove_vectors(filter={"b": True}) == 3
+    assert sharded.ids() == one.ids()
+    empty = ShardedStorage(cpu3, DIM, "cosine")
+    assert empty.count({"b": True}) == 0 and empty.ids({"b": True}) == []
+    assert empty.search_batch(X[:2], 3, filter={"b": True})[0].shape == (2, 0)
+
+
+def test_get_vectors_and_upsert_all_or_nothing(cpu3, rng):
+    one = hive_gpu.create_context("cpu").create_storage(DIM, "euclidean")
+    sharded = ShardedStorage(cpu3, DIM, "euclidean")
+    X = random_rows(rng, 10, None)
+    for s in (one, sharded):
+        s.add_vectors([f"v{i}" for i in range(10)], X, [{"n": i} for i in range(10)])
+    order = ["v7", "v0", "v4", "v9"]
+    got, md = sharded.get_vectors(order)
+    assert got.tobytes() == X[[7, 0, 4, 9]].tobytes() and md == [{"n": 7}, {"n": 0}, {"n": 4}, {"n": 9}]
+    assert sharded.get_vectors([])[0].shape == (0, DIM)
+    with pytest.raises(hive_gpu.VectorNotFoundError, match="nope"):
+        sharded.get_vectors(["v1", "nope", "v2"])
+    before = (sharded.ids(), sharded.get_vectors(sharded.ids())[0].tobytes(), sharded.shard_sizes())
+    rows = rng.standard_normal((4, DIM)).astype(np.float32)
+    bad = rows.copy()
+    bad[3, 0] = np.inf
+    for error, args in [
+        (hive_gpu.NonFiniteValueError, (["v1", "v5", "n0", "n1"], bad)),
+        (hive_gpu.DuplicateIdError, (["v1", "v5", "n0", "v1"], rows)),
+        (hive_gpu.DimensionMismatchError, (["v1", "v5", "n0", "n1"], rows[:, :3])),
+        (hive_gpu.InvalidArgumentError, (["v1", "v5", "n0"], rows)),
+        (hive_gpu.InvalidArgumentTypeError, (["v1", "v5", "n0", 4], rows)),
+    ]:
+        with pytest.raises(error):
+            sharded.upsert_vectors(*args)
+        assert (sharded.ids(), sharded.get_vectors(sharded.ids())[0].tobytes(), sharded.shard_sizes()) == before
+    # A shard that fails after others wrote: the rows and metadata written are put back.
+    victim = sharded._shards[sharded._shard_of("v5")]
+    real = victim.upsert_vectors
+    calls = []
+
+    def fail_once(ids, data, md):
+        calls.append(ids)
+        if len(calls) == 1:
+            raise hive_gpu.BackendError("injected")
+        return real(ids, data, md)
+
+    victim.upsert_vectors = fail_once
+    with pytest.raises(hive_gpu.BackendError):
+        sharded.upsert_vectors(["v1", "v2", "v5", "v8", "n0"], np.tile(rows[:1], (5, 1)), [{"z": 1}] * 5)
+    assert (sharded.ids(), sharded.get_vectors(sharded.ids())[0].tobytes(), sharded.shard_sizes()) == before
+    assert sharded.get_vectors(sharded.ids())[1] == one.get_vectors(one.ids())[1]
+    victim.upsert_vectors = real
+    # The new rows' shard fails after the stored rows were replaced: those are put back too.
+    def refuse(*args):
+        raise hive_gpu.BackendError("injected")
+
+    for shard in sharded._shards:
+        shard.add_vectors = refuse
+    with pytest.raises(hive_gpu.BackendError):
+        sharded.upsert_vectors(["v1", "n0"], rows[:2])
+    assert (sharded.ids(), sharded.get_vectors(sharded.ids())[0].tobytes(), sharded.shard_sizes()) == before
+    for shard in sharded._shards:
+        del shard.add_vectors  # the class's method again
+    for s in (one, sharded):
+        s.upsert_vectors(["v2", "n0", "v6", "n1"], rows, [None, {"new": True}, {}, None])
+    assert sharded.ids() == one.ids()
+    assert sharded.get_vectors(sharded.ids())[1] == one.get_vectors(one.ids())[1]
+    assert_same_answers(one, sharded, rows, [1, 5, 20])
+
+
+def test_async_writes_and_iteration(cpu3, rng, tmp_path):
+    sharded = ShardedStorage(cpu3, DIM, "dot")
+    X = random_rows(rng, 6, None)
+    sharded.add_vectors([f"v{i}" for i in range(6)], X)
+
+    async def go():
+        assert await sharded.update_vector_async("v1", X[0], {"a": 1})
+        assert await sharded.update_metadata_async("v2", {"b": 2.5})
+        assert await sharded.remove_vector_async("v3")
+        assert not await sharded.remove_vector_async("v3")
+        assert await sharded.remove_vectors_async(["v4", "nope"]) == 1
+        assert await sharded.remove_vectors_async(filter={"a": 1}) == 1
+        await sharded.save_async(tmp_path / "s")
+        return await sharded.search_async(X[0], 10, filter={"b": {"$gt": 2}})
+
+    hits = asyncio.run(go())
+    assert [h.id for h in hits] == ["v2"] and hits[0].metadata == {"b": 2.5}
+    assert list(sharded) == ["v0", "v2", "v5"] == ShardedStorage.load(tmp_path / "s", cpu3[:1]).ids()
+
+
+_SHARDED_CASES = [c for c in STORAGE_CASES if hasattr(ShardedStorage, c[0])]
+
+
+@pytest.mark.parametrize("case", range(len(_SHARDED_CASES)), ids=[c[0] for c in _SHARDED_CASES])
+def test_wrong_arguments_raise_what_one_store_raises(cpu3, case):
+    name, call, builtin = _SHARDED_CASES[case]
+    rows = np.random.default_rng(5).standard_normal((12, SURFACE_DIM)).astype(np.float32)
+    ids = [f"v{i}" for i in range(12)]
+    one = hive_gpu.create_context("cpu").create_storage(SURFACE_DIM, "euclidean")
+    sharded = ShardedStorage(cpu3, SURFACE_DIM, "euclidean")
+    for s in (one, sharded):
+        s.add_vectors(ids, rows, [{"i": str(i)} for i in range(12)])
+    before = (sharded.ids(), sharded.get_vectors(sharded.ids()))
+    for s in (one, sharded):
+        with pytest.raises(Exception) as e:
+            call(s)
+        _assert_ours(e.value, builtin)
+    assert sharded.ids() == before[0] and sharded.get_vectors(before[0])[1] == before[1][1]
+    assert sharded.get_vectors(before[0])[0].tobytes() == before[1][0].tobytes()
+
+
+@pytest.mark.parametrize(
+    "call,builtin",
+    [
+        (lambda s: s.search(np.ones(DIM), 2, filter="lang"), TypeError),
+        (lambda s: s.search_batch(np.ones((1, DIM)), 2, filter=[("a", 1)]), TypeError),
+        (lambda s: s.search(np.ones(DIM), 2, filter={"$bad": 1}), ValueError),
+        (lambda s: s.ids(filter=3), TypeError),
+        (lambda s: s.count(filter={"a": {"$gt": [1]}}), ValueError),
+        (lambda s: s.remove_vectors(), TypeError),
+        (lambda s: s.remove_vectors(["v0"], filter={}), TypeError),
+        (lambda s: s.update_metadata("v0", {"a": object()}), TypeError),
+        (lambda s: s.update_metadata(7, {}), TypeError),
+        (lambda s: s.upsert_vectors(["v0"], np.ones((1, DIM)), [{"a": float("nan")}]), ValueError),
+        (lambda s: asyncio.run(s.search_batch_async(np.ones((1, DIM)), 2, filter=5)), TypeError),
+    ],
+)
+def test_wrong_filter_and_metadata_arguments(cpu3, call, builtin):
+    one = hive_gpu.create_context("cpu").create_storage(DIM, "cosine")
+    sharded = ShardedStorage(cpu3, DIM, "cosine")
+    for s in (one, sharded):
+        s.add_vectors(["v0", "v1"], np.eye(2, DIM, dtype=np.float32), [{"a": 1}, {}])
+        with pytest.raises(Exception) as e:
+            call(s)
+        _assert_ours(e.value, builtin)
+    assert sharded.ids() == ["v0", "v1"] and sharded.get_metadata("v0") == {"a": 1}

@@ -24,21 +24,24 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ._arrays import as_float32, check_ids, check_k, check_metadata, storable
+from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata
 from ._contexts import Context, create_context
+from ._filter import Filter, compile_filter
 from ._merge import merge_order
 from ._routing import split_rows
-from ._storage import VectorStorage, _add_vector_args, _add_vectors_args
-from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector
+from ._storage import VectorStorage, _add_vector_args, _add_vectors_args, _as_list, _known_id
+from ._types import GpuDistanceMetric, GpuSearchResult, GpuVector, metadata_given
 from .errors import (
     CorruptFileError,
     DimensionMismatchError,
     DuplicateIdError,
     InvalidArgumentError,
+    InvalidArgumentTypeError,
     InvalidDtypeError,
     NonFiniteValueError,
     PersistenceError,
     StorageClosedError,
+    VectorNotFoundError,
 )
 
 __all__ = ["ShardedStorage", "create_sharded_storage"]
@@ -124,7 +127,22 @@ class _Shard:
 
     def vectors(self, ids: list[str]) -> np.ndarray:
         """The rows of ``ids``, as stored."""
-        return np.stack([self.store.get_vector(i).data for i in ids])
+        return self.store.get_vectors(ids)[0]
+
+    def get_vectors(self, ids: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        return self.store.get_vectors(ids)
+
+    def ids_filtered(self, filter: Any) -> list[str]:
+        return self.store.ids(filter)
+
+    def count(self, filter: Any) -> int:
+        return self.store.count(filter)
+
+    def upsert_vectors(self, ids: list[str], data: np.ndarray, metadata: list[dict[str, Any] | None]) -> None:
+        self.store.upsert_vectors(ids, data, metadata or None)
+
+    def update_metadata(self, id: str, metadata: dict[str, Any]) -> bool:
+        return self.store.update_metadata(id, metadata)
 
     def add_vectors(self, ids: list[str], data: np.ndarray, metadata: list[dict[str, str]]) -> None:
         self.store.add_vectors(ids, data, metadata or None)
@@ -167,8 +185,10 @@ class _Shard:
     def export(self) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
         """Every row in slot order: (ids, vectors, metadata)."""
         ids = self.store.ids()
-        rows = self.vectors(ids) if ids else np.empty((0, self.store.dimension), np.float32)
-        return ids, rows, [self.store.get_metadata(i) for i in ids]
+        if not ids:
+            return ids, np.empty((0, self.store.dimension), np.float32), []
+        rows, mds = self.store.get_vectors(ids)
+        return ids, rows, mds
 
     def room(self) -> tuple[tuple, int | None]:
         """(device key, free bytes) for routing; free is None where the context has no
@@ -242,13 +262,25 @@ def _check_rows(arr: np.ndarray, what: str) -> None:
             raise InvalidArgumentError(f"{what}: row {row} has a squared norm beyond FLT_MAX/4")
 
 
+def dir_path(path: Any) -> str:
+    """A save directory argument as a str; the TypeError of ours for anything else."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise InvalidArgumentTypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
+    return os.fsdecode(os.fspath(path))
+
+
+def _filter_arg(filter: Any) -> dict[str, Any] | None:
+    """A ``filter=`` argument checked here (the errors VectorStorage raises), as the plain
+    dict the shards compile again: a dict crosses to a Ray actor, a compiled filter does not."""
+    if compile_filter(filter) is None:
+        return None
+    return filter._expr if isinstance(filter, Filter) else filter
+
+
 def _check_new_ids(ids: list[str]) -> None:
     for i in ids:
-        if type(i) is not str:
-            raise InvalidArgumentError(f"ids must be strings, got {type(i).__name__} {i!r}")
-        size = len(i) if i.isascii() else len(i.encode("utf-8")) if storable(i) else -1
-        if size < 0:
-            raise InvalidArgumentError(f"ids must be valid Unicode text, got {i!r}")
+        check_id(i)  # the TypeError of ours for a non-str, as VectorStorage raises
+        size = len(i) if i.isascii() else len(i.encode("utf-8"))
         if size == 0:
             raise InvalidArgumentError("vector id must not be empty")
         if size > _MAX_ID_BYTES:
@@ -330,11 +362,30 @@ class _ShardedBase:
         self._check_open()
         return isinstance(id, str) and id in self._where
 
-    def ids(self) -> list[str]:
-        """Every id, oldest first."""
+    def __iter__(self) -> Iterator[str]:
+        """The ids in insertion order, as they were when the iteration began."""
+        return iter(self.ids())
+
+    def ids(self, filter: dict[str, Any] | Filter | None = None) -> list[str]:
+        """Every id in insertion order (an update keeps an id's place; a removed id that is
+        added again goes last); with ``filter``, those it passes."""
+        f = _filter_arg(filter)
         with self._lock.read():
             self._check_open()
-            return list(self._where)
+            if f is None:
+                return list(self._where)
+            live = [i for i in range(self._n) if self._counts[i]]
+            passed = {i for ids in self._all([(s, "ids_filtered", (f,)) for s in live]) for i in ids}
+            return [i for i in self._where if i in passed]
+
+    def count(self, filter: dict[str, Any] | Filter | None = None) -> int:
+        """How many vectors ``filter`` passes (all of them without one)."""
+        f = _filter_arg(filter)
+        with self._lock.read():
+            self._check_open()
+            if f is None:
+                return len(self._where)
+            return sum(self._all([(i, "count", (f,)) for i in range(self._n) if self._counts[i]]))
 
     def memory_usage(self) -> int:
         """Bytes of device memory held by all shards."""
@@ -432,10 +483,10 @@ class _ShardedBase:
             id, data, metadata = vector.id, vector.data, vector.metadata
         else:
             id = vector
-        if type(id) is not str:
-            raise InvalidArgumentError(f"id must be a string, got {type(id).__name__}")
+        if not _known_id(id):
+            return False
         row = self._check_queries(data, 1, "vector")  # checked even for an unknown id, as one store does
-        md = None if metadata is None else check_metadata(metadata)
+        md = check_metadata(metadata) if metadata_given(metadata) else None
         with self._lock.write():
             self._check_open()
             where = self._where.get(id)
@@ -443,35 +494,112 @@ class _ShardedBase:
                 return False
             return self._all([(where & _SHARD_MASK, "update_vector", (id, row, md))])[0]
 
+    def update_metadata(self, id: str, metadata: dict[str, Any]) -> bool:
+        """Replace a vector's metadata (``{}`` clears it). False if the id is unknown."""
+        md = check_metadata(metadata)
+        if not _known_id(id):
+            return False
+        with self._lock.write():
+            self._check_open()
+            shard = self._shard_of(id)
+            return shard is not None and self._all([(shard, "update_metadata", (id, md))])[0]
+
+    def upsert_vectors(
+        self, ids: Sequence[str], data: Any, metadata: Sequence[dict[str, Any] | None] | None = None
+    ) -> None:
+        """Add the ids not stored and replace the vectors of those stored, all or nothing
+        across shards: everything is checked first, and if a shard still fails, the shards
+        already written get their old rows and metadata back. ``metadata`` as in
+        ``VectorStorage.upsert_vectors`` (None keeps a stored id's metadata)."""
+        id_list = check_ids(ids)
+        md: list[dict[str, Any] | None] = []
+        if metadata is not None:
+            md = [None if m is None else check_metadata(m) for m in _as_list(metadata, "metadata")]
+            if len(md) != len(id_list):
+                raise InvalidArgumentError(f"got {len(md)} metadata entries for {len(id_list)} vectors")
+        arr = as_float32(data, 2, "vectors")
+        if arr.shape[0] != len(id_list):
+            raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
+        if arr.shape[1] != self._dimension:
+            raise DimensionMismatchError(
+                f"vectors have dimension {arr.shape[1]}, the storage has dimension {self._dimension}"
+            )
+        _check_new_ids(id_list)
+        _check_rows(arr, "vectors")
+        with self._lock.write():
+            self._check_open()
+            old_at = [j for j, i in enumerate(id_list) if i in self._where]
+            new_at = [j for j, i in enumerate(id_list) if i not in self._where]
+            by_shard: dict[int, list[int]] = {}
+            for j in old_at:
+                by_shard.setdefault(self._where[id_list[j]] & _SHARD_MASK, []).append(j)
+            groups = [(shard, [id_list[j] for j in js], js) for shard, js in by_shard.items()]
+            # The rows and metadata to put back if a later step fails.
+            saved = self._all([(shard, "get_vectors", (g,)) for shard, g, _ in groups])
+            calls = [(shard, "upsert_vectors", (g, arr[js], [md[j] for j in js] if md else [])) for shard, g, js in groups]
+            out = self._run(calls)
+            failed = [r for r in out if isinstance(r, BaseException)]
+            if not failed and new_at:
+                new_md = [md[j] or {} for j in new_at] if md else []
+                try:
+                    self._add_checked([id_list[j] for j in new_at], np.ascontiguousarray(arr[new_at]), new_md if any(new_md) else [], None)
+                except BaseException as e:
+                    failed = [e]
+            if failed:
+                undo = [
+                    (shard, "upsert_vectors", (g, rows, mds))
+                    for (shard, g, _), (rows, mds), r in zip(groups, saved, out)
+                    if not isinstance(r, BaseException)
+                ]
+                self._run(undo)
+                raise failed[0]
+
     def remove_vector(self, id: str) -> bool:
         """Remove a vector; False if the id is unknown."""
-        if type(id) is not str:
-            return False
-        return self.remove_vectors([id]) == 1
+        return _known_id(id) and self.remove_vectors([id]) == 1
 
-    def remove_vectors(self, ids: Iterable[str]) -> int:
-        """Remove several vectors, one call per shard; returns how many existed."""
+    def remove_vectors(
+        self, ids: Iterable[str] | None = None, *, filter: dict[str, Any] | Filter | None = None
+    ) -> int:
+        """Remove the vectors named by ``ids``, or those ``filter`` passes (give exactly one),
+        one call per shard; returns how many were removed. A filter is evaluated on every
+        shard before any row is removed, so a filter a shard refuses removes nothing; only a
+        shard failing during the removal itself (a dead Ray actor) leaves the other shards'
+        removals done, and the error is raised."""
+        if (ids is None) == (filter is None):
+            raise InvalidArgumentTypeError("remove_vectors takes either ids or filter=, not both or neither")
+        if filter is not None:
+            f = _filter_arg(filter)
+            with self._lock.write():
+                self._check_open()
+                live = [i for i in range(self._n) if self._counts[i]]
+                matched = self._all([(i, "ids_filtered", (f,)) for i in live])
+                return self._remove_known([i for ids in matched for i in ids])
         id_list = check_ids(ids)
         with self._lock.write():
             self._check_open()
-            by_shard: dict[int, list[str]] = {}
-            for i in dict.fromkeys(id_list):
-                where = self._where.get(i)
-                if where is not None:
-                    by_shard.setdefault(where & _SHARD_MASK, []).append(i)
-            calls = [(shard, "remove_vectors", (group,)) for shard, group in by_shard.items()]
-            out = self._run(calls)
-            removed = 0
-            for (shard, _, (group,)), r in zip(calls, out):
-                if not isinstance(r, BaseException):
-                    for i in group:
-                        del self._where[i]
-                    self._counts[shard] -= len(group)
-                    removed += len(group)
-            for r in out:
-                if isinstance(r, BaseException):
-                    raise r
-            return removed
+            return self._remove_known(id_list)
+
+    def _remove_known(self, id_list: list[str]) -> int:
+        """Remove ``id_list`` (unknown ids are skipped); the caller holds the write lock."""
+        by_shard: dict[int, list[str]] = {}
+        for i in dict.fromkeys(id_list):
+            where = self._where.get(i)
+            if where is not None:
+                by_shard.setdefault(where & _SHARD_MASK, []).append(i)
+        calls = [(shard, "remove_vectors", (group,)) for shard, group in by_shard.items()]
+        out = self._run(calls)
+        removed = 0
+        for (shard, _, (group,)), r in zip(calls, out):
+            if not isinstance(r, BaseException):
+                for i in group:
+                    del self._where[i]
+                self._counts[shard] -= len(group)
+                removed += len(group)
+        for r in out:
+            if isinstance(r, BaseException):
+                raise r
+        return removed
 
     def clear(self) -> None:
         """Remove every vector from every shard."""
@@ -487,12 +615,40 @@ class _ShardedBase:
         return None if where is None else where & _SHARD_MASK
 
     def get_vector(self, id: str) -> GpuVector | None:
+        """The vector of ``id`` (its data and metadata), or None."""
+        if not _known_id(id):
+            return None
         with self._lock.read():
             self._check_open()
             shard = self._shard_of(id)
             return None if shard is None else self._all([(shard, "get_vector", (id,))])[0]
 
+    def get_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The vectors of ``ids`` as ``(array[len(ids), dimension] float32, metadata list)``,
+        in the order given, one call per shard. VectorNotFoundError (a KeyError) names the
+        first unknown id."""
+        id_list = check_ids(ids)
+        with self._lock.read():
+            self._check_open()
+            by_shard: dict[int, list[int]] = {}
+            for j, i in enumerate(id_list):
+                shard = self._shard_of(i)
+                if shard is None:
+                    raise VectorNotFoundError(f"no vector has id {i!r}")
+                by_shard.setdefault(shard, []).append(j)
+            got = self._all([(shard, "get_vectors", ([id_list[j] for j in js],)) for shard, js in by_shard.items()])
+        rows = np.empty((len(id_list), self._dimension), np.float32)
+        mds: list[Any] = [None] * len(id_list)
+        for js, (r, m) in zip(by_shard.values(), got):
+            rows[js] = r
+            for j, d in zip(js, m):
+                mds[j] = d
+        return rows, mds
+
     def get_metadata(self, id: str) -> dict[str, str] | None:
+        """The metadata of ``id`` (a copy), or None when the id is unknown."""
+        if not _known_id(id):
+            return None
         with self._lock.read():
             self._check_open()
             shard = self._shard_of(id)
@@ -521,6 +677,7 @@ class _ShardedBase:
         store holding every row would answer: every shard searches at once, then one merge."""
         q = self._check_queries(query, 1, "query", values=False)
         k = check_k(k)
+        filter = _filter_arg(filter)
         with self._lock.read():
             self._check_open()
             live = [i for i in range(self._n) if self._counts[i]]
@@ -542,13 +699,14 @@ class _ShardedBase:
         equal to one store's answer. The batch is sent once to every shard."""
         q = self._check_queries(queries, 2, "queries", values=False)
         k = check_k(k)
+        filter = _filter_arg(filter)
         nq = q.shape[0]
         with self._lock.read():
             self._check_open()
             live = [i for i in range(self._n) if self._counts[i]]
             if nq == 0 or not live:
                 _check_rows(q, "queries")
-                kk = min(k, len(self._where))
+                kk = min(k, len(self._where) if filter is None else self._count_matches(live, filter))
                 return np.empty((nq, kk), np.float32), np.empty((nq, kk), object)
             if len(live) == 1:
                 return self._all([(live[0], "search_batch", (q, k, filter))])[0]
@@ -558,6 +716,9 @@ class _ShardedBase:
         all_scores = np.concatenate([s for _, s, _ in lists], axis=1)
         all_ids = np.concatenate([ids for _, _, ids in lists], axis=1)
         return np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_ids, order, 1)
+
+    def _count_matches(self, live: list[int], filter: Any) -> int:
+        return sum(self._all([(i, "count", (filter,)) for i in live]))
 
     def _worth_threads(self, live: list[int], nq: int) -> bool:
         """Whether a search is worth a thread per shard: below about a million multiply-adds
@@ -653,12 +814,36 @@ class _ShardedBase:
         this returns."""
         await self._in_executor(self.add_vectors, ids, data, metadata)
 
+    async def update_vector_async(
+        self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None
+    ) -> bool:
+        """Like update_vector, without blocking the event loop."""
+        return await self._in_executor(self.update_vector, vector, data, metadata)
+
+    async def update_metadata_async(self, id: str, metadata: dict[str, Any]) -> bool:
+        """Like update_metadata, without blocking the event loop."""
+        return await self._in_executor(self.update_metadata, id, metadata)
+
+    async def remove_vector_async(self, id: str) -> bool:
+        """Like remove_vector, without blocking the event loop."""
+        return await self._in_executor(self.remove_vector, id)
+
+    async def remove_vectors_async(
+        self, ids: Iterable[str] | None = None, *, filter: dict[str, Any] | Filter | None = None
+    ) -> int:
+        """Like remove_vectors, without blocking the event loop."""
+        return await self._in_executor(self.remove_vectors, ids, filter=filter)
+
+    async def save_async(self, path: str | os.PathLike[str]) -> None:
+        """Like save, without blocking the event loop."""
+        await self._in_executor(self.save, path)
+
     # Persistence.
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the store to the directory ``path``: one file per shard, the global
         sequences, and ``manifest.json``, whose atomic rename commits the save. Files of the
         previous save are removed afterwards (see docs/scale.md)."""
-        path = os.fspath(path)
+        path = dir_path(path)
         with self._lock.read():
             self._check_open()
             try:
@@ -920,7 +1105,7 @@ class ShardedStorage(_ShardedBase):
     def load(cls, path: str | os.PathLike[str], contexts: Sequence[Context]) -> "ShardedStorage":
         """Load a directory written by ``save`` onto ``contexts``, any number of them; rows
         are re-balanced when the number differs, keeping their order for ties."""
-        path = os.fspath(path)
+        path = dir_path(path)
         m = read_manifest(path)
         return cls(contexts, m["dimension"], m["metric"], dtype=m["dtype"])._filled_from(path)
 

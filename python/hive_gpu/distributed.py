@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - exercised where Ray is absent
     raise ImportError('hive_gpu.distributed needs Ray: pip install "hive-gpu[ray]"') from e
 
 from ._contexts import _ALIASES, create_context
-from ._sharded import _Shard, _ShardedBase, check_dtype, read_manifest
+from ._sharded import _Shard, _ShardedBase, check_dtype, dir_path, read_manifest
 from ._types import GpuDistanceMetric
 from .errors import BackendError, InvalidArgumentError
 
@@ -131,14 +131,14 @@ class RayStorage(_ShardedBase):
         """Restore a ``ShardedStorage``/``RayStorage`` save onto ``shards`` actors (default: as
         many as were saved; rows are re-balanced when the number differs). ``options`` are
         those of the constructor (backend, placement, ...)."""
-        path = os.path.abspath(os.fspath(path))
+        path = os.path.abspath(dir_path(path))
         m = read_manifest(path)
         store = cls(m["dimension"], m["metric"], shards=shards or len(m["shards"]), dtype=m["dtype"], **options)
         return store._filled_from(path)
 
     def restore(self, path: str | os.PathLike[str]) -> None:
         """Replace every actor, including dead ones, by fresh ones loaded from a save."""
-        path = os.path.abspath(os.fspath(path))
+        path = os.path.abspath(dir_path(path))
         read_manifest(path)  # refuse a bad save before giving up the current actors
         with self._lock.write():
             if self._closed:
@@ -209,4 +209,4 @@ class RayStorage(_ShardedBase):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a ShardedStorage-format directory (see ``ShardedStorage.save``); each actor
         writes its own shard file, so ``path`` must be visible to all of them."""
-        super().save(os.path.abspath(os.fspath(path)))
+        super().save(os.path.abspath(dir_path(path)))
