@@ -12,7 +12,7 @@ import pytest
 import hive_gpu
 from hive_gpu import GpuDistanceMetric, GpuVector
 
-from conftest import make_ids
+from helpers import make_ids
 
 # Guards against a hang only; no assertion depends on time.
 HANG_GUARD_S = 120.0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import hive_gpu
-from conftest import backend_skip_reason, make_ids
+from helpers import backend_skip_reason, make_ids
 from reference import METRICS, assert_matches, tolerance, topk64
 
 _SKIP = backend_skip_reason("webgpu")
