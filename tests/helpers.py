@@ -110,6 +110,17 @@ def small_store(ctx, metric="cosine", n=12, d=5, seed=0):
     return s, X
 
 
+def scrambled_store(ctx, rng, metric, n, d, metadata_every, remove_every):
+    """n random rows, metadata on the rows whose index metadata_every does not divide, then
+    every remove_every-th id removed (swap-removes move rows between slots): (store, X, ids)."""
+    s = ctx.create_storage(d, metric)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    ids = make_ids(n)
+    s.add_vectors(ids, X, [{"n": str(i)} if i % metadata_every else {} for i in range(n)])
+    s.remove_vectors(ids[::remove_every])
+    return s, X, ids
+
+
 def assert_same_store(a, b):
     """Same ids in the same slots, same rows bit for bit, same metadata."""
     assert a.dimension == b.dimension and a.metric == b.metric

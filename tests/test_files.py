@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from reference import METRICS, assert_matches
-from helpers import assert_same_store, build, child_program, endless_saver, make_ids, parse, run_child, small_store
+from helpers import assert_same_store, build, child_program, endless_saver, parse, run_child, scrambled_store, small_store
 
 import hive_gpu
 from hive_gpu import CorruptFileError, InvalidArgumentError, PersistenceError, StorageClosedError, VectorStorage
@@ -377,11 +377,7 @@ def test_sparse_section_claiming_a_gib_is_refused_without_allocating_it(tmp_path
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 def test_to_bytes_is_the_file_and_from_bytes_rebuilds_it_exactly(ctx, rng, tmp_path, metric):
-    s = ctx.create_storage(12, metric)
-    X = rng.standard_normal((200, 12)).astype(np.float32)
-    ids = make_ids(200)
-    s.add_vectors(ids, X, [{"n": str(i)} if i % 3 else {} for i in range(200)])
-    s.remove_vectors(ids[::5])
+    s, X, ids = scrambled_store(ctx, rng, metric, n=200, d=12, metadata_every=3, remove_every=5)
     p = tmp_path / "s.hgv"
     s.save(p)
     raw = s.to_bytes()

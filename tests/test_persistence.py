@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import ALL_BACKENDS, HEADER, TAGS, assert_same_store, backend_skip_reason, build, child_program, crc32c, endless_saver, make_ids, parse, run_child, small_store
+from helpers import ALL_BACKENDS, HEADER, TAGS, assert_same_store, backend_skip_reason, build, child_program, crc32c, endless_saver, make_ids, parse, run_child, scrambled_store, small_store
 from reference import METRICS, assert_matches
 
 import hive_gpu
@@ -61,11 +61,8 @@ def test_layout_matches_the_format_document(ctx, tmp_path):
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 def test_roundtrip_is_exact(ctx, rng, tmp_path, metric):
-    s = ctx.create_storage(16, metric)
-    X = rng.standard_normal((300, 16)).astype(np.float32)
-    ids = make_ids(300)
-    s.add_vectors(ids, X, [{"n": str(i)} if i % 2 else {} for i in range(300)])
-    s.remove_vectors(ids[::7])  # swap-removes scramble the slots; the file keeps them
+    # swap-removes scramble the slots; the file keeps them
+    s, X, ids = scrambled_store(ctx, rng, metric, n=300, d=16, metadata_every=2, remove_every=7)
     s.update_vector("v1", X[2], {"updated": "yes"})
     p = tmp_path / "s.hgv"
     s.save(p)
