@@ -19,19 +19,9 @@ import time
 import numpy as np
 
 import hive_gpu
+from _timing import median_wall
 
 K = 10
-
-
-def median_wall(fn, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return statistics.median(t)
 
 
 def median_events(torch, fn, runs: int, warmup: int = 3) -> float:

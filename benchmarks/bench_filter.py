@@ -28,7 +28,7 @@ import numpy as np
 
 import hive_gpu
 from bench_cpu import agree, exact_scores, load, numpy_search, race
-from bench_cuda import median_wall
+from _timing import median_wall
 
 K = 10
 BATCH = 64

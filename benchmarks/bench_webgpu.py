@@ -16,23 +16,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import numpy as np
 
 import hive_gpu
-
-
-def median_wall(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return statistics.median(t)
+from _timing import median_wall
 
 
 def copy_bandwidth_gbps() -> float | None:
@@ -66,7 +55,7 @@ def run_backend(name, X, ids, Q1, QB, k, metric, runs) -> dict:
     for i in range(0, len(X), step):
         store.add_vectors(ids[i : i + step], X[i : i + step])
     add_s = time.perf_counter() - t0
-    single = median_wall(lambda: store.search_batch(Q1, k), runs)
+    single = median_wall(lambda: store.search_batch(Q1, k), runs, warmup=2)
     batch = median_wall(lambda: store.search_batch(QB, k), max(3, runs // 5), warmup=1)
     scores, got = store.search_batch(QB[:64], k)
     info = ctx.device_info()

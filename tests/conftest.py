@@ -7,33 +7,13 @@ the end of the run, one line per backend (and per other reason), instead of one 
 from __future__ import annotations
 
 import collections
-import os
+import zlib
 
 import numpy as np
 import pytest
 
 import hive_gpu
-
-ALL_BACKENDS = ["cpu", "cuda", "rocm", "metal", "webgpu"]
-
-
-def _selected() -> list[str]:
-    env = os.environ.get("HIVE_GPU_TEST_BACKENDS")
-    return [b.strip() for b in env.split(",") if b.strip()] if env else ALL_BACKENDS
-
-
-_STATUS: dict[str, str] = {}
-
-
-def backend_skip_reason(backend: str) -> str | None:
-    if backend not in _selected():
-        return f"{backend}: not selected by HIVE_GPU_TEST_BACKENDS"
-    if not _STATUS:  # availability does not change during a run
-        _STATUS.update(hive_gpu.backend_status())
-    reason = _STATUS[backend]
-    if reason:
-        return f"{backend}: {reason}"
-    return None
+from helpers import ALL_BACKENDS, backend_skip_reason
 
 
 def _skip_reason(report) -> str:
@@ -54,9 +34,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.line(f"{n:6d}  {reason}")
 
 
-_CONTEXTS: dict[str, hive_gpu.Context] = {}
-
-
 @pytest.fixture(params=ALL_BACKENDS)
 def backend(request) -> str:
     reason = backend_skip_reason(request.param)
@@ -65,19 +42,39 @@ def backend(request) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def context_for():
+    """``context_for(name)``: the session's one context of that backend, made on first use
+    (device start-up is not what we test)."""
+    made: dict[str, hive_gpu.Context] = {}
+
+    def get(backend: str) -> hive_gpu.Context:
+        if backend not in made:
+            made[backend] = hive_gpu.create_context(backend)
+        return made[backend]
+
+    return get
+
+
 @pytest.fixture
-def ctx(backend) -> hive_gpu.Context:
-    # One context per backend for the whole session: device start-up is not what we test.
-    if backend not in _CONTEXTS:
-        _CONTEXTS[backend] = hive_gpu.create_context(backend)
-    return _CONTEXTS[backend]
+def ctx(backend, context_for) -> hive_gpu.Context:
+    return context_for(backend)
+
+
+def seed_of(nodeid: str) -> int:
+    """The rng seed of a test: a stable hash of its node id (hash() is salted per process)."""
+    return zlib.crc32(nodeid.encode())
 
 
 @pytest.fixture
 def rng(request) -> np.random.Generator:
-    # A fresh, reproducible stream per test.
-    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2**32))
+    # A fresh, reproducible stream per test; a failure's report names its seed.
+    return np.random.default_rng(seed_of(request.node.nodeid))
 
 
-def make_ids(n: int, prefix: str = "v") -> list[str]:
-    return [f"{prefix}{i}" for i in range(n)]
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "rng" in getattr(item, "fixturenames", ()):
+        report.sections.append(("rng seed", f"np.random.default_rng({seed_of(item.nodeid)})"))

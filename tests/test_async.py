@@ -12,7 +12,7 @@ import pytest
 import hive_gpu
 from hive_gpu import GpuDistanceMetric, GpuVector
 
-from conftest import make_ids
+from helpers import make_ids
 
 # Guards against a hang only; no assertion depends on time.
 HANG_GUARD_S = 120.0
@@ -138,18 +138,23 @@ def test_issue_order_around_a_write(ctx, rng):
     assert stats.search_batches == 2 and stats.largest_batch == 10
 
 
+def search_all_async_matches_sync(store, queries, k):
+    """Runs one concurrent search_async per query and checks each against search."""
+
+    async def main():
+        return await asyncio.gather(*(store.search_async(q, k) for q in queries))
+
+    for q, hits in zip(queries, run(main())):
+        assert_same_hits(hits, store.search(q, k))
+
+
 def test_batching_coalesces(ctx, rng):
     store, _ = filled(ctx, rng)
     store.set_batching(max_wait_us=FOREVER_US, max_batch=48)
     assert store.batching() == hive_gpu.aio.BatchingConfig(FOREVER_US, 48)
     queries = unit_rows(rng, 96, store.dimension)
 
-    async def main():
-        return await asyncio.gather(*(store.search_async(q, 3) for q in queries))
-
-    got = run(main())
-    for q, hits in zip(queries, got):
-        assert_same_hits(hits, store.search(q, 3))
+    search_all_async_matches_sync(store, queries, 3)
     stats = store.async_stats()
     assert stats.searches == 96
     assert stats.search_batches == 2
@@ -162,12 +167,7 @@ def test_batching_off_runs_one_query_per_engine_call(ctx, rng):
     store.set_batching(max_batch=1)
     queries = unit_rows(rng, 40, store.dimension)
 
-    async def main():
-        return await asyncio.gather(*(store.search_async(q, 4) for q in queries))
-
-    got = run(main())
-    for q, hits in zip(queries, got):
-        assert_same_hits(hits, store.search(q, 4))
+    search_all_async_matches_sync(store, queries, 4)
     stats = store.async_stats()
     assert stats.searches == 40 and stats.search_batches == 40 and stats.largest_batch == 1
 

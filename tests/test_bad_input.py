@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_ids
+from helpers import make_ids, snapshot, unchanged
 
 import hive_gpu
 from hive_gpu import errors
@@ -17,20 +17,6 @@ def store(ctx, rng):
     X = rng.standard_normal((20, 8)).astype(np.float32)
     s.add_vectors(make_ids(20), X, [{"i": str(i)} for i in range(20)])
     return s
-
-
-def snapshot(s):
-    q = np.linspace(-1, 1, s.dimension, dtype=np.float32)
-    return (
-        sorted(s.ids()),
-        {i: s.get_vector(i).data.tobytes() for i in s.ids()},
-        {i: s.get_metadata(i) for i in s.ids()},
-        [(h.id, h.distance) for h in s.search(q, 5)],
-    )
-
-
-def unchanged(s, before):
-    assert snapshot(s) == before
 
 
 def test_wrong_dimension(store, rng):

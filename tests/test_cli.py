@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_ids
+from helpers import make_ids
 from reference import METRICS
 
 import hive_gpu

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from conftest import make_ids
+from helpers import make_ids
 
 
 def test_searches_while_writing(ctx, rng):

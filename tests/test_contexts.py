@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import hive_gpu
-from hive_gpu import GpuDeviceInfo
+from hive_gpu import GpuDeviceInfo, _testing
 
 
 def test_device_info_is_typed_and_sane(ctx):
@@ -93,14 +93,13 @@ def test_cli_version():
 
 
 def test_auto_ranks_emulated_devices_after_the_cpu():
-    core = hive_gpu.create_context.__globals__["_core"]
     avail = hive_gpu.available_backends()
     for b in avail:
         if b == "webgpu":
             # A WebGPU CPU adapter (lavapipe, llvmpipe) is an emulation, a GPU adapter is not.
             on_cpu = hive_gpu.create_context("webgpu").device_info().compute_capability.startswith("CPU")
-            assert core.backend_emulated("webgpu") == on_cpu
-    emulated = [b for b in avail if core.backend_emulated(b)]
+            assert _testing.backend_emulated("webgpu") == on_cpu
+    emulated = [b for b in avail if _testing.backend_emulated(b)]
     assert all(avail.index(b) > avail.index("cpu") for b in emulated), avail
     assert hive_gpu.create_context("auto").backend not in emulated
 
@@ -116,4 +115,4 @@ def test_backend_status_says_why_each_backend_is_unavailable():
             # The build's own reason follows: OFF, no toolchain, not this platform...
             head = f"backend '{b}' is not compiled into this build of hive_gpu: "
             assert why.startswith(head) and len(why) > len(head), why
-        assert why == hive_gpu.create_context.__globals__["_core"].backend_unavailable_reason(b)
+        assert why == _testing.backend_unavailable_reason(b)

@@ -21,7 +21,7 @@ import pytest
 
 import hive_gpu
 from hive_gpu import GpuDistanceMetric
-from conftest import make_ids
+from helpers import make_ids
 from reference import METRICS, assert_matches
 
 # (dimension, row counts): counts straddle the tile (floor(256 KiB / 4d / 3) * 3 rows, at most

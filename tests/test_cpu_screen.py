@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 
 import hive_gpu
-from hive_gpu import GpuDistanceMetric
-from conftest import make_ids
+from hive_gpu import GpuDistanceMetric, _testing
+from helpers import make_ids
 from reference import METRICS, assert_matches
 
-_core = hive_gpu.create_context.__globals__["_core"]
-HAS_COUNTS = hasattr(_core, "_cpu_screen_counts")
+HAS_COUNTS = _testing.cpu_screen_counts() is not None
 NEEDS_COUNTS = pytest.mark.skipif(
     not HAS_COUNTS, reason="hive_gpu._core has no _cpu_screen_counts() (csrc/python/module.cpp)"
 )
@@ -189,7 +188,7 @@ def run_all(ctx, names) -> dict:
 
 
 def counts():
-    return tuple(_core._cpu_screen_counts()) if HAS_COUNTS else None
+    return _testing.cpu_screen_counts()
 
 
 _CHILD = """

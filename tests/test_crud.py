@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_ids
+from helpers import make_ids
 from reference import METRICS, assert_matches
 
 import hive_gpu

@@ -14,8 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import make_ids
-from test_persistence import HEADER, crc32c
+from helpers import HEADER, crc32c, make_ids
 
 import hive_gpu
 from hive_gpu import OutOfMemoryError, StorageClosedError

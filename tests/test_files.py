@@ -19,9 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_ids
 from reference import METRICS, assert_matches
-from test_persistence import _child, _endless_saver, _run_child, assert_same_store, build, parse, small_store
+from helpers import assert_same_store, build, child_program, endless_saver, parse, run_child, scrambled_store, small_store
 
 import hive_gpu
 from hive_gpu import CorruptFileError, InvalidArgumentError, PersistenceError, StorageClosedError, VectorStorage
@@ -95,7 +94,7 @@ def test_fifo_and_device_are_refused_at_once(backend, tmp_path):
     fifo = tmp_path / "pipe.hgv"
     os.mkfifo(fifo)
     paths = [str(fifo)] + (["/dev/zero"] if os.path.exists("/dev/zero") else [])
-    code = _child(
+    code = child_program(
         backend,
         f"""
         for p in {paths!r}:
@@ -109,7 +108,7 @@ def test_fifo_and_device_are_refused_at_once(backend, tmp_path):
         print("refused")
         """,
     )
-    out = _run_child(code, timeout=60)
+    out = run_child(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["refused"]
 
@@ -261,7 +260,7 @@ def test_save_removes_temporaries_of_dead_processes_only(ctx, tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="no SIGKILL here")
 def test_temporaries_of_a_save_killed_mid_write_go_with_the_next_save(ctx, backend, tmp_path):
     target = tmp_path / "s.hgv"
-    code = _endless_saver(backend, target)
+    code = endless_saver(backend, target)
     leftovers: list[str] = []
     for attempt in range(20):  # until a kill lands while a temporary exists
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -311,7 +310,7 @@ def test_failed_directory_sync_is_reported_and_the_new_file_is_in_place(tmp_path
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(src), "-ldl"], check=True)
     target = tmp_path / "data" / "s.hgv"
     target.parent.mkdir()
-    code = _child(
+    code = child_program(
         "cpu",
         f"""
         import errno
@@ -353,7 +352,7 @@ def test_sparse_section_claiming_a_gib_is_refused_without_allocating_it(tmp_path
     with open(p, "wb") as f:
         f.write(head + struct.pack("<4sIQ", b"META", 0, claim) + struct.pack("<I", 0))
         f.truncate(len(head) + 16 + claim + 4 + 200)  # the rest: a hole
-    code = _child(
+    code = child_program(
         "cpu",
         f"""
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -365,7 +364,7 @@ def test_sparse_section_claiming_a_gib_is_refused_without_allocating_it(tmp_path
         print(peak - base)
         """,
     )
-    out = _run_child(code)
+    out = run_child(code)
     assert out.returncode == 0, out.stderr
     assert "checksum mismatch in the metadata section" in out.stdout, out.stdout
     grew = int(out.stdout.split()[-1])
@@ -378,11 +377,7 @@ def test_sparse_section_claiming_a_gib_is_refused_without_allocating_it(tmp_path
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 def test_to_bytes_is_the_file_and_from_bytes_rebuilds_it_exactly(ctx, rng, tmp_path, metric):
-    s = ctx.create_storage(12, metric)
-    X = rng.standard_normal((200, 12)).astype(np.float32)
-    ids = make_ids(200)
-    s.add_vectors(ids, X, [{"n": str(i)} if i % 3 else {} for i in range(200)])
-    s.remove_vectors(ids[::5])
+    s, X, ids = scrambled_store(ctx, rng, metric, n=200, d=12, metadata_every=3, remove_every=5)
     p = tmp_path / "s.hgv"
     s.save(p)
     raw = s.to_bytes()

@@ -10,8 +10,7 @@ import functools
 import numpy as np
 import pytest
 
-from conftest import make_ids
-from test_bad_input import snapshot, unchanged
+from helpers import make_ids, snapshot, unchanged
 
 import hive_gpu
 from hive_gpu import DuplicateIdError, NonFiniteValueError, _core

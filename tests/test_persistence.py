@@ -8,81 +8,18 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
-from conftest import ALL_BACKENDS, backend_skip_reason, make_ids
+from helpers import ALL_BACKENDS, HEADER, TAGS, assert_same_store, backend_skip_reason, build, child_program, crc32c, endless_saver, make_ids, parse, run_child, scrambled_store, small_store
 from reference import METRICS, assert_matches
 
 import hive_gpu
 from hive_gpu import CorruptFileError, PersistenceError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-# -- an independent reader/writer of the documented format, for crafting files --------------
-
-_CRC_TABLE = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC_TABLE.append(_c)
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
-
-
-HEADER = struct.Struct("<8sIIQQQ20sI")
-TAGS = [b"IDS ", b"META", b"ORDS", b"VECS"]
-
-
-def parse(raw: bytes):
-    """(header fields as a list, [(tag, flags, payload, crc)]) exactly as stored."""
-    fields = list(HEADER.unpack_from(raw, 0))
-    sections, pos = [], HEADER.size
-    while pos < len(raw):
-        tag, flags, length = struct.unpack_from("<4sIQ", raw, pos)
-        payload = raw[pos + 16 : pos + 16 + length]
-        (crc,) = struct.unpack_from("<I", raw, pos + 16 + length)
-        sections.append([tag, flags, payload, crc])
-        pos += 16 + length + 4
-    return fields, sections
-
-
-def build(fields, sections, fix_crcs: bool = True) -> bytes:
-    """The file for these fields and sections; CRCs recomputed unless told otherwise."""
-    head = HEADER.pack(*fields[:-1], 0)[:60]
-    out = [head + struct.pack("<I", crc32c(head) if fix_crcs else fields[-1])]
-    for tag, flags, payload, crc in sections:
-        out.append(struct.pack("<4sIQ", tag, flags, len(payload)) + payload)
-        out.append(struct.pack("<I", crc32c(payload) if fix_crcs else crc))
-    return b"".join(out)
-
-
-def small_store(ctx, metric="cosine", n=12, d=5, seed=0):
-    r = np.random.default_rng(seed)
-    s = ctx.create_storage(d, metric)
-    X = r.standard_normal((n, d)).astype(np.float32)
-    s.add_vectors(make_ids(n), X, [{"i": str(i), "tag": "x" * (i % 3)} for i in range(n)])
-    return s, X
-
-
-def assert_same_store(a, b):
-    """Same ids in the same slots, same rows bit for bit, same metadata."""
-    assert a.dimension == b.dimension and a.metric == b.metric
-    assert a.ids() == b.ids()
-    for i in a.ids():
-        va, vb = a.get_vector(i), b.get_vector(i)
-        np.testing.assert_array_equal(va.data, vb.data)
-        assert va.metadata == vb.metadata
-
 
 # -- the format itself ---------------------------------------------------------------------
 
@@ -124,11 +61,8 @@ def test_layout_matches_the_format_document(ctx, tmp_path):
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 def test_roundtrip_is_exact(ctx, rng, tmp_path, metric):
-    s = ctx.create_storage(16, metric)
-    X = rng.standard_normal((300, 16)).astype(np.float32)
-    ids = make_ids(300)
-    s.add_vectors(ids, X, [{"n": str(i)} if i % 2 else {} for i in range(300)])
-    s.remove_vectors(ids[::7])  # swap-removes scramble the slots; the file keeps them
+    # swap-removes scramble the slots; the file keeps them
+    s, X, ids = scrambled_store(ctx, rng, metric, n=300, d=16, metadata_every=2, remove_every=7)
     s.update_vector("v1", X[2], {"updated": "yes"})
     p = tmp_path / "s.hgv"
     s.save(p)
@@ -212,17 +146,12 @@ def _pairs():
 
 @pytest.mark.parametrize("src,dst", _pairs())
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
-def test_file_moves_between_backends(src, dst, metric, tmp_path):
+def test_file_moves_between_backends(src, dst, metric, tmp_path, context_for):
     for b in (src, dst):
         reason = backend_skip_reason(b)
         if reason:
             pytest.skip(reason)
-    from conftest import _CONTEXTS  # reuse the session's contexts
-
-    for b in (src, dst):
-        if b not in _CONTEXTS:
-            _CONTEXTS[b] = hive_gpu.create_context(b)
-    ctxs = [_CONTEXTS[src], _CONTEXTS[dst]]
+    ctxs = [context_for(src), context_for(dst)]
     r = np.random.default_rng(42)
     X = r.standard_normal((400, 24)).astype(np.float32)
     X[5] = X[9]  # a tie that must resolve the same way on both sides
@@ -434,22 +363,6 @@ def test_failed_rename_keeps_previous_target_and_removes_temp(ctx, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["s.hgv"]
 
 
-def _child(backend: str, body: str) -> str:
-    """A Python program for a child process: a context of the test's backend, then body."""
-    return textwrap.dedent(
-        f"""
-        import os, sys, signal, resource
-        import numpy as np
-        import hive_gpu
-        ctx = hive_gpu.create_context({backend!r})
-        """
-    ) + textwrap.dedent(body)
-
-
-def _run_child(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-
-
 def test_save_failing_mid_write_keeps_previous_file(ctx, backend, tmp_path):
     # A file size limit makes write() fail with EFBIG inside the vectors section: the real
     # error path of a disk filling up half way through.
@@ -457,7 +370,7 @@ def test_save_failing_mid_write_keeps_previous_file(ctx, backend, tmp_path):
     target = tmp_path / "s.hgv"
     old.save(target)
     before = target.read_bytes()
-    code = _child(
+    code = child_program(
         backend,
         f"""
         s = ctx.create_storage(128, "cosine")
@@ -472,27 +385,12 @@ def test_save_failing_mid_write_keeps_previous_file(ctx, backend, tmp_path):
             print("saved")
         """,
     )
-    out = _run_child(code)
+    out = run_child(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("PersistenceError"), out.stdout
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["s.hgv"]
     assert_same_store(old, ctx.load_storage(target))
-
-
-def _endless_saver(backend: str, target) -> str:
-    """A child program that saves a store of 60000 x 64 floats (0.5) to target forever,
-    printing "ready" first."""
-    return _child(
-        backend,
-        f"""
-        s = ctx.create_storage(64, "euclidean")
-        s.add_vectors([f"n{{i}}" for i in range(60000)], np.full((60000, 64), 0.5, np.float32))
-        print("ready", flush=True)
-        while True:
-            s.save({str(target)!r})
-        """,
-    )
 
 
 def test_process_killed_mid_save_keeps_a_complete_file(ctx, backend, tmp_path):
@@ -501,7 +399,7 @@ def test_process_killed_mid_save_keeps_a_complete_file(ctx, backend, tmp_path):
     old, _ = small_store(ctx)
     target = tmp_path / "s.hgv"
     old.save(target)
-    code = _endless_saver(backend, target)
+    code = endless_saver(backend, target)
     saw_new = False
     for delay in (0.0, 0.05, 0.13, 0.31, 2.0):
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -530,7 +428,7 @@ def test_load_streams_rows_without_a_second_host_copy(backend, tmp_path):
     # most (the CPU engine's own), plus a 32 MiB chunk and the ids, never two copies.
     d, n = 320, 131072
     rows_bytes = d * n * 4
-    code = _child(
+    code = child_program(
         backend,
         f"""
         s = ctx.create_storage({d}, "dot")
@@ -539,9 +437,9 @@ def test_load_streams_rows_without_a_second_host_copy(backend, tmp_path):
         s.save({str(tmp_path / "big.hgv")!r})
         """,
     )
-    out = _run_child(code)
+    out = run_child(code)
     assert out.returncode == 0, out.stderr
-    code = _child(
+    code = child_program(
         backend,
         f"""
         import gc
@@ -553,7 +451,7 @@ def test_load_streams_rows_without_a_second_host_copy(backend, tmp_path):
         print(peak - base)
         """,
     )
-    out = _run_child(code)
+    out = run_child(code)
     assert out.returncode == 0, out.stderr
     grew = int(out.stdout.split()[-1])
     assert grew < rows_bytes + rows_bytes // 2, (grew, rows_bytes)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_ids
+from helpers import make_ids
 from reference import METRICS, assert_matches, topk64
 
 import hive_gpu

@@ -18,7 +18,7 @@ import pytest
 import hive_gpu
 from hive_gpu import GpuDistanceMetric, GpuVector, HiveGpuError, errors
 
-from conftest import make_ids
+from helpers import make_ids
 from reference import METRICS, assert_matches
 
 DIM = 8

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import hive_gpu
-from conftest import backend_skip_reason, make_ids
+from helpers import backend_skip_reason, make_ids
 from reference import METRICS, assert_matches, tolerance, topk64
 
 _SKIP = backend_skip_reason("webgpu")
@@ -30,6 +30,15 @@ def wctx():
 
 def _rows(rng, n, d, scale=1.0):
     return (rng.standard_normal((n, d)) * scale).astype(np.float32)
+
+
+def _random_store(wctx, rng, n, d, metric):
+    """A store of n random rows of dimension d, ids v0..v(n-1): (store, rows, ids)."""
+    X = _rows(rng, n, d)
+    ids = make_ids(n)
+    store = wctx.create_storage(d, metric)
+    store.add_vectors(ids, X)
+    return store, X, ids
 
 
 def _check_all(store, X, ids, Q, metric, k):
@@ -58,10 +67,7 @@ def test_many_chunks_match_reference(monkeypatch, wctx, metric, k):
     monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(16 * 1024))
     rng = np.random.default_rng(k * 10 + len(metric.value))
     n, d = 2600, 16
-    X = _rows(rng, n, d)
-    ids = make_ids(n)
-    store = wctx.create_storage(d, metric)
-    store.add_vectors(ids, X)
+    store, X, ids = _random_store(wctx, rng, n, d, metric)
     Q = _rows(rng, 3, d)
     _check_all(store, X, ids, Q, metric, k)
 
@@ -107,10 +113,7 @@ def test_dimensions_not_multiple_of_four(wctx, metric, d):
     # Rows are stored padded to vec4 with zeros; padding must change no score and no read.
     rng = np.random.default_rng(d)
     n = 300
-    X = _rows(rng, n, d)
-    ids = make_ids(n)
-    store = wctx.create_storage(d, metric)
-    store.add_vectors(ids, X)
+    store, X, ids = _random_store(wctx, rng, n, d, metric)
     np.testing.assert_array_equal(store.get_vector("v123").data, X[123])
     _check_all(store, X, ids, _rows(rng, 2, d), metric, 10)
 
@@ -121,10 +124,7 @@ def test_batch_sizes_cover_both_scoring_kernels(wctx, metric, nq):
     # nq <= 8 uses the per-row kernel, larger batches the 64x64 tiled one.
     rng = np.random.default_rng(nq)
     n, d = 700, 24
-    X = _rows(rng, n, d)
-    ids = make_ids(n)
-    store = wctx.create_storage(d, metric)
-    store.add_vectors(ids, X)
+    store, X, ids = _random_store(wctx, rng, n, d, metric)
     Q = _rows(rng, nq, d)
     scores, got = store.search_batch(Q, 6)
     for i in range(nq):
@@ -139,10 +139,7 @@ def test_large_k_uses_merge_passes(wctx, metric, k):
     # k above one 2048-entry segment: lists double in each merge pass until they hold k.
     rng = np.random.default_rng(k)
     n, d = 5000, 8
-    X = _rows(rng, n, d)
-    ids = make_ids(n)
-    store = wctx.create_storage(d, metric)
-    store.add_vectors(ids, X)
+    store, X, ids = _random_store(wctx, rng, n, d, metric)
     Q = _rows(rng, 2, d)
     _check_all(store, X, ids, Q, metric, k)
 
@@ -153,10 +150,7 @@ def test_merge_pass_larger_than_the_first_lists(wctx, metric):
     # pass wrote, in the buffer that held it (the second query's results once overlapped).
     rng = np.random.default_rng(8000)
     n, d = 20000, 4
-    X = _rows(rng, n, d)
-    ids = make_ids(n)
-    store = wctx.create_storage(d, metric)
-    store.add_vectors(ids, X)
+    store, X, ids = _random_store(wctx, rng, n, d, metric)
     _check_all(store, X, ids, _rows(rng, 2, d), metric, 8000)
 
 

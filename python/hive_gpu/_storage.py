@@ -277,11 +277,9 @@ class VectorStorage:
                 queries = _dev.to_host(queries)
             q = as_float32(queries, 2, "queries")
             scores, flat_ids, kk = self._s.search_batch_filtered(q, k, f)
-            ids = np.empty(len(flat_ids), dtype=object)
-            ids[:] = flat_ids
             if device_output:
                 scores = _dev.to_device(scores)
-            return scores, ids.reshape(q.shape[0], kk)
+            return scores, _id_matrix(flat_ids, q.shape[0], kk)
         if _dev.is_device_array(queries):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(queries, 2, "queries")
@@ -289,20 +287,16 @@ class VectorStorage:
                 scores, flat_ids, kk = self._s.search_batch_device(
                     v.ptr, v.shape[0], v.shape[1], v.ld, k, v.stream, out_ptr
                 )
-                ids = np.empty(len(flat_ids), dtype=object)
-                ids[:] = flat_ids
                 if out is not None:
                     scores = out[: v.shape[0] * kk].reshape(v.shape[0], kk)
-                return scores, ids.reshape(v.shape[0], kk)
+                return scores, _id_matrix(flat_ids, v.shape[0], kk)
             queries = _dev.to_host(queries)
         if device_output:
             scores, ids = self.search_batch(queries, k)
             return _dev.to_device(scores), ids
         q = as_float32(queries, 2, "queries")
         scores, flat_ids, kk = self._s.search_batch(q, k)
-        ids = np.empty(len(flat_ids), dtype=object)
-        ids[:] = flat_ids
-        return scores, ids.reshape(q.shape[0], kk)
+        return scores, _id_matrix(flat_ids, q.shape[0], kk)
 
     async def search_async(
         self, query: Any, k: int = 10, *, filter: dict[str, Any] | Filter | None = None
@@ -325,9 +319,7 @@ class VectorStorage:
             scores, flat_ids, kk = await aio.run(self._async_queue().search_batch_filtered, q, check_k(k), f)
         else:
             scores, flat_ids, kk = await aio.run(self._async_queue().search_batch, q, check_k(k))
-        ids = np.empty(len(flat_ids), dtype=object)
-        ids[:] = flat_ids
-        return scores, ids.reshape(q.shape[0], kk)
+        return scores, _id_matrix(flat_ids, q.shape[0], kk)
 
     async def add_vector_async(
         self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None
@@ -482,6 +474,14 @@ def _unpickle(data: bytes, backend: str, device_id: int) -> VectorStorage:
 
 
 # Argument checks shared by the synchronous and async forms (host arrays).
+def _id_matrix(flat_ids: list[str], rows: int, cols: int) -> np.ndarray:
+    """The ids of a batch search as a rows x cols object array (filled by assignment: np.array
+    would make a fixed-width string array)."""
+    ids = np.empty(len(flat_ids), dtype=object)
+    ids[:] = flat_ids
+    return ids.reshape(rows, cols)
+
+
 def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, Any]]:
     if isinstance(vector, GpuVector):
         id, data, metadata = vector.id, vector.data, vector.metadata
