@@ -4,6 +4,7 @@
 #include <cmath>
 #include <new>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "core/validate.hpp"
@@ -497,49 +498,90 @@ class MetadataTable::Evaluator {
 };
 
 namespace {
-constexpr std::size_t kDecodeSlack = 8;
-
-// Writes the set bits' slots, ascending, to out (popcount + kDecodeSlack entries). K slots
-// are written per word whatever it holds and the cursor advances by its popcount, so
-// sparse words, whose bit counts vary at random, rarely mispredict a branch (K near the
-// mean bit count keeps the writes few).
+// Writes the slots of the set bits of words[0, nw) (slot base + bit index), ascending, to
+// [out, end). K slots are written per word whatever it holds and the cursor advances by its
+// popcount, so sparse words, whose bit counts vary at random, rarely mispredict a branch (K
+// near the mean bit count keeps the writes few); the last K slots are written bit by bit.
 template <std::size_t K>
-inline void list_slots_body(const std::uint64_t* words, std::size_t nw, std::uint32_t* out) {
-    static_assert(K <= kDecodeSlack);
+inline void list_slots_body(const std::uint64_t* words, std::size_t nw, std::uint32_t base, std::uint32_t* out,
+                            std::uint32_t* end) {
     constexpr std::uint64_t kTop = std::uint64_t{1} << 63;  // keeps ctz defined on an empty word
-    for (std::size_t w = 0; w < nw; ++w) {
+    std::size_t w = 0;
+    for (; w < nw && static_cast<std::size_t>(end - out) >= K; ++w) {
         std::uint64_t b = words[w];
-        const auto base = static_cast<std::uint32_t>(w * 64);
+        const auto at = base + static_cast<std::uint32_t>(w * 64);
         const int c = __builtin_popcountll(b);
         for (std::size_t i = 0; i < K; ++i) {
-            out[i] = base + static_cast<std::uint32_t>(__builtin_ctzll(b | kTop));
+            out[i] = at + static_cast<std::uint32_t>(__builtin_ctzll(b | kTop));
             b &= b - 1;
         }
         if (c > static_cast<int>(K)) {
             std::uint32_t* o = out + K;
-            for (; b; b &= b - 1) *o++ = base + static_cast<std::uint32_t>(__builtin_ctzll(b));
+            for (; b; b &= b - 1) *o++ = at + static_cast<std::uint32_t>(__builtin_ctzll(b));
         }
         out += c;
     }
+    for (; w < nw; ++w)
+        for (std::uint64_t b = words[w]; b; b &= b - 1)
+            *out++ = base + static_cast<std::uint32_t>(w * 64) + static_cast<std::uint32_t>(__builtin_ctzll(b));
 }
 
-template <std::size_t K>
+inline std::size_t popcount_body(const std::uint64_t* words, std::size_t nw) {
+    std::size_t c = 0;
+    for (std::size_t w = 0; w < nw; ++w) c += static_cast<std::size_t>(__builtin_popcountll(words[w]));
+    return c;
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // popcnt and BMI instructions, which the baseline x86-64 build lacks (its popcount is a
-// library call of a dozen instructions); callers check the CPU has them.
-__attribute__((target("popcnt,bmi")))
+// library call of a dozen instructions); used where the CPU has them.
+#define HIVE_GPU_POPCNT_BMI __attribute__((target("popcnt,bmi")))
+const bool kPopcntBmi = __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi");
+#else
+#define HIVE_GPU_POPCNT_BMI
+constexpr bool kPopcntBmi = false;
 #endif
-void list_slots_fast(const std::uint64_t* words, std::size_t nw, std::uint32_t* out) {
-    list_slots_body<K>(words, nw, out);
+
+template <std::size_t K>
+HIVE_GPU_POPCNT_BMI void list_slots_fast(const std::uint64_t* words, std::size_t nw, std::uint32_t base,
+                                         std::uint32_t* out, std::uint32_t* end) {
+    list_slots_body<K>(words, nw, base, out, end);
 }
 
+HIVE_GPU_POPCNT_BMI std::size_t popcount_fast(const std::uint64_t* words, std::size_t nw) {
+    return popcount_body(words, nw);
+}
+
+// [out, end) holds exactly the slots of words[0, nw).
+void list_slots_part(const std::uint64_t* words, std::size_t nw, std::uint32_t base, std::uint32_t* out,
+                     std::uint32_t* end) {
+    const bool sparse = static_cast<std::size_t>(end - out) <= nw + nw / 2;  // at most 1.5 bits a word
+    if (kPopcntBmi) return sparse ? list_slots_fast<2>(words, nw, base, out, end) : list_slots_fast<8>(words, nw, base, out, end);
+    sparse ? list_slots_body<2>(words, nw, base, out, end) : list_slots_body<8>(words, nw, base, out, end);
+}
+
+// out holds count slots: the words' set bits. A long list is decoded in two halves at once
+// where there are cores to spare (on 2 busy cores the second thread cost more than it saved).
 void list_slots(const std::uint64_t* words, std::size_t nw, std::size_t count, std::uint32_t* out) {
-    const bool sparse = count <= nw + nw / 2;  // at most 1.5 bits a word
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    static const bool fast = __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi");
-    if (fast) return sparse ? list_slots_fast<2>(words, nw, out) : list_slots_fast<8>(words, nw, out);
-#endif
-    sparse ? list_slots_body<2>(words, nw, out) : list_slots_body<8>(words, nw, out);
+    constexpr std::size_t kParallelSlots = std::size_t{1} << 16;
+    static const bool several_cores = std::thread::hardware_concurrency() >= 4;
+    if (count >= kParallelSlots && several_cores) {
+        const std::size_t half = nw / 2;
+        const std::size_t first = kPopcntBmi ? popcount_fast(words, half) : popcount_body(words, half);
+        std::thread helper;
+        try {
+            helper = std::thread(list_slots_part, words + half, nw - half, static_cast<std::uint32_t>(half * 64),
+                                 out + first, out + count);
+        } catch (...) {
+            // No thread (resource limits): one decodes all.
+        }
+        if (helper.joinable()) {
+            list_slots_part(words, half, 0, out, out + first);
+            helper.join();
+            return;
+        }
+    }
+    list_slots_part(words, nw, 0, out, out + count);
 }
 }  // namespace
 
@@ -564,9 +606,8 @@ SlotBits MetadataTable::evaluate(const Filter& filter,
         for (auto w : r.words) r.count += static_cast<std::size_t>(__builtin_popcountll(w));
     }
     if (r.count <= n / SlotFilter::kSparseListRatio) {
-        r.slots.resize(r.count + kDecodeSlack);
-        list_slots(r.words.data(), r.words.size(), r.count, r.slots.data());
         r.slots.resize(r.count);
+        list_slots(r.words.data(), r.words.size(), r.count, r.slots.data());
     }
     return r;
 }
