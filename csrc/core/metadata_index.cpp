@@ -536,7 +536,8 @@ inline std::size_t popcount_body(const std::uint64_t* words, std::size_t nw) {
 // popcnt and BMI instructions, which the baseline x86-64 build lacks (its popcount is a
 // library call of a dozen instructions); used where the CPU has them.
 #define HIVE_GPU_POPCNT_BMI __attribute__((target("popcnt,bmi")))
-const bool kPopcntBmi = __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi");
+// __builtin_cpu_init first: this runs among static constructors, in no set order.
+const bool kPopcntBmi = (__builtin_cpu_init(), __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi"));
 #else
 #define HIVE_GPU_POPCNT_BMI
 constexpr bool kPopcntBmi = false;
