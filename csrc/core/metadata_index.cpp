@@ -4,6 +4,7 @@
 #include <cmath>
 #include <new>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "core/validate.hpp"
@@ -332,6 +333,11 @@ class MetadataTable::Evaluator {
                 }
                 return b;
             }
+            case FilterOp::Eq:
+            case FilterOp::Contains: {
+                const Posting* p = sole_posting(node);
+                return p ? bits_of(*p) : zeros();
+            }
             default: break;
         }
         Bits b = zeros();
@@ -388,6 +394,33 @@ class MetadataTable::Evaluator {
         std::sort(out.begin(), out.end());
         out.erase(std::unique(out.begin(), out.end()), out.end());
         return true;
+    }
+
+    // The one posting that answers an $eq, a $contains or an $in of one value; null when
+    // the node is another condition or no row matches.
+    const Posting* sole_posting(const FilterNode& node) const {
+        const bool one = node.op == FilterOp::Eq || node.op == FilterOp::Contains ||
+                         (node.op == FilterOp::In && node.values.size() == 1);
+        if (!one) return nullptr;
+        auto it = t_.keys_.find(node.key);
+        if (it == t_.keys_.end()) return nullptr;
+        return node.op == FilterOp::Contains ? find_tag(it->second, node.values[0]) : find_equal(it->second, node.values[0]);
+    }
+
+    // A posting's bits: a bitmap is copied as it is, without zero-filling a buffer first.
+    Bits bits_of(const Posting& p) const {
+        const std::vector<std::uint64_t>* pw = p.bitmap();
+        if (!pw) {
+            Bits b = zeros();
+            p.or_into(b.data(), nw_);
+            return b;
+        }
+        const std::size_t m = std::min(nw_, pw->size());
+        Bits b;
+        b.reserve(nw_);
+        b.assign(pw->begin(), pw->begin() + static_cast<std::ptrdiff_t>(m));
+        b.resize(nw_, 0);
+        return b;
     }
 
    private:
@@ -464,6 +497,95 @@ class MetadataTable::Evaluator {
     std::size_t n_, nw_;
 };
 
+namespace {
+// Writes the slots of the set bits of words[0, nw) (slot base + bit index), ascending, to
+// [out, end). K slots are written per word whatever it holds and the cursor advances by its
+// popcount, so sparse words, whose bit counts vary at random, rarely mispredict a branch (K
+// near the mean bit count keeps the writes few); the last K slots are written bit by bit.
+template <std::size_t K>
+inline void list_slots_body(const std::uint64_t* words, std::size_t nw, std::uint32_t base, std::uint32_t* out,
+                            std::uint32_t* end) {
+    constexpr std::uint64_t kTop = std::uint64_t{1} << 63;  // keeps ctz defined on an empty word
+    std::size_t w = 0;
+    for (; w < nw && static_cast<std::size_t>(end - out) >= K; ++w) {
+        std::uint64_t b = words[w];
+        const auto at = base + static_cast<std::uint32_t>(w * 64);
+        const int c = __builtin_popcountll(b);
+        for (std::size_t i = 0; i < K; ++i) {
+            out[i] = at + static_cast<std::uint32_t>(__builtin_ctzll(b | kTop));
+            b &= b - 1;
+        }
+        if (c > static_cast<int>(K)) {
+            std::uint32_t* o = out + K;
+            for (; b; b &= b - 1) *o++ = at + static_cast<std::uint32_t>(__builtin_ctzll(b));
+        }
+        out += c;
+    }
+    for (; w < nw; ++w)
+        for (std::uint64_t b = words[w]; b; b &= b - 1)
+            *out++ = base + static_cast<std::uint32_t>(w * 64) + static_cast<std::uint32_t>(__builtin_ctzll(b));
+}
+
+inline std::size_t popcount_body(const std::uint64_t* words, std::size_t nw) {
+    std::size_t c = 0;
+    for (std::size_t w = 0; w < nw; ++w) c += static_cast<std::size_t>(__builtin_popcountll(words[w]));
+    return c;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// popcnt and BMI instructions, which the baseline x86-64 build lacks (its popcount is a
+// library call of a dozen instructions); used where the CPU has them.
+#define HIVE_GPU_POPCNT_BMI __attribute__((target("popcnt,bmi")))
+// __builtin_cpu_init first: this runs among static constructors, in no set order.
+const bool kPopcntBmi = (__builtin_cpu_init(), __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi"));
+#else
+#define HIVE_GPU_POPCNT_BMI
+constexpr bool kPopcntBmi = false;
+#endif
+
+template <std::size_t K>
+HIVE_GPU_POPCNT_BMI void list_slots_fast(const std::uint64_t* words, std::size_t nw, std::uint32_t base,
+                                         std::uint32_t* out, std::uint32_t* end) {
+    list_slots_body<K>(words, nw, base, out, end);
+}
+
+HIVE_GPU_POPCNT_BMI std::size_t popcount_fast(const std::uint64_t* words, std::size_t nw) {
+    return popcount_body(words, nw);
+}
+
+// [out, end) holds exactly the slots of words[0, nw).
+void list_slots_part(const std::uint64_t* words, std::size_t nw, std::uint32_t base, std::uint32_t* out,
+                     std::uint32_t* end) {
+    const bool sparse = static_cast<std::size_t>(end - out) <= nw + nw / 2;  // at most 1.5 bits a word
+    if (kPopcntBmi) return sparse ? list_slots_fast<2>(words, nw, base, out, end) : list_slots_fast<8>(words, nw, base, out, end);
+    sparse ? list_slots_body<2>(words, nw, base, out, end) : list_slots_body<8>(words, nw, base, out, end);
+}
+
+// out holds count slots: the words' set bits. A long list is decoded in two halves at once
+// where there are cores to spare (on 2 busy cores the second thread cost more than it saved).
+void list_slots(const std::uint64_t* words, std::size_t nw, std::size_t count, std::uint32_t* out) {
+    constexpr std::size_t kParallelSlots = std::size_t{1} << 16;
+    static const bool several_cores = std::thread::hardware_concurrency() >= 4;
+    if (count >= kParallelSlots && several_cores) {
+        const std::size_t half = nw / 2;
+        const std::size_t first = kPopcntBmi ? popcount_fast(words, half) : popcount_body(words, half);
+        std::thread helper;
+        try {
+            helper = std::thread(list_slots_part, words + half, nw - half, static_cast<std::uint32_t>(half * 64),
+                                 out + first, out + count);
+        } catch (...) {
+            // No thread (resource limits): one decodes all.
+        }
+        if (helper.joinable()) {
+            list_slots_part(words, half, 0, out, out + first);
+            helper.join();
+            return;
+        }
+    }
+    list_slots_part(words, nw, 0, out, out + count);
+}
+}  // namespace
+
 SlotBits MetadataTable::evaluate(const Filter& filter,
                                  const std::function<std::size_t(const std::string&)>& slot_of) const {
     SlotBits r;
@@ -476,13 +598,17 @@ SlotBits MetadataTable::evaluate(const Filter& filter,
         return r;
     }
     r.slots.clear();
-    r.words = ev.eval(filter.root());
-    for (auto w : r.words) r.count += static_cast<std::size_t>(__builtin_popcountll(w));
+    if (const Posting* p = ev.sole_posting(filter.root()); p && p->bitmap()) {
+        // One bitmap posting: its words and its maintained count, no popcount pass.
+        r.words = ev.bits_of(*p);
+        r.count = p->count();
+    } else {
+        r.words = ev.eval(filter.root());
+        for (auto w : r.words) r.count += static_cast<std::size_t>(__builtin_popcountll(w));
+    }
     if (r.count <= n / SlotFilter::kSparseListRatio) {
-        r.slots.reserve(r.count);
-        for (std::size_t w = 0; w < r.words.size(); ++w)
-            for (std::uint64_t b = r.words[w]; b; b &= b - 1)
-                r.slots.push_back(static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(__builtin_ctzll(b))));
+        r.slots.resize(r.count);
+        list_slots(r.words.data(), r.words.size(), r.count, r.slots.data());
     }
     return r;
 }

@@ -37,6 +37,9 @@ class Posting {
     void relabel(std::uint32_t from, std::uint32_t to) noexcept;
     // The slots, unsorted, while the posting is a list (null once it is a bitmap).
     const std::vector<std::uint32_t>* list() const { return bitmap_ ? nullptr : &list_; }
+    // The bitmap's words while the posting is a bitmap (null while a list); they may cover
+    // fewer words than the table, never a slot past it.
+    const std::vector<std::uint64_t>* bitmap() const { return bitmap_ ? &words_ : nullptr; }
     // Sets the posting's bits in `words` (nwords words, covering every slot of the table).
     void or_into(std::uint64_t* words, std::size_t nwords) const;
 
