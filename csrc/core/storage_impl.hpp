@@ -11,6 +11,7 @@
 
 #include "core/id_index.hpp"
 #include "core/metadata_index.hpp"
+#include "hive_gpu/engine.hpp"
 #include "hive_gpu/storage.hpp"
 
 namespace hive_gpu {

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "hive_gpu/context.hpp"
-#include "hive_gpu/engine.hpp"
 #include "hive_gpu/filter.hpp"
 #include "hive_gpu/limits.hpp"
 #include "hive_gpu/types.hpp"
