@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "hive_gpu/backends.hpp"
+#include "hive_gpu/engine.hpp"
 #include "hive_gpu/error.hpp"
 #include "hive_gpu/storage.hpp"
 

@@ -15,7 +15,7 @@
 #include "core/metadata_index.hpp"
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
-#include "hive_gpu/storage.hpp"
+#include "core/storage_impl.hpp"
 
 #if defined(_WIN32)
 #include <io.h>
@@ -547,7 +547,7 @@ std::atomic<unsigned> g_temp_counter{0};
 
 }  // namespace
 
-void VectorStorage::write_to(ByteSink& f) const {
+void VectorStorage::Impl::write_to(ByteSink& f) const {
     std::shared_lock<detail::WriterPreferringMutex> lock(mutex_);
     check_open();
     const std::size_t n = id_of_.size();
@@ -599,7 +599,7 @@ void VectorStorage::save(const std::string& path) const {
     const std::string tmp = path + ".tmp." + std::to_string(current_pid()) + "." + std::to_string(g_temp_counter++);
     try {
         FileSink f(tmp, path);
-        write_to(f);
+        impl_->write_to(f);
         f.sync_close();
         replace_file(tmp, path);
     } catch (...) {
@@ -611,7 +611,7 @@ void VectorStorage::save(const std::string& path) const {
 std::string VectorStorage::to_bytes() const {
     std::string out;
     StringSink sink(out);
-    write_to(sink);
+    impl_->write_to(sink);
     return out;
 }
 
@@ -619,24 +619,24 @@ std::shared_ptr<VectorStorage> VectorStorage::load(const std::shared_ptr<Context
                                                    const std::string& path) {
     check_path(path);
     FileSource f(path);
-    return read_from(context, f, nullptr);
+    return Impl::read_from(context, f, nullptr);
 }
 
 std::shared_ptr<VectorStorage> VectorStorage::from_bytes(const std::shared_ptr<Context>& context,
                                                          const void* data, std::size_t size) {
     MemorySource source(data, size);
-    return read_from(context, source, nullptr);
+    return Impl::read_from(context, source, nullptr);
 }
 
 StoreFileInfo VectorStorage::inspect_file(const std::string& path) {
     check_path(path);
     FileSource f(path);
     StoreFileInfo info;
-    read_from(nullptr, f, &info);
+    Impl::read_from(nullptr, f, &info);
     return info;
 }
 
-std::shared_ptr<VectorStorage> VectorStorage::read_from(const std::shared_ptr<Context>& context,
+std::shared_ptr<VectorStorage> VectorStorage::Impl::read_from(const std::shared_ptr<Context>& context,
                                                         ByteSource& f, StoreFileInfo* info) {
     const std::string& path = f.name();
     std::uint64_t remaining = f.size();
@@ -724,7 +724,7 @@ std::shared_ptr<VectorStorage> VectorStorage::read_from(const std::shared_ptr<Co
     Engine* engine = nullptr;
     if (context) {
         storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric)));
-        engine = storage->engine_.get();
+        engine = storage->impl_->engine_.get();
         engine->reserve(n);
     }
     const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dim * sizeof(float)));
@@ -754,11 +754,11 @@ std::shared_ptr<VectorStorage> VectorStorage::read_from(const std::shared_ptr<Co
     }
     if (!storage) return nullptr;
 
-    storage->id_of_ = std::move(ids);
-    *storage->index_ = std::move(index);
-    *storage->metadata_of_ = std::move(metas);
-    storage->ordinal_of_ = std::move(ords);
-    storage->next_ordinal_ = std::max<std::uint64_t>(next, n ? max_ord + 1 : 0);
+    storage->impl_->id_of_ = std::move(ids);
+    *storage->impl_->index_ = std::move(index);
+    *storage->impl_->metadata_of_ = std::move(metas);
+    storage->impl_->ordinal_of_ = std::move(ords);
+    storage->impl_->next_ordinal_ = std::max<std::uint64_t>(next, n ? max_ord + 1 : 0);
     return storage;
 }
 

@@ -11,8 +11,7 @@
 #include <thread>
 #include <utility>
 
-#include "core/id_index.hpp"
-#include "core/metadata_index.hpp"
+#include "core/storage_impl.hpp"
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
 
@@ -42,19 +41,13 @@ void check_batch_sizes(std::size_t ids, std::size_t metadata, std::size_t n) {
 }  // namespace
 
 VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<Engine> engine)
-    : context_(std::move(context)),
-      engine_(std::move(engine)),
-      dimension_(engine_->dimension()),
-      metric_(engine_->metric()),
-      engine_checks_rows_(engine_->checks_appended_rows()),
-      index_(std::make_unique<detail::IdIndex>()),
-      metadata_of_(std::make_unique<detail::MetadataTable>()) {}
+    : impl_(std::make_unique<Impl>(std::move(context), std::move(engine))) {}
 
 VectorStorage::~VectorStorage() = default;
 
-void VectorStorage::check_open() const {
-    if (closed_) throw StorageClosedError("the storage is closed");
-}
+std::size_t VectorStorage::dimension() const { return impl_->dimension_; }
+Metric VectorStorage::metric() const { return impl_->metric_; }
+const std::shared_ptr<Context>& VectorStorage::context() const { return impl_->context_; }
 
 void VectorStorage::check_id(const std::string& id) {
     if (id.empty()) throw InvalidArgumentError("vector id must not be empty");
@@ -66,40 +59,40 @@ void VectorStorage::check_id(const std::string& id) {
 }
 
 void VectorStorage::check_row(const float* row, std::size_t len, const char* what) const {
-    if (len != dimension_)
+    if (len != impl_->dimension_)
         throw DimensionMismatchError(std::string(what) + " has dimension " + std::to_string(len) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
-    check_rows(row, 1, dimension_, what);
+                                     ", the storage has dimension " + std::to_string(impl_->dimension_));
+    check_rows(row, 1, impl_->dimension_, what);
 }
 
 std::size_t VectorStorage::size() const {
-    ReadLock lock(mutex_);
-    check_open();
-    return id_of_.size();
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    return impl_->id_of_.size();
 }
 
 bool VectorStorage::contains(const std::string& id) const {
-    ReadLock lock(mutex_);
-    check_open();
-    return index_->find(id_of_, id) != detail::IdIndex::npos;
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    return impl_->index_->find(impl_->id_of_, id) != detail::IdIndex::npos;
 }
 
 std::vector<std::string> VectorStorage::ids() const {
-    ReadLock lock(mutex_);
-    check_open();
-    if (std::is_sorted(ordinal_of_.begin(), ordinal_of_.end())) return id_of_;  // no row moved
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    if (std::is_sorted(impl_->ordinal_of_.begin(), impl_->ordinal_of_.end())) return impl_->id_of_;  // no row moved
     std::vector<std::string> out;
-    out.reserve(id_of_.size());
-    for (std::size_t slot : slots_by_age()) out.push_back(id_of_[slot]);
+    out.reserve(impl_->id_of_.size());
+    for (std::size_t slot : slots_by_age()) out.push_back(impl_->id_of_[slot]);
     return out;
 }
 
 std::vector<std::size_t> VectorStorage::slots_by_age() const {
     // Sorting (ordinal, slot) keys in place is several times faster than sorting slots through
     // a comparator that looks their ordinals up. Slots fit in 32 bits as ordinals do.
-    std::vector<std::uint64_t> keys(ordinal_of_.size());
+    std::vector<std::uint64_t> keys(impl_->ordinal_of_.size());
     for (std::size_t slot = 0; slot < keys.size(); ++slot)
-        keys[slot] = (std::uint64_t{ordinal_of_[slot]} << 32) | slot;
+        keys[slot] = (std::uint64_t{impl_->ordinal_of_[slot]} << 32) | slot;
     std::sort(keys.begin(), keys.end());
     std::vector<std::size_t> by_age(keys.size());
     for (std::size_t i = 0; i < keys.size(); ++i) by_age[i] = static_cast<std::size_t>(keys[i] & 0xffffffffu);
@@ -107,29 +100,29 @@ std::vector<std::size_t> VectorStorage::slots_by_age() const {
 }
 
 std::size_t VectorStorage::memory_bytes() const {
-    ReadLock lock(mutex_);
-    check_open();
-    return engine_->memory_bytes();
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    return impl_->engine_->memory_bytes();
 }
 
 std::uint32_t VectorStorage::take_ordinals(std::size_t n) {
     constexpr std::uint64_t kLimit = std::numeric_limits<std::uint32_t>::max();
-    if (next_ordinal_ + n > kLimit) renumber_ordinals();
-    if (next_ordinal_ + n > kLimit) throw InvalidArgumentError("too many vectors for one storage");
-    auto first = static_cast<std::uint32_t>(next_ordinal_);
-    next_ordinal_ += n;
+    if (impl_->next_ordinal_ + n > kLimit) renumber_ordinals();
+    if (impl_->next_ordinal_ + n > kLimit) throw InvalidArgumentError("too many vectors for one storage");
+    auto first = static_cast<std::uint32_t>(impl_->next_ordinal_);
+    impl_->next_ordinal_ += n;
     return first;
 }
 
 void VectorStorage::renumber_ordinals() {
     // Keep insertion order, close the gaps left by removals.
     const std::vector<std::size_t> by_age = slots_by_age();
-    std::vector<std::uint32_t> fresh(ordinal_of_.size());
+    std::vector<std::uint32_t> fresh(impl_->ordinal_of_.size());
     for (std::size_t rank = 0; rank < by_age.size(); ++rank)
         fresh[by_age[rank]] = static_cast<std::uint32_t>(rank);
-    engine_->set_ordinals(fresh.data(), fresh.size());
-    ordinal_of_ = std::move(fresh);
-    next_ordinal_ = ordinal_of_.size();
+    impl_->engine_->set_ordinals(fresh.data(), fresh.size());
+    impl_->ordinal_of_ = std::move(fresh);
+    impl_->next_ordinal_ = impl_->ordinal_of_.size();
 }
 
 void VectorStorage::add_vector(const std::string& id, const float* data, std::size_t len,
@@ -157,27 +150,27 @@ void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float
     add_rows(std::move(ids), Source{data, true, ld, stream}, n, dim, std::move(metadata));
 }
 
-// context_ and dimension_ never change, so no lock is needed; a store closed meanwhile
+// impl_->context_ and impl_->dimension_ never change, so no lock is needed; a store closed meanwhile
 // fails in the add. A wrong dimension is add_vectors' error to report.
 std::unique_ptr<StagedRows> VectorStorage::stage_rows(const float* data, std::size_t n,
                                                       std::size_t dim) const {
-    if (n == 0 || dim != dimension_) return nullptr;
-    return context_->stage_rows(data, n, dim);
+    if (n == 0 || dim != impl_->dimension_) return nullptr;
+    return impl_->context_->stage_rows(data, n, dim);
 }
 
 void VectorStorage::unindex(std::size_t first, std::size_t count) noexcept {
     // Erasing costs about what inserting did, id by id: when more ids go than stay, index the
     // ones that stay afresh instead.
     if (count > first) {
-        index_->reindex_prefix(id_of_, first);
+        impl_->index_->reindex_prefix(impl_->id_of_, first);
     } else {
-        for (std::size_t i = 0; i < count; ++i) index_->erase_slot(id_of_, first + i);
+        for (std::size_t i = 0; i < count; ++i) impl_->index_->erase_slot(impl_->id_of_, first + i);
     }
 }
 
 // A batch add. Under the write lock, every host allocation happens first (the by-slot vectors
 // and the index get room for the batch), then two independent parts run:
-//   ids:  move the ids into id_of_ and enter them in the index, which finds an id already
+//   ids:  move the ids into impl_->id_of_ and enter them in the index, which finds an id already
 //         stored or repeated in the batch;
 //   rows: append empty or given metadata, take ordinals and append the rows to the engine
 //         (the upload to the device on GPU backends).
@@ -188,118 +181,139 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
                              std::unique_ptr<StagedRows> staged) {
     check_batch_sizes(ids.size(), metadata.size(), n);
     if (n == 0) {
-        ReadLock lock(mutex_);
-        check_open();
+        ReadLock lock(impl_->mutex_);
+        impl_->check_open();
         return;
     }
-    if (dim != dimension_)
+    if (dim != impl_->dimension_)
         throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
+                                     ", the storage has dimension " + std::to_string(impl_->dimension_));
     for (const auto& id : ids) check_id(id);
     for (const auto& md : metadata) detail::check_metadata(md);
     // Device rows, and host rows of engines that check after their upload, are checked by
     // the engine under the lock instead.
-    if (!src.device && !engine_checks_rows_) check_rows(src.data, n, dim, "vectors");
+    if (!src.device && !impl_->engine_checks_rows_) check_rows(src.data, n, dim, "vectors");
     // Staged rows are device rows to the engine, which checks those.
-    if (staged && !engine_checks_rows_) staged.reset();
+    if (staged && !impl_->engine_checks_rows_) staged.reset();
 
-    WriteLock lock(mutex_);
-    check_open();
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
     append_locked(std::move(ids), src, n, std::move(metadata), std::move(staged));
 }
 
-// add_rows' work under the write lock, on arguments it has checked.
-void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& src, std::size_t n,
-                                  std::vector<Metadata>&& metadata, std::unique_ptr<StagedRows> staged) {
-    const std::size_t old = id_of_.size();
+// How far an add got, for roll_back(). index_ids() and append_rows() may run on two threads
+// at once: each writes its own fields only.
+struct VectorStorage::AddProgress {
+    std::size_t old = 0;                        // rows stored before the add
+    std::size_t indexed = 0;                    // ids entered in the index
+    std::size_t clash = detail::IdIndex::npos;  // slot already holding id_of_[old + indexed]
+    bool appended = false;                      // the engine holds the rows
+    bool took = false;                          // ordinals were taken
+    std::uint64_t ordinals_before = 0;
+};
+
+// Room for n more rows in every host structure, so that what follows allocates nothing
+// before the engine's rows (an empty store takes the batch's ids as they are).
+void VectorStorage::reserve_rows(std::size_t n) {
+    const std::size_t old = impl_->id_of_.size();
     try {
-        if (old != 0) make_room(id_of_, old + n);  // an empty store takes `ids` as they are
-        make_room(*metadata_of_, old + n);
-        make_room(ordinal_of_, old + n);
-        index_->reserve(old + n);
+        if (old != 0) make_room(impl_->id_of_, old + n);
+        make_room(*impl_->metadata_of_, old + n);
+        make_room(impl_->ordinal_of_, old + n);
+        impl_->index_->reserve(old + n);
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while growing the id map");
     }
+}
 
-    // With the room reserved (an empty store takes the batch's vector whole), moving strings
-    // in and entering them in the index allocate nothing and cannot throw. The index stops at the first id it already holds.
-    std::size_t indexed = 0;                    // ids entered in the index
-    std::size_t clash = detail::IdIndex::npos;  // slot already holding id_of_[old + indexed]
-    auto add_ids = [&]() noexcept {
-        if (old == 0)
-            id_of_ = std::move(ids);
-        else
-            id_of_.insert(id_of_.end(), std::make_move_iterator(ids.begin()),
-                          std::make_move_iterator(ids.end()));
-        indexed = index_->insert_range(id_of_, old, n, &clash);
-    };
-    bool appended = false;
-    bool took = false;
-    std::uint64_t ordinals_before = 0;
-    auto add_rows_part = [&] {
-        const std::uint32_t first = take_ordinals(n);  // may renumber the stored rows first
-        ordinals_before = first;
-        took = true;
-        ordinal_of_.resize(old + n);  // reserved, unless a renumbering replaced the vector
-        std::iota(ordinal_of_.begin() + old, ordinal_of_.end(), first);
-        // The rows first: on GPU backends the upload is the long part.
-        if (src.device) {
-            engine_->append_device(src.data, src.ld, ordinal_of_.data() + old, n, src.stream);
-        } else if (staged) {
-            // A failed copy (no room for it, say) leaves the host rows to add from; so does a
-            // store that cannot grow while the staged copy holds device memory.
-            // The store grows while the copy is still running.
-            bool on_device = true;
-            try {
-                engine_->reserve(old + n);
-                staged->wait();
-            } catch (const std::exception&) {
-                on_device = false;
-            }
-            if (on_device) {
-                try {
-                    engine_->append_device(staged->data(), staged->ld(), ordinal_of_.data() + old, n, 0);
-                } catch (const OutOfMemoryError&) {
-                    on_device = false;
-                }
-            }
-            if (!on_device) {
-                staged.reset();
-                engine_->append(src.data, ordinal_of_.data() + old, n);
-            }
-        } else {
-            engine_->append(src.data, ordinal_of_.data() + old, n);
-        }
-        appended = true;
-        if (metadata.empty()) {
-            metadata_of_->append_empty(n);
-        } else {
-            for (Metadata& md : metadata) metadata_of_->push_back(detail::MetadataTable::make(std::move(md)));
-        }
-    };
-    // Undoes both parts, then throws: the duplicate id when there is one, else `error`.
-    auto fail = [&](std::exception_ptr error) {
-        if (clash != detail::IdIndex::npos) {
-            try {
-                throw DuplicateIdError("id '" + id_of_[old + indexed] +
-                                       (clash >= old ? "' appears twice in the batch"
-                                                     : "' already exists"));
-            } catch (...) {
-                error = std::current_exception();  // or the bad_alloc of building the message
-            }
-        }
-        if (appended) engine_->truncate(old);
-        if (took) next_ordinal_ = ordinals_before;
-        unindex(old, indexed);
-        id_of_.resize(old);
-        metadata_of_->truncate(old);
-        ordinal_of_.resize(old);
+// With the room reserved (an empty store takes the batch's vector whole), moving strings in
+// and entering them in the index allocate nothing and cannot throw. The index stops at the
+// first id it already holds.
+void VectorStorage::index_ids(std::vector<std::string>&& ids, std::size_t n, AddProgress& p) noexcept {
+    if (p.old == 0)
+        impl_->id_of_ = std::move(ids);
+    else
+        impl_->id_of_.insert(impl_->id_of_.end(), std::make_move_iterator(ids.begin()),
+                             std::make_move_iterator(ids.end()));
+    p.indexed = impl_->index_->insert_range(impl_->id_of_, p.old, n, &p.clash);
+}
+
+// Ordinals, the engine's rows (the upload, on GPU backends the long part), then metadata.
+void VectorStorage::append_rows(const Source& src, std::size_t n, std::vector<Metadata>&& metadata,
+                                std::unique_ptr<StagedRows>& staged, AddProgress& p) {
+    const std::size_t old = p.old;
+    const std::uint32_t first = take_ordinals(n);  // may renumber the stored rows first
+    p.ordinals_before = first;
+    p.took = true;
+    impl_->ordinal_of_.resize(old + n);  // reserved, unless a renumbering replaced the vector
+    std::iota(impl_->ordinal_of_.begin() + old, impl_->ordinal_of_.end(), first);
+    const std::uint32_t* ordinals = impl_->ordinal_of_.data() + old;
+    if (src.device) {
+        impl_->engine_->append_device(src.data, src.ld, ordinals, n, src.stream);
+    } else if (!(staged && append_staged(*staged, old, ordinals, n))) {
+        staged.reset();  // its device memory goes before a host add that may need it to grow
+        impl_->engine_->append(src.data, ordinals, n);
+    }
+    p.appended = true;
+    if (metadata.empty()) {
+        impl_->metadata_of_->append_empty(n);
+    } else {
+        for (Metadata& md : metadata) impl_->metadata_of_->push_back(detail::MetadataTable::make(std::move(md)));
+    }
+}
+
+// The staged copy of the rows into the engine; false leaves the host rows to add from: the
+// copy failed (no room for it, say), or the store cannot grow while the staged copy holds
+// device memory. The store grows while the copy is still running.
+bool VectorStorage::append_staged(StagedRows& staged, std::size_t old, const std::uint32_t* ordinals,
+                                  std::size_t n) {
+    try {
+        impl_->engine_->reserve(old + n);
+        staged.wait();
+    } catch (const std::exception&) {
+        return false;
+    }
+    try {
+        impl_->engine_->append_device(staged.data(), staged.ld(), ordinals, n, 0);
+    } catch (const OutOfMemoryError&) {
+        return false;
+    }
+    return true;
+}
+
+// Undoes what the add did, then throws: the duplicate id when there is one, else `error`.
+void VectorStorage::roll_back(const AddProgress& p, std::exception_ptr error) {
+    const std::size_t old = p.old;
+    if (p.clash != detail::IdIndex::npos) {
         try {
-            std::rethrow_exception(error);
-        } catch (const std::bad_alloc&) {
-            throw OutOfMemoryError("host memory exhausted while adding vectors");
+            throw DuplicateIdError("id '" + impl_->id_of_[old + p.indexed] +
+                                   (p.clash >= old ? "' appears twice in the batch" : "' already exists"));
+        } catch (...) {
+            error = std::current_exception();  // or the bad_alloc of building the message
         }
-    };
+    }
+    if (p.appended) impl_->engine_->truncate(old);
+    if (p.took) impl_->next_ordinal_ = p.ordinals_before;
+    unindex(old, p.indexed);
+    impl_->id_of_.resize(old);
+    impl_->metadata_of_->truncate(old);
+    impl_->ordinal_of_.resize(old);
+    try {
+        std::rethrow_exception(error);
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("host memory exhausted while adding vectors");
+    }
+}
+
+// add_rows' work under the write lock, on arguments it has checked. Every host allocation
+// happens first; then the ids part (index_ids, which finds an id already stored or repeated
+// in the batch) and the rows part (append_rows) run, on two threads for large batches; then
+// everything is kept, or all of it undone by roll_back.
+void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& src, std::size_t n,
+                                  std::vector<Metadata>&& metadata, std::unique_ptr<StagedRows> staged) {
+    AddProgress p;
+    p.old = impl_->id_of_.size();
+    reserve_rows(n);
 
     // Both parts finish before anything is kept or undone. When both fail, the duplicate id is
     // reported: that is what running them one after the other (ids first) reports, where the
@@ -309,49 +323,49 @@ void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& 
     std::thread helper;
     if (n >= kParallelIds && several_cores) {
         try {
-            helper = std::thread(add_ids);
+            helper = std::thread([&]() noexcept { index_ids(std::move(ids), n, p); });
         } catch (...) {
             // No thread (resource limits): both parts run on this one.
         }
     }
     if (!helper.joinable()) {
-        add_ids();
-        if (clash != detail::IdIndex::npos) fail(nullptr);
+        index_ids(std::move(ids), n, p);
+        if (p.clash != detail::IdIndex::npos) roll_back(p, nullptr);
     }
     std::exception_ptr rows_error;
     try {
-        add_rows_part();
+        append_rows(src, n, std::move(metadata), staged, p);
     } catch (...) {
         rows_error = std::current_exception();
     }
     if (helper.joinable()) helper.join();
-    if (clash != detail::IdIndex::npos || rows_error) fail(rows_error);
+    if (p.clash != detail::IdIndex::npos || rows_error) roll_back(p, rows_error);
 }
 
 bool VectorStorage::update_vector(const std::string& id, const float* data, std::size_t len,
                                   const Metadata* metadata) {
     check_row(data, len, "vector");
     if (metadata) detail::check_metadata(*metadata);
-    WriteLock lock(mutex_);
-    check_open();
-    const std::size_t slot = index_->find(id_of_, id);
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
+    const std::size_t slot = impl_->index_->find(impl_->id_of_, id);
     if (slot == detail::IdIndex::npos) return false;
     if (!metadata) {
-        engine_->write(slot, data);
+        impl_->engine_->write(slot, data);
         return true;
     }
     // The metadata (re-indexed, all or nothing) first; a failed engine write puts it back.
     std::unique_ptr<Metadata> old;
-    if (!(*metadata_of_)[slot].empty()) old = std::make_unique<Metadata>((*metadata_of_)[slot]);
+    if (!(*impl_->metadata_of_)[slot].empty()) old = std::make_unique<Metadata>((*impl_->metadata_of_)[slot]);
     try {
-        metadata_of_->set(slot, detail::MetadataTable::make(Metadata(*metadata)));
+        impl_->metadata_of_->set(slot, detail::MetadataTable::make(Metadata(*metadata)));
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while indexing metadata");
     }
     try {
-        engine_->write(slot, data);
+        impl_->engine_->write(slot, data);
     } catch (...) {
-        metadata_of_->set(slot, std::move(old));
+        impl_->metadata_of_->set(slot, std::move(old));
         throw;
     }
     return true;
@@ -363,16 +377,16 @@ bool VectorStorage::update_vector(const std::string& id, const float* data, std:
 void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
                                    std::size_t dim, std::vector<std::optional<Metadata>> metadata) {
     check_batch_sizes(ids.size(), metadata.size(), n);
-    if (n != 0 && dim != dimension_)
+    if (n != 0 && dim != impl_->dimension_)
         throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
+                                     ", the storage has dimension " + std::to_string(impl_->dimension_));
     for (const auto& id : ids) check_id(id);
     for (const auto& md : metadata)
         if (md) detail::check_metadata(*md);
     if (n != 0) check_rows(data, n, dim, "vectors");
 
-    WriteLock lock(mutex_);
-    check_open();
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
     std::vector<std::size_t> stored;  // batch positions of ids already stored
     std::vector<std::size_t> slots;   // their slots
     std::vector<std::size_t> fresh;   // batch positions of new ids
@@ -383,7 +397,7 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
     std::vector<float> replaced;  // the stored rows as they were, for the undo
     try {
         for (std::size_t i = 0; i < n; ++i) {
-            const std::size_t slot = index_->find(id_of_, ids[i]);
+            const std::size_t slot = impl_->index_->find(impl_->id_of_, ids[i]);
             (slot == detail::IdIndex::npos ? fresh : stored).push_back(i);
             if (slot != detail::IdIndex::npos) slots.push_back(slot);
         }
@@ -391,7 +405,7 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
         std::sort(sorted.begin(), sorted.end());
         auto twice = std::adjacent_find(sorted.begin(), sorted.end());
         if (twice != sorted.end())
-            throw DuplicateIdError("id '" + id_of_[*twice] + "' appears twice in the batch");
+            throw DuplicateIdError("id '" + impl_->id_of_[*twice] + "' appears twice in the batch");
         const bool md_given = !metadata.empty();
         // A batch of new ids only goes to the add as it is.
         const bool as_given = stored.empty();
@@ -411,7 +425,7 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
                 if (metadata[stored[j]]) stored_md[j] = detail::MetadataTable::make(std::move(*metadata[stored[j]]));
         }
         replaced.resize(stored.size() * dim);
-        for (std::size_t j = 0; j < stored.size(); ++j) engine_->read(slots[j], 1, replaced.data() + j * dim);
+        for (std::size_t j = 0; j < stored.size(); ++j) impl_->engine_->read(slots[j], 1, replaced.data() + j * dim);
         if (as_given) fresh_ids = std::move(ids);
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while upserting vectors");
@@ -424,7 +438,7 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
     auto undo_metadata = [&]() noexcept {
         try {
             for (std::size_t j = 0; j < relabelled; ++j)
-                if (metadata[stored[j]]) metadata_of_->set(slots[j], std::move(replaced_md[j]));
+                if (metadata[stored[j]]) impl_->metadata_of_->set(slots[j], std::move(replaced_md[j]));
         } catch (...) {
             // Restoring a row's entries failed for want of memory; the first error is reported.
         }
@@ -432,22 +446,22 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
     try {
         for (; relabelled < stored_md.size(); ++relabelled) {
             if (!metadata[stored[relabelled]]) continue;
-            const Metadata& was = (*metadata_of_)[slots[relabelled]];
+            const Metadata& was = (*impl_->metadata_of_)[slots[relabelled]];
             if (!was.empty()) replaced_md[relabelled] = std::make_unique<Metadata>(was);
-            metadata_of_->set(slots[relabelled], std::move(stored_md[relabelled]));
+            impl_->metadata_of_->set(slots[relabelled], std::move(stored_md[relabelled]));
         }
     } catch (const std::bad_alloc&) {
         undo_metadata();
         throw OutOfMemoryError("host memory exhausted while indexing metadata");
     }
     try {
-        for (; written < stored.size(); ++written) engine_->write(slots[written], data + stored[written] * dim);
+        for (; written < stored.size(); ++written) impl_->engine_->write(slots[written], data + stored[written] * dim);
         if (!fresh.empty())
             append_locked(std::move(fresh_ids), Source{fresh_rows.empty() ? data : fresh_rows.data()},
                           fresh.size(), std::move(fresh_md));
     } catch (...) {
         try {
-            for (std::size_t j = 0; j < written; ++j) engine_->write(slots[j], replaced.data() + j * dim);
+            for (std::size_t j = 0; j < written; ++j) impl_->engine_->write(slots[j], replaced.data() + j * dim);
         } catch (...) {
             // The device failed twice; the first error is the one to report.
         }
@@ -458,51 +472,51 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
 
 void VectorStorage::get_vectors(const std::vector<std::string>& ids, float* out,
                                 std::vector<Metadata>* metadata) const {
-    ReadLock lock(mutex_);
-    check_open();
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
     std::vector<std::size_t> slots(ids.size());
     for (std::size_t i = 0; i < ids.size(); ++i) {
-        slots[i] = index_->find(id_of_, ids[i]);
+        slots[i] = impl_->index_->find(impl_->id_of_, ids[i]);
         if (slots[i] == detail::IdIndex::npos) throw VectorNotFoundError("no vector has id '" + ids[i] + "'");
     }
     if (metadata) {
         metadata->clear();
         metadata->reserve(ids.size());
-        for (std::size_t slot : slots) metadata->push_back((*metadata_of_)[slot]);
+        for (std::size_t slot : slots) metadata->push_back((*impl_->metadata_of_)[slot]);
     }
-    for (std::size_t i = 0; i < slots.size(); ++i) engine_->read(slots[i], 1, out + i * dimension_);
+    for (std::size_t i = 0; i < slots.size(); ++i) impl_->engine_->read(slots[i], 1, out + i * impl_->dimension_);
 }
 
 void VectorStorage::remove_slot(std::size_t slot) {
-    const std::size_t last = id_of_.size() - 1;
+    const std::size_t last = impl_->id_of_.size() - 1;
     if (slot != last) {
-        engine_->move(last, slot);
-        index_->relocate(id_of_, last, slot);
-        id_of_[slot] = std::move(id_of_[last]);
-        metadata_of_->move(last, slot);
-        ordinal_of_[slot] = ordinal_of_[last];
+        impl_->engine_->move(last, slot);
+        impl_->index_->relocate(impl_->id_of_, last, slot);
+        impl_->id_of_[slot] = std::move(impl_->id_of_[last]);
+        impl_->metadata_of_->move(last, slot);
+        impl_->ordinal_of_[slot] = impl_->ordinal_of_[last];
     }
-    engine_->truncate(last);
-    id_of_.pop_back();
-    metadata_of_->truncate(last);
-    ordinal_of_.pop_back();
+    impl_->engine_->truncate(last);
+    impl_->id_of_.pop_back();
+    impl_->metadata_of_->truncate(last);
+    impl_->ordinal_of_.pop_back();
 }
 
 bool VectorStorage::remove_vector(const std::string& id) {
-    WriteLock lock(mutex_);
-    check_open();
-    const std::size_t slot = index_->erase(id_of_, id);
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
+    const std::size_t slot = impl_->index_->erase(impl_->id_of_, id);
     if (slot == detail::IdIndex::npos) return false;
     remove_slot(slot);
     return true;
 }
 
 std::size_t VectorStorage::remove_vectors(const std::vector<std::string>& ids) {
-    WriteLock lock(mutex_);
-    check_open();
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
     std::size_t removed = 0;
     for (const auto& id : ids) {
-        const std::size_t slot = index_->erase(id_of_, id);
+        const std::size_t slot = impl_->index_->erase(impl_->id_of_, id);
         if (slot == detail::IdIndex::npos) continue;
         remove_slot(slot);
         ++removed;
@@ -511,62 +525,52 @@ std::size_t VectorStorage::remove_vectors(const std::vector<std::string>& ids) {
 }
 
 void VectorStorage::clear() {
-    WriteLock lock(mutex_);
-    check_open();
-    engine_->truncate(0);
-    index_->release();
-    id_of_.clear();
-    metadata_of_->clear();
-    ordinal_of_.clear();
-    next_ordinal_ = 0;
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
+    impl_->engine_->truncate(0);
+    impl_->index_->release();
+    impl_->id_of_.clear();
+    impl_->metadata_of_->clear();
+    impl_->ordinal_of_.clear();
+    impl_->next_ordinal_ = 0;
 }
 
 std::optional<Vector> VectorStorage::get_vector(const std::string& id) const {
-    ReadLock lock(mutex_);
-    check_open();
-    const std::size_t slot = index_->find(id_of_, id);
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    const std::size_t slot = impl_->index_->find(impl_->id_of_, id);
     if (slot == detail::IdIndex::npos) return std::nullopt;
-    Vector v{id, std::vector<float>(dimension_), (*metadata_of_)[slot]};
-    engine_->read(slot, 1, v.data.data());
+    Vector v{id, std::vector<float>(impl_->dimension_), (*impl_->metadata_of_)[slot]};
+    impl_->engine_->read(slot, 1, v.data.data());
     return v;
 }
 
 std::optional<Metadata> VectorStorage::get_metadata(const std::string& id) const {
-    ReadLock lock(mutex_);
-    check_open();
-    const std::size_t slot = index_->find(id_of_, id);
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    const std::size_t slot = impl_->index_->find(impl_->id_of_, id);
     if (slot == detail::IdIndex::npos) return std::nullopt;
-    return (*metadata_of_)[slot];
+    return (*impl_->metadata_of_)[slot];
 }
 
 std::size_t VectorStorage::clamp_k(std::int64_t k) const {
     if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    return std::min<std::size_t>(static_cast<std::size_t>(k), id_of_.size());
+    return std::min<std::size_t>(static_cast<std::size_t>(k), impl_->id_of_.size());
 }
 
 float VectorStorage::finish_score(float engine_score) const {
-    if (metric_ == Metric::Euclidean) return std::sqrt(std::max(engine_score, 0.0f));
+    if (impl_->metric_ == Metric::Euclidean) return std::sqrt(std::max(engine_score, 0.0f));
     return engine_score;
 }
 
 std::vector<SearchHit> VectorStorage::search(const float* query, std::size_t len,
                                              std::int64_t k) const {
-    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    check_row(query, len, "query");
-    ReadLock lock(mutex_);
-    check_open();
-    return hits_of(search_locked(Source{query}, 1, k));
+    return hits_of(checked_search(Source{query}, 1, len, k, nullptr));
 }
 
 std::vector<SearchHit> VectorStorage::search_device(const float* query, std::size_t len,
                                                     std::int64_t k, std::uintptr_t stream) const {
-    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    if (len != dimension_)
-        throw DimensionMismatchError("query has dimension " + std::to_string(len) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
-    ReadLock lock(mutex_);
-    check_open();
-    return hits_of(search_locked(Source{query, true, len, stream}, 1, k));
+    return hits_of(checked_search(Source{query, true, len, stream}, 1, len, k, nullptr));
 }
 
 std::vector<SearchHit> VectorStorage::hits_of(BatchResult&& r) const {
@@ -574,7 +578,7 @@ std::vector<SearchHit> VectorStorage::hits_of(BatchResult&& r) const {
     hits.reserve(r.k);
     for (std::size_t j = 0; j < r.k; ++j)
         hits.push_back(SearchHit{std::move(r.ids[j]), r.scores[j],
-                                 (*metadata_of_)[static_cast<std::size_t>(r.slots[j])]});
+                                 (*impl_->metadata_of_)[static_cast<std::size_t>(r.slots[j])]});
     return hits;
 }
 
@@ -587,16 +591,27 @@ BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, st
 BatchResult VectorStorage::search_batch_device(const float* queries, std::size_t nq,
                                                std::size_t dim, std::size_t ld, std::int64_t k,
                                                std::uintptr_t stream, float* device_scores) const {
+    return checked_search(Source{queries, true, ld, stream, device_scores, true}, nq, dim, k, nullptr);
+}
+
+// Every search entry point comes here: the queries are checked once, before the lock, and
+// the search runs under the reader lock. Source::batch picks the wording of the errors.
+BatchResult VectorStorage::checked_search(const Source& queries, std::size_t nq, std::size_t dim,
+                                          std::int64_t k, const Filter* filter) const {
     if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    if (dim != dimension_)
-        throw DimensionMismatchError("queries have dimension " + std::to_string(dim) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
-    if (nq > 0 && ld < dim)
-        throw InvalidArgumentError("device queries have a stride of " + std::to_string(ld) +
+    const char* what = queries.batch ? "queries" : "query";
+    if (dim != impl_->dimension_)
+        throw DimensionMismatchError(std::string(what) + (queries.batch ? " have" : " has") + " dimension " +
+                                     std::to_string(dim) + ", the storage has dimension " +
+                                     std::to_string(impl_->dimension_));
+    if (queries.device && nq > 0 && queries.ld < dim)
+        throw InvalidArgumentError("device queries have a stride of " + std::to_string(queries.ld) +
                                    " floats, less than their dimension " + std::to_string(dim));
-    ReadLock lock(mutex_);
-    check_open();
-    return search_locked(Source{queries, true, ld, stream, device_scores}, nq, k);
+    if (!queries.device) check_rows(queries.data, nq, dim, what);
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    if (filter) return search_filtered_locked(queries.data, nq, k, *filter);
+    return search_locked(queries, nq, k);
 }
 
 BatchResult VectorStorage::search_locked(const Source& queries, std::size_t nq,
@@ -608,10 +623,10 @@ BatchResult VectorStorage::search_locked(const Source& queries, std::size_t nq,
     r.scores.resize(nq * r.k);
     r.slots.resize(nq * r.k);
     if (queries.device)
-        engine_->search_device(queries.data, queries.ld, nq, r.k, queries.stream, r.scores.data(),
+        impl_->engine_->search_device(queries.data, queries.ld, nq, r.k, queries.stream, r.scores.data(),
                                r.slots.data(), queries.device_scores);
     else
-        engine_->search(queries.data, nq, r.k, r.scores.data(), r.slots.data());
+        impl_->engine_->search(queries.data, nq, r.k, r.scores.data(), r.slots.data());
     name_hits(r);
     return r;
 }
@@ -620,24 +635,24 @@ void VectorStorage::name_hits(BatchResult& r) const {
     r.ids.reserve(r.nq * r.k);
     for (std::size_t i = 0; i < r.nq * r.k; ++i) {
         r.scores[i] = finish_score(r.scores[i]);
-        r.ids.push_back(id_of_[static_cast<std::size_t>(r.slots[i])]);
+        r.ids.push_back(impl_->id_of_[static_cast<std::size_t>(r.slots[i])]);
     }
 }
 
 // ---- Filtered calls ------------------------------------------------------------------------
 
-detail::SlotBits VectorStorage::select(const Filter& filter) const {
+detail::SlotBits VectorStorage::Impl::select(const Filter& filter) const {
     return metadata_of_->evaluate(filter, [this](const std::string& id) { return index_->find(id_of_, id); });
 }
 
 bool VectorStorage::update_metadata(const std::string& id, const Metadata& metadata) {
     detail::check_metadata(metadata);
-    WriteLock lock(mutex_);
-    check_open();
-    const std::size_t slot = index_->find(id_of_, id);
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
+    const std::size_t slot = impl_->index_->find(impl_->id_of_, id);
     if (slot == detail::IdIndex::npos) return false;
     try {
-        metadata_of_->set(slot, detail::MetadataTable::make(Metadata(metadata)));
+        impl_->metadata_of_->set(slot, detail::MetadataTable::make(Metadata(metadata)));
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while indexing metadata");
     }
@@ -645,29 +660,29 @@ bool VectorStorage::update_metadata(const std::string& id, const Metadata& metad
 }
 
 std::size_t VectorStorage::count(const Filter& filter) const {
-    ReadLock lock(mutex_);
-    check_open();
-    if (filter.matches_all()) return id_of_.size();
-    return select(filter).count;
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    if (filter.matches_all()) return impl_->id_of_.size();
+    return impl_->select(filter).count;
 }
 
 std::vector<std::string> VectorStorage::ids(const Filter& filter) const {
-    ReadLock lock(mutex_);
-    check_open();
-    if (filter.matches_all()) return id_of_;
-    const detail::SlotBits sel = select(filter);
+    ReadLock lock(impl_->mutex_);
+    impl_->check_open();
+    if (filter.matches_all()) return impl_->id_of_;
+    const detail::SlotBits sel = impl_->select(filter);
     std::vector<std::string> out;
     out.reserve(sel.count);
     for (std::size_t w = 0; w < sel.words.size(); ++w)
         for (std::uint64_t b = sel.words[w]; b; b &= b - 1)
-            out.push_back(id_of_[w * 64 + static_cast<std::size_t>(__builtin_ctzll(b))]);
+            out.push_back(impl_->id_of_[w * 64 + static_cast<std::size_t>(__builtin_ctzll(b))]);
     return out;
 }
 
 std::size_t VectorStorage::remove_vectors(const Filter& filter) {
-    WriteLock lock(mutex_);
-    check_open();
-    const detail::SlotBits sel = select(filter);
+    WriteLock lock(impl_->mutex_);
+    impl_->check_open();
+    const detail::SlotBits sel = impl_->select(filter);
     // From the last slot down: every slot above the one removed is then a row that stays,
     // so the swap-remove never moves a row that is still to be removed.
     for (std::size_t w = sel.words.size(); w-- > 0;) {
@@ -675,7 +690,7 @@ std::size_t VectorStorage::remove_vectors(const Filter& filter) {
             const int top = 63 - __builtin_clzll(b);
             b &= ~(std::uint64_t{1} << top);
             const std::size_t slot = w * 64 + static_cast<std::size_t>(top);
-            index_->erase_slot(id_of_, slot);
+            impl_->index_->erase_slot(impl_->id_of_, slot);
             remove_slot(slot);
         }
     }
@@ -684,23 +699,14 @@ std::size_t VectorStorage::remove_vectors(const Filter& filter) {
 
 std::vector<SearchHit> VectorStorage::search(const float* query, std::size_t len, std::int64_t k,
                                              const Filter& filter) const {
-    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    check_row(query, len, "query");
-    ReadLock lock(mutex_);
-    check_open();
-    return hits_of(search_filtered_locked(query, 1, k, filter));
+    return hits_of(checked_search(Source{query}, 1, len, k, &filter));
 }
 
 BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, std::size_t dim,
                                         std::int64_t k, const Filter& filter) const {
-    if (k <= 0) throw InvalidArgumentError("k must be >= 1, got " + std::to_string(k));
-    if (dim != dimension_)
-        throw DimensionMismatchError("queries have dimension " + std::to_string(dim) +
-                                     ", the storage has dimension " + std::to_string(dimension_));
-    check_rows(queries, nq, dim, "queries");
-    ReadLock lock(mutex_);
-    check_open();
-    return search_filtered_locked(queries, nq, k, filter);
+    Source src{queries};
+    src.batch = true;
+    return checked_search(src, nq, dim, k, &filter);
 }
 
 // The filter is evaluated under the reader lock, so the slots it names are the ones the
@@ -708,8 +714,8 @@ BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, st
 BatchResult VectorStorage::search_filtered_locked(const float* queries, std::size_t nq, std::int64_t k,
                                                   const Filter& filter) const {
     if (filter.matches_all()) return search_locked(Source{queries}, nq, k);
-    const detail::SlotBits sel = select(filter);
-    if (sel.count == id_of_.size()) return search_locked(Source{queries}, nq, k);
+    const detail::SlotBits sel = impl_->select(filter);
+    if (sel.count == impl_->id_of_.size()) return search_locked(Source{queries}, nq, k);
     BatchResult r;
     r.nq = nq;
     r.k = std::min<std::size_t>(static_cast<std::size_t>(k), sel.count);
@@ -717,25 +723,25 @@ BatchResult VectorStorage::search_filtered_locked(const float* queries, std::siz
     r.scores.resize(nq * r.k);
     r.slots.resize(nq * r.k);
     const SlotFilter slots{sel.words.data(), sel.count, sel.slots.empty() ? nullptr : sel.slots.data()};
-    engine_->search_filtered(queries, nq, r.k, slots, r.scores.data(), r.slots.data());
+    impl_->engine_->search_filtered(queries, nq, r.k, slots, r.scores.data(), r.slots.data());
     name_hits(r);
     return r;
 }
 
 void VectorStorage::close() {
-    WriteLock lock(mutex_);
-    if (closed_) return;
-    closed_ = true;
-    engine_.reset();
-    index_->release();
-    id_of_.clear();
-    metadata_of_->clear();
-    ordinal_of_.clear();
+    WriteLock lock(impl_->mutex_);
+    if (impl_->closed_) return;
+    impl_->closed_ = true;
+    impl_->engine_.reset();
+    impl_->index_->release();
+    impl_->id_of_.clear();
+    impl_->metadata_of_->clear();
+    impl_->ordinal_of_.clear();
 }
 
 bool VectorStorage::closed() const {
-    ReadLock lock(mutex_);
-    return closed_;
+    ReadLock lock(impl_->mutex_);
+    return impl_->closed_;
 }
 
 }  // namespace hive_gpu

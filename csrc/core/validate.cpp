@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "hive_gpu/error.hpp"
-#include "hive_gpu/storage.hpp"
+#include "hive_gpu/limits.hpp"
 
 namespace hive_gpu {
 

@@ -7,10 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "hive_gpu/engine.hpp"
 #include "hive_gpu/types.hpp"
 
 namespace hive_gpu {
+
+class Engine;  // hive_gpu/engine.hpp, for backend authors
 
 class VectorStorage;
 

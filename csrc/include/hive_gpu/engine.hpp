@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "hive_gpu/error.hpp"
+#include "hive_gpu/limits.hpp"
 #include "hive_gpu/types.hpp"
 
 namespace hive_gpu {

@@ -4,64 +4,18 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <vector>
 
 #include "hive_gpu/context.hpp"
-#include "hive_gpu/engine.hpp"
 #include "hive_gpu/filter.hpp"
+#include "hive_gpu/limits.hpp"
 #include "hive_gpu/types.hpp"
 
 namespace hive_gpu {
-
-namespace detail {
-class IdIndex;  // core/id_index.hpp: id -> slot, keyed by id_of_
-class ByteSink;    // core/persist.cpp: where save() and to_bytes() write the format
-class ByteSource;  // core/persist.cpp: where load() and from_bytes() read it
-
-// Metadata by slot and its per-key indexes (core/metadata_index.hpp).
-class MetadataTable;
-struct SlotBits;
-
-// A shared mutex that never starves writers: a writer waits at the gate for the readers in
-// flight and closes it behind them, so a stream of overlapping searches (each of which may
-// hold the lock while its device works) cannot keep an add or remove out for ever.
-class WriterPreferringMutex {
-   public:
-    void lock() {
-        std::lock_guard<std::mutex> gate(gate_);
-        rw_.lock();
-    }
-    bool try_lock() {
-        std::unique_lock<std::mutex> gate(gate_, std::try_to_lock);
-        return gate.owns_lock() && rw_.try_lock();
-    }
-    void unlock() { rw_.unlock(); }
-    void lock_shared() {
-        { std::lock_guard<std::mutex> gate(gate_); }
-        rw_.lock_shared();
-    }
-    bool try_lock_shared() {
-        std::unique_lock<std::mutex> gate(gate_, std::try_to_lock);
-        return gate.owns_lock() && rw_.try_lock_shared();
-    }
-    void unlock_shared() { rw_.unlock_shared(); }
-
-   private:
-    std::mutex gate_;
-    std::shared_mutex rw_;
-};
-}  // namespace detail
-
-// Limits checked on every write.
-inline constexpr std::size_t kMaxIdBytes = 4096;
-inline constexpr std::size_t kMaxDimension = 1u << 20;
-// Squared norms above this could overflow float32 distance arithmetic.
-inline constexpr double kMaxSquaredNorm = 3.4028234663852886e38 / 4.0;
 
 // What a saved store's header says; VectorStorage::inspect_file() returns it after checking
 // every byte of the file.
@@ -90,9 +44,9 @@ class VectorStorage {
     VectorStorage(const VectorStorage&) = delete;
     VectorStorage& operator=(const VectorStorage&) = delete;
 
-    std::size_t dimension() const { return dimension_; }
-    Metric metric() const { return metric_; }
-    const std::shared_ptr<Context>& context() const { return context_; }
+    std::size_t dimension() const;
+    Metric metric() const;
+    const std::shared_ptr<Context>& context() const;
     std::size_t size() const;
     bool contains(const std::string& id) const;
     std::vector<std::string> ids() const;  // insertion order (an update keeps an id's place)
@@ -194,12 +148,10 @@ class VectorStorage {
     bool closed() const;
 
    private:
-    // The format itself (persist.cpp), over any sink or source. read_from() with a null
-    // context only checks, and returns null.
-    void write_to(detail::ByteSink& out) const;
-    static std::shared_ptr<VectorStorage> read_from(const std::shared_ptr<Context>& context,
-                                                    detail::ByteSource& in, StoreFileInfo* info);
-    void check_open() const;
+    // The state, its lock, the id and metadata indexes and the file format (core/storage_impl.hpp).
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+
     void check_row(const float* row, std::size_t len, const char* what) const;
     static void check_id(const std::string& id);
     std::uint32_t take_ordinals(std::size_t n);  // renumbers when the counter would wrap
@@ -213,39 +165,33 @@ class VectorStorage {
         std::size_t ld = 0;
         std::uintptr_t stream = 0;
         float* device_scores = nullptr;
+        bool batch = false;  // queries: nq rows rather than one query (the errors' wording)
     };
+    BatchResult checked_search(const Source& queries, std::size_t nq, std::size_t dim, std::int64_t k,
+                               const Filter* filter) const;
     void add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
                   std::size_t dim, std::vector<Metadata>&& metadata,
                   std::unique_ptr<StagedRows> staged = nullptr);
     void append_locked(std::vector<std::string>&& ids, const Source& src, std::size_t n,
                        std::vector<Metadata>&& metadata, std::unique_ptr<StagedRows> staged = nullptr);
+    // append_locked's steps (storage.cpp): room, ids, rows, and the undo of a failed add.
+    struct AddProgress;
+    void reserve_rows(std::size_t n);
+    void index_ids(std::vector<std::string>&& ids, std::size_t n, AddProgress& progress) noexcept;
+    void append_rows(const Source& src, std::size_t n, std::vector<Metadata>&& metadata,
+                     std::unique_ptr<StagedRows>& staged, AddProgress& progress);
+    bool append_staged(StagedRows& staged, std::size_t old, const std::uint32_t* ordinals, std::size_t n);
+    [[noreturn]] void roll_back(const AddProgress& progress, std::exception_ptr error);
     std::vector<std::size_t> slots_by_age() const;  // slots by ordinal: insertion order
     // Takes slots [first, first + count) out of index_ (their ids still in id_of_).
     void unindex(std::size_t first, std::size_t count) noexcept;
     BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
-    // The slots `filter` passes, under the caller's lock.
-    detail::SlotBits select(const Filter& filter) const;
     BatchResult search_filtered_locked(const float* queries, std::size_t nq, std::int64_t k,
                                        const Filter& filter) const;
     std::vector<SearchHit> hits_of(BatchResult&& r) const;
     // Final scores and ids for the slots the engine returned.
     void name_hits(BatchResult& r) const;
     float finish_score(float engine_score) const;
-
-    std::shared_ptr<Context> context_;
-    std::unique_ptr<Engine> engine_;
-    std::size_t dimension_;
-    Metric metric_;
-    // Read once: engine_ is null after close() and may not be touched outside the lock.
-    bool engine_checks_rows_;
-
-    mutable detail::WriterPreferringMutex mutex_;
-    bool closed_ = false;
-    std::unique_ptr<detail::IdIndex> index_;  // id -> slot; stores no ids, reads id_of_
-    std::vector<std::string> id_of_;          // by slot
-    std::unique_ptr<detail::MetadataTable> metadata_of_;  // by slot, with its indexes
-    std::vector<std::uint32_t> ordinal_of_;   // by slot, mirrors the engine's
-    std::uint64_t next_ordinal_ = 0;
 };
 
 }  // namespace hive_gpu
