@@ -608,3 +608,16 @@ def test_cpu_filtered_paths_agree_with_and_without_the_screen(backend):
             ids, bits = runs["off", "auto"][f"{metric.value}/{name}/1"]
             scores = np.array(bits, np.uint32).view(np.float32)
             assert_matches(ids[0], scores[0], X[rows], [f"v{i}" for i in rows], Q[:1], metric, 20)
+
+
+def test_filtered_ids_keep_insertion_order_after_removals(ctx, rng):
+    store = ctx.create_storage(4, "euclidean")
+    ids = [f"v{i}" for i in range(40)]
+    store.add_vectors(ids, rng.standard_normal((40, 4)).astype(np.float32),
+                      [{"even": i % 2 == 0, "i": i} for i in range(40)])
+    for gone in ("v0", "v6", "v13", "v20"):
+        store.remove_vector(gone)  # each swap-remove moves the last row into the freed slot
+    left = [i for i in ids if i not in ("v0", "v6", "v13", "v20")]
+    assert store.ids() == left
+    assert store.ids(filter={"even": True}) == [i for i in left if int(i[1:]) % 2 == 0]
+    assert store.ids(filter={"i": {"$gte": 0}}) == left

@@ -669,13 +669,23 @@ std::size_t VectorStorage::count(const Filter& filter) const {
 std::vector<std::string> VectorStorage::ids(const Filter& filter) const {
     ReadLock lock(impl_->mutex_);
     impl_->check_open();
-    if (filter.matches_all()) return impl_->id_of_;
+    if (filter.matches_all()) {
+        lock.unlock();
+        return ids();
+    }
     const detail::SlotBits sel = impl_->select(filter);
-    std::vector<std::string> out;
-    out.reserve(sel.count);
+    // Insertion order, as ids() gives: the passing slots sorted by ordinal.
+    std::vector<std::uint64_t> keys;
+    keys.reserve(sel.count);
     for (std::size_t w = 0; w < sel.words.size(); ++w)
-        for (std::uint64_t b = sel.words[w]; b; b &= b - 1)
-            out.push_back(impl_->id_of_[w * 64 + static_cast<std::size_t>(__builtin_ctzll(b))]);
+        for (std::uint64_t b = sel.words[w]; b; b &= b - 1) {
+            const std::size_t slot = w * 64 + static_cast<std::size_t>(__builtin_ctzll(b));
+            keys.push_back((std::uint64_t{impl_->ordinal_of_[slot]} << 32) | slot);
+        }
+    std::sort(keys.begin(), keys.end());
+    std::vector<std::string> out;
+    out.reserve(keys.size());
+    for (std::uint64_t key : keys) out.push_back(impl_->id_of_[static_cast<std::size_t>(key & 0xffffffffu)]);
     return out;
 }
 
