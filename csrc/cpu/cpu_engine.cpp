@@ -12,20 +12,12 @@
 #include "core/topk.hpp"
 #include "cpu/cpu_context.hpp"
 #include "cpu/kernels.hpp"
+#include "core/numeric.hpp"
 #include "cpu/screen.hpp"
 #include "hive_gpu/error.hpp"
 
 namespace hive_gpu::cpu {
 
-namespace {
-// 1/|x| for cosine. A vector whose squared norm is below FLT_MIN is the zero vector
-// (docs/guarantees.md): its direction is not representable in float32 arithmetic.
-float cosine_factor(double squared_norm) {
-    return squared_norm >= static_cast<double>(std::numeric_limits<float>::min())
-               ? static_cast<float>(1.0 / std::sqrt(squared_norm))
-               : 0.0f;
-}
-}  // namespace
 
 CpuEngine::CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric)
     : context_(std::move(context)), dim_(dimension), metric_(metric) {}

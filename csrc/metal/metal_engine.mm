@@ -10,6 +10,7 @@
 
 #include "hive_gpu/error.hpp"
 #include "core/chunk_plan.hpp"
+#include "core/numeric.hpp"
 
 namespace hive_gpu::metal {
 
@@ -25,7 +26,6 @@ constexpr std::size_t kIdleScratch = 2;                // scratch sets kept betw
 // slot list); denser ones score every row and mask the selection. As on CUDA (docs/cuda.md).
 constexpr std::size_t kSparseRatio = 32;
 
-std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 uint metric_id(Metric m) {
     switch (m) {
