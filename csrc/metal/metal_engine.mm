@@ -52,11 +52,7 @@ MetalEngine::MetalEngine(std::shared_ptr<MetalContext> context, std::size_t dime
 
 MetalEngine::~MetalEngine() = default;
 
-std::size_t MetalEngine::capacity() const {
-    std::size_t c = 0;
-    for (const auto& ch : chunks_) c += ch.capacity;
-    return c;
-}
+std::size_t MetalEngine::capacity() const { return chunk_capacity(chunks_); }
 
 std::size_t MetalEngine::memory_bytes() const {
     std::size_t b = 0;

@@ -167,14 +167,9 @@ std::vector<float> vector_of(const FloatArray& v) {
 }
 
 py::dict async_stats_dict(const AsyncStats& s) {
-    py::dict r;
-    r["searches"] = s.searches;
-    r["search_batches"] = s.search_batches;
-    r["largest_batch"] = s.largest_batch;
-    r["batch_searches"] = s.batch_searches;
-    r["writes"] = s.writes;
-    r["cancelled"] = s.cancelled;
-    return r;
+    return py::dict("searches"_a = s.searches, "search_batches"_a = s.search_batches,
+                    "largest_batch"_a = s.largest_batch, "batch_searches"_a = s.batch_searches,
+                    "writes"_a = s.writes, "cancelled"_a = s.cancelled);
 }
 
 BatchingConfig batching_config(double max_wait_us, std::size_t max_batch) {

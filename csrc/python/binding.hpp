@@ -14,7 +14,7 @@
 #include "hive_gpu/storage.hpp"
 
 namespace py = pybind11;
-
+using namespace pybind11::literals;  // "key"_a = value in the dicts handed to Python
 
 // ---- Typed metadata values: str, int, float, bool, list of str ----------------------------
 // pybind11's variant caster would take a bool for an int; this one checks bool first and

@@ -189,33 +189,20 @@ FilterExpr filter_expr_from(py::handle h, const std::string& path) {
 }
 
 py::dict device_info_dict(const DeviceInfo& d) {
-    py::dict r;
-    r["name"] = d.name;
-    r["backend"] = d.backend;
-    r["vram_total"] = d.vram_total;
-    r["vram_available"] = d.vram_available;
-    r["vram_used"] = d.vram_used;
-    r["driver_version"] = d.driver_version;
-    r["compute_capability"] = d.compute_capability;
-    r["max_threads_per_block"] = d.max_threads_per_block;
-    r["max_shared_memory"] = d.max_shared_memory;
-    r["device_id"] = d.device_id;
-    r["pci_bus_id"] = d.pci_bus_id;
-    r["unknown"] = d.unknown;
-    return r;
+    return py::dict("name"_a = d.name, "backend"_a = d.backend, "vram_total"_a = d.vram_total,
+                    "vram_available"_a = d.vram_available, "vram_used"_a = d.vram_used,
+                    "driver_version"_a = d.driver_version, "compute_capability"_a = d.compute_capability,
+                    "max_threads_per_block"_a = d.max_threads_per_block,
+                    "max_shared_memory"_a = d.max_shared_memory, "device_id"_a = d.device_id,
+                    "pci_bus_id"_a = d.pci_bus_id, "unknown"_a = d.unknown);
 }
 
 py::dict pool_stats_dict(const PoolStats& s) {
-    py::dict r;
-    r["reserved_bytes"] = s.reserved_bytes;
-    r["used_bytes"] = s.used_bytes;
-    r["peak_bytes"] = s.peak_bytes;
-    r["allocations"] = s.allocations;
-    r["device_allocations"] = s.device_allocations;
-    r["rows_bytes"] = s.rows_bytes;
-    r["release_threshold"] = s.config.release_threshold;
-    r["max_bytes"] = s.config.max_bytes;
-    return r;
+    return py::dict("reserved_bytes"_a = s.reserved_bytes, "used_bytes"_a = s.used_bytes,
+                    "peak_bytes"_a = s.peak_bytes, "allocations"_a = s.allocations,
+                    "device_allocations"_a = s.device_allocations, "rows_bytes"_a = s.rows_bytes,
+                    "release_threshold"_a = s.config.release_threshold,
+                    "max_bytes"_a = s.config.max_bytes);
 }
 
 }  // namespace
@@ -248,15 +235,10 @@ PYBIND11_MODULE(_core, m) {
                   py::gil_scoped_release release;
                   info = VectorStorage::inspect_file(path);
               }
-              py::dict r;
-              r["format_version"] = info.format_version;
-              r["metric"] = info.metric;
-              r["dimension"] = info.dimension;
-              r["count"] = info.count;
-              r["next_ordinal"] = info.next_ordinal;
-              r["file_bytes"] = info.file_bytes;
-              r["dtype"] = info.dtype;
-              return r;
+              return py::dict("format_version"_a = info.format_version, "metric"_a = info.metric,
+                              "dimension"_a = info.dimension, "count"_a = info.count,
+                              "next_ordinal"_a = info.next_ordinal, "file_bytes"_a = info.file_bytes,
+                              "dtype"_a = info.dtype);
           },
           py::arg("path"));
 

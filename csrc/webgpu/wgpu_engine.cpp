@@ -66,11 +66,7 @@ float WgpuEngine::row_factor(const float* row) const {
     return static_cast<float>(s);
 }
 
-std::size_t WgpuEngine::capacity() const {
-    std::size_t c = 0;
-    for (const auto& ch : chunks_) c += ch.capacity;
-    return c;
-}
+std::size_t WgpuEngine::capacity() const { return chunk_capacity(chunks_); }
 
 std::size_t WgpuEngine::memory_bytes() const {
     std::size_t b = 0;
