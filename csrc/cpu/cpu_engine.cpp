@@ -289,7 +289,7 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         return;
 
     const std::size_t tile = tile_rows(d), piece = piece_rows(d);
-    const std::size_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+    const std::size_t blocks = ceil_div(nq, kQueryBlock);
     const std::size_t threads = pool.threads();
     std::size_t chunks = 1;
     if (threads > 1 && n * d * nq >= kParallelWork) {
@@ -299,8 +299,8 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         chunks = std::min(chunks, std::max<std::size_t>(1, n / (2 * k)));
         if (blocks >= threads * kChunksPerThread) chunks = 1;
     }
-    const std::size_t chunk_rows = (n + chunks - 1) / chunks;
-    chunks = (n + chunk_rows - 1) / chunk_rows;
+    const std::size_t chunk_rows = ceil_div(n, chunks);
+    chunks = ceil_div(n, chunk_rows);
     const std::size_t tasks = blocks * chunks;
 
     std::vector<TopK<kHigherFirst>> heaps;  // [chunk][query]

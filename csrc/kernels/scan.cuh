@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     __shared__ int count;
     __shared__ std::uint64_t bound;
     const std::size_t q = blockIdx.x;
-    const std::size_t per = (cols + gridDim.y - 1) / gridDim.y;
+    const std::size_t per = ceil_div(cols, gridDim.y);
     const std::size_t begin = per * blockIdx.y;
     const std::size_t end = begin + per < cols ? begin + per : cols;
     BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),

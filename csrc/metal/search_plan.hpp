@@ -62,7 +62,7 @@ struct ChunkShape {
     uint sel = kSelAll;  // kSelList: n is the number of listed rows
 };
 
-inline uint div_up(std::size_t a, std::size_t b) { return static_cast<uint>((a + b - 1) / b); }
+inline uint div_up(std::size_t a, std::size_t b) { return static_cast<uint>(ceil_div(a, b)); }
 
 // Rows per sorted segment: the smallest power of two holding all rows, at most kMaxSegment.
 inline uint segment_size(std::size_t n) {
