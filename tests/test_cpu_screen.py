@@ -6,7 +6,7 @@ Every scenario is searched in subprocesses with HIVE_GPU_CPU_SCREEN=off (the ful
 =always (the screen on every search of up to 3 queries, however small the store) and the
 default, under each instruction set and several thread counts; the answers (ids and the
 bits of every score) must be identical, and they are checked against the float64 oracle.
-Where the module exposes _cpu_screen_counts(), the tests also check which path ran: the
+Where the module exposes _testing.cpu_screen_counts(), the tests also check which path ran: the
 screen finishing on ordinary data, and giving up on near-ties everywhere.
 """
 
@@ -28,7 +28,7 @@ from reference import METRICS, assert_matches
 
 HAS_COUNTS = _testing.cpu_screen_counts() is not None
 NEEDS_COUNTS = pytest.mark.skipif(
-    not HAS_COUNTS, reason="hive_gpu._core has no _cpu_screen_counts() (csrc/python/module.cpp)"
+    not HAS_COUNTS, reason="hive_gpu._core._testing has no cpu_screen_counts() (csrc/python/testing.cpp)"
 )
 
 QUERY_COUNTS = (1, 2, 3)

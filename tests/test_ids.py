@@ -262,7 +262,7 @@ def _ids_sharing_hash_bits(bits: int, count: int, candidates: int) -> list[list[
     groups: dict[int, list[str]] = {}
     for k in range(candidates):
         i = f"c{k}"
-        groups.setdefault((_core._id_hash(i) >> 32) & mask, []).append(i)
+        groups.setdefault((_core._testing.id_hash(i) >> 32) & mask, []).append(i)
     return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)[:count]
 
 
@@ -338,8 +338,8 @@ def test_async_large_batch(ctx, rng):
 
 
 def test_hash_is_deterministic_and_spreads():
-    h = [_core._id_hash(f"vec-{k}") for k in range(20000)]
-    assert h == [_core._id_hash(f"vec-{k}") for k in range(20000)]
+    h = [_core._testing.id_hash(f"vec-{k}") for k in range(20000)]
+    assert h == [_core._testing.id_hash(f"vec-{k}") for k in range(20000)]
     assert all(0 <= x < 1 << 64 for x in h)
     assert len(set(h)) == len(h)
     # The home bucket of a 4096-bucket table: about 20000 / 4096 ids each, no pile-ups.

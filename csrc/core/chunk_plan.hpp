@@ -23,4 +23,12 @@ inline ChunkGrowth plan_chunks(std::size_t chunks, std::size_t last_capacity, st
     return g;
 }
 
+// Rows the chunks can hold together (each chunk type has a `capacity` in rows).
+template <class Chunk>
+std::size_t chunk_capacity(const std::vector<Chunk>& chunks) {
+    std::size_t c = 0;
+    for (const auto& ch : chunks) c += ch.capacity;
+    return c;
+}
+
 }  // namespace hive_gpu

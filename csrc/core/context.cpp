@@ -73,6 +73,18 @@ const BackendEntry* find_entry(const std::vector<BackendEntry>& all, const std::
     return nullptr;
 }
 
+// The one place a device id is checked: a backend's make_context gets a usable backend and an
+// id in range.
+std::shared_ptr<Context> make_checked(const BackendEntry& e, int device_id) {
+    const std::string why = e.unavailable_reason();
+    if (!why.empty()) throw NoDeviceError(std::string(e.name) + ": " + why);
+    const int n = e.device_count();
+    if (device_id < 0 || device_id >= n)
+        throw InvalidDeviceIdError(std::string(e.name) + ": device id " + std::to_string(device_id) +
+                                   " is out of range (" + std::to_string(n) + " device(s))");
+    return e.make_context(device_id);
+}
+
 }  // namespace
 
 std::vector<std::string> compiled_backends() {
@@ -111,9 +123,9 @@ std::shared_ptr<Context> create_context(const std::string& backend, int device_i
     auto all = entries();
     if (backend == "auto") {
         for (const auto& e : all)
-            if (e.unavailable_reason().empty() && !(e.emulated && e.emulated())) return e.make_context(device_id);
+            if (e.unavailable_reason().empty() && !(e.emulated && e.emulated())) return make_checked(e, device_id);
         for (const auto& e : all)
-            if (e.unavailable_reason().empty()) return e.make_context(device_id);
+            if (e.unavailable_reason().empty()) return make_checked(e, device_id);
         throw NoDeviceError("no backend is available");
     }
     const BackendEntry* e = find_entry(all, backend);
@@ -123,13 +135,7 @@ std::shared_ptr<Context> create_context(const std::string& backend, int device_i
         throw InvalidArgumentError("backend '" + backend + "' is not compiled in (compiled: " +
                                    known + ")");
     }
-    std::string why = e->unavailable_reason();
-    if (!why.empty()) throw NoDeviceError(backend + ": " + why);
-    int n = e->device_count();
-    if (device_id < 0 || device_id >= n)
-        throw InvalidDeviceIdError(backend + ": device id " + std::to_string(device_id) +
-                                   " is out of range (" + std::to_string(n) + " device(s))");
-    return e->make_context(device_id);
+    return make_checked(*e, device_id);
 }
 
 }  // namespace hive_gpu

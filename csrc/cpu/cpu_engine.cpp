@@ -12,20 +12,12 @@
 #include "core/topk.hpp"
 #include "cpu/cpu_context.hpp"
 #include "cpu/kernels.hpp"
+#include "core/numeric.hpp"
 #include "cpu/screen.hpp"
 #include "hive_gpu/error.hpp"
 
 namespace hive_gpu::cpu {
 
-namespace {
-// 1/|x| for cosine. A vector whose squared norm is below FLT_MIN is the zero vector
-// (docs/guarantees.md): its direction is not representable in float32 arithmetic.
-float cosine_factor(double squared_norm) {
-    return squared_norm >= static_cast<double>(std::numeric_limits<float>::min())
-               ? static_cast<float>(1.0 / std::sqrt(squared_norm))
-               : 0.0f;
-}
-}  // namespace
 
 CpuEngine::CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric)
     : context_(std::move(context)), dim_(dimension), metric_(metric) {}
@@ -297,7 +289,7 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         return;
 
     const std::size_t tile = tile_rows(d), piece = piece_rows(d);
-    const std::size_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+    const std::size_t blocks = ceil_div(nq, kQueryBlock);
     const std::size_t threads = pool.threads();
     std::size_t chunks = 1;
     if (threads > 1 && n * d * nq >= kParallelWork) {
@@ -307,8 +299,8 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         chunks = std::min(chunks, std::max<std::size_t>(1, n / (2 * k)));
         if (blocks >= threads * kChunksPerThread) chunks = 1;
     }
-    const std::size_t chunk_rows = (n + chunks - 1) / chunks;
-    chunks = (n + chunk_rows - 1) / chunk_rows;
+    const std::size_t chunk_rows = ceil_div(n, chunks);
+    chunks = ceil_div(n, chunk_rows);
     const std::size_t tasks = blocks * chunks;
 
     std::vector<TopK<kHigherFirst>> heaps;  // [chunk][query]

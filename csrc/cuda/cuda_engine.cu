@@ -6,6 +6,7 @@
 #include <thread>
 #include <type_traits>
 
+#include "core/numeric.hpp"
 #include "core/validate.hpp"
 #include "cuda/cuda_check.hpp"
 #include "hive_gpu/storage.hpp"
@@ -33,7 +34,6 @@ constexpr std::size_t kSmallAppendBytes = std::size_t{4} << 20;
 // at ~3% of rows passing; docs/cuda.md says how to tune this from the H200 benchmark.
 constexpr std::size_t kSparseRatio = 32;
 
-std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 int next_pow2(std::size_t v) {
     int p = 1;

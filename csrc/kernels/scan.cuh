@@ -3,6 +3,7 @@
 // the rare k too large for shared memory.
 #pragma once
 
+#include "core/numeric.hpp"
 #include "kernels/compat.cuh"
 #include "kernels/keys.cuh"
 #include "kernels/select.cuh"
@@ -39,7 +40,7 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
             if (code != 0 && fault != nullptr)
                 atomicMin(fault, (static_cast<unsigned long long>(r) << 2) | code);
             if (kMetric == kCosine)
-                factor[r] = s >= 1.17549435e-38 ? static_cast<float>(1.0 / sqrt(s)) : 0.0f;  // below FLT_MIN: zero vector
+                factor[r] = cosine_factor(s);
             else
                 factor[r] = static_cast<float>(s);
         }
@@ -166,7 +167,7 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
               static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
     }
     qq = warp_sum(qq);
-    const float qf = kMetric == kCosine ? (qq >= 1.17549435e-38 ? static_cast<float>(1.0 / sqrt(qq)) : 0.0f)
+    const float qf = kMetric == kCosine ? cosine_factor(qq)
                                         : static_cast<float>(qq);
     constexpr int kRows = ScanShape<kVpl>::kRows < kWarpRows ? ScanShape<kVpl>::kRows : kWarpRows;
     const std::size_t per_round = blockDim.x / kWarpSize * kWarpRows;
@@ -354,7 +355,7 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     __shared__ int count;
     __shared__ std::uint64_t bound;
     const std::size_t q = blockIdx.x;
-    const std::size_t per = (cols + gridDim.y - 1) / gridDim.y;
+    const std::size_t per = ceil_div(cols, gridDim.y);
     const std::size_t begin = per * blockIdx.y;
     const std::size_t end = begin + per < cols ? begin + per : cols;
     BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),

@@ -175,12 +175,8 @@ BackendEntry backend_entry() {
         [] { return devices().unavailable.empty() ? static_cast<int>(devices().list.size()) : 0; },
         [] { return devices().unavailable; },
         [](int device_id) -> std::shared_ptr<Context> {
-            const Devices& d = devices();
-            if (!d.unavailable.empty()) throw NoDeviceError("metal: " + d.unavailable);
-            if (device_id < 0 || static_cast<std::size_t>(device_id) >= d.list.size())
-                throw InvalidDeviceIdError("metal: device id " + std::to_string(device_id) + " is out of range (" +
-                                           std::to_string(d.list.size()) + " device(s))");
-            id<MTLDevice> dev = d.list[static_cast<std::size_t>(device_id)];
+            // create_context has checked the id against device_count.
+            id<MTLDevice> dev = devices().list[static_cast<std::size_t>(device_id)];
             if (dev.maxThreadgroupMemoryLength < kThreadgroupBytes)
                 throw NoDeviceError("metal: device " + std::to_string(device_id) + " ('" + utf8(dev.name) +
                                     "') has too little threadgroup memory for the kernels");

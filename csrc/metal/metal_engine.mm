@@ -10,6 +10,7 @@
 
 #include "hive_gpu/error.hpp"
 #include "core/chunk_plan.hpp"
+#include "core/numeric.hpp"
 
 namespace hive_gpu::metal {
 
@@ -25,7 +26,6 @@ constexpr std::size_t kIdleScratch = 2;                // scratch sets kept betw
 // slot list); denser ones score every row and mask the selection. As on CUDA (docs/cuda.md).
 constexpr std::size_t kSparseRatio = 32;
 
-std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 uint metric_id(Metric m) {
     switch (m) {
@@ -52,11 +52,7 @@ MetalEngine::MetalEngine(std::shared_ptr<MetalContext> context, std::size_t dime
 
 MetalEngine::~MetalEngine() = default;
 
-std::size_t MetalEngine::capacity() const {
-    std::size_t c = 0;
-    for (const auto& ch : chunks_) c += ch.capacity;
-    return c;
-}
+std::size_t MetalEngine::capacity() const { return chunk_capacity(chunks_); }
 
 std::size_t MetalEngine::memory_bytes() const {
     std::size_t b = 0;

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/numeric.hpp"
+
 namespace hive_gpu::metal {
 
 using uint = std::uint32_t;
@@ -60,7 +62,7 @@ struct ChunkShape {
     uint sel = kSelAll;  // kSelList: n is the number of listed rows
 };
 
-inline uint div_up(std::size_t a, std::size_t b) { return static_cast<uint>((a + b - 1) / b); }
+inline uint div_up(std::size_t a, std::size_t b) { return static_cast<uint>(ceil_div(a, b)); }
 
 // Rows per sorted segment: the smallest power of two holding all rows, at most kMaxSegment.
 inline uint segment_size(std::size_t n) {
@@ -141,14 +143,13 @@ inline Plan plan_chunk(const ChunkShape& s) {
 }
 
 // The per-row (and per-query) factor the kernels use, accumulated in double once at insert:
-// 1/|v| for cosine, |v|^2 for Euclidean, unused (0) for the dot product. A cosine vector
-// whose squared norm is below FLT_MIN counts as zero (factor 0, every similarity 0): the GPU
-// flushes denormal products to zero, so such a vector has no reliable direction there.
+// 1/|v| for cosine (zero below FLT_MIN: cosine_factor in core/numeric.hpp), |v|^2 for
+// Euclidean, unused (0) for the dot product.
 inline float vector_factor(const float* v, std::size_t dim, uint metric) {
     if (metric == kDotProduct) return 0.0f;
     double s = 0.0;
     for (std::size_t j = 0; j < dim; ++j) s += static_cast<double>(v[j]) * v[j];
-    if (metric == kCosine) return s >= FLT_MIN ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+    if (metric == kCosine) return cosine_factor(s);
     return static_cast<float>(s);
 }
 

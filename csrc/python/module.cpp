@@ -1,93 +1,17 @@
-// hive_gpu._core: the only binding file. Every call that touches vectors releases the GIL.
+// hive_gpu._core: the module's bindings; the asyncio bridge is in async_bridge.cpp and the
+// test-only hooks in testing.cpp. Every call that touches vectors releases the GIL.
 #include <cstring>
-#include <mutex>
 #include <optional>
 #include <utility>
-#include <variant>
 
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
-#include "core/id_index.hpp"
-#include "cpu/screen.hpp"
-#include "hive_gpu/async.hpp"
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/context.hpp"
 #include "hive_gpu/error.hpp"
 #include "hive_gpu/filter.hpp"
 #include "hive_gpu/storage.hpp"
+#include "python/binding.hpp"
 
-namespace py = pybind11;
 using namespace hive_gpu;
-
-// ---- Typed metadata values: str, int, float, bool, list of str ----------------------------
-// pybind11's variant caster would take a bool for an int; this one checks bool first and
-// accepts nothing else. python/hive_gpu/_arrays.py checks first, with messages naming the key.
-namespace pybind11::detail {
-template <>
-struct type_caster<hive_gpu::MetaValue> {
-    PYBIND11_TYPE_CASTER(hive_gpu::MetaValue, const_name("str | int | float | bool | list[str]"));
-
-    static bool utf8(handle h, std::string& out) {
-        Py_ssize_t len = 0;
-        const char* p = PyUnicode_AsUTF8AndSize(h.ptr(), &len);
-        if (p == nullptr) {
-            PyErr_Clear();
-            return false;
-        }
-        out.assign(p, static_cast<std::size_t>(len));
-        return true;
-    }
-    bool load(handle src, bool) {
-        PyObject* o = src.ptr();
-        if (PyBool_Check(o)) {
-            value = o == Py_True;
-        } else if (PyLong_Check(o)) {
-            int overflow = 0;
-            const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-            if (overflow || (v == -1 && PyErr_Occurred())) {
-                PyErr_Clear();
-                return false;
-            }
-            value = static_cast<std::int64_t>(v);
-        } else if (PyFloat_Check(o)) {
-            value = PyFloat_AS_DOUBLE(o);
-        } else if (PyUnicode_Check(o)) {
-            std::string s;
-            if (!utf8(src, s)) return false;
-            value = std::move(s);
-        } else if (PyList_Check(o) || PyTuple_Check(o)) {
-            hive_gpu::MetaTags tags;
-            for (handle item : reinterpret_borrow<sequence>(src)) {
-                if (!PyUnicode_Check(item.ptr())) return false;
-                tags.emplace_back();
-                if (!utf8(item, tags.back())) return false;
-            }
-            value = std::move(tags);
-        } else {
-            return false;
-        }
-        return true;
-    }
-    static handle cast(const hive_gpu::MetaValue& v, return_value_policy, handle) {
-        return std::visit(
-            [](const auto& x) -> handle {
-                using T = std::decay_t<decltype(x)>;
-                if constexpr (std::is_same_v<T, bool>) return pybind11::bool_(x).release();
-                else if constexpr (std::is_same_v<T, std::string>) return pybind11::str(x).release();
-                else if constexpr (std::is_same_v<T, std::int64_t>) return pybind11::int_(x).release();
-                else if constexpr (std::is_same_v<T, double>) return pybind11::float_(x).release();
-                else {
-                    pybind11::list l(x.size());
-                    for (std::size_t i = 0; i < x.size(); ++i) l[i] = pybind11::str(x[i]);
-                    return l.release();
-                }
-            },
-            v);
-    }
-};
-}  // namespace pybind11::detail
 
 namespace {
 
@@ -98,10 +22,12 @@ class ArgumentTypeError : public InvalidArgumentError {
     using InvalidArgumentError::InvalidArgumentError;
 };
 
+}  // namespace
+
 // A Python list of ids as C++ strings, each checked to be a str in the same pass (the
 // Python layer leaves that check to this loop: one pass over a million ids, not two).
 // skip_unstorable: ids with no UTF-8 form, which no store can hold, are left out (for removals).
-std::vector<std::string> ids_from(const py::list& ids, bool skip_unstorable = false) {
+std::vector<std::string> ids_from(const py::list& ids, bool skip_unstorable) {
     std::vector<std::string> out;
     out.reserve(ids.size());
     for (py::handle h : ids) {
@@ -122,8 +48,6 @@ std::vector<std::string> ids_from(const py::list& ids, bool skip_unstorable = fa
 }
 
 
-using FloatArray = py::array_t<float, py::array::c_style>;
-
 // Shape of a 1-D or 2-D float32 array as (rows, cols).
 std::pair<std::size_t, std::size_t> rows_cols(const FloatArray& a) {
     if (a.ndim() == 1) return {1, static_cast<std::size_t>(a.shape(0))};
@@ -138,6 +62,15 @@ py::tuple batch_to_python(BatchResult&& r) {
     for (std::size_t i = 0; i < r.ids.size(); ++i) ids[i] = py::str(r.ids[i]);
     return py::make_tuple(scores, ids, r.k);
 }
+
+py::list hits_to_list(std::vector<SearchHit>&& hits) {
+    py::list out(hits.size());
+    for (std::size_t i = 0; i < hits.size(); ++i)
+        out[i] = py::make_tuple(std::move(hits[i].id), hits[i].score, std::move(hits[i].metadata));
+    return out;
+}
+
+namespace {
 
 // A file error as hive_gpu.errors builds it: a PersistenceError that is also the OSError
 // subclass of its errno (FileNotFoundError, PermissionError...), errno and filename set.
@@ -256,310 +189,24 @@ FilterExpr filter_expr_from(py::handle h, const std::string& path) {
 }
 
 py::dict device_info_dict(const DeviceInfo& d) {
-    py::dict r;
-    r["name"] = d.name;
-    r["backend"] = d.backend;
-    r["vram_total"] = d.vram_total;
-    r["vram_available"] = d.vram_available;
-    r["vram_used"] = d.vram_used;
-    r["driver_version"] = d.driver_version;
-    r["compute_capability"] = d.compute_capability;
-    r["max_threads_per_block"] = d.max_threads_per_block;
-    r["max_shared_memory"] = d.max_shared_memory;
-    r["device_id"] = d.device_id;
-    r["pci_bus_id"] = d.pci_bus_id;
-    r["unknown"] = d.unknown;
-    return r;
+    return py::dict("name"_a = d.name, "backend"_a = d.backend, "vram_total"_a = d.vram_total,
+                    "vram_available"_a = d.vram_available, "vram_used"_a = d.vram_used,
+                    "driver_version"_a = d.driver_version, "compute_capability"_a = d.compute_capability,
+                    "max_threads_per_block"_a = d.max_threads_per_block,
+                    "max_shared_memory"_a = d.max_shared_memory, "device_id"_a = d.device_id,
+                    "pci_bus_id"_a = d.pci_bus_id, "unknown"_a = d.unknown);
 }
 
 py::dict pool_stats_dict(const PoolStats& s) {
-    py::dict r;
-    r["reserved_bytes"] = s.reserved_bytes;
-    r["used_bytes"] = s.used_bytes;
-    r["peak_bytes"] = s.peak_bytes;
-    r["allocations"] = s.allocations;
-    r["device_allocations"] = s.device_allocations;
-    r["rows_bytes"] = s.rows_bytes;
-    r["release_threshold"] = s.config.release_threshold;
-    r["max_bytes"] = s.config.max_bytes;
-    return r;
+    return py::dict("reserved_bytes"_a = s.reserved_bytes, "used_bytes"_a = s.used_bytes,
+                    "peak_bytes"_a = s.peak_bytes, "allocations"_a = s.allocations,
+                    "device_allocations"_a = s.device_allocations, "rows_bytes"_a = s.rows_bytes,
+                    "release_threshold"_a = s.config.release_threshold,
+                    "max_bytes"_a = s.config.max_bytes);
 }
 
 }  // namespace
 
-// ---- Async API: the asyncio bridge over hive_gpu::AsyncStorage (see docs/async.md) ---------
-namespace {
-
-// An owned Python reference that a worker thread may drop: it takes the GIL to do so.
-class PyRef {
-   public:
-    PyRef() = default;
-    explicit PyRef(py::object o) : p_(o.release().ptr()) {}
-    PyRef(PyRef&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
-    PyRef& operator=(PyRef&& o) noexcept {
-        if (this != &o) {
-            reset();
-            p_ = std::exchange(o.p_, nullptr);
-        }
-        return *this;
-    }
-    PyRef(const PyRef&) = delete;
-    PyRef& operator=(const PyRef&) = delete;
-    ~PyRef() { reset(); }
-    void reset() {
-        if (!p_) return;
-        py::gil_scoped_acquire gil;
-        Py_DECREF(std::exchange(p_, nullptr));
-    }
-    // The GIL must be held for both.
-    py::handle get() const { return p_; }
-    py::object take() { return py::reinterpret_steal<py::object>(std::exchange(p_, nullptr)); }
-
-   private:
-    PyObject* p_ = nullptr;
-};
-
-// A failed request's error, raised on the awaiting side by raise_(), where the module's
-// translator turns it into the same exception class as the synchronous call.
-struct AsyncError {
-    std::exception_ptr error;
-};
-
-using AsyncResult = std::variant<std::monostate, std::vector<SearchHit>, BatchResult, bool, std::size_t>;
-
-struct Done {
-    PyRef future;
-    PyRef keepalive;  // the array a borrowed request read
-    std::exception_ptr error;
-    AsyncResult result;
-};
-
-py::object result_to_python(AsyncResult&& r) {
-    if (auto* hits = std::get_if<std::vector<SearchHit>>(&r)) {
-        py::list out(hits->size());
-        for (std::size_t i = 0; i < hits->size(); ++i) {
-            SearchHit& h = (*hits)[i];
-            out[i] = py::make_tuple(std::move(h.id), h.score, std::move(h.metadata));
-        }
-        return std::move(out);
-    }
-    if (auto* batch = std::get_if<BatchResult>(&r)) return batch_to_python(std::move(*batch));
-    if (auto* found = std::get_if<bool>(&r)) return py::bool_(*found);
-    if (auto* count = std::get_if<std::size_t>(&r)) return py::int_(*count);
-    return py::none();
-}
-
-// Completions bound for one asyncio loop. Workers queue them without the GIL; the first of a
-// burst takes the GIL once to schedule drain() with the loop's call_soon_threadsafe, and
-// drain() resolves every queued future on the loop thread.
-class LoopSink : public std::enable_shared_from_this<LoopSink> {
-   public:
-    // schedule(fn): calls fn soon on the loop thread, or raises when the loop is gone or closed.
-    explicit LoopSink(py::object schedule) : schedule_(PyRef(std::move(schedule))) {}
-
-    void push(Done done) {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            items_.push_back(std::move(done));
-            if (armed_) return;
-            armed_ = true;
-        }
-        py::gil_scoped_acquire gil;
-        try {
-            if (!drain_.get()) {
-                std::weak_ptr<LoopSink> self = weak_from_this();
-                drain_ = PyRef(py::cpp_function([self] {
-                    if (auto s = self.lock()) s->drain();
-                }));
-            }
-            schedule_.get()(drain_.get());
-        } catch (py::error_already_set&) {
-            // The loop is closed or gone: nobody can await these any more.
-            std::vector<Done> dropped;
-            std::lock_guard<std::mutex> lock(mutex_);
-            dropped.swap(items_);
-            armed_ = false;
-        }
-    }
-
-    // On the loop thread, with the GIL.
-    void drain() {
-        std::vector<Done> ready;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            ready.swap(items_);
-            armed_ = false;
-        }
-        for (Done& d : ready) {
-            py::object future = d.future.take();
-            d.keepalive.reset();
-            try {
-                if (future.attr("done")().cast<bool>()) continue;  // cancelled: drop the result
-                py::object value = d.error ? py::cast(AsyncError{d.error})
-                                           : result_to_python(std::move(d.result));
-                future.attr("set_result")(value);
-            } catch (py::error_already_set&) {
-                // One future that cannot take its result must not stop the others.
-            }
-        }
-    }
-
-   private:
-    // PyRef: the last owner of a sink may be a worker thread, without the GIL.
-    PyRef schedule_;
-    PyRef drain_;
-    std::mutex mutex_;
-    std::vector<Done> items_;
-    bool armed_ = false;
-};
-
-// Joining the workers may wait on completions that need the GIL: never hold it meanwhile.
-struct ReleaseGilDelete {
-    void operator()(AsyncStorage* p) const {
-        if (PyGILState_Check()) {
-            py::gil_scoped_release release;
-            delete p;
-        } else {
-            delete p;
-        }
-    }
-};
-using AsyncHolder = std::unique_ptr<AsyncStorage, ReleaseGilDelete>;
-
-template <typename T>
-Completion<T> completion_to(std::shared_ptr<LoopSink> sink, py::object future, py::object keepalive) {
-    auto refs = std::make_shared<std::pair<PyRef, PyRef>>(PyRef(std::move(future)), PyRef(std::move(keepalive)));
-    return [sink = std::move(sink), refs](std::exception_ptr error, T result) {
-        sink->push(Done{std::move(refs->first), std::move(refs->second), error,
-                        AsyncResult(std::in_place_type<T>, std::move(result))});
-    };
-}
-
-WriteCompletion write_completion_to(std::shared_ptr<LoopSink> sink, py::object future, py::object keepalive) {
-    auto refs = std::make_shared<std::pair<PyRef, PyRef>>(PyRef(std::move(future)), PyRef(std::move(keepalive)));
-    return [sink = std::move(sink), refs](std::exception_ptr error) {
-        sink->push(Done{std::move(refs->first), std::move(refs->second), error, AsyncResult{}});
-    };
-}
-
-std::vector<float> vector_of(const FloatArray& v) {
-    if (v.ndim() != 1) throw InvalidArgumentError("a vector must be a 1-D array");
-    return std::vector<float>(v.data(), v.data() + v.shape(0));
-}
-
-py::dict async_stats_dict(const AsyncStats& s) {
-    py::dict r;
-    r["searches"] = s.searches;
-    r["search_batches"] = s.search_batches;
-    r["largest_batch"] = s.largest_batch;
-    r["batch_searches"] = s.batch_searches;
-    r["writes"] = s.writes;
-    r["cancelled"] = s.cancelled;
-    return r;
-}
-
-BatchingConfig batching_config(double max_wait_us, std::size_t max_batch) {
-    if (!(max_wait_us >= 0.0) || max_wait_us > 3.6e9)
-        throw InvalidArgumentError("max_wait_us must be in [0, 3.6e9]");
-    return BatchingConfig{std::chrono::microseconds(static_cast<std::int64_t>(max_wait_us)), max_batch};
-}
-
-void bind_async(py::module_& m) {
-    py::class_<AsyncError>(m, "AsyncError").def("raise_", [](const AsyncError& e) {
-        std::rethrow_exception(e.error);
-    });
-    py::class_<Ticket>(m, "Ticket").def("cancel", &Ticket::cancel);
-    py::class_<LoopSink, std::shared_ptr<LoopSink>>(m, "LoopSink")
-        .def(py::init<py::object>(), py::arg("schedule"));
-
-    using Sink = std::shared_ptr<LoopSink>;
-    py::class_<AsyncStorage, AsyncHolder>(m, "AsyncStorage")
-        .def(py::init([](std::shared_ptr<VectorStorage> s, double max_wait_us, std::size_t max_batch,
-                         std::size_t workers) {
-                 return AsyncHolder(new AsyncStorage(std::move(s), batching_config(max_wait_us, max_batch), workers));
-             }),
-             py::arg("storage"), py::arg("max_wait_us") = 200.0, py::arg("max_batch") = 256,
-             py::arg("workers") = 2)
-        .def("search",
-             [](AsyncStorage& a, const FloatArray& q, std::int64_t k, Sink sink, py::object future) {
-                 if (q.ndim() != 1) throw InvalidArgumentError("a query must be a 1-D array");
-                 return a.search(vector_of(q), k,
-                                 completion_to<std::vector<SearchHit>>(std::move(sink), std::move(future), py::none()));
-             })
-        .def("search_batch",
-             [](AsyncStorage& a, const FloatArray& q, std::int64_t k, Sink sink, py::object future) {
-                 if (q.ndim() != 2) throw InvalidArgumentError("queries must be a 2-D array (nq, dimension)");
-                 auto [nq, d] = rows_cols(q);
-                 return a.search_batch(Rows::borrow(q.data(), nq, d), k,
-                                       completion_to<BatchResult>(std::move(sink), std::move(future), q));
-             })
-        .def("add_vector",
-             [](AsyncStorage& a, const std::string& id, const FloatArray& v, const Metadata& md, Sink sink,
-                py::object future) {
-                 return a.add_vector(id, vector_of(v), md,
-                                     write_completion_to(std::move(sink), std::move(future), py::none()));
-             })
-        .def("add_vectors",
-             [](AsyncStorage& a, const py::list& ids, const FloatArray& v, std::vector<Metadata> md,
-                Sink sink, py::object future) {
-                 if (v.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
-                 auto [n, d] = rows_cols(v);
-                 return a.add_vectors(ids_from(ids), Rows::borrow(v.data(), n, d), std::move(md),
-                                      write_completion_to(std::move(sink), std::move(future), v));
-             })
-        .def("update_vector",
-             [](AsyncStorage& a, const std::string& id, const FloatArray& v, std::optional<Metadata> md, Sink sink,
-                py::object future) {
-                 return a.update_vector(id, vector_of(v), std::move(md),
-                                        completion_to<bool>(std::move(sink), std::move(future), py::none()));
-             })
-        .def("remove_vector",
-             [](AsyncStorage& a, const std::string& id, Sink sink, py::object future) {
-                 return a.remove_vector(id, completion_to<bool>(std::move(sink), std::move(future), py::none()));
-             })
-        .def("remove_vectors",
-             [](AsyncStorage& a, const py::list& ids, Sink sink, py::object future) {
-                 return a.remove_vectors(ids_from(ids, true), completion_to<std::size_t>(std::move(sink),
-                                                                                         std::move(future), py::none()));
-             })
-        .def("save",
-             [](AsyncStorage& a, const std::string& path, Sink sink, py::object future) {
-                 return a.save(path, write_completion_to(std::move(sink), std::move(future), py::none()));
-             })
-        .def("search_filtered",
-             [](AsyncStorage& a, const FloatArray& q, std::int64_t k, const Filter& f, Sink sink, py::object future) {
-                 if (q.ndim() != 1) throw InvalidArgumentError("a query must be a 1-D array");
-                 return a.search(vector_of(q), k, f,
-                                 completion_to<std::vector<SearchHit>>(std::move(sink), std::move(future), py::none()));
-             })
-        .def("search_batch_filtered",
-             [](AsyncStorage& a, const FloatArray& q, std::int64_t k, const Filter& f, Sink sink, py::object future) {
-                 if (q.ndim() != 2) throw InvalidArgumentError("queries must be a 2-D array (nq, dimension)");
-                 auto [nq, d] = rows_cols(q);
-                 return a.search_batch(Rows::borrow(q.data(), nq, d), k, f,
-                                       completion_to<BatchResult>(std::move(sink), std::move(future), q));
-             })
-        .def("update_metadata",
-             [](AsyncStorage& a, const std::string& id, Metadata md, Sink sink, py::object future) {
-                 return a.update_metadata(id, std::move(md),
-                                          completion_to<bool>(std::move(sink), std::move(future), py::none()));
-             })
-        .def("set_batching",
-             [](AsyncStorage& a, double max_wait_us, std::size_t max_batch) {
-                 a.set_batching(batching_config(max_wait_us, max_batch));
-             },
-             py::arg("max_wait_us"), py::arg("max_batch"))
-        .def("batching",
-             [](const AsyncStorage& a) {
-                 BatchingConfig c = a.batching();
-                 return py::make_tuple(static_cast<double>(c.max_wait.count()), c.max_batch);
-             })
-        .def("stats", [](const AsyncStorage& a) { return async_stats_dict(a.stats()); })
-        .def("shutdown", &AsyncStorage::shutdown, py::call_guard<py::gil_scoped_release>());
-}
-
-}  // namespace
-// ---- end of the async API -----------------------------------------------------------------
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "hive_gpu native core";
@@ -588,24 +235,12 @@ PYBIND11_MODULE(_core, m) {
                   py::gil_scoped_release release;
                   info = VectorStorage::inspect_file(path);
               }
-              py::dict r;
-              r["format_version"] = info.format_version;
-              r["metric"] = info.metric;
-              r["dimension"] = info.dimension;
-              r["count"] = info.count;
-              r["next_ordinal"] = info.next_ordinal;
-              r["file_bytes"] = info.file_bytes;
-              r["dtype"] = info.dtype;
-              return r;
+              return py::dict("format_version"_a = info.format_version, "metric"_a = info.metric,
+                              "dimension"_a = info.dimension, "count"_a = info.count,
+                              "next_ordinal"_a = info.next_ordinal, "file_bytes"_a = info.file_bytes,
+                              "dtype"_a = info.dtype);
           },
           py::arg("path"));
-    // Tests only: the hash the id index places ids by (not stable across versions).
-    m.def("_id_hash", [](const std::string& id) { return detail::hash_id(id); }, py::arg("id"));
-    // Tests only: how many CPU screens finished and how many gave up (cpu/screen.hpp).
-    m.def("_cpu_screen_counts", [] {
-        const cpu::ScreenCounts c = cpu::screen_counts();
-        return py::make_tuple(c.screened, c.abandoned);
-    });
 
     py::class_<Context, std::shared_ptr<Context>>(m, "Context")
         .def_property_readonly("backend", &Context::backend)
@@ -746,10 +381,7 @@ PYBIND11_MODULE(_core, m) {
                      py::gil_scoped_release release;
                      hits = s.search(q.data(), static_cast<std::size_t>(q.shape(0)), k);
                  }
-                 py::list out(hits.size());
-                 for (std::size_t i = 0; i < hits.size(); ++i)
-                     out[i] = py::make_tuple(std::move(hits[i].id), hits[i].score, std::move(hits[i].metadata));
-                 return out;
+                 return hits_to_list(std::move(hits));
              },
              py::arg("query"), py::arg("k"))
         .def("search_batch",
@@ -783,10 +415,7 @@ PYBIND11_MODULE(_core, m) {
                      py::gil_scoped_release release;
                      hits = s.search_device(reinterpret_cast<const float*>(ptr), dim, k, stream);
                  }
-                 py::list out(hits.size());
-                 for (std::size_t i = 0; i < hits.size(); ++i)
-                     out[i] = py::make_tuple(std::move(hits[i].id), hits[i].score, std::move(hits[i].metadata));
-                 return out;
+                 return hits_to_list(std::move(hits));
              },
              py::arg("ptr"), py::arg("dim"), py::arg("k"), py::arg("stream"))
         .def("search_batch_device",
@@ -819,10 +448,7 @@ PYBIND11_MODULE(_core, m) {
                      py::gil_scoped_release release;
                      hits = s.search(q.data(), static_cast<std::size_t>(q.shape(0)), k, f);
                  }
-                 py::list out(hits.size());
-                 for (std::size_t i = 0; i < hits.size(); ++i)
-                     out[i] = py::make_tuple(std::move(hits[i].id), hits[i].score, std::move(hits[i].metadata));
-                 return out;
+                 return hits_to_list(std::move(hits));
              },
              py::arg("query"), py::arg("k"), py::arg("filter"))
         .def("search_batch_filtered",
@@ -851,4 +477,5 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("closed", &VectorStorage::closed);
 
     bind_async(m);
+    bind_testing(m);
 }

@@ -24,14 +24,8 @@ BackendEntry backend_entry() {
         "rocm",
         [] { return probe().count; },
         [] { return probe().reason; },
-        [](int device_id) -> std::shared_ptr<Context> {
-            const Probe& p = probe();
-            if (!p.reason.empty()) throw NoDeviceError("rocm: " + p.reason);
-            if (device_id < 0 || device_id >= p.count)
-                throw InvalidDeviceIdError("rocm: device id " + std::to_string(device_id) +
-                                           " is out of range (" + std::to_string(p.count) + " device(s))");
-            return std::make_shared<RocmContext>(device_id);
-        },
+        // create_context has checked the id against device_count.
+        [](int device_id) -> std::shared_ptr<Context> { return std::make_shared<RocmContext>(device_id); },
     };
 }
 

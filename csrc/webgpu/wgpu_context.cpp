@@ -533,15 +533,9 @@ BackendEntry backend_entry() {
         "webgpu",
         [] { return runtime().unavailable.empty() ? 1 : 0; },
         [] { return runtime().unavailable; },
-        [](int device_id) -> std::shared_ptr<Context> {
-            const Runtime& rt = runtime();
-            if (!rt.unavailable.empty()) throw NoDeviceError("webgpu: " + rt.unavailable);
-            if (device_id != 0)
-                throw InvalidDeviceIdError("webgpu: device id " + std::to_string(device_id) +
-                                           " is out of range (1 adapter; choose it with "
-                                           "HIVE_GPU_WEBGPU_ADAPTER / HIVE_GPU_WEBGPU_BACKEND)");
-            return std::make_shared<WgpuContext>(rt);
-        },
+        // One adapter (device id 0, checked by create_context); HIVE_GPU_WEBGPU_ADAPTER and
+        // HIVE_GPU_WEBGPU_BACKEND choose it.
+        [](int) -> std::shared_ptr<Context> { return std::make_shared<WgpuContext>(runtime()); },
         [] { return runtime().unavailable.empty() && runtime().host_memory; },
     };
 }

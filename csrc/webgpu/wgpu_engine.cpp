@@ -11,6 +11,7 @@
 
 #include "hive_gpu/error.hpp"
 #include "core/chunk_plan.hpp"
+#include "core/numeric.hpp"
 
 namespace hive_gpu::webgpu {
 
@@ -42,7 +43,6 @@ struct Params {
 constexpr std::uint32_t kSelAll = 0, kSelMask = 1, kSelList = 2;
 
 std::uint32_t u32(std::size_t v) { return static_cast<std::uint32_t>(v); }
-std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
@@ -62,15 +62,11 @@ WgpuEngine::WgpuEngine(std::shared_ptr<WgpuContext> context, std::size_t dimensi
 float WgpuEngine::row_factor(const float* row) const {
     double s = 0.0;
     for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
-    if (metric_ == Metric::Cosine) return s >= std::numeric_limits<float>::min() ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+    if (metric_ == Metric::Cosine) return cosine_factor(s);
     return static_cast<float>(s);
 }
 
-std::size_t WgpuEngine::capacity() const {
-    std::size_t c = 0;
-    for (const auto& ch : chunks_) c += ch.capacity;
-    return c;
-}
+std::size_t WgpuEngine::capacity() const { return chunk_capacity(chunks_); }
 
 std::size_t WgpuEngine::memory_bytes() const {
     std::size_t b = 0;
@@ -365,7 +361,7 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
         if (metric_ == Metric::Cosine) {
             double s = 0.0;
             for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(queries[i * dim_ + j]) * queries[i * dim_ + j];
-            qscale[i] = s >= std::numeric_limits<float>::min() ? static_cast<float>(1.0 / std::sqrt(s)) : 0.0f;
+            qscale[i] = cosine_factor(s);
         }
     }
 

@@ -17,5 +17,5 @@ def backend_unavailable_reason(backend: str) -> str:
 
 def cpu_screen_counts() -> tuple[int, ...] | None:
     """The CPU engine's screening counters, or None in a build without them."""
-    counts = getattr(_core, "_cpu_screen_counts", None)
+    counts = getattr(getattr(_core, "_testing", None), "cpu_screen_counts", None)
     return tuple(counts()) if counts is not None else None
