@@ -80,6 +80,10 @@ bool VectorStorage::contains(const std::string& id) const {
 std::vector<std::string> VectorStorage::ids() const {
     ReadLock lock(impl_->mutex_);
     impl_->check_open();
+    return ids_by_age();
+}
+
+std::vector<std::string> VectorStorage::ids_by_age() const {
     if (std::is_sorted(impl_->ordinal_of_.begin(), impl_->ordinal_of_.end())) return impl_->id_of_;  // no row moved
     std::vector<std::string> out;
     out.reserve(impl_->id_of_.size());
@@ -584,8 +588,9 @@ std::vector<SearchHit> VectorStorage::hits_of(BatchResult&& r) const {
 
 BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, std::size_t dim,
                                         std::int64_t k) const {
-    static const Filter every_row;  // the filtered form runs the plain search for it
-    return search_batch(queries, nq, dim, k, every_row);
+    Source src{queries};
+    src.batch = true;
+    return checked_search(src, nq, dim, k, nullptr);
 }
 
 BatchResult VectorStorage::search_batch_device(const float* queries, std::size_t nq,
@@ -669,10 +674,7 @@ std::size_t VectorStorage::count(const Filter& filter) const {
 std::vector<std::string> VectorStorage::ids(const Filter& filter) const {
     ReadLock lock(impl_->mutex_);
     impl_->check_open();
-    if (filter.matches_all()) {
-        lock.unlock();
-        return ids();
-    }
+    if (filter.matches_all()) return ids_by_age();
     const detail::SlotBits sel = impl_->select(filter);
     // Insertion order, as ids() gives: the passing slots sorted by ordinal.
     std::vector<std::uint64_t> keys;

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 import zlib
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
@@ -291,7 +292,7 @@ def _check_new_ids(ids: list[str]) -> None:
         raise DuplicateIdError(f"id '{dup}' appears twice in the batch")
 
 
-class _ShardedBase:
+class _ShardedBase(ABC):
     """Everything a sharded store does above its shards. A subclass provides ``_run``: run
     a list of (shard, operation, args) at once and return each result or exception."""
 
@@ -314,8 +315,9 @@ class _ShardedBase:
         self._room: tuple[float, list[float] | None] = (-1e9, None)
 
     # The primitive.
+    @abstractmethod
     def _run(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:
-        raise NotImplementedError
+        """Run (shard, operation, args) calls at once; each call's result or exception."""
 
     def _all(self, calls: list[tuple[int, str, tuple]], parallel: bool = True) -> list[Any]:
         out = self._run(calls, parallel)
@@ -943,9 +945,9 @@ class _ShardedBase:
         return self
 
     # Lifetime.
+    @abstractmethod
     def _release(self) -> None:
         """Free every shard (a subclass's resources)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Free every shard's memory now; later calls raise StorageClosedError."""

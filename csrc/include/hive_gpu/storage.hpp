@@ -183,6 +183,7 @@ class VectorStorage {
     bool append_staged(StagedRows& staged, std::size_t old, const std::uint32_t* ordinals, std::size_t n);
     [[noreturn]] void roll_back(const AddProgress& progress, std::exception_ptr error);
     std::vector<std::size_t> slots_by_age() const;  // slots by ordinal: insertion order
+    std::vector<std::string> ids_by_age() const;    // ids in insertion order; lock held
     // Takes slots [first, first + count) out of index_ (their ids still in id_of_).
     void unindex(std::size_t first, std::size_t count) noexcept;
     BatchResult search_locked(const Source& queries, std::size_t nq, std::int64_t k) const;
