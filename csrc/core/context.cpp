@@ -1,6 +1,7 @@
 #include "hive_gpu/context.hpp"
 
 #include <algorithm>
+#include <cctype>
 
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/engine.hpp"
@@ -28,13 +29,33 @@ Metric metric_from_name(const std::string& name) {
     throw InvalidArgumentError("unknown metric '" + name + "'");
 }
 
-std::shared_ptr<VectorStorage> Context::create_storage(std::size_t dimension, Metric metric) {
+const char* dtype_name(Dtype d) {
+    switch (d) {
+        case Dtype::Float32: return "float32";
+        case Dtype::Float16: return "float16";
+        case Dtype::BFloat16: return "bfloat16";
+    }
+    return "unknown";
+}
+
+Dtype dtype_from_name(const std::string& name) {
+    std::string s;
+    for (char c : name) s += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (s == "float32" || s == "fp32" || s == "f32") return Dtype::Float32;
+    if (s == "float16" || s == "fp16" || s == "f16" || s == "half") return Dtype::Float16;
+    if (s == "bfloat16" || s == "bf16") return Dtype::BFloat16;
+    throw InvalidDtypeError("unknown storage dtype '" + name + "': expected float32, float16 or bfloat16");
+}
+
+std::shared_ptr<VectorStorage> Context::create_storage(std::size_t dimension, Metric metric, Dtype dtype) {
     if (dimension == 0 || dimension > kMaxDimension)
         throw InvalidArgumentError("dimension must be in [1, " + std::to_string(kMaxDimension) +
                                    "], got " + std::to_string(dimension));
     if (metric != Metric::Cosine && metric != Metric::DotProduct && metric != Metric::Euclidean)
         throw InvalidArgumentError("unknown metric");
-    return std::make_shared<VectorStorage>(shared_from_this(), make_engine(dimension, metric));
+    if (dtype != Dtype::Float32 && dtype != Dtype::Float16 && dtype != Dtype::BFloat16)
+        throw InvalidDtypeError("unknown storage dtype code " + std::to_string(static_cast<int>(dtype)));
+    return std::make_shared<VectorStorage>(shared_from_this(), make_engine(dimension, metric, dtype));
 }
 
 namespace {

@@ -723,7 +723,7 @@ std::shared_ptr<VectorStorage> VectorStorage::Impl::read_from(const std::shared_
     std::shared_ptr<VectorStorage> storage;
     Engine* engine = nullptr;
     if (context) {
-        storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric)));
+        storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric), Dtype::Float32));
         engine = storage->impl_->engine_.get();
         engine->reserve(n);
     }

@@ -47,6 +47,7 @@ VectorStorage::~VectorStorage() = default;
 
 std::size_t VectorStorage::dimension() const { return impl_->dimension_; }
 Metric VectorStorage::metric() const { return impl_->metric_; }
+Dtype VectorStorage::dtype() const { return impl_->engine_->dtype(); }
 const std::shared_ptr<Context>& VectorStorage::context() const { return impl_->context_; }
 
 void VectorStorage::check_id(const std::string& id) {
@@ -253,7 +254,7 @@ void VectorStorage::append_rows(const Source& src, std::size_t n, std::vector<Me
     std::iota(impl_->ordinal_of_.begin() + old, impl_->ordinal_of_.end(), first);
     const std::uint32_t* ordinals = impl_->ordinal_of_.data() + old;
     if (src.device) {
-        impl_->engine_->append_device(src.data, src.ld, ordinals, n, src.stream);
+        impl_->engine_->append_device(src.data, Dtype::Float32, src.ld, ordinals, n, src.stream);
     } else if (!(staged && append_staged(*staged, old, ordinals, n))) {
         staged.reset();  // its device memory goes before a host add that may need it to grow
         impl_->engine_->append(src.data, ordinals, n);
@@ -278,7 +279,7 @@ bool VectorStorage::append_staged(StagedRows& staged, std::size_t old, const std
         return false;
     }
     try {
-        impl_->engine_->append_device(staged.data(), staged.ld(), ordinals, n, 0);
+        impl_->engine_->append_device(staged.data(), Dtype::Float32, staged.ld(), ordinals, n, 0);
     } catch (const OutOfMemoryError&) {
         return false;
     }
@@ -628,7 +629,7 @@ BatchResult VectorStorage::search_locked(const Source& queries, std::size_t nq,
     r.scores.resize(nq * r.k);
     r.slots.resize(nq * r.k);
     if (queries.device)
-        impl_->engine_->search_device(queries.data, queries.ld, nq, r.k, queries.stream, r.scores.data(),
+        impl_->engine_->search_device(queries.data, Dtype::Float32, queries.ld, nq, r.k, queries.stream, r.scores.data(),
                                r.slots.data(), queries.device_scores);
     else
         impl_->engine_->search(queries.data, nq, r.k, r.scores.data(), r.slots.data());

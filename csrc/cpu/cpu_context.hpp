@@ -17,7 +17,7 @@ class CpuContext final : public Context {
     explicit CpuContext(int threads);
     std::string backend() const override { return "cpu"; }
     DeviceInfo device_info() const override;
-    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) override;
+    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric, Dtype dtype) override;
     int threads() const { return threads_; }
     ThreadPool& pool() const { return *pool_; }
 

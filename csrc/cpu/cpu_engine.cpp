@@ -82,7 +82,7 @@ void CpuEngine::reserve_charged(std::size_t rows) {
     lo_ = std::move(lo);
 }
 
-void CpuEngine::append(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+void CpuEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
     const std::size_t old = size(), need = old + n;
     if (need > row_capacity() || !hi_.data() || need > ordinals_.capacity() ||
@@ -102,7 +102,7 @@ void CpuEngine::append(const float* rows, const std::uint32_t* ordinals, std::si
     ordinals_.insert(ordinals_.end(), ordinals, ordinals + n);
 }
 
-void CpuEngine::write(std::size_t slot, const float* row) {
+void CpuEngine::write_f32(std::size_t slot, const float* row) {
     kernels().split(row, dim_, hi_.data() + slot * dim_, lo_.data() + slot * dim_);
     set_row_data(slot, row);
 }

@@ -24,8 +24,13 @@ class CpuEngine final : public Engine {
     std::size_t size() const override { return ordinals_.size(); }
 
     void reserve(std::size_t rows) override;
-    void append(const float* rows, const std::uint32_t* ordinals, std::size_t n) override;
-    void write(std::size_t slot, const float* row) override;
+    Dtype dtype() const override { return Dtype::Float32; }
+    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override {
+        append_f32(static_cast<const float*>(rows), ordinals, n);
+    }
+    void write(std::size_t slot, const void* row) override { write_f32(slot, static_cast<const float*>(row)); }
+    void append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n);
+    void write_f32(std::size_t slot, const float* row);
     void move(std::size_t src, std::size_t dst) override;
     void truncate(std::size_t n) override;
     void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;

@@ -114,7 +114,8 @@ DeviceInfo CudaContext::device_info() const {
 }
 #endif
 
-std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric metric) {
+std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric metric, Dtype dtype) {
+    if (dtype != Dtype::Float32) throw InvalidDtypeError(std::string("this backend does not store ") + dtype_name(dtype) + " rows yet");
     return std::make_unique<CudaEngine>(
         std::static_pointer_cast<CudaContext>(shared_from_this()), dimension, metric);
 }

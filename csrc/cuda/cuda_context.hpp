@@ -23,7 +23,7 @@ class CudaContext final : public Context {
 
     std::string backend() const override { return HIVE_GPU_BACKEND_NAME; }
     DeviceInfo device_info() const override;
-    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) override;
+    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric, Dtype dtype) override;
     PoolStats pool_stats() const override;
     void set_pool_config(const PoolConfig& config) override;
     // Into pool memory (counted against max_bytes).

@@ -449,7 +449,7 @@ void CudaEngine::finish_append(std::size_t n, const char* what) {
     record_write();
 }
 
-void CudaEngine::append(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+void CudaEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
     DeviceGuard guard(ctx_->device());
     grow(size_ + n);
@@ -479,9 +479,11 @@ void CudaEngine::wait_producer(cudaStream_t ours, cudaEvent_t event, std::uintpt
     check(cudaStreamWaitEvent(ours, event, 0), "cudaStreamWaitEvent");
 }
 
-void CudaEngine::append_device(const float* rows, std::size_t ld, const std::uint32_t* ordinals,
+void CudaEngine::append_device(const void* rows_in, Dtype src, std::size_t ld, const std::uint32_t* ordinals,
                                std::size_t n, std::uintptr_t stream) {
     if (n == 0) return;
+    if (src != Dtype::Float32) throw InvalidDtypeError("device rows must be float32 for now");
+    const float* rows = static_cast<const float*>(rows_in);
     DeviceGuard guard(ctx_->device());
     check_device_pointer(rows, "vectors");
     grow(size_ + n);
@@ -496,7 +498,7 @@ void CudaEngine::append_device(const float* rows, std::size_t ld, const std::uin
     finish_append(n, "vectors");
 }
 
-void CudaEngine::write(std::size_t slot, const float* row) {
+void CudaEngine::write_f32(std::size_t slot, const float* row) {
     DeviceGuard guard(ctx_->device());
     pack_rows(row, 1, dim_, ld_, small_host_);
     check(cudaMemcpyAsync(rows_ + slot * ld_, small_host_, ld_ * sizeof(float), cudaMemcpyHostToDevice, write_stream_),
@@ -775,9 +777,11 @@ void CudaEngine::search_filtered(const float* queries, std::size_t nq, std::size
         for (std::size_t i = 0; i < nq * kk; ++i) slots[i] = filter.slots[slots[i]];
 }
 
-void CudaEngine::search_device(const float* queries, std::size_t ld, std::size_t nq, std::size_t kk,
+void CudaEngine::search_device(const void* queries_in, Dtype src, std::size_t ld, std::size_t nq, std::size_t kk,
                                std::uintptr_t stream, float* scores, std::int64_t* slots,
                                float* device_scores) const {
+    if (src != Dtype::Float32) throw InvalidDtypeError("device queries must be float32 for now");
+    const float* queries = static_cast<const float*>(queries_in);
     DeviceGuard guard(ctx_->device());
     check_device_pointer(queries, "queries");
     if (device_scores) check_device_pointer(device_scores, "the output array");

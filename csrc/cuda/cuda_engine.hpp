@@ -34,8 +34,13 @@ class CudaEngine final : public Engine {
     std::size_t size() const override { return size_; }
 
     void reserve(std::size_t rows) override;
-    void append(const float* rows, const std::uint32_t* ordinals, std::size_t n) override;
-    void write(std::size_t slot, const float* row) override;
+    Dtype dtype() const override { return Dtype::Float32; }
+    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override {
+        append_f32(static_cast<const float*>(rows), ordinals, n);
+    }
+    void write(std::size_t slot, const void* row) override { write_f32(slot, static_cast<const float*>(row)); }
+    void append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n);
+    void write_f32(std::size_t slot, const float* row);
     void move(std::size_t src, std::size_t dst) override;
     void truncate(std::size_t n) override;
     void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;
@@ -47,9 +52,9 @@ class CudaEngine final : public Engine {
     std::size_t memory_bytes() const override;
 
     bool checks_appended_rows() const override { return true; }
-    void append_device(const float* rows, std::size_t ld, const std::uint32_t* ordinals,
+    void append_device(const void* rows, Dtype src, std::size_t ld, const std::uint32_t* ordinals,
                        std::size_t n, std::uintptr_t stream) override;
-    void search_device(const float* queries, std::size_t ld, std::size_t nq, std::size_t k,
+    void search_device(const void* queries, Dtype src, std::size_t ld, std::size_t nq, std::size_t k,
                        std::uintptr_t stream, float* scores, std::int64_t* slots,
                        float* device_scores) const override;
 

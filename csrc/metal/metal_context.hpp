@@ -38,7 +38,7 @@ class MetalContext final : public Context {
 
     std::string backend() const override { return "metal"; }
     DeviceInfo device_info() const override;
-    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) override;
+    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric, Dtype dtype) override;
 
     id<MTLDevice> device() const { return device_; }
     id<MTLCommandQueue> queue() const { return queue_; }

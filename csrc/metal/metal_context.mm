@@ -132,7 +132,8 @@ DeviceInfo MetalContext::device_info() const {
     return d;
 }
 
-std::unique_ptr<Engine> MetalContext::make_engine(std::size_t dimension, Metric metric) {
+std::unique_ptr<Engine> MetalContext::make_engine(std::size_t dimension, Metric metric, Dtype dtype) {
+    if (dtype != Dtype::Float32) throw InvalidDtypeError(std::string("this backend does not store ") + dtype_name(dtype) + " rows yet");
     return std::make_unique<MetalEngine>(std::static_pointer_cast<MetalContext>(shared_from_this()),
                                          dimension, metric);
 }

@@ -113,7 +113,7 @@ void MetalEngine::reserve(std::size_t rows) {
     });
 }
 
-void MetalEngine::append(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+void MetalEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
     const std::size_t need = size_ + n;
     const std::size_t cap = capacity();
@@ -137,7 +137,7 @@ void MetalEngine::append(const float* rows, const std::uint32_t* ordinals, std::
     size_ = need;
 }
 
-void MetalEngine::write(std::size_t slot, const float* row) {
+void MetalEngine::write_f32(std::size_t slot, const float* row) {
     std::memcpy(rows_at(slot), row, dim_ * sizeof(float));
     *factor_at(slot) = vector_factor(row, dim_, metric_id_);
 }

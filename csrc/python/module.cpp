@@ -94,6 +94,7 @@ void register_errors(py::module_& m) {
     static py::object invalid_type = errors.attr("InvalidArgumentTypeError");
     static py::object dimension = errors.attr("DimensionMismatchError");
     static py::object nonfinite = errors.attr("NonFiniteValueError");
+    static py::object bad_dtype = errors.attr("InvalidDtypeError");
     static py::object duplicate = errors.attr("DuplicateIdError");
     static py::object notfound = errors.attr("VectorNotFoundError");
     static py::object nodevice = errors.attr("NoDeviceError");
@@ -112,6 +113,8 @@ void register_errors(py::module_& m) {
             PyErr_SetString(nonfinite.ptr(), e.what());
         } catch (const DuplicateIdError& e) {
             PyErr_SetString(duplicate.ptr(), e.what());
+        } catch (const InvalidDtypeError& e) {
+            PyErr_SetString(bad_dtype.ptr(), e.what());
         } catch (const ArgumentTypeError& e) {
             PyErr_SetString(invalid_type.ptr(), e.what());
         } catch (const InvalidArgumentError& e) {
@@ -259,8 +262,13 @@ PYBIND11_MODULE(_core, m) {
                  c.set_pool_config(PoolConfig{release_threshold, max_bytes});
              },
              py::arg("release_threshold"), py::arg("max_bytes"))
-        .def("create_storage", &Context::create_storage, py::arg("dimension"), py::arg("metric"),
-             py::call_guard<py::gil_scoped_release>())
+        .def("create_storage",
+             [](Context& c, std::size_t dimension, Metric metric, const std::string& dtype) {
+                 const Dtype d = dtype_from_name(dtype);
+                 py::gil_scoped_release release;
+                 return c.create_storage(dimension, metric, d);
+             },
+             py::arg("dimension"), py::arg("metric"), py::arg("dtype") = "float32")
         .def("load_storage",
              [](const std::shared_ptr<Context>& c, const std::string& path) {
                  return VectorStorage::load(c, path);
@@ -285,6 +293,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<VectorStorage, std::shared_ptr<VectorStorage>>(m, "Storage")
         .def_property_readonly("dimension", &VectorStorage::dimension)
         .def_property_readonly("metric", &VectorStorage::metric)
+        .def_property_readonly("dtype", [](const VectorStorage& s) { return std::string(dtype_name(s.dtype())); })
         .def_property_readonly("backend", [](const VectorStorage& s) { return s.context()->backend(); })
         .def_property_readonly("context", &VectorStorage::context)
         .def("size", &VectorStorage::size)

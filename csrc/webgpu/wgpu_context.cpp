@@ -285,7 +285,8 @@ void WgpuContext::throw_if_failed(const char* what) {
     if (!e.empty()) throw BackendError(std::string("webgpu: ") + what + ": " + e);
 }
 
-std::unique_ptr<Engine> WgpuContext::make_engine(std::size_t dimension, Metric metric) {
+std::unique_ptr<Engine> WgpuContext::make_engine(std::size_t dimension, Metric metric, Dtype dtype) {
+    if (dtype != Dtype::Float32) throw InvalidDtypeError(std::string("this backend does not store ") + dtype_name(dtype) + " rows yet");
     return std::make_unique<WgpuEngine>(std::static_pointer_cast<WgpuContext>(shared_from_this()),
                                         dimension, metric);
 }

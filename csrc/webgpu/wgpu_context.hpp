@@ -61,7 +61,7 @@ class WgpuContext final : public Context {
 
     std::string backend() const override { return "webgpu"; }
     DeviceInfo device_info() const override { return rt_.info; }
-    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) override;
+    std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric, Dtype dtype) override;
 
     const Api& api() const { return *rt_.api; }
     WGPUDevice device() const { return device_; }

@@ -113,7 +113,7 @@ void WgpuEngine::reserve(std::size_t rows) {
     for (auto& c : fresh) chunks_.push_back(std::move(c));
 }
 
-void WgpuEngine::append(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+void WgpuEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
     const std::size_t need = size_ + n;
     const std::size_t cap = capacity();
@@ -158,7 +158,7 @@ void WgpuEngine::append(const float* rows, const std::uint32_t* ordinals, std::s
     size_ = need;
 }
 
-void WgpuEngine::write(std::size_t slot, const float* row) {
+void WgpuEngine::write_f32(std::size_t slot, const float* row) {
     std::vector<float> padded(dim4_ * 4, 0.0f);
     std::memcpy(padded.data(), row, dim_ * sizeof(float));
     const float f = row_factor(row);

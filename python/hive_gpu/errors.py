@@ -54,7 +54,7 @@ class DimensionMismatchError(InvalidArgumentError):
 
 
 class NonFiniteValueError(InvalidArgumentError):
-    """A vector or query contains NaN or infinity."""
+    """A vector or query contains NaN or infinity, or a value its store's dtype cannot hold."""
 
 
 class DuplicateIdError(InvalidArgumentError):
@@ -62,7 +62,8 @@ class DuplicateIdError(InvalidArgumentError):
 
 
 class InvalidDtypeError(InvalidArgumentTypeError):
-    """An array has a dtype that cannot hold vector components (int, bool, complex, object...)."""
+    """An array has a dtype that cannot hold vector components (int, bool, complex, object...),
+    or a storage dtype is not one of ``"float32"``, ``"float16"``, ``"bfloat16"``."""
 
 
 class InvalidMetadataError(InvalidArgumentTypeError):

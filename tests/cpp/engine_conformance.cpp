@@ -220,7 +220,7 @@ bool run_filter(Context& ctx, Tally& t) {
     std::mt19937_64 rng(12345);
     for (Metric m : {Metric::Cosine, Metric::DotProduct, Metric::Euclidean}) {
         for (const Case& c : cases) {
-            std::unique_ptr<Engine> e = ctx.make_engine(c.dim, m);
+            std::unique_ptr<Engine> e = ctx.make_engine(c.dim, m, Dtype::Float32);
             Mirror mir = fill(*e, c.n, c.dim, rng);
             const std::size_t n = mir.size();
             const std::size_t count = c.pass == 0.0 ? 1 : std::max<std::size_t>(1, static_cast<std::size_t>(c.pass * n));

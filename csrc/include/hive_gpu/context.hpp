@@ -44,7 +44,7 @@ class Context : public std::enable_shared_from_this<Context> {
 
     // A fresh, empty engine bound to this context. Engines keep their context alive. Users
     // call create_storage() instead; this is the hook a backend implements.
-    virtual std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric) = 0;
+    virtual std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric, Dtype dtype) = 0;
 
     // The device memory pool shared by this context's engines (backends without one report
     // zeros and ignore the configuration).
@@ -61,9 +61,10 @@ class Context : public std::enable_shared_from_this<Context> {
         return nullptr;
     }
 
-    // An empty store of `dimension`-float rows compared with `metric`, held on this device.
-    // 1 <= dimension <= kMaxDimension; throws InvalidArgumentError otherwise.
-    std::shared_ptr<VectorStorage> create_storage(std::size_t dimension, Metric metric);
+    // An empty store of `dimension`-element rows compared with `metric`, held on this device
+    // in `dtype`. 1 <= dimension <= kMaxDimension; throws InvalidArgumentError otherwise.
+    std::shared_ptr<VectorStorage> create_storage(std::size_t dimension, Metric metric,
+                                                  Dtype dtype = Dtype::Float32);
 };
 
 // Backends compiled into this library, in order of preference for "auto".

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "hive_gpu/dtype.hpp"
 #include "hive_gpu/error.hpp"
 #include "hive_gpu/limits.hpp"
 #include "hive_gpu/types.hpp"
@@ -32,9 +33,18 @@ struct SlotFilter {
 // - Rows are dense, slot i in [0, size()). Each row carries a 32-bit ordinal given by the
 //   core (insertion order); ties in score rank the smaller ordinal first, so results are
 //   deterministic whatever the slot layout after swap-removes.
-// - The engine owns the metric arithmetic. It stores rows exactly as given (read() returns
-//   them bit for bit) plus whatever per-row data it wants (norms, computed once at insert).
+// - Rows are kept in the engine's dtype() (float32, float16 or bfloat16). Host rows reach
+//   append()/write() already in that dtype (the core rounds and checks them); device rows
+//   reach append_device() in their own dtype and the engine rounds them on the device, bit
+//   for bit as dtype.hpp's host conversions do. read() returns the stored values widened to
+//   float32, exactly.
+// - The engine owns the metric arithmetic, over the stored values: scores accumulate in
+//   float32 and must equal a float64 reference on the stored (rounded) rows within float32
+//   rounding, with the ranks that reference gives (ties: smaller ordinal first). It may keep
+//   whatever per-row data it wants (norms, computed once at insert, from the stored values).
 //   Cosine with a zero row or zero query scores 0.
+// - Memory: growth must not copy the rows (fixed-size pages, or the host's own allocator
+//   for the CPU), so a store can fill its device.
 // - search() writes for each query the k best (slot, score) pairs, best first:
 //     Cosine     -> cosine similarity            (higher first)
 //     DotProduct -> inner product                (higher first)
@@ -51,13 +61,14 @@ class Engine {
     virtual std::size_t dimension() const = 0;
     virtual Metric metric() const = 0;
     virtual std::size_t size() const = 0;
+    virtual Dtype dtype() const = 0;
 
     // Make room for at least `rows` rows without changing size().
     virtual void reserve(std::size_t rows) = 0;
-    // Append n rows (host memory, n * dimension() floats) with their ordinals.
-    virtual void append(const float* rows, const std::uint32_t* ordinals, std::size_t n) = 0;
-    // Overwrite the data of one slot; its ordinal stays.
-    virtual void write(std::size_t slot, const float* row) = 0;
+    // Append n rows (host memory, n * dimension() elements of dtype()) with their ordinals.
+    virtual void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) = 0;
+    // Overwrite the data of one slot (dimension() elements of dtype()); its ordinal stays.
+    virtual void write(std::size_t slot, const void* row) = 0;
     // Copy slot src (data, per-row data, ordinal) onto slot dst. Used for O(1) swap-remove.
     virtual void move(std::size_t src, std::size_t dst) = 0;
     // Drop rows [n, size()). Engines may give memory back when the store shrinks a lot.
@@ -65,7 +76,7 @@ class Engine {
     // Replace every ordinal (n == size()); used when the core renumbers.
     virtual void set_ordinals(const std::uint32_t* ordinals, std::size_t n) = 0;
 
-    // Copy rows [first, first + n) to host memory.
+    // Copy rows [first, first + n) to host memory, widened to float32.
     virtual void read(std::size_t first, std::size_t n, float* out) const = 0;
 
     // queries: nq * dimension() host floats, row major. Outputs: nq * k each.
@@ -87,21 +98,21 @@ class Engine {
     // upload, throwing through throw_row_fault()), so the core skips its host pass.
     virtual bool checks_appended_rows() const { return false; }
 
-    // Device-resident input on this engine's device: rows/queries with a stride of `ld`
-    // floats. `stream` names the producer's stream as __cuda_array_interface__ v3 does
+    // Device-resident input on this engine's device: rows/queries of dtype `src` with a
+    // stride of `ld` elements. `stream` names the producer's stream as __cuda_array_interface__ v3 does
     // (0: no ordering needed, 1: legacy default, 2: per-thread default, else the handle);
     // the engine orders its work after it. Inputs are checked on the device (same rules and
     // errors as check_rows). search_device fills host scores/slots like search() and, when
     // device_scores is set, also writes the storage's final scores there (Euclidean rooted).
-    virtual void append_device(const float* rows, std::size_t ld, const std::uint32_t* ordinals,
+    virtual void append_device(const void* rows, Dtype src, std::size_t ld, const std::uint32_t* ordinals,
                                std::size_t n, std::uintptr_t stream) {
-        (void)rows, (void)ld, (void)ordinals, (void)n, (void)stream;
+        (void)rows, (void)src, (void)ld, (void)ordinals, (void)n, (void)stream;
         throw InvalidArgumentError("this backend does not accept device arrays");
     }
-    virtual void search_device(const float* queries, std::size_t ld, std::size_t nq, std::size_t k,
+    virtual void search_device(const void* queries, Dtype src, std::size_t ld, std::size_t nq, std::size_t k,
                                std::uintptr_t stream, float* scores, std::int64_t* slots,
                                float* device_scores) const {
-        (void)queries, (void)ld, (void)nq, (void)k, (void)stream, (void)scores, (void)slots,
+        (void)queries, (void)src, (void)ld, (void)nq, (void)k, (void)stream, (void)scores, (void)slots,
             (void)device_scores;
         throw InvalidArgumentError("this backend does not accept device arrays");
     }

@@ -26,6 +26,11 @@ class NonFiniteValueError : public InvalidArgumentError {
    public:
     using InvalidArgumentError::InvalidArgumentError;
 };
+// A storage dtype that is not float32, float16 or bfloat16.
+class InvalidDtypeError : public InvalidArgumentError {
+   public:
+    using InvalidArgumentError::InvalidArgumentError;
+};
 class DuplicateIdError : public InvalidArgumentError {
    public:
     using InvalidArgumentError::InvalidArgumentError;

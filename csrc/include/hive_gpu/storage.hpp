@@ -46,6 +46,7 @@ class VectorStorage {
 
     std::size_t dimension() const;
     Metric metric() const;
+    Dtype dtype() const;  // how the rows are stored; reads and scores are float32
     const std::shared_ptr<Context>& context() const;
     std::size_t size() const;
     bool contains(const std::string& id) const;

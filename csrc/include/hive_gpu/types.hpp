@@ -8,6 +8,8 @@
 #include <variant>
 #include <vector>
 
+#include "hive_gpu/dtype.hpp"
+
 namespace hive_gpu {
 
 enum class Metric : int {
