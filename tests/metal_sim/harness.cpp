@@ -4,7 +4,7 @@
 // host merge of the pages' lists. The matrix multiply the engine leaves to MPS is a float32
 // loop here.
 //
-// usage: metal_sim IN OUT    (or metal_sim --bindings, see print_bindings)
+// usage: metal_sim IN OUT    (or metal_sim --bindings | --pages, see print_bindings, print_pages)
 //   IN : u64 n, dim, nq, k, metric (0 cosine, 1 dot, 2 Euclidean), product (0/1),
 //        tile budget in bytes (0 = default), filter (0 none, 1 mask, 2 list),
 //        dtype (0 float32, 1 float16, 2 bfloat16), first page rows and rows per page
@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -168,8 +169,22 @@ int print_bindings() {
     return 0;
 }
 
+// `metal_sim --pages FIRST FULL N`: the page layout the engine addresses rows with: one line
+// per page of a store of N rows (start, capacity), then the page of every slot.
+int print_pages(std::size_t first, std::size_t full, std::size_t n) {
+    const hive_gpu::metal::PageLayout layout(first, full);
+    const std::size_t pages = layout.pages_for(n);
+    std::printf("%zu\n", pages);
+    for (std::size_t p = 0; p < pages; ++p) std::printf("%zu %zu\n", layout.start(p), layout.capacity(p));
+    for (std::size_t s = 0; s < n; ++s) std::printf("%zu\n", layout.page_of(s));
+    return 0;
+}
+
 int main(int argc, char** argv) {
     using hive_gpu::metal::PageLayout;
+    if (argc == 5 && std::strcmp(argv[1], "--pages") == 0)
+        return print_pages(std::strtoull(argv[2], nullptr, 10), std::strtoull(argv[3], nullptr, 10),
+                           std::strtoull(argv[4], nullptr, 10));
     using hive_gpu::metal::PageSelection;
     using hive_gpu::metal::PageWork;
     if (argc == 2 && std::strcmp(argv[1], "--bindings") == 0) return print_bindings();
