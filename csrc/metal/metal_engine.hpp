@@ -42,9 +42,6 @@ class MetalEngine final : public Engine {
                          float* scores, std::int64_t* slots) const override;
     std::size_t memory_bytes() const override;
 
-    // Rows of a full page (tests shrink it with HIVE_GPU_METAL_PAGE_BYTES).
-    std::size_t rows_per_page() const { return layout_.rows_per_page(); }
-
    private:
     // Page p holds rows [layout_.start(p), + layout_.capacity(p)) with their per-row factor
     // and ordinal. Pages never move or grow.

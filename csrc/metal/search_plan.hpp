@@ -231,7 +231,6 @@ class PageLayout {
         : first_(std::max<std::size_t>(1, std::min(first_rows, rows_per_page))), full_(std::max<std::size_t>(1, rows_per_page)) {
         while ((first_ << doubling_) < full_) ++doubling_;
     }
-    std::size_t rows_per_page() const { return full_; }
     std::size_t capacity(std::size_t page) const { return page < doubling_ ? first_ << page : full_; }
     // Store slot of the page's row 0.
     std::size_t start(std::size_t page) const {
