@@ -75,7 +75,8 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-HEADER = struct.Struct("<8sIIQQQ20sI")
+# magic, version, metric, dimension, count, next ordinal, dtype code (version 3), reserved, CRC
+HEADER = struct.Struct("<8sIIQQQI16sI")
 TAGS = [b"IDS ", b"META", b"ORDS", b"VECS"]
 
 

@@ -95,7 +95,7 @@ def test_inspect_prints_the_header_after_checking_every_section(capsys, ctx, rng
     fields = {line[:15].strip(): line[15:].strip() for line in out.splitlines()}
     assert fields["count"] == "39" and fields["dimension"] == "6"
     assert fields["metric"] == metric.value and fields["dtype"] == "float32"
-    assert fields["format version"] == "2" and fields["next ordinal"] == "40"
+    assert fields["format version"] == "3" and fields["next ordinal"] == "40"
     assert fields["size"] == f"{p.stat().st_size:,} bytes"
     assert fields["checksums"].startswith("verified")
     rc, out, _ = run(capsys, "inspect", "--json", str(p))
