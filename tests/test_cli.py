@@ -126,21 +126,25 @@ def test_inspect_of_a_missing_file_is_an_error(capsys, tmp_path):
 # -- info ------------------------------------------------------------------------------------
 
 
-def test_info_dim_gives_the_float32_rows_that_fit_per_device(capsys):
+def test_info_dim_gives_the_rows_that_fit_per_device_and_dtype(capsys):
     rc, out, _ = run(capsys, "info", "--json", "--dim", "768")
     assert rc == 0
     backends = json.loads(out)["backends"]
     cpu = next(b for b in backends if b["backend"] == "cpu")
     dev = cpu["devices"][0]
+    assert dev["row_bytes"] == {"float32": 768 * 4 + 16, "float16": 768 * 2 + 16, "bfloat16": 768 * 2 + 16}
     # A host that does not say how much memory is free (some virtual machines) gives None.
-    expected = None if "vram_available" in dev["unknown"] else dev["vram_available"] // (768 * 4)
-    assert dev["float32_rows_that_fit"] == expected
+    for dtype, row in dev["row_bytes"].items():
+        expected = None if "vram_available" in dev["unknown"] else dev["vram_available"] // row
+        assert dev["rows_that_fit"][dtype] == expected
+    assert "float32" in dev["dtypes"]
     for b in backends:
         for d in b["devices"]:
             if "error" not in d:
-                assert "float32_rows_that_fit" in d
+                assert set(d["rows_that_fit"]) == {"float32", "float16", "bfloat16"}
     rc, out, _ = run(capsys, "info", "--dim", "768")
-    assert rc == 0 and "rows of dim 768 (f32)" in out
+    assert rc == 0 and "rows of dim 768 (float32)" in out and "rows of dim 768 (float16)" in out
+    assert "rows of dim 768 (bfloat16)" in out and "dtypes" in out
     rc, _, err = run(capsys, "info", "--dim", "0")
     assert rc == 2 and "--dim" in err
 
