@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import make_ids
+from helpers import dtype_store, make_ids
 from reference import METRICS
 
 import hive_gpu
@@ -102,6 +102,19 @@ def test_inspect_prints_the_header_after_checking_every_section(capsys, ctx, rng
     data = json.loads(out)
     assert rc == 0 and data["ok"] and data["checksums_verified"]
     assert (data["count"], data["dimension"], data["metric"], data["dtype"]) == (39, 6, metric.value, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_inspect_shows_the_dtype(capsys, ctx, rng, tmp_path, dtype):
+    s = dtype_store(ctx, 8, "cosine", dtype)
+    s.add_vectors(make_ids(10), rng.standard_normal((10, 8)).astype(np.float32))
+    p = tmp_path / "s.hgv"
+    s.save(p)
+    rc, out, _ = run(capsys, "inspect", str(p))
+    fields = {line[:15].strip(): line[15:].strip() for line in out.splitlines()}
+    assert rc == 0 and fields["dtype"] == dtype and fields["format version"] == "3"
+    rc, out, _ = run(capsys, "inspect", "--json", str(p))
+    assert json.loads(out)["dtype"] == dtype
 
 
 def test_inspect_finds_damage_anywhere_in_the_file(capsys, ctx, rng, tmp_path):
