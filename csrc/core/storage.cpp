@@ -60,11 +60,10 @@ void VectorStorage::check_id(const std::string& id) {
     if (!detail::valid_utf8(id)) throw InvalidArgumentError("vector id is not valid UTF-8");
 }
 
-void VectorStorage::check_row(const float* row, std::size_t len, const char* what) const {
+void VectorStorage::check_length(std::size_t len, const char* what) const {
     if (len != impl_->dimension_)
         throw DimensionMismatchError(std::string(what) + " has dimension " + std::to_string(len) +
                                      ", the storage has dimension " + std::to_string(impl_->dimension_));
-    check_rows(row, 1, impl_->dimension_, what);
 }
 
 std::size_t VectorStorage::size() const {
@@ -133,23 +132,18 @@ void VectorStorage::renumber_ordinals() {
 
 void VectorStorage::add_vector(const std::string& id, const float* data, std::size_t len,
                                const Metadata& metadata) {
-    check_id(id);
-    check_row(data, len, "vector");
-    add_rows(std::vector<std::string>{id}, Source{data}, 1, len, std::vector<Metadata>{metadata});
+    add_vector(id, data, Dtype::Float32, len, metadata);
 }
 
 void VectorStorage::add_vector(const std::string& id, const void* data, Dtype dtype, std::size_t len,
                                const Metadata& metadata) {
-    if (dtype == Dtype::Float32) return add_vector(id, static_cast<const float*>(data), len, metadata);
     check_id(id);
-    if (len != impl_->dimension_)
-        throw DimensionMismatchError("vector has dimension " + std::to_string(len) + ", the storage has dimension " +
-                                     std::to_string(impl_->dimension_));
-    detail::StoreRows rows;
-    Source src{data};
-    src.dtype = dtype;
-    add_rows(std::vector<std::string>{id}, store_rows(src, 1, len, "vector", rows), 1, len,
-             std::vector<Metadata>{metadata});
+    check_length(len, "vector");
+    // Checked here, so that the errors say "vector"; the rows part takes the checked row.
+    detail::StoreRows row(data, dtype, 1, len, impl_->dtype_, "vector");
+    Source src{row.data()};
+    src.dtype = impl_->dtype_;
+    add_rows(std::vector<std::string>{id}, src, 1, len, std::vector<Metadata>{metadata});
 }
 
 void VectorStorage::add_vectors(std::vector<std::string> ids, const void* data, Dtype dtype, std::size_t n,
@@ -404,9 +398,7 @@ bool VectorStorage::update_vector(const std::string& id, const float* data, std:
 
 bool VectorStorage::update_vector(const std::string& id, const void* row, Dtype dtype, std::size_t len,
                                   const Metadata* metadata) {
-    if (len != impl_->dimension_)
-        throw DimensionMismatchError("vector has dimension " + std::to_string(len) + ", the storage has dimension " +
-                                     std::to_string(impl_->dimension_));
+    check_length(len, "vector");
     // A write is not an append: engines that check appended rows do not check it.
     detail::StoreRows converted(row, dtype, 1, len, impl_->dtype_, "vector");
     const void* data = converted.data();

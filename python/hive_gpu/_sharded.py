@@ -339,6 +339,8 @@ class _ShardedBase(ABC):
 
     @property
     def dtype(self) -> str:
+        """How every shard stores its rows: "float32", "float16" or "bfloat16" (see
+        VectorStorage); get_vectors returns float32 copies of the stored values."""
         return self._dtype
 
     @property
@@ -1075,7 +1077,8 @@ class ShardedStorage(_ShardedBase):
     on every shard at once, one host thread each (the core releases the GIL), and the lists
     are merged by score, ties by global insertion order. Writes are all or nothing across
     shards. The caller keeps an id -> (shard, sequence) map: about 130 bytes per id with
-    short ids, the id string included.
+    short ids, the id string included. ``dtype`` ("float32", "float16", "bfloat16", as
+    ``Context.create_storage`` takes it) is every shard's storage dtype.
     """
 
     def __init__(

@@ -183,7 +183,7 @@ class VectorStorage {
     struct Impl;
     std::unique_ptr<Impl> impl_;
 
-    void check_row(const float* row, std::size_t len, const char* what) const;
+    void check_length(std::size_t len, const char* what) const;  // DimensionMismatchError
     static void check_id(const std::string& id);
     std::uint32_t take_ordinals(std::size_t n);  // renumbers when the counter would wrap
     void renumber_ordinals();
