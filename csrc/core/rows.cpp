@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <vector>
 
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
@@ -76,10 +77,38 @@ bool all_finite(const std::uint16_t* row, Dtype d, std::size_t dim) {
     return ok;
 }
 
+// Four partial sums: the additions of one row overlap instead of waiting on each other.
 double squared_norm(const float* row, std::size_t dim) {
-    double sum = 0.0;
-    for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(row[j]) * row[j];
-    return sum;
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    std::size_t j = 0;
+    for (; j + 4 <= dim; j += 4)
+        for (std::size_t l = 0; l < 4; ++l) acc[l] += static_cast<double>(row[j + l]) * row[j + l];
+    for (; j < dim; ++j) acc[0] += static_cast<double>(row[j]) * row[j];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// Whether every value is finite with |x| <= most, in one branch-free pass (NaN compares false).
+bool all_within(const float* row, std::size_t dim, float most) {
+    bool ok = true;
+    for (std::size_t j = 0; j < dim; ++j) ok &= std::fabs(row[j]) <= most;
+    return ok;
+}
+
+// Why a row that failed all_within() fails: NaN/inf anywhere first, else the first value
+// beyond `most` (in *value).
+RowFault range_fault(const float* row, std::size_t dim, float most, float* value) {
+    for (std::size_t j = 0; j < dim; ++j)
+        if (!std::isfinite(row[j])) return RowFault::NonFinite;
+    for (std::size_t j = 0; j < dim; ++j)
+        if (std::fabs(row[j]) > most) {
+            *value = row[j];
+            return RowFault::DoesNotFit;
+        }
+    return RowFault::None;
+}
+
+RowFault norm_fault(const float* row, std::size_t dim) {
+    return squared_norm(row, dim) > kMaxSquaredNorm ? RowFault::TooLarge : RowFault::None;
 }
 
 // A scratch row per thread: rows are checked on several threads for large batches.
@@ -90,43 +119,40 @@ float* scratch_row(std::size_t dim) {
 }
 
 // One row from `from` into `to` at dst (null when from == to: checked in place). The
-// faults in order: NaN/inf, a value that does not fit, the norm of the stored values.
+// faults in order: NaN/inf, a value that does not fit, the norm of the stored values. A
+// float16 value is at most 65504, so a float16 row's squared norm stays below
+// 65504^2 * 2^20, far under kMaxSquaredNorm: its norm needs no check.
 RowFault prepare_row(const void* src, Dtype from, Dtype to, std::size_t dim, void* dst, float* value) {
     if (from == to) {
         if (to == Dtype::Float32) return row_fault(static_cast<const float*>(src), dim);
         const auto* h = static_cast<const std::uint16_t*>(src);
         if (!all_finite(h, to, dim)) return RowFault::NonFinite;
-        // |x| <= 65504: a float16 row's squared norm is at most 65504^2 * 2^20 < kMaxSquaredNorm.
         if (to == Dtype::Float16) return RowFault::None;
         float* f = scratch_row(dim);
         widen(h, to, dim, f);
-        return squared_norm(f, dim) > kMaxSquaredNorm ? RowFault::TooLarge : RowFault::None;
+        return norm_fault(f, dim);
+    }
+    if (from != Dtype::Float32) {
+        const auto* h = static_cast<const std::uint16_t*>(src);
+        if (!all_finite(h, from, dim)) return RowFault::NonFinite;
+        if (to == Dtype::Float32) {  // exact: the stored values are the widened ones
+            widen(h, from, dim, static_cast<float*>(dst));
+            return from == Dtype::Float16 ? RowFault::None : norm_fault(static_cast<const float*>(dst), dim);
+        }
+        float* wide = scratch_row(dim);
+        widen(h, from, dim, wide);
+        src = wide;
     }
     const float* f = static_cast<const float*>(src);
-    if (from != Dtype::Float32) {
-        float* wide = scratch_row(dim);
-        widen(static_cast<const std::uint16_t*>(src), from, dim, wide);
-        f = wide;
-    }
-    const RowFault input = row_fault(f, dim);
-    if (to == Dtype::Float32) {
-        if (input == RowFault::None) std::memcpy(dst, f, dim * sizeof(float));
-        return input;
-    }
-    if (input == RowFault::NonFinite) return input;
     const float most = dtype_max(to);
-    for (std::size_t j = 0; j < dim; ++j)
-        if (std::fabs(f[j]) > most) {
-            *value = f[j];
-            return RowFault::DoesNotFit;
-        }
+    if (!all_within(f, dim, most)) return range_fault(f, dim, most, value);
     auto* out = static_cast<std::uint16_t*>(dst);
     narrow(f, to, dim, out);
-    if (to == Dtype::Float16) return RowFault::None;  // bounded, as above
+    if (to == Dtype::Float16) return RowFault::None;
     // Rounding to bfloat16 may raise the norm past the bound the input met, or lower it below.
     float* stored = scratch_row(dim);
     widen(out, to, dim, stored);
-    return squared_norm(stored, dim) > kMaxSquaredNorm ? RowFault::TooLarge : RowFault::None;
+    return norm_fault(stored, dim);
 }
 
 }  // namespace
@@ -136,14 +162,15 @@ StoreRows::StoreRows(const void* rows, Dtype from, std::size_t n, std::size_t di
     if (n == 0) return;
     if (from != to) {
         try {
-            owned_.resize(n * dim * dtype_size(to) / sizeof(std::uint16_t));
+            // Not zero-filled: every element is written before it is read.
+            owned_.reset(new std::uint16_t[n * dim * dtype_size(to) / sizeof(std::uint16_t)]);
         } catch (const std::bad_alloc&) {
             throw OutOfMemoryError("host memory exhausted while converting rows to " + std::string(dtype_name(to)));
         }
-        data_ = owned_.data();
+        data_ = owned_.get();
     }
     const auto* in = static_cast<const unsigned char*>(rows);
-    auto* out = from == to ? nullptr : reinterpret_cast<unsigned char*>(owned_.data());
+    auto* out = from == to ? nullptr : reinterpret_cast<unsigned char*>(owned_.get());
     const std::size_t in_bytes = dim * dtype_size(from), out_bytes = dim * dtype_size(to);
     RowFault fault = RowFault::None;
     float value = std::numeric_limits<float>::quiet_NaN();

@@ -4,7 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
+#include <memory>
 
 #include "hive_gpu/dtype.hpp"
 
@@ -25,7 +25,7 @@ class StoreRows {
     Dtype dtype() const { return to_; }
 
    private:
-    std::vector<std::uint16_t> owned_;  // 16-bit rows, or float32 rows as pairs
+    std::unique_ptr<std::uint16_t[]> owned_;  // 16-bit rows, or float32 rows as pairs
     const void* data_ = nullptr;
     Dtype to_ = Dtype::Float32;
 };
