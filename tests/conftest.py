@@ -42,6 +42,13 @@ def backend(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=["float32", "float16", "bfloat16"])
+def dtype(request) -> str:
+    """A storage dtype; make the store with helpers.dtype_store, which skips the dtypes a
+    backend does not store yet."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def context_for():
     """``context_for(name)``: the session's one context of that backend, made on first use

@@ -69,3 +69,30 @@ def assert_matches(ids_got, scores_got, X, row_ids, Q, metric, k):
         near = np.searchsorted(sorted_all, ref_s[j] + 2 * tol) - np.searchsorted(sorted_all, ref_s[j] - 2 * tol)
         if near == 1:
             assert ids_got[j] == row_ids[row], (j, ids_got[j], row_ids[row])
+
+
+# -- storage dtypes: the values a store keeps ---------------------------------------------------
+
+DTYPES = ["float32", "float16", "bfloat16"]
+
+
+def bf16_bits(X) -> np.ndarray:
+    """The bfloat16 bits of float32 values, rounded to nearest even (finite input)."""
+    u = np.ascontiguousarray(X, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_round(X) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest even), widened back to float32 exactly."""
+    return (bf16_bits(X).astype(np.uint32) << 16).view(np.float32)
+
+
+def rounded(X, dtype: str) -> np.ndarray:
+    """The float32 rows ``X`` as a store of ``dtype`` keeps them, as float32: the reference
+    scores are computed on these. float16 rounds with NumPy (IEEE, nearest even)."""
+    X = np.asarray(X, np.float32)
+    if dtype == "float16":
+        return X.astype(np.float16).astype(np.float32)
+    if dtype == "bfloat16":
+        return bf16_round(X)
+    return X

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import make_ids
+from helpers import dtype_store, make_ids
 from reference import METRICS
 
 import hive_gpu
@@ -95,13 +95,26 @@ def test_inspect_prints_the_header_after_checking_every_section(capsys, ctx, rng
     fields = {line[:15].strip(): line[15:].strip() for line in out.splitlines()}
     assert fields["count"] == "39" and fields["dimension"] == "6"
     assert fields["metric"] == metric.value and fields["dtype"] == "float32"
-    assert fields["format version"] == "2" and fields["next ordinal"] == "40"
+    assert fields["format version"] == "3" and fields["next ordinal"] == "40"
     assert fields["size"] == f"{p.stat().st_size:,} bytes"
     assert fields["checksums"].startswith("verified")
     rc, out, _ = run(capsys, "inspect", "--json", str(p))
     data = json.loads(out)
     assert rc == 0 and data["ok"] and data["checksums_verified"]
     assert (data["count"], data["dimension"], data["metric"], data["dtype"]) == (39, 6, metric.value, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_inspect_shows_the_dtype(capsys, ctx, rng, tmp_path, dtype):
+    s = dtype_store(ctx, 8, "cosine", dtype)
+    s.add_vectors(make_ids(10), rng.standard_normal((10, 8)).astype(np.float32))
+    p = tmp_path / "s.hgv"
+    s.save(p)
+    rc, out, _ = run(capsys, "inspect", str(p))
+    fields = {line[:15].strip(): line[15:].strip() for line in out.splitlines()}
+    assert rc == 0 and fields["dtype"] == dtype and fields["format version"] == "3"
+    rc, out, _ = run(capsys, "inspect", "--json", str(p))
+    assert json.loads(out)["dtype"] == dtype
 
 
 def test_inspect_finds_damage_anywhere_in_the_file(capsys, ctx, rng, tmp_path):
@@ -126,21 +139,25 @@ def test_inspect_of_a_missing_file_is_an_error(capsys, tmp_path):
 # -- info ------------------------------------------------------------------------------------
 
 
-def test_info_dim_gives_the_float32_rows_that_fit_per_device(capsys):
+def test_info_dim_gives_the_rows_that_fit_per_device_and_dtype(capsys):
     rc, out, _ = run(capsys, "info", "--json", "--dim", "768")
     assert rc == 0
     backends = json.loads(out)["backends"]
     cpu = next(b for b in backends if b["backend"] == "cpu")
     dev = cpu["devices"][0]
+    assert dev["row_bytes"] == {"float32": 768 * 4 + 16, "float16": 768 * 2 + 16, "bfloat16": 768 * 2 + 16}
     # A host that does not say how much memory is free (some virtual machines) gives None.
-    expected = None if "vram_available" in dev["unknown"] else dev["vram_available"] // (768 * 4)
-    assert dev["float32_rows_that_fit"] == expected
+    for dtype, row in dev["row_bytes"].items():
+        expected = None if "vram_available" in dev["unknown"] else dev["vram_available"] // row
+        assert dev["rows_that_fit"][dtype] == expected
+    assert "float32" in dev["dtypes"]
     for b in backends:
         for d in b["devices"]:
             if "error" not in d:
-                assert "float32_rows_that_fit" in d
+                assert set(d["rows_that_fit"]) == {"float32", "float16", "bfloat16"}
     rc, out, _ = run(capsys, "info", "--dim", "768")
-    assert rc == 0 and "rows of dim 768 (f32)" in out
+    assert rc == 0 and "rows of dim 768 (float32)" in out and "rows of dim 768 (float16)" in out
+    assert "rows of dim 768 (bfloat16)" in out and "dtypes" in out
     rc, _, err = run(capsys, "info", "--dim", "0")
     assert rc == 2 and "--dim" in err
 

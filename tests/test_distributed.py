@@ -121,3 +121,23 @@ def test_filters_typed_metadata_and_the_newer_writes(rng, tmp_path):
     with RayStorage.load(tmp_path / "s", shards=2, backend="cpu", cpus_per_shard=0.25) as two:
         assert_same_filtered(one, two, rows[:3], [1, 4, 20], fs)
         assert two.get_vectors(two.ids())[1] == one.get_vectors(one.ids())[1]
+
+
+def test_dtype_reaches_every_actor(rng, tmp_path):
+    # The actors store float16 rows: one float16 store answers the same, and a save keeps it.
+    try:
+        one = hive_gpu.CpuContext().create_storage(DIM, "cosine", "float16")
+    except hive_gpu.InvalidDtypeError as e:
+        pytest.skip(f"cpu: {e}")
+    rows = rng.standard_normal((30, DIM)).astype(np.float32)
+    ids = [f"v{i}" for i in range(30)]
+    one.add_vectors(ids, rows)
+    with RayStorage(DIM, "cosine", dtype="float16", **OPTIONS) as store:
+        assert store.dtype == "float16"
+        store.add_vectors(ids, rows)
+        assert store.get_vectors(ids)[0].tobytes() == one.get_vectors(ids)[0].tobytes()
+        assert_same_answers(one, store, rows[:3], [1, 7, 40])
+        store.save(tmp_path / "s")
+    with RayStorage.load(tmp_path / "s", shards=2, backend="cpu", cpus_per_shard=0.25) as two:
+        assert two.dtype == "float16"
+        assert_same_answers(one, two, rows[:3], [1, 7, 40])

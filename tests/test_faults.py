@@ -37,7 +37,7 @@ def write_sparse_store(path, rows: int, dim: int = MAX_DIM) -> None:
     ids = b"".join(struct.pack("<I", len(i)) + i for i in (f"h{r}".encode() for r in range(rows)))
     meta = bytes(4 * rows)
     ords = struct.pack(f"<{rows}I", *range(rows))
-    head = HEADER.pack(b"HIVEGPU\0", 1, 1, dim, rows, rows, bytes(20), 0)[:60]
+    head = HEADER.pack(b"HIVEGPU\0", 1, 1, dim, rows, rows, 0, bytes(16), 0)[:60]
     with open(path, "wb") as f:
         f.write(head + struct.pack("<I", crc32c(head)))
         for tag, payload in ((b"IDS ", ids), (b"META", meta), (b"ORDS", ords)):

@@ -42,9 +42,9 @@ def test_layout_matches_the_format_document(ctx, tmp_path):
     p = tmp_path / "s.hgv"
     s.save(p)
     fields, sections = parse(p.read_bytes())
-    magic, version, metric, dim, count, next_ord, reserved, _ = fields
-    assert (magic, version, metric, dim, count) == (b"HIVEGPU\0", 2, 2, 3, 7)
-    assert next_ord == 7 and reserved == bytes(20)
+    magic, version, metric, dim, count, next_ord, dtype, reserved, _ = fields
+    assert (magic, version, metric, dim, count, dtype) == (b"HIVEGPU\0", 3, 2, 3, 7, 0)
+    assert next_ord == 7 and reserved == bytes(16)
     assert [t for t, *_ in sections] == TAGS
     assert all(flags == 0 for _, flags, *_ in sections)
     ids, meta, ords, vecs = (payload for _, _, payload, _ in sections)
@@ -259,9 +259,10 @@ def _lie(ctx, tmp_path, raw, field=None, value=None, section=None, payload=None,
         (3, 2**40, "dimension"),
         (3, 4, None),  # a plausible but wrong dimension
         (2, 3, "metric"),
-        (1, 3, "version 3"),
+        (1, 4, "version 4"),
+        (6, 3, "unknown dtype"),
         (5, 2**32, "ordinal"),
-        (6, b"\x01" + bytes(19), "header fields"),
+        (7, b"\x01" + bytes(15), "header fields"),
     ],
 )
 def test_header_lies_are_refused(ctx, tmp_path, saved, field, value, match):

@@ -7,15 +7,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import make_ids
-from reference import METRICS, assert_matches, topk64
+from helpers import dtype_store, make_ids
+from reference import METRICS, assert_matches, rounded, topk64
 
 import hive_gpu
 from hive_gpu import GpuDistanceMetric
 
 
-def filled(ctx, X, metric, ids=None):
-    s = ctx.create_storage(X.shape[1], metric)
+def filled(ctx, X, metric, ids=None, dtype="float32"):
+    s = dtype_store(ctx, X.shape[1], metric, dtype)
     ids = ids or make_ids(len(X))
     if len(X):
         s.add_vectors(ids, X)
@@ -24,28 +24,31 @@ def filled(ctx, X, metric, ids=None):
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 @pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (300, 17), (2000, 64), (5000, 130)])
-def test_single_query_matches_reference(ctx, rng, metric, n, d):
+def test_single_query_matches_reference(ctx, rng, metric, n, d, dtype):
+    # 16-bit stores: the reference scores the rows as stored (rounded once, at insert).
     X = rng.standard_normal((n, d)).astype(np.float32)
-    s, ids = filled(ctx, X, metric)
+    s, ids = filled(ctx, X, metric, dtype=dtype)
+    R = rounded(X, dtype)
     for k in sorted({1, 10, n, n + 5}):
         q = rng.standard_normal(d).astype(np.float32)
         hits = s.search(q, k)
         assert len(hits) == min(k, n)
-        assert_matches([h.id for h in hits], [h.distance for h in hits], X, ids, q, metric, k)
+        assert_matches([h.id for h in hits], [h.distance for h in hits], R, ids, q, metric, k)
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 @pytest.mark.parametrize("nq", [1, 5, 33])
-def test_batch_matches_reference(ctx, rng, metric, nq):
+def test_batch_matches_reference(ctx, rng, metric, nq, dtype):
     n, d, k = 3000, 48, 12
     X = (rng.standard_normal((n, d)) * 3 + 0.5).astype(np.float32)
-    s, ids = filled(ctx, X, metric)
+    s, ids = filled(ctx, X, metric, dtype=dtype)
+    R = rounded(X, dtype)
     Q = rng.standard_normal((nq, d)).astype(np.float32)
     scores, got = s.search_batch(Q, k)
     assert scores.shape == (nq, k) and got.shape == (nq, k)
     assert scores.dtype == np.float32 and got.dtype == object
     for i in range(nq):
-        assert_matches(got[i], scores[i], X, ids, Q[i], metric, k)
+        assert_matches(got[i], scores[i], R, ids, Q[i], metric, k)
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)

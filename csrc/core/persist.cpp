@@ -13,6 +13,7 @@
 #include "core/crc32c.hpp"
 #include "core/id_index.hpp"
 #include "core/metadata_index.hpp"
+#include "core/rows.hpp"
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
 #include "core/storage_impl.hpp"
@@ -39,8 +40,9 @@ namespace hive_gpu {
 namespace {
 
 constexpr char kMagic[8] = {'H', 'I', 'V', 'E', 'G', 'P', 'U', '\0'};
-constexpr std::uint32_t kFormatVersion = 2;
-// Version 1 stored every metadata value as a str; it still loads.
+constexpr std::uint32_t kFormatVersion = 3;
+// Version 1 stored every metadata value as a str, versions 1 and 2 float32 rows only (no
+// dtype field); both still load.
 constexpr std::uint32_t kOldestFormatVersion = 1;
 constexpr std::size_t kHeaderBytes = 64;
 constexpr std::size_t kSectionHeaderBytes = 16;
@@ -48,6 +50,8 @@ constexpr std::size_t kChunkBytes = std::size_t{32} << 20;
 // Least bytes one vector takes outside the vectors section: id length + 1 id byte,
 // metadata pair count, ordinal.
 constexpr std::uint64_t kMinRowOverhead = 4 + 1 + 4 + 4;
+// Version 3 keeps the rows' dtype (its code, dtype.hpp) at this header offset.
+constexpr std::size_t kDtypeOffset = 40;
 // Four sections, each a header and a CRC.
 constexpr std::uint64_t kMinSectionsBytes = 4 * (kSectionHeaderBytes + 4);
 
@@ -566,10 +570,15 @@ void VectorStorage::Impl::write_to(ByteSink& f) const {
     std::memcpy(h.data() + 16, &dim, 8);
     std::memcpy(h.data() + 24, &count, 8);
     std::memcpy(h.data() + 32, &next, 8);
+    const std::uint32_t dtype_code = static_cast<std::uint32_t>(dtype_);
+    std::memcpy(h.data() + kDtypeOffset, &dtype_code, 4);
     std::uint32_t hcrc = crc32c(0, h.data(), 60);
     std::memcpy(h.data() + 60, &hcrc, 4);
+    // Rows are written in the store's dtype: the stored values, read back and narrowed again
+    // bit for bit.
+    const std::size_t row_bytes = dimension_ * dtype_size(dtype_);
     f.expect(kHeaderBytes + 4 * (kSectionHeaderBytes + 4) + ids.size() + meta.size() + ords.size() +
-             std::uint64_t(n) * dimension_ * sizeof(float));
+             std::uint64_t(n) * row_bytes);
     f.write(h.data(), h.size());
     write_section(f, kIds, ids);
     write_section(f, kMeta, meta);
@@ -579,16 +588,22 @@ void VectorStorage::Impl::write_to(ByteSink& f) const {
     std::string sh;
     put<std::uint32_t>(sh, kVecs);
     put<std::uint32_t>(sh, 0);
-    put<std::uint64_t>(sh, std::uint64_t(n) * dimension_ * sizeof(float));
+    put<std::uint64_t>(sh, std::uint64_t(n) * row_bytes);
     f.write(sh.data(), sh.size());
     const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dimension_ * sizeof(float)));
     std::vector<float> buf(std::min(n, rows_per_chunk) * dimension_);
+    std::vector<unsigned char> narrow(dtype_ == Dtype::Float32 ? 0 : std::min(n, rows_per_chunk) * row_bytes);
     std::uint32_t crc = 0;
     for (std::size_t first = 0; first < n; first += rows_per_chunk) {
         std::size_t m = std::min(rows_per_chunk, n - first);
         engine_->read(first, m, buf.data());
-        f.write(buf.data(), m * dimension_ * sizeof(float));
-        crc = crc32c(crc, buf.data(), m * dimension_ * sizeof(float));
+        const void* out = buf.data();
+        if (dtype_ != Dtype::Float32) {
+            detail::narrow_stored(buf.data(), m * dimension_, dtype_, narrow.data());
+            out = narrow.data();
+        }
+        f.write(out, m * row_bytes);
+        crc = crc32c(crc, out, m * row_bytes);
     }
     f.write(&crc, 4);
 }
@@ -663,11 +678,22 @@ std::shared_ptr<VectorStorage> VectorStorage::Impl::read_from(const std::shared_
     // Ordinals are 32-bit; a larger counter would wrap on the next add.
     if (next > std::numeric_limits<std::uint32_t>::max())
         throw CorruptFileError(path + " has an invalid ordinal counter");
-    for (std::size_t i = 40; i < 60; ++i)
+    Dtype dtype = Dtype::Float32;
+    std::size_t reserved_from = kDtypeOffset;
+    if (version >= 3) {
+        std::uint32_t code;
+        std::memcpy(&code, h + kDtypeOffset, 4);
+        if (code > static_cast<std::uint32_t>(Dtype::BFloat16))
+            throw CorruptFileError(path + " names an unknown dtype (code " + std::to_string(code) + ")");
+        dtype = static_cast<Dtype>(code);
+        reserved_from = kDtypeOffset + 4;
+    }
+    for (std::size_t i = reserved_from; i < 60; ++i)
         if (h[i] != 0) throw CorruptFileError(path + " has unknown header fields set");
+    const std::size_t element_bytes = dtype_size(dtype);
     // The file must be large enough to hold what the header promises: no absurd allocations.
     if (remaining < kMinSectionsBytes ||
-        count > (remaining - kMinSectionsBytes) / (dim * sizeof(float) + kMinRowOverhead))
+        count > (remaining - kMinSectionsBytes) / (dim * element_bytes + kMinRowOverhead))
         throw CorruptFileError(path + " is shorter than its header says");
     const std::size_t n = static_cast<std::size_t>(count);
 
@@ -716,26 +742,28 @@ std::shared_ptr<VectorStorage> VectorStorage::Impl::read_from(const std::shared_
     }
 
     const std::uint64_t vec_len = read_section_header(f, kVecs, "vectors", remaining);
-    if (vec_len != count * dim * sizeof(float)) throw CorruptFileError("corrupt vectors section: wrong length");
+    if (vec_len != count * dim * element_bytes) throw CorruptFileError("corrupt vectors section: wrong length");
     if (remaining != 0) throw CorruptFileError(path + " has trailing bytes");
 
     // Without a context the rows are only checked (inspect_file).
     std::shared_ptr<VectorStorage> storage;
     Engine* engine = nullptr;
     if (context) {
-        storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric), Dtype::Float32));
+        storage = std::make_shared<VectorStorage>(context, context->make_engine(dim, static_cast<Metric>(metric), dtype));
         engine = storage->impl_->engine_.get();
         engine->reserve(n);
     }
-    const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / (dim * sizeof(float)));
-    std::vector<float> buf(std::min(n, rows_per_chunk) * dim);
+    const std::size_t row_bytes = dim * element_bytes;
+    const std::size_t rows_per_chunk = std::max<std::size_t>(1, kChunkBytes / row_bytes);
+    std::vector<unsigned char> buf(std::min(n, rows_per_chunk) * row_bytes);
     std::uint32_t crc = 0;
     for (std::size_t first = 0; first < n; first += rows_per_chunk) {
         std::size_t m = std::min(rows_per_chunk, n - first);
-        f.read(buf.data(), m * dim * sizeof(float));
-        crc = crc32c(crc, buf.data(), m * dim * sizeof(float));
+        f.read(buf.data(), m * row_bytes);
+        crc = crc32c(crc, buf.data(), m * row_bytes);
         try {
-            check_rows(buf.data(), m, dim, "stored vectors");
+            // The write rules on the rows as they are (finite, norm bound), checked in place.
+            detail::StoreRows(buf.data(), dtype, m, dim, dtype, "stored vectors");
         } catch (const InvalidArgumentError& e) {
             throw CorruptFileError(std::string("corrupt vectors section: ") + e.what());
         }
@@ -750,6 +778,7 @@ std::shared_ptr<VectorStorage> VectorStorage::Impl::read_from(const std::shared_
         info->dimension = dim;
         info->count = count;
         info->next_ordinal = next;
+        info->dtype = dtype_name(dtype);
         info->file_bytes = f.size();
     }
     if (!storage) return nullptr;

@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include "core/rows.hpp"
 #include "core/storage_impl.hpp"
 #include "core/validate.hpp"
 #include "hive_gpu/error.hpp"
@@ -47,7 +48,7 @@ VectorStorage::~VectorStorage() = default;
 
 std::size_t VectorStorage::dimension() const { return impl_->dimension_; }
 Metric VectorStorage::metric() const { return impl_->metric_; }
-Dtype VectorStorage::dtype() const { return impl_->engine_->dtype(); }
+Dtype VectorStorage::dtype() const { return impl_->dtype_; }
 const std::shared_ptr<Context>& VectorStorage::context() const { return impl_->context_; }
 
 void VectorStorage::check_id(const std::string& id) {
@@ -59,11 +60,10 @@ void VectorStorage::check_id(const std::string& id) {
     if (!detail::valid_utf8(id)) throw InvalidArgumentError("vector id is not valid UTF-8");
 }
 
-void VectorStorage::check_row(const float* row, std::size_t len, const char* what) const {
+void VectorStorage::check_length(std::size_t len, const char* what) const {
     if (len != impl_->dimension_)
         throw DimensionMismatchError(std::string(what) + " has dimension " + std::to_string(len) +
                                      ", the storage has dimension " + std::to_string(impl_->dimension_));
-    check_rows(row, 1, impl_->dimension_, what);
 }
 
 std::size_t VectorStorage::size() const {
@@ -132,9 +132,53 @@ void VectorStorage::renumber_ordinals() {
 
 void VectorStorage::add_vector(const std::string& id, const float* data, std::size_t len,
                                const Metadata& metadata) {
+    add_vector(id, data, Dtype::Float32, len, metadata);
+}
+
+void VectorStorage::add_vector(const std::string& id, const void* data, Dtype dtype, std::size_t len,
+                               const Metadata& metadata) {
     check_id(id);
-    check_row(data, len, "vector");
-    add_rows(std::vector<std::string>{id}, Source{data}, 1, len, std::vector<Metadata>{metadata});
+    check_length(len, "vector");
+    // Checked here, so that the errors say "vector"; the rows part takes the checked row.
+    detail::StoreRows row(data, dtype, 1, len, impl_->dtype_, "vector");
+    Source src{row.data()};
+    src.dtype = impl_->dtype_;
+    add_rows(std::vector<std::string>{id}, src, 1, len, std::vector<Metadata>{metadata});
+}
+
+void VectorStorage::add_vectors(std::vector<std::string> ids, const void* data, Dtype dtype, std::size_t n,
+                                std::size_t dim, std::vector<Metadata> metadata,
+                                std::unique_ptr<StagedRows> staged) {
+    if (dtype == Dtype::Float32)
+        return add_vectors(std::move(ids), static_cast<const float*>(data), n, dim, std::move(metadata),
+                           std::move(staged));
+    Source src{data};
+    src.dtype = dtype;
+    add_rows(std::move(ids), src, n, dim, std::move(metadata));
+}
+
+void VectorStorage::add_vectors_device(std::vector<std::string> ids, const void* data, Dtype dtype,
+                                       std::size_t n, std::size_t dim, std::size_t ld, std::uintptr_t stream,
+                                       std::vector<Metadata> metadata) {
+    if (n > 0 && ld < dim)
+        throw InvalidArgumentError("device rows have a stride of " + std::to_string(ld) +
+                                   " elements, less than their dimension " + std::to_string(dim));
+    Source src{data, true, ld, stream};
+    src.dtype = dtype;
+    add_rows(std::move(ids), src, n, dim, std::move(metadata));
+}
+
+VectorStorage::Source VectorStorage::store_rows(const Source& src, std::size_t n, std::size_t dim, const char* what,
+                                                detail::StoreRows& holder) const {
+    if (src.dtype == Dtype::Float32 && impl_->dtype_ == Dtype::Float32) {
+        if (!impl_->engine_checks_rows_) check_rows(static_cast<const float*>(src.data), n, dim, what);
+        return src;
+    }
+    holder = detail::StoreRows(src.data, src.dtype, n, dim, impl_->dtype_, what);
+    Source out = src;
+    out.data = holder.data();
+    out.dtype = impl_->dtype_;
+    return out;
 }
 
 void VectorStorage::add_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
@@ -149,17 +193,15 @@ void VectorStorage::add_vectors(std::vector<std::string> ids, const float* data,
 void VectorStorage::add_vectors_device(std::vector<std::string> ids, const float* data,
                                        std::size_t n, std::size_t dim, std::size_t ld,
                                        std::uintptr_t stream, std::vector<Metadata> metadata) {
-    if (n > 0 && ld < dim)
-        throw InvalidArgumentError("device rows have a stride of " + std::to_string(ld) +
-                                   " floats, less than their dimension " + std::to_string(dim));
-    add_rows(std::move(ids), Source{data, true, ld, stream}, n, dim, std::move(metadata));
+    add_vectors_device(std::move(ids), data, Dtype::Float32, n, dim, ld, stream, std::move(metadata));
 }
 
 // impl_->context_ and impl_->dimension_ never change, so no lock is needed; a store closed meanwhile
 // fails in the add. A wrong dimension is add_vectors' error to report.
 std::unique_ptr<StagedRows> VectorStorage::stage_rows(const float* data, std::size_t n,
                                                       std::size_t dim) const {
-    if (n == 0 || dim != impl_->dimension_) return nullptr;
+    // Staged rows are float32 on the device; a 16-bit store converts host rows on the host.
+    if (n == 0 || dim != impl_->dimension_ || impl_->dtype_ != Dtype::Float32) return nullptr;
     return impl_->context_->stage_rows(data, n, dim);
 }
 
@@ -195,15 +237,17 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
                                      ", the storage has dimension " + std::to_string(impl_->dimension_));
     for (const auto& id : ids) check_id(id);
     for (const auto& md : metadata) detail::check_metadata(md);
-    // Device rows, and host rows of engines that check after their upload, are checked by
-    // the engine under the lock instead.
-    if (!src.device && !impl_->engine_checks_rows_) check_rows(src.data, n, dim, "vectors");
+    // Device rows, and float32 host rows of engines that check after their upload, are
+    // checked by the engine under the lock instead; other host rows are converted to the
+    // store's dtype here, before the lock, and checked on the values stored.
+    detail::StoreRows converted;
+    const Source rows = src.device ? src : store_rows(src, n, dim, "vectors", converted);
     // Staged rows are device rows to the engine, which checks those.
     if (staged && !impl_->engine_checks_rows_) staged.reset();
 
     WriteLock lock(impl_->mutex_);
     impl_->check_open();
-    append_locked(std::move(ids), src, n, std::move(metadata), std::move(staged));
+    append_locked(std::move(ids), rows, n, std::move(metadata), std::move(staged));
 }
 
 // How far an add got, for roll_back(). index_ids() and append_rows() may run on two threads
@@ -254,7 +298,7 @@ void VectorStorage::append_rows(const Source& src, std::size_t n, std::vector<Me
     std::iota(impl_->ordinal_of_.begin() + old, impl_->ordinal_of_.end(), first);
     const std::uint32_t* ordinals = impl_->ordinal_of_.data() + old;
     if (src.device) {
-        impl_->engine_->append_device(src.data, Dtype::Float32, src.ld, ordinals, n, src.stream);
+        impl_->engine_->append_device(src.data, src.dtype, src.ld, ordinals, n, src.stream);
     } else if (!(staged && append_staged(*staged, old, ordinals, n))) {
         staged.reset();  // its device memory goes before a host add that may need it to grow
         impl_->engine_->append(src.data, ordinals, n);
@@ -349,7 +393,15 @@ void VectorStorage::append_locked(std::vector<std::string>&& ids, const Source& 
 
 bool VectorStorage::update_vector(const std::string& id, const float* data, std::size_t len,
                                   const Metadata* metadata) {
-    check_row(data, len, "vector");
+    return update_vector(id, data, Dtype::Float32, len, metadata);
+}
+
+bool VectorStorage::update_vector(const std::string& id, const void* row, Dtype dtype, std::size_t len,
+                                  const Metadata* metadata) {
+    check_length(len, "vector");
+    // A write is not an append: engines that check appended rows do not check it.
+    detail::StoreRows converted(row, dtype, 1, len, impl_->dtype_, "vector");
+    const void* data = converted.data();
     if (metadata) detail::check_metadata(*metadata);
     WriteLock lock(impl_->mutex_);
     impl_->check_open();
@@ -381,6 +433,11 @@ bool VectorStorage::update_vector(const std::string& id, const float* data, std:
 // undone by writing back the rows they replaced.
 void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* data, std::size_t n,
                                    std::size_t dim, std::vector<std::optional<Metadata>> metadata) {
+    upsert_vectors(std::move(ids), data, Dtype::Float32, n, dim, std::move(metadata));
+}
+
+void VectorStorage::upsert_vectors(std::vector<std::string> ids, const void* rows, Dtype dtype, std::size_t n,
+                                   std::size_t dim, std::vector<std::optional<Metadata>> metadata) {
     check_batch_sizes(ids.size(), metadata.size(), n);
     if (n != 0 && dim != impl_->dimension_)
         throw DimensionMismatchError("vectors have dimension " + std::to_string(dim) +
@@ -388,7 +445,10 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
     for (const auto& id : ids) check_id(id);
     for (const auto& md : metadata)
         if (md) detail::check_metadata(*md);
-    if (n != 0) check_rows(data, n, dim, "vectors");
+    // The rows in the store's dtype from here on: `row_bytes` apart.
+    const detail::StoreRows converted(rows, dtype, n, dim, impl_->dtype_, "vectors");
+    const auto* data = static_cast<const unsigned char*>(converted.data());
+    const std::size_t row_bytes = dim * dtype_size(impl_->dtype_);
 
     WriteLock lock(impl_->mutex_);
     impl_->check_open();
@@ -397,9 +457,10 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
     std::vector<std::size_t> fresh;   // batch positions of new ids
     std::vector<std::string> fresh_ids;
     std::vector<Metadata> fresh_md;
-    std::vector<float> fresh_rows;
+    std::vector<unsigned char> fresh_rows;
     std::vector<std::unique_ptr<Metadata>> stored_md;
     std::vector<float> replaced;  // the stored rows as they were, for the undo
+    std::vector<unsigned char> replaced_rows;  // the same in the store's dtype
     try {
         for (std::size_t i = 0; i < n; ++i) {
             const std::size_t slot = impl_->index_->find(impl_->id_of_, ids[i]);
@@ -415,10 +476,10 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
         // A batch of new ids only goes to the add as it is.
         const bool as_given = stored.empty();
         if (!as_given) {
-            fresh_rows.reserve(fresh.size() * dim);
+            fresh_rows.reserve(fresh.size() * row_bytes);
             fresh_ids.reserve(fresh.size());
             for (std::size_t i : fresh) {
-                fresh_rows.insert(fresh_rows.end(), data + i * dim, data + (i + 1) * dim);
+                fresh_rows.insert(fresh_rows.end(), data + i * row_bytes, data + (i + 1) * row_bytes);
                 fresh_ids.push_back(std::move(ids[i]));
             }
         }
@@ -431,6 +492,8 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
         }
         replaced.resize(stored.size() * dim);
         for (std::size_t j = 0; j < stored.size(); ++j) impl_->engine_->read(slots[j], 1, replaced.data() + j * dim);
+        replaced_rows.resize(stored.size() * row_bytes);
+        detail::narrow_stored(replaced.data(), replaced.size(), impl_->dtype_, replaced_rows.data());
         if (as_given) fresh_ids = std::move(ids);
     } catch (const std::bad_alloc&) {
         throw OutOfMemoryError("host memory exhausted while upserting vectors");
@@ -460,13 +523,15 @@ void VectorStorage::upsert_vectors(std::vector<std::string> ids, const float* da
         throw OutOfMemoryError("host memory exhausted while indexing metadata");
     }
     try {
-        for (; written < stored.size(); ++written) impl_->engine_->write(slots[written], data + stored[written] * dim);
-        if (!fresh.empty())
-            append_locked(std::move(fresh_ids), Source{fresh_rows.empty() ? data : fresh_rows.data()},
-                          fresh.size(), std::move(fresh_md));
+        for (; written < stored.size(); ++written) impl_->engine_->write(slots[written], data + stored[written] * row_bytes);
+        if (!fresh.empty()) {
+            Source src{fresh_rows.empty() ? data : fresh_rows.data()};
+            src.dtype = impl_->dtype_;
+            append_locked(std::move(fresh_ids), src, fresh.size(), std::move(fresh_md));
+        }
     } catch (...) {
         try {
-            for (std::size_t j = 0; j < written; ++j) impl_->engine_->write(slots[j], replaced.data() + j * dim);
+            for (std::size_t j = 0; j < written; ++j) impl_->engine_->write(slots[j], replaced_rows.data() + j * row_bytes);
         } catch (...) {
             // The device failed twice; the first error is the one to report.
         }
@@ -575,7 +640,14 @@ std::vector<SearchHit> VectorStorage::search(const float* query, std::size_t len
 
 std::vector<SearchHit> VectorStorage::search_device(const float* query, std::size_t len,
                                                     std::int64_t k, std::uintptr_t stream) const {
-    return hits_of(checked_search(Source{query, true, len, stream}, 1, len, k, nullptr));
+    return search_device(query, Dtype::Float32, len, k, stream);
+}
+
+std::vector<SearchHit> VectorStorage::search_device(const void* query, Dtype dtype, std::size_t len,
+                                                    std::int64_t k, std::uintptr_t stream) const {
+    Source src{query, true, len, stream};
+    src.dtype = dtype;
+    return hits_of(checked_search(src, 1, len, k, nullptr));
 }
 
 std::vector<SearchHit> VectorStorage::hits_of(BatchResult&& r) const {
@@ -597,7 +669,15 @@ BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, st
 BatchResult VectorStorage::search_batch_device(const float* queries, std::size_t nq,
                                                std::size_t dim, std::size_t ld, std::int64_t k,
                                                std::uintptr_t stream, float* device_scores) const {
-    return checked_search(Source{queries, true, ld, stream, device_scores, true}, nq, dim, k, nullptr);
+    return search_batch_device(queries, Dtype::Float32, nq, dim, ld, k, stream, device_scores);
+}
+
+BatchResult VectorStorage::search_batch_device(const void* queries, Dtype dtype, std::size_t nq, std::size_t dim,
+                                               std::size_t ld, std::int64_t k, std::uintptr_t stream,
+                                               float* device_scores) const {
+    Source src{queries, true, ld, stream, device_scores, true};
+    src.dtype = dtype;
+    return checked_search(src, nq, dim, k, nullptr);
 }
 
 // Every search entry point comes here: the queries are checked once, before the lock, and
@@ -612,11 +692,12 @@ BatchResult VectorStorage::checked_search(const Source& queries, std::size_t nq,
                                      std::to_string(impl_->dimension_));
     if (queries.device && nq > 0 && queries.ld < dim)
         throw InvalidArgumentError("device queries have a stride of " + std::to_string(queries.ld) +
-                                   " floats, less than their dimension " + std::to_string(dim));
-    if (!queries.device) check_rows(queries.data, nq, dim, what);
+                                   " elements, less than their dimension " + std::to_string(dim));
+    // Host queries are float32 (callers widen 16-bit ones, exactly).
+    if (!queries.device) check_rows(static_cast<const float*>(queries.data), nq, dim, what);
     ReadLock lock(impl_->mutex_);
     impl_->check_open();
-    if (filter) return search_filtered_locked(queries.data, nq, k, *filter);
+    if (filter) return search_filtered_locked(static_cast<const float*>(queries.data), nq, k, *filter);
     return search_locked(queries, nq, k);
 }
 
@@ -629,10 +710,10 @@ BatchResult VectorStorage::search_locked(const Source& queries, std::size_t nq,
     r.scores.resize(nq * r.k);
     r.slots.resize(nq * r.k);
     if (queries.device)
-        impl_->engine_->search_device(queries.data, Dtype::Float32, queries.ld, nq, r.k, queries.stream, r.scores.data(),
+        impl_->engine_->search_device(queries.data, queries.dtype, queries.ld, nq, r.k, queries.stream, r.scores.data(),
                                r.slots.data(), queries.device_scores);
     else
-        impl_->engine_->search(queries.data, nq, r.k, r.scores.data(), r.slots.data());
+        impl_->engine_->search(static_cast<const float*>(queries.data), nq, r.k, r.scores.data(), r.slots.data());
     name_hits(r);
     return r;
 }

@@ -56,6 +56,7 @@ struct VectorStorage::Impl {
           engine_(std::move(engine)),
           dimension_(engine_->dimension()),
           metric_(engine_->metric()),
+          dtype_(engine_->dtype()),
           engine_checks_rows_(engine_->checks_appended_rows()),
           index_(std::make_unique<detail::IdIndex>()),
           metadata_of_(std::make_unique<detail::MetadataTable>()) {}
@@ -75,6 +76,7 @@ struct VectorStorage::Impl {
     std::unique_ptr<Engine> engine_;
     std::size_t dimension_;
     Metric metric_;
+    Dtype dtype_;
     // Read once: engine_ is null after close() and may not be touched outside the lock.
     bool engine_checks_rows_;
 

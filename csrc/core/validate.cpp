@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <new>
 #include <string>
 #include <system_error>
@@ -14,9 +16,7 @@
 
 namespace hive_gpu {
 
-namespace {
-
-RowFault check_row(const float* row, std::size_t dim) {
+RowFault row_fault(const float* row, std::size_t dim) {
     // Summing squares in double both finds NaN/inf (the sum turns non-finite) and measures
     // the norm, in one pass the compiler vectorises.
     double sum = 0.0;
@@ -29,63 +29,80 @@ RowFault check_row(const float* row, std::size_t dim) {
     return sum > kMaxSquaredNorm ? RowFault::TooLarge : RowFault::None;
 }
 
-// Index of the first faulty row in [begin, end), or end.
-std::size_t first_fault(const float* rows, std::size_t begin, std::size_t end, std::size_t dim,
-                        RowFault* fault) {
-    for (std::size_t i = begin; i < end; ++i) {
-        RowFault f = check_row(rows + i * dim, dim);
-        if (f != RowFault::None) {
-            *fault = f;
-            return i;
+std::size_t first_faulty_row(std::size_t n, std::size_t elements,
+                             const std::function<RowFault(std::size_t, float*)>& row_fault, RowFault* fault,
+                             float* value) {
+    // Index of the first faulty row in [begin, end), or end.
+    auto first_in = [&](std::size_t begin, std::size_t end, RowFault* f, float* v) {
+        for (std::size_t i = begin; i < end; ++i) {
+            const RowFault got = row_fault(i, v);
+            if (got != RowFault::None) {
+                *f = got;
+                return i;
+            }
         }
+        return end;
+    };
+    *fault = RowFault::None;
+    constexpr std::size_t kParallelElements = std::size_t{1} << 22;
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    if (elements < kParallelElements || hw == 1 || n < 2) return first_in(0, n, fault, value);
+    const unsigned parts = static_cast<unsigned>(std::min<std::size_t>(hw, n));
+    std::vector<std::size_t> found(parts, n);
+    std::vector<RowFault> faults(parts, RowFault::None);
+    std::vector<float> values(parts, 0.0f);
+    auto check_part = [&](unsigned p) {
+        std::size_t b = n * p / parts, e = n * (p + 1) / parts;
+        std::size_t i = first_in(b, e, &faults[p], &values[p]);
+        if (i != e) found[p] = i;
+    };
+    std::vector<std::thread> workers;
+    workers.reserve(parts);
+    unsigned started = 0;
+    // A thread that cannot start (memory or thread limits) must not turn validation into
+    // an unexpected exception: the parts it would have checked run on this thread.
+    try {
+        for (; started < parts; ++started) workers.emplace_back(check_part, started);
+    } catch (const std::system_error&) {
+    } catch (const std::bad_alloc&) {
     }
-    return end;
+    for (unsigned p = started; p < parts; ++p) check_part(p);
+    for (auto& w : workers) w.join();
+    std::size_t bad = n;
+    for (unsigned p = 0; p < parts; ++p)
+        if (found[p] < bad) {
+            bad = found[p];
+            *fault = faults[p];
+            *value = values[p];
+        }
+    return bad;
 }
-
-}  // namespace
 
 void check_rows(const float* rows, std::size_t n, std::size_t dim, const char* what) {
     if (n == 0) return;
     RowFault fault = RowFault::None;
-    std::size_t bad = n;
-    constexpr std::size_t kParallelFloats = std::size_t{1} << 22;
-    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-    if (n * dim < kParallelFloats || hw == 1 || n < 2) {
-        bad = first_fault(rows, 0, n, dim, &fault);
-    } else {
-        const unsigned parts = std::min<std::size_t>(hw, n);
-        std::vector<std::size_t> found(parts, n);
-        std::vector<RowFault> faults(parts, RowFault::None);
-        auto check_part = [&](unsigned p) {
-            std::size_t b = n * p / parts, e = n * (p + 1) / parts;
-            std::size_t i = first_fault(rows, b, e, dim, &faults[p]);
-            if (i != e) found[p] = i;
-        };
-        std::vector<std::thread> workers;
-        workers.reserve(parts);
-        unsigned started = 0;
-        // A thread that cannot start (memory or thread limits) must not turn validation into
-        // an unexpected exception: the parts it would have checked run on this thread.
-        try {
-            for (; started < parts; ++started) workers.emplace_back(check_part, started);
-        } catch (const std::system_error&) {
-        } catch (const std::bad_alloc&) {
-        }
-        for (unsigned p = started; p < parts; ++p) check_part(p);
-        for (auto& w : workers) w.join();
-        for (unsigned p = 0; p < parts; ++p)
-            if (found[p] < bad) {
-                bad = found[p];
-                fault = faults[p];
-            }
-    }
+    float value = 0.0f;
+    const std::size_t bad = first_faulty_row(
+        n, n * dim, [&](std::size_t i, float*) { return row_fault(rows + i * dim, dim); }, &fault, &value);
     if (bad == n) return;
     throw_row_fault(fault, bad, n, what);
 }
 
 void throw_row_fault(RowFault fault, std::size_t row, std::size_t n, const char* what) {
+    throw_row_fault(fault, row, n, what, Dtype::Float32, std::numeric_limits<float>::quiet_NaN());
+}
+
+void throw_row_fault(RowFault fault, std::size_t row, std::size_t n, const char* what, Dtype dtype, float value) {
     std::string where = n == 1 ? std::string(what) : std::string(what) + " row " + std::to_string(row);
     if (fault == RowFault::NonFinite) throw NonFiniteValueError(where + " contains NaN or infinity");
+    if (fault == RowFault::DoesNotFit) {
+        // Printed with the digits that make a float32 value unique.
+        char shown[32] = "a value", limit[32];
+        if (value == value) std::snprintf(shown, sizeof shown, "%.9g", static_cast<double>(value));
+        std::snprintf(limit, sizeof limit, "%.9g", static_cast<double>(dtype_max(dtype)));
+        throw NonFiniteValueError(where + " holds " + shown + ", which does not fit " + dtype_name(dtype) +
+                                  " (largest magnitude " + limit + ")");
+    }
     throw InvalidArgumentError(where + " has a norm too large for float32 distance arithmetic");
 }
 

@@ -24,7 +24,7 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|x64)$" AND CMAKE_SIZEOF_
     set(_cpu_avx2_flags /arch:AVX2 ${_cpu_strict_fp})
     set(_cpu_avx512_flags /arch:AVX512 ${_cpu_strict_fp})
   else()
-    set(_cpu_avx2_flags -mavx2 -mfma ${_cpu_strict_fp})
+    set(_cpu_avx2_flags -mavx2 -mfma -mf16c ${_cpu_strict_fp})
     set(_cpu_avx512_flags -mavx512f -mavx2 -mfma ${_cpu_strict_fp})
   endif()
   set_source_files_properties(${_cpu_dir}/kernels_avx2.cpp PROPERTIES COMPILE_OPTIONS "${_cpu_avx2_flags}")

@@ -121,9 +121,8 @@ void CpuContext::charge(std::uint64_t bytes, const char* what) {
 }
 
 std::unique_ptr<Engine> CpuContext::make_engine(std::size_t dimension, Metric metric, Dtype dtype) {
-    if (dtype != Dtype::Float32) throw InvalidDtypeError(std::string("this backend does not store ") + dtype_name(dtype) + " rows yet");
     return std::make_unique<CpuEngine>(std::static_pointer_cast<CpuContext>(shared_from_this()),
-                                       dimension, metric);
+                                       dimension, metric, dtype);
 }
 
 std::shared_ptr<Context> make_context(int threads) { return std::make_shared<CpuContext>(threads); }

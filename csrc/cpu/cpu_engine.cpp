@@ -19,18 +19,27 @@
 namespace hive_gpu::cpu {
 
 
-CpuEngine::CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric)
-    : context_(std::move(context)), dim_(dimension), metric_(metric) {}
+CpuEngine::CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric, Dtype dtype)
+    : context_(std::move(context)), dim_(dimension), metric_(metric), dtype_(dtype) {}
 
 CpuEngine::~CpuEngine() { context_->uncharge(charged_); }
 
 std::uint64_t CpuEngine::footprint(std::size_t rows) const {
     const std::uint64_t per_row_floats = keeps_norms() ? 3 : 2;  // factors_, ordinals_ (and norms_)
-    return (2 * static_cast<std::uint64_t>(rows) * dim_ + kPlaneSlack) * sizeof(std::uint16_t) +
+    const std::uint64_t plane_count = planes() ? 2 : 1;
+    return (plane_count * rows * dim_ + kPlaneSlack) * sizeof(std::uint16_t) +
            rows * per_row_floats * sizeof(float);
 }
 
-void CpuEngine::set_row_data(std::size_t slot, const float* row) {
+void CpuEngine::set_row_data(std::size_t slot) {
+    float widened[256];
+    std::vector<float> long_row;
+    float* row = widened;
+    if (dim_ > 256) {
+        long_row.resize(dim_);
+        row = long_row.data();
+    }
+    read(slot, 1, row);
     double s = 0.0;
     for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
     factors_[slot] = metric_ == Metric::Cosine ? cosine_factor(s) : static_cast<float>(s);
@@ -76,13 +85,26 @@ void CpuEngine::reserve_charged(std::size_t rows) {
     if (rows <= row_capacity() && hi_.data()) return;
     const std::size_t keep = size() * dim_, want = rows * dim_;
     HostBuffer<std::uint16_t> hi = hi_.grown(want + kPlaneSlack, keep);
-    HostBuffer<std::uint16_t> lo = lo_.grown(want, keep);
+    HostBuffer<std::uint16_t> lo = planes() ? lo_.grown(want, keep) : HostBuffer<std::uint16_t>();
     std::memset(hi.data() + keep, 0, kPlaneSlack * sizeof(std::uint16_t));
     hi_ = std::move(hi);
     lo_ = std::move(lo);
 }
 
-void CpuEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+void CpuEngine::store_rows(std::size_t slot, const void* rows, std::size_t n) {
+    if (planes())
+        kernels().split(static_cast<const float*>(rows), n * dim_, hi_.data() + slot * dim_, lo_.data() + slot * dim_);
+    else
+        std::memcpy(hi_.data() + slot * dim_, rows, n * dim_ * sizeof(std::uint16_t));
+}
+
+void CpuEngine::point_at(TileArgs& a, std::size_t slot) const {
+    a.hi = hi_.data() + slot * dim_;
+    a.lo = planes() ? lo_.data() + slot * dim_ : nullptr;
+    a.packing = packing();
+}
+
+void CpuEngine::append(const void* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
     const std::size_t old = size(), need = old + n;
     if (need > row_capacity() || !hi_.data() || need > ordinals_.capacity() ||
@@ -94,23 +116,23 @@ void CpuEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std
             reserve(need);  // room for the rows themselves may still be there (or under the cap)
         }
     }
-    kernels().split(rows, n * dim_, hi_.data() + old * dim_, lo_.data() + old * dim_);
+    store_rows(old, rows, n);
     std::memset(hi_.data() + need * dim_, 0, kPlaneSlack * sizeof(std::uint16_t));
     factors_.resize(need);
     if (keeps_norms()) norms_.resize(need);
-    for (std::size_t i = 0; i < n; ++i) set_row_data(old + i, rows + i * dim_);
+    for (std::size_t i = 0; i < n; ++i) set_row_data(old + i);
     ordinals_.insert(ordinals_.end(), ordinals, ordinals + n);
 }
 
-void CpuEngine::write_f32(std::size_t slot, const float* row) {
-    kernels().split(row, dim_, hi_.data() + slot * dim_, lo_.data() + slot * dim_);
-    set_row_data(slot, row);
+void CpuEngine::write(std::size_t slot, const void* row) {
+    store_rows(slot, row, 1);
+    set_row_data(slot);
 }
 
 void CpuEngine::move(std::size_t src, std::size_t dst) {
     const std::size_t bytes = dim_ * sizeof(std::uint16_t);
     std::memcpy(hi_.data() + dst * dim_, hi_.data() + src * dim_, bytes);
-    std::memcpy(lo_.data() + dst * dim_, lo_.data() + src * dim_, bytes);
+    if (planes()) std::memcpy(lo_.data() + dst * dim_, lo_.data() + src * dim_, bytes);
     factors_[dst] = factors_[src];
     if (keeps_norms()) norms_[dst] = norms_[src];
     ordinals_[dst] = ordinals_[src];
@@ -140,7 +162,10 @@ void CpuEngine::set_ordinals(const std::uint32_t* ordinals, std::size_t n) {
 
 void CpuEngine::read(std::size_t first, std::size_t n, float* out) const {
     if (n == 0) return;
-    kernels().widen(hi_.data() + first * dim_, lo_.data() + first * dim_, n * dim_, out);
+    if (planes())
+        kernels().widen(hi_.data() + first * dim_, lo_.data() + first * dim_, n * dim_, out);
+    else
+        kernels().widen16(hi_.data() + first * dim_, n * dim_, packing(), out);
 }
 
 std::size_t CpuEngine::memory_bytes() const {
@@ -249,7 +274,8 @@ bool CpuEngine::search_screened(const float* queries, const float* query_factor,
             float v;
             TileArgs a{queries + q * d, 1, d, nullptr, 1, d, plan.form, plan.epilogue,
                        factored ? &factors_[r] : nullptr, query_factor ? query_factor + q : nullptr,
-                       &v, 1, hi_.data() + r * d, lo_.data() + r * d};
+                       &v, 1};
+            point_at(a, r);
             kern.score_tile(a);
             if (top.may_enter(v)) top.push(v, ordinals_[r], static_cast<std::int64_t>(r));
         }
@@ -283,7 +309,8 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
     }
     // A zero cosine query ties every row at 0: the screen could not drop any.
     const bool zero_query = std::find(query_factor.begin(), query_factor.end(), 0.0f) != query_factor.end();
-    if (!list && !zero_query && screen_wanted(n, d, nq, k) &&
+    // The screen reads the hi plane to save reading lo; a 16-bit store has no lo to save.
+    if (!list && !zero_query && planes() && screen_wanted(n, d, nq, k) &&
         search_screened<kHigherFirst>(queries, query_factor.empty() ? nullptr : query_factor.data(), nq, k,
                                       scores, slots, mask))
         return;
@@ -311,8 +338,6 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
     strips.resize(tasks * 4 * tile);
     picks.resize(tasks * tile);
 
-    const std::uint16_t* hi = hi_.data();
-    const std::uint16_t* lo = lo_.data();
     const float* row_factor = epilogue == Epilogue::None ? nullptr : factors_.data();
     const float* qf = query_factor.empty() ? nullptr : query_factor.data();
     constexpr float kNone = kHigherFirst ? -std::numeric_limits<float>::infinity()
@@ -345,7 +370,7 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
             if (list) {
                 for (std::size_t i = 0; i < nx; ++i) {
                     const std::size_t r = list[x0 + i];
-                    kern.widen(hi + r * d, lo + r * d, d, X.data() + i * d);
+                    read(r, 1, X.data() + i * d);
                     if (row_factor) gathered_factor[i] = row_factor[r];
                 }
                 tile_factor = row_factor ? gathered_factor.data() : nullptr;
@@ -356,8 +381,7 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
                            tile_factor, qf ? qf + q0 : nullptr,
                            strip, tile};
                 if (direct) {
-                    a.hi = hi + x0 * d;
-                    a.lo = lo + x0 * d;
+                    point_at(a, x0);
                     kern.score_tile(a);
                 } else if (g == 0 && !list) {
                     // The first group widens the tile a piece at a time, each just before
@@ -370,7 +394,7 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
                         b.rows = X.data() + p * d;
                         if (b.row_factor) b.row_factor += p;
                         b.out += p;
-                        kern.widen(hi + (x0 + p) * d, lo + (x0 + p) * d, b.nx * d, X.data() + p * d);
+                        read(x0 + p, b.nx, X.data() + p * d);
                         kern.score_tile(b);
                     }
                 } else {
@@ -418,7 +442,8 @@ void CpuEngine::search_impl(const float* queries, std::size_t nq, std::size_t k,
         for (Candidate& x : c) {
             const std::size_t r = static_cast<std::size_t>(x.slot);
             TileArgs a{queries + q * d, 1, d, nullptr, 1, d, Form::L2, Epilogue::None,
-                       nullptr, nullptr, &x.score, 1, hi + r * d, lo + r * d};
+                       nullptr, nullptr, &x.score, 1};
+            point_at(a, r);
             kern.score_tile(a);
         }
         std::sort(c.begin(), c.end(), ranks_before<false>);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/host_buffer.hpp"
+#include "cpu/kernels.hpp"
 #include "hive_gpu/context.hpp"
 #include "hive_gpu/engine.hpp"
 
@@ -16,7 +17,7 @@ class CpuContext;
 
 class CpuEngine final : public Engine {
    public:
-    CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric);
+    CpuEngine(std::shared_ptr<CpuContext> context, std::size_t dimension, Metric metric, Dtype dtype);
     ~CpuEngine() override;
 
     std::size_t dimension() const override { return dim_; }
@@ -24,13 +25,9 @@ class CpuEngine final : public Engine {
     std::size_t size() const override { return ordinals_.size(); }
 
     void reserve(std::size_t rows) override;
-    Dtype dtype() const override { return Dtype::Float32; }
-    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override {
-        append_f32(static_cast<const float*>(rows), ordinals, n);
-    }
-    void write(std::size_t slot, const void* row) override { write_f32(slot, static_cast<const float*>(row)); }
-    void append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n);
-    void write_f32(std::size_t slot, const float* row);
+    Dtype dtype() const override { return dtype_; }
+    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override;
+    void write(std::size_t slot, const void* row) override;
     void move(std::size_t src, std::size_t dst) override;
     void truncate(std::size_t n) override;
     void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;
@@ -58,10 +55,20 @@ class CpuEngine final : public Engine {
     bool search_screened(const float* queries, const float* query_factor, std::size_t nq,
                          std::size_t k, float* scores, std::int64_t* slots,
                          const std::uint64_t* mask) const;
-    // Per-row data from one pass over a row: factors_ and (DotProduct, Euclidean) norms_.
-    void set_row_data(std::size_t slot, const float* row);
+    // Per-row data from one pass over a stored row: factors_ and (DotProduct, Euclidean) norms_.
+    void set_row_data(std::size_t slot);
+    // n rows of `rows` (dtype_) stored at slots [slot, slot + n), per-row data aside.
+    void store_rows(std::size_t slot, const void* rows, std::size_t n);
+    bool planes() const { return dtype_ == Dtype::Float32; }
+    Packing packing() const {
+        return dtype_ == Dtype::Float16 ? Packing::Float16 : dtype_ == Dtype::BFloat16 ? Packing::BFloat16 : Packing::Planes;
+    }
+    // Points a kernel's rows at `slot` and the rows after it, as stored.
+    void point_at(TileArgs& a, std::size_t slot) const;
     bool keeps_norms() const { return metric_ != Metric::Cosine; }
-    std::size_t row_capacity() const { return lo_.capacity() / dim_; }
+    std::size_t row_capacity() const {
+        return hi_.capacity() > kPlaneSlack ? (hi_.capacity() - kPlaneSlack) / dim_ : 0;
+    }
     // Bytes of the buffers for `rows` rows: what reserve(rows) charges to the context's cap.
     std::uint64_t footprint(std::size_t rows) const;
     void reserve_charged(std::size_t rows);  // reserve() once the rows are charged
@@ -69,9 +76,11 @@ class CpuEngine final : public Engine {
     std::shared_ptr<CpuContext> context_;
     std::size_t dim_;
     Metric metric_;
-    // Each float row split into two planes of its bit pattern's halves (kernels.hpp): the
+    Dtype dtype_;
+    // float32: each float row split into two planes of its bit pattern's halves (kernels.hpp): the
     // screen reads only hi_; exact scoring widens both back. size() * dim_ elements each,
-    // and hi_ has kPlaneSlack zeros after the last row.
+    // and hi_ has kPlaneSlack zeros after the last row. float16 and bfloat16: hi_ holds the
+    // stored rows themselves (same slack) and lo_ stays empty.
     HostBuffer<std::uint16_t> hi_;
     HostBuffer<std::uint16_t> lo_;
     // Per-row factor the kernels use: 1/|x| for Cosine, |x|^2 for Euclidean, unused for dot.

@@ -28,7 +28,7 @@ namespace {
 
 #if HIVE_GPU_CPU_X86_KERNELS
 struct X86Features {
-    bool avx2_fma = false;
+    bool avx2_fma = false;  // with F16C, which the float16 rows need (every AVX2 CPU has it)
     bool avx512f = false;
 };
 
@@ -39,18 +39,19 @@ X86Features detect() {
     __cpuid(r, 0);
     const int max_leaf = r[0];
     __cpuid(r, 1);
-    const bool fma = (r[2] >> 12) & 1, osxsave = (r[2] >> 27) & 1, avx = (r[2] >> 28) & 1;
+    const bool fma = (r[2] >> 12) & 1, osxsave = (r[2] >> 27) & 1, avx = (r[2] >> 28) & 1,
+               f16c = (r[2] >> 29) & 1;
     if (!osxsave || !avx || max_leaf < 7) return f;
     // The OS must save the YMM (and for AVX-512 the opmask and ZMM) state on context switches.
     const unsigned long long xcr0 = _xgetbv(0);
     __cpuidex(r, 7, 0);
     const bool avx2 = (r[1] >> 5) & 1, avx512f = (r[1] >> 16) & 1;
-    f.avx2_fma = avx2 && fma && (xcr0 & 0x6) == 0x6;
+    f.avx2_fma = avx2 && fma && f16c && (xcr0 & 0x6) == 0x6;
     f.avx512f = f.avx2_fma && avx512f && (xcr0 & 0xE6) == 0xE6;
 #else
     // libgcc and compiler-rt also check that the OS enables the register state.
     __builtin_cpu_init();
-    f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     f.avx512f = f.avx2_fma && __builtin_cpu_supports("avx512f");
 #endif
     return f;

@@ -7,6 +7,14 @@
 
 namespace hive_gpu::cpu {
 
+// How the 16-bit elements a kernel reads (TileArgs::hi) encode the rows: the two planes of
+// a float32 store (hi and lo, below), or the rows of a 16-bit store themselves.
+enum class Packing : int {
+    Planes = 0,    // float32: (hi << 16) | lo
+    BFloat16 = 1,  // hi << 16
+    Float16 = 2,   // IEEE binary16, widened exactly
+};
+
 // How a (query, row) pair is scored before the epilogue.
 enum class Form : int {
     Dot = 0,  // sum q[j] * x[j]
@@ -39,7 +47,8 @@ struct TileArgs {
     float* out;
     std::size_t ldo;
     const std::uint16_t* hi = nullptr;  // the rows' planes, d elements per row each
-    const std::uint16_t* lo = nullptr;
+    const std::uint16_t* lo = nullptr;  // Packing::Planes only
+    Packing packing = Packing::Planes;
 };
 
 // Rows are stored as two planes of 16-bit halves of each float's bit pattern: hi (sign,
@@ -96,6 +105,8 @@ struct KernelTable {
     // n floats into their hi and lo halves, and back.
     void (*split)(const float* in, std::size_t n, std::uint16_t* hi, std::uint16_t* lo);
     void (*widen)(const std::uint16_t* hi, const std::uint16_t* lo, std::size_t n, float* out);
+    // n elements of a 16-bit store (BFloat16 or Float16 packing) to floats, exactly.
+    void (*widen16)(const std::uint16_t* in, std::size_t n, Packing packing, float* out);
     // The screen walks rows in steps of screen_step elements; a prepared query holds
     // ceil(d / screen_step) * screen_step floats, permuted to match the kernel's loads and
     // zero past d.

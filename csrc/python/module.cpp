@@ -55,6 +55,47 @@ std::pair<std::size_t, std::size_t> rows_cols(const FloatArray& a) {
     throw InvalidArgumentError("expected a 1-D or 2-D array, got " + std::to_string(a.ndim()) + " dimensions");
 }
 
+namespace {
+
+// Host rows as the core takes them: a C-contiguous array of float32, float16 or bfloat16
+// (ml_dtypes' type, which JAX and PyTorch's NumPy bridge use), read in place in its own
+// dtype. Other arrays are cast to float32 where NumPy casts safely (ints, bools, complex
+// and objects are refused).
+struct TypedRows {
+    py::array array;  // keeps the data alive
+    Dtype dtype = Dtype::Float32;
+    std::size_t rows = 0, cols = 0;
+    const void* data() const { return array.data(); }
+};
+
+TypedRows typed_rows(const py::array& given, int ndim, const char* what) {
+    TypedRows out;
+    const py::dtype dt = given.dtype();
+    const bool bf16 = dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
+    if (dt.kind() == 'f' && (dt.itemsize() == 4 || dt.itemsize() == 2)) {
+        out.dtype = dt.itemsize() == 4 ? Dtype::Float32 : Dtype::Float16;
+        out.array = py::array::ensure(given, py::array::c_style);
+    } else if (bf16) {
+        out.dtype = Dtype::BFloat16;
+        out.array = py::array::ensure(given, py::array::c_style);
+    } else {
+        out.array = FloatArray::ensure(given);
+    }
+    if (!out.array) {
+        PyErr_Clear();
+        throw ArgumentTypeError(std::string(what) + " must have a floating-point dtype, got " +
+                                py::str(static_cast<py::object>(dt)).cast<std::string>());
+    }
+    if (out.array.ndim() != ndim)
+        throw InvalidArgumentError(ndim == 1 ? std::string("a ") + what + " must be a 1-D array"
+                                             : std::string(what) + " must be a 2-D array (n, dimension)");
+    out.rows = ndim == 1 ? 1 : static_cast<std::size_t>(out.array.shape(0));
+    out.cols = static_cast<std::size_t>(out.array.shape(ndim - 1));
+    return out;
+}
+
+}  // namespace
+
 py::tuple batch_to_python(BatchResult&& r) {
     FloatArray scores({r.nq, r.k});
     if (!r.scores.empty()) std::memcpy(scores.mutable_data(), r.scores.data(), r.scores.size() * sizeof(float));
@@ -301,22 +342,23 @@ PYBIND11_MODULE(_core, m) {
         .def("ids", py::overload_cast<>(&VectorStorage::ids, py::const_))
         .def("memory_bytes", &VectorStorage::memory_bytes)
         .def("add_vector",
-             [](VectorStorage& s, const std::string& id, const FloatArray& v, const Metadata& md) {
-                 if (v.ndim() != 1) throw InvalidArgumentError("a vector must be a 1-D array");
+             [](VectorStorage& s, const std::string& id, const py::array& data, const Metadata& md) {
+                 const TypedRows v = typed_rows(data, 1, "vector");
                  py::gil_scoped_release release;
-                 s.add_vector(id, v.data(), static_cast<std::size_t>(v.shape(0)), md);
+                 s.add_vector(id, v.data(), v.dtype, v.cols, md);
              },
              py::arg("id"), py::arg("data"), py::arg("metadata") = Metadata{})
         .def("add_vectors",
-             [](VectorStorage& s, const py::list& id_list, const FloatArray& a, std::vector<Metadata> md) {
-                 if (a.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
-                 auto [n, d] = rows_cols(a);
+             [](VectorStorage& s, const py::list& id_list, const py::array& data, std::vector<Metadata> md) {
+                 const TypedRows a = typed_rows(data, 2, "vectors");
+                 const std::size_t n = a.rows, d = a.cols;
                  // A large batch starts travelling to the device (on threads of its own)
                  // while this one converts the ids, which needs the GIL. `a` stays alive.
+                 // Staging carries float32 rows only.
                  std::unique_ptr<StagedRows> staged;
-                 if (id_list.size() == n) {
+                 if (id_list.size() == n && a.dtype == Dtype::Float32) {
                      try {
-                         staged = s.stage_rows(a.data(), n, d);
+                         staged = s.stage_rows(static_cast<const float*>(a.data()), n, d);
                      } catch (const std::exception&) {
                          // The add from host memory runs instead and reports any error.
                      }
@@ -332,24 +374,22 @@ PYBIND11_MODULE(_core, m) {
                      throw;
                  }
                  py::gil_scoped_release release;
-                 s.add_vectors(std::move(ids), a.data(), n, d, std::move(md), std::move(staged));
+                 s.add_vectors(std::move(ids), a.data(), a.dtype, n, d, std::move(md), std::move(staged));
              },
              py::arg("ids"), py::arg("data"), py::arg("metadata") = std::vector<Metadata>{})
         .def("update_vector",
-             [](VectorStorage& s, const std::string& id, const FloatArray& v, std::optional<Metadata> md) {
-                 if (v.ndim() != 1) throw InvalidArgumentError("a vector must be a 1-D array");
+             [](VectorStorage& s, const std::string& id, const py::array& data, std::optional<Metadata> md) {
+                 const TypedRows v = typed_rows(data, 1, "vector");
                  py::gil_scoped_release release;
-                 return s.update_vector(id, v.data(), static_cast<std::size_t>(v.shape(0)),
-                                        md ? &*md : nullptr);
+                 return s.update_vector(id, v.data(), v.dtype, v.cols, md ? &*md : nullptr);
              },
              py::arg("id"), py::arg("data"), py::arg("metadata") = std::nullopt)
         .def("upsert_vectors",
-             [](VectorStorage& s, const py::list& id_list, const FloatArray& a, std::vector<std::optional<Metadata>> md) {
-                 if (a.ndim() != 2) throw InvalidArgumentError("vectors must be a 2-D array (n, dimension)");
-                 auto [n, d] = rows_cols(a);
+             [](VectorStorage& s, const py::list& id_list, const py::array& data, std::vector<std::optional<Metadata>> md) {
+                 const TypedRows a = typed_rows(data, 2, "vectors");
                  std::vector<std::string> ids = ids_from(id_list);
                  py::gil_scoped_release release;
-                 s.upsert_vectors(std::move(ids), a.data(), n, d, std::move(md));
+                 s.upsert_vectors(std::move(ids), a.data(), a.dtype, a.rows, a.cols, std::move(md));
              },
              py::arg("ids"), py::arg("data"), py::arg("metadata") = std::vector<std::optional<Metadata>>{})
         .def("get_vectors",
@@ -409,37 +449,42 @@ PYBIND11_MODULE(_core, m) {
         // __cuda_array_interface__ v3); python/hive_gpu/_device_arrays.py fills them in.
         .def("add_vectors_device",
              [](VectorStorage& s, const py::list& id_list, std::uintptr_t ptr, std::size_t n,
-                std::size_t dim, std::size_t ld, std::uintptr_t stream, std::vector<Metadata> md) {
+                std::size_t dim, std::size_t ld, std::uintptr_t stream, std::vector<Metadata> md,
+                const std::string& dtype) {
                  std::vector<std::string> ids = ids_from(id_list);
+                 const Dtype d = dtype_from_name(dtype);
                  py::gil_scoped_release release;
-                 s.add_vectors_device(std::move(ids), reinterpret_cast<const float*>(ptr), n, dim, ld, stream,
+                 s.add_vectors_device(std::move(ids), reinterpret_cast<const void*>(ptr), d, n, dim, ld, stream,
                                       std::move(md));
              },
              py::arg("ids"), py::arg("ptr"), py::arg("n"), py::arg("dim"), py::arg("ld"), py::arg("stream"),
-             py::arg("metadata") = std::vector<Metadata>{})
+             py::arg("metadata") = std::vector<Metadata>{}, py::arg("dtype") = "float32")
         .def("search_device",
-             [](const VectorStorage& s, std::uintptr_t ptr, std::size_t dim, std::int64_t k, std::uintptr_t stream) {
+             [](const VectorStorage& s, std::uintptr_t ptr, std::size_t dim, std::int64_t k, std::uintptr_t stream,
+                const std::string& dtype) {
+                 const Dtype d = dtype_from_name(dtype);
                  std::vector<SearchHit> hits;
                  {
                      py::gil_scoped_release release;
-                     hits = s.search_device(reinterpret_cast<const float*>(ptr), dim, k, stream);
+                     hits = s.search_device(reinterpret_cast<const void*>(ptr), d, dim, k, stream);
                  }
                  return hits_to_list(std::move(hits));
              },
-             py::arg("ptr"), py::arg("dim"), py::arg("k"), py::arg("stream"))
+             py::arg("ptr"), py::arg("dim"), py::arg("k"), py::arg("stream"), py::arg("dtype") = "float32")
         .def("search_batch_device",
              [](const VectorStorage& s, std::uintptr_t ptr, std::size_t nq, std::size_t dim, std::size_t ld,
-                std::int64_t k, std::uintptr_t stream, std::uintptr_t out_ptr) {
+                std::int64_t k, std::uintptr_t stream, std::uintptr_t out_ptr, const std::string& dtype) {
+                 const Dtype d = dtype_from_name(dtype);
                  BatchResult r;
                  {
                      py::gil_scoped_release release;
-                     r = s.search_batch_device(reinterpret_cast<const float*>(ptr), nq, dim, ld, k, stream,
+                     r = s.search_batch_device(reinterpret_cast<const void*>(ptr), d, nq, dim, ld, k, stream,
                                                reinterpret_cast<float*>(out_ptr));
                  }
                  return batch_to_python(std::move(r));
              },
              py::arg("ptr"), py::arg("nq"), py::arg("dim"), py::arg("ld"), py::arg("k"), py::arg("stream"),
-             py::arg("out_ptr") = 0)
+             py::arg("out_ptr") = 0, py::arg("dtype") = "float32")
         // Filtered forms and metadata updates (hive_gpu/filter.hpp).
         .def("update_metadata", &VectorStorage::update_metadata, py::arg("id"), py::arg("metadata"),
              py::call_guard<py::gil_scoped_release>())

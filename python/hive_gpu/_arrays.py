@@ -48,15 +48,81 @@ def as_float32(x: Any, ndim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def plain_array(x: Any) -> Any:
+def plain_array(x: Any, widen_bfloat16: bool = True) -> Any:
     """``x`` in a form NumPy and the array interfaces take: a PyTorch tensor detached from
-    autograd and, when bfloat16 (which NumPy lacks), widened to float32 by PyTorch, on its
-    own device; anything else as it is. ml_dtypes' bfloat16 arrays (JAX's) need nothing:
-    NumPy converts them."""
+    autograd and, when bfloat16 (which NumPy lacks) and ``widen_bfloat16``, widened to float32
+    by PyTorch, on its own device; anything else as it is. ml_dtypes' bfloat16 arrays (JAX's)
+    need nothing: NumPy converts them."""
     if type(x).__module__.split(".")[0] != "torch" or not hasattr(x, "detach"):
         return x
     x = x.detach()
-    return x.float() if str(x.dtype) == "torch.bfloat16" else x
+    return x.float() if widen_bfloat16 and str(x.dtype) == "torch.bfloat16" else x
+
+
+# The storage dtypes, and the names each is also known by (the core's dtype_from_name).
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+_DTYPE_ALIASES = {
+    "float32": "float32", "fp32": "float32", "f32": "float32",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}  # fmt: skip
+
+
+def storage_dtype(dtype: Any) -> str:
+    """The storage dtype ``dtype`` names, as "float32", "float16" or "bfloat16": one of these
+    names (also "fp16", "half", "bf16"...), a NumPy dtype or scalar type (``np.float16``),
+    ml_dtypes' ``bfloat16`` or a PyTorch dtype. Anything else raises InvalidDtypeError (a
+    ValueError and a TypeError)."""
+    if isinstance(dtype, str):
+        name = _DTYPE_ALIASES.get(dtype.lower())
+    else:
+        name = str(dtype).lower()
+        name = name[len("torch.") :] if name.startswith("torch.") else None
+        if name is None:
+            try:
+                name = np.dtype(dtype).name
+            except (TypeError, ValueError):
+                name = None
+        name = name if name in STORAGE_DTYPES else None
+    if name is None:
+        raise InvalidDtypeError(f"unknown storage dtype {dtype!r}: expected one of {', '.join(STORAGE_DTYPES)}")
+    return name
+
+
+def _is_bfloat16(a: np.ndarray) -> bool:
+    return a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
+
+
+def as_rows(x: Any, ndim: int, what: str) -> np.ndarray:
+    """``x`` as a C-contiguous array of ``ndim`` dimensions that the core reads in its own
+    dtype: float32, float16 and bfloat16 (ml_dtypes, or a PyTorch tensor viewed as one) stay
+    as they are, so that a store of their dtype takes them without a float32 detour; other
+    floating dtypes become float32. Checks as :func:`as_float32`."""
+    if type(x) is np.ndarray and x.ndim == ndim and x.flags.c_contiguous and x.dtype in _TYPED:
+        return x
+    if type(x).__module__.split(".")[0] == "torch" and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        x = _torch_bfloat16_rows(x)
+    if isinstance(x, np.ndarray) and (x.dtype == np.float16 or _is_bfloat16(x)):
+        if x.ndim != ndim:
+            shape = "(dimension,)" if ndim == 1 else "(n, dimension)"
+            raise InvalidArgumentError(f"{what} must have shape {shape}, got shape {x.shape}")
+        return np.ascontiguousarray(x)
+    return as_float32(x, ndim, what)
+
+
+_TYPED = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def _torch_bfloat16_rows(x: Any) -> Any:
+    """A PyTorch bfloat16 tensor's bits as an ml_dtypes bfloat16 array, when ml_dtypes is
+    installed; else the tensor, which as_float32 widens (exactly)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return x
+    import torch
+
+    return x.detach().cpu().contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
 
 
 def storable(id: str) -> bool:

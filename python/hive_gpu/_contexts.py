@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from . import _core
-from ._arrays import as_path, check_count
+from ._arrays import as_path, check_count, storage_dtype
 from ._storage import _METRIC_TO_CORE, VectorStorage
 from ._types import GpuDeviceInfo, GpuDistanceMetric, PoolStats
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, InvalidDeviceIdError, NoDeviceError
@@ -81,16 +81,25 @@ class Context:
         return self.device_info().has_available_vram(check_count(required_bytes, "required_bytes"))
 
     def create_storage(
-        self, dimension: int, metric: GpuDistanceMetric | str = GpuDistanceMetric.COSINE
+        self,
+        dimension: int,
+        metric: GpuDistanceMetric | str = GpuDistanceMetric.COSINE,
+        dtype: Any = "float32",
     ) -> VectorStorage:
         """An empty storage of ``dimension``-component vectors compared with ``metric``
-        ("cosine", "dot_product", "euclidean" or a GpuDistanceMetric), on this device."""
+        ("cosine", "dot_product", "euclidean" or a GpuDistanceMetric), on this device.
+
+        ``dtype`` is how rows are kept: "float32", "float16" or "bfloat16" (also
+        ``np.float16``, ml_dtypes' ``bfloat16``...). 16-bit rows take half the memory; they are
+        rounded once, at insert, to nearest even, and every score is computed in float32 over
+        the stored values. InvalidDtypeError for any other dtype, or one this backend does
+        not store."""
         if isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)):
             raise InvalidArgumentTypeError(f"dimension must be an integer, got {type(dimension).__name__}")
         if not 1 <= dimension <= _core.MAX_DIMENSION:
             raise InvalidArgumentError(f"dimension must be in [1, {_core.MAX_DIMENSION}], got {dimension}")
         m = GpuDistanceMetric.parse(metric)
-        return VectorStorage(self._ctx.create_storage(int(dimension), _METRIC_TO_CORE[m]))
+        return VectorStorage(self._ctx.create_storage(int(dimension), _METRIC_TO_CORE[m], storage_dtype(dtype)))
 
     def load_storage(self, path: str | os.PathLike[str]) -> VectorStorage:
         """Load a file written by ``VectorStorage.save`` (from any backend) onto this device."""

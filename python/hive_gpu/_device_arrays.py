@@ -24,15 +24,23 @@ _KDL_CUDA_MANAGED = 13
 
 @dataclass
 class DeviceArray:
-    """A float32 array in CUDA memory: pointer, shape, row stride (in elements) and the
-    producer's stream as ``__cuda_array_interface__`` v3 names it (0: no ordering needed,
-    1: legacy default stream, 2: per-thread default stream, else the stream handle)."""
+    """A float32, float16 or bfloat16 array in CUDA memory: pointer, shape, row stride (in
+    elements) and the producer's stream as ``__cuda_array_interface__`` v3 names it (0: no
+    ordering needed, 1: legacy default stream, 2: per-thread default stream, else the stream
+    handle). The engine reads it in its own dtype and converts on the device."""
 
     ptr: int
     shape: tuple[int, ...]
     ld: int
     stream: int
     owner: Any  # keeps the memory (and a DLPack capsule) alive while the core reads it
+    dtype: str = "float32"
+
+
+# Element types read in place: __cuda_array_interface__ typestrs and DLPack (code, bits).
+_CAI_DTYPES = {"<f4": "float32", "<f2": "float16"}
+_DLPACK_DTYPES = {(2, 32): "float32", (2, 16): "float16", (4, 16): "bfloat16"}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def _module_of(x: Any) -> str:
@@ -94,8 +102,10 @@ def _contiguous(x: Any) -> Any:
 
 def _from_cai(x: Any, ndim: int, what: str) -> DeviceArray:
     cai = x.__cuda_array_interface__
-    if np.dtype(cai["typestr"]) != np.float32:
+    dtype = _CAI_DTYPES.get(np.dtype(cai["typestr"]).str)
+    if dtype is None:
         return _from_cai(_as_float32(x, what), ndim, what)
+    item = _ITEMSIZE[dtype]
     shape = tuple(int(s) for s in cai["shape"])
     if len(shape) != ndim:
         want = "(dimension,)" if ndim == 1 else "(n, dimension)"
@@ -103,10 +113,10 @@ def _from_cai(x: Any, ndim: int, what: str) -> DeviceArray:
     strides = cai.get("strides")
     ld = shape[-1] if shape else 0
     if strides is not None and all(s > 0 for s in shape):
-        if strides[-1] != 4 or (ndim == 2 and (strides[0] % 4 or strides[0] < 4 * shape[1])):
+        if strides[-1] != item or (ndim == 2 and (strides[0] % item or strides[0] < item * shape[1])):
             return _from_cai(_contiguous(x), ndim, what)
         if ndim == 2:
-            ld = strides[0] // 4
+            ld = strides[0] // item
     if "stream" in cai:
         stream = 0 if cai["stream"] is None else int(cai["stream"])
     elif _module_of(x) == "torch":
@@ -114,7 +124,7 @@ def _from_cai(x: Any, ndim: int, what: str) -> DeviceArray:
     else:
         stream = 1  # version 2 producers: their work is ordered on the legacy stream
     ptr = int(cai["data"][0])
-    return DeviceArray(ptr, shape, max(ld, 1), stream, x)
+    return DeviceArray(ptr, shape, max(ld, 1), stream, x, dtype)
 
 
 class _DLDevice(ctypes.Structure):
@@ -147,8 +157,11 @@ def _from_dlpack(x: Any, ndim: int, what: str) -> DeviceArray:
     # core then waits on that stream. The capsule (kept in `owner`) frees the tensor later.
     capsule = x.__dlpack__(stream=1)
     t = _DLTensor.from_address(_capsule_get(capsule, b"dltensor"))
-    if (t.dtype.code, t.dtype.bits, t.dtype.lanes) != (2, 32, 1):
-        raise InvalidDtypeError(f"{what} must be float32 (DLPack dtype code {t.dtype.code}, {t.dtype.bits} bits)")
+    dtype = _DLPACK_DTYPES.get((t.dtype.code, t.dtype.bits)) if t.dtype.lanes == 1 else None
+    if dtype is None:
+        raise InvalidDtypeError(
+            f"{what} must be float32, float16 or bfloat16 (DLPack dtype code {t.dtype.code}, {t.dtype.bits} bits)"
+        )
     shape = tuple(t.shape[i] for i in range(t.ndim))
     if len(shape) != ndim:
         want = "(dimension,)" if ndim == 1 else "(n, dimension)"
@@ -161,12 +174,16 @@ def _from_dlpack(x: Any, ndim: int, what: str) -> DeviceArray:
         if ndim == 2:
             ld = strides[0]
     ptr = int(t.data or 0) + int(t.byte_offset)
-    return DeviceArray(ptr, shape, max(ld, 1), 1, (x, capsule))
+    return DeviceArray(ptr, shape, max(ld, 1), 1, (x, capsule), dtype)
 
 
 def device_view(x: Any, ndim: int, what: str) -> DeviceArray:
-    """``x`` (a CUDA array of ``ndim`` dimensions) as pointer, shape, stride and stream."""
-    x = plain_array(x)
+    """``x`` (a CUDA array of ``ndim`` dimensions) as pointer, shape, stride, stream and
+    dtype. bfloat16 tensors travel through DLPack (``__cuda_array_interface__`` has no
+    bfloat16 type)."""
+    x = plain_array(x, widen_bfloat16=False)
+    if _module_of(x) == "torch" and str(x.dtype) == "torch.bfloat16":
+        return _from_dlpack(x.contiguous(), ndim, what)
     if hasattr(x, "__cuda_array_interface__"):
         return _from_cai(x, ndim, what)
     return _from_dlpack(x, ndim, what)

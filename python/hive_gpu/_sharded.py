@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata
+from ._arrays import as_float32, check_id, check_ids, check_k, check_metadata, storage_dtype
 from ._contexts import Context, create_context
 from ._filter import Filter, compile_filter
 from ._merge import merge_order
@@ -38,7 +38,6 @@ from .errors import (
     DuplicateIdError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
-    InvalidDtypeError,
     NonFiniteValueError,
     PersistenceError,
     StorageClosedError,
@@ -59,10 +58,9 @@ _FORMAT = "hive_gpu.sharded"
 _FORMAT_VERSION = 1
 
 
-def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPE_BYTES:
-        raise InvalidDtypeError(f"unknown storage dtype {dtype!r}; use one of {sorted(DTYPE_BYTES)}")
-    return dtype
+def check_dtype(dtype: Any) -> str:
+    """The storage dtype's name (see hive_gpu._arrays.storage_dtype); InvalidDtypeError otherwise."""
+    return storage_dtype(dtype)
 
 
 def _file_digest(path: str) -> tuple[int, str]:
@@ -341,6 +339,8 @@ class _ShardedBase(ABC):
 
     @property
     def dtype(self) -> str:
+        """How every shard stores its rows: "float32", "float16" or "bfloat16" (see
+        VectorStorage); get_vectors returns float32 copies of the stored values."""
         return self._dtype
 
     @property
@@ -1077,7 +1077,8 @@ class ShardedStorage(_ShardedBase):
     on every shard at once, one host thread each (the core releases the GIL), and the lists
     are merged by score, ties by global insertion order. Writes are all or nothing across
     shards. The caller keeps an id -> (shard, sequence) map: about 130 bytes per id with
-    short ids, the id string included.
+    short ids, the id string included. ``dtype`` ("float32", "float16", "bfloat16", as
+    ``Context.create_storage`` takes it) is every shard's storage dtype.
     """
 
     def __init__(

@@ -13,6 +13,7 @@ from . import aio
 from . import _device_arrays as _dev
 from ._arrays import (
     as_float32,
+    as_rows,
     as_path,
     check_id,
     check_ids,
@@ -48,7 +49,10 @@ _queue_lock = threading.Lock()
 class VectorStorage:
     """Vectors of one dimension and metric on one device, addressed by string ids.
 
-    Made by ``ctx.create_storage(dimension, metric)`` or ``ctx.load_storage(path)``.
+    Made by ``ctx.create_storage(dimension, metric, dtype)`` or ``ctx.load_storage(path)``.
+    Rows are kept in the store's ``dtype`` ("float32", "float16" or "bfloat16"): rounded
+    once, at insert, to nearest even; scores are float32 over the stored values, and
+    ``get_vector(s)`` return float32 copies of the stored values.
     Thread-safe: searches run concurrently, writes are exclusive, and every write is
     all-or-nothing. The GIL is released while the device works. Iterating yields the ids in
     insertion order.
@@ -91,6 +95,11 @@ class VectorStorage:
         return _METRIC_FROM_CORE[self._s.metric]
 
     @property
+    def dtype(self) -> str:
+        """How the rows are stored: "float32", "float16" or "bfloat16" (see the class docstring)."""
+        return self._s.dtype
+
+    @property
     def backend(self) -> str:
         """The backend whose device holds the rows: "cpu", "cuda", "rocm", "metal" or "webgpu"."""
         return self._s.backend
@@ -129,7 +138,7 @@ class VectorStorage:
     def add_vector(self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None) -> None:
         """Add one vector: ``add_vector(GpuVector(...))`` or ``add_vector(id, data, metadata)``.
         DuplicateIdError when the id is stored already."""
-        native_call(self._s.add_vector, *_add_vector_args(vector, data, metadata))
+        native_call(self._s.add_vector, *_add_vector_args(vector, data, metadata, as_rows))
 
     def add_vectors(
         self,
@@ -138,18 +147,22 @@ class VectorStorage:
         metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         """Add a batch, all or nothing: ``add_vectors(ids, array[n, dim], metadata=None)`` or
-        ``add_vectors([GpuVector, ...])``. A float32 C-contiguous array is read without a copy;
-        on CUDA storages a CUDA array (PyTorch, CuPy, JAX) is read in place."""
+        ``add_vectors([GpuVector, ...])``. A float32, float16 or bfloat16 (ml_dtypes, PyTorch)
+        C-contiguous array is read in its own dtype, without a copy, and rounded once to the
+        store's dtype (a value beyond a float16 store's range raises NonFiniteValueError); on
+        CUDA storages a CUDA array (PyTorch, CuPy, JAX) is read in place."""
         if data is not None and _dev.is_device_array(data):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 id_list, md = _ids_and_metadata(ids, metadata)
                 v = _dev.device_view(data, 2, "vectors")
                 if v.shape[0] != len(id_list):
                     raise InvalidArgumentError(f"got {len(id_list)} ids for {v.shape[0]} vectors")
-                native_call(self._s.add_vectors_device, id_list, v.ptr, v.shape[0], v.shape[1], v.ld, v.stream, md)
+                native_call(
+                    self._s.add_vectors_device, id_list, v.ptr, v.shape[0], v.shape[1], v.ld, v.stream, md, v.dtype
+                )
                 return
             data = _dev.to_host(data)
-        args = _add_vectors_args(ids, data, metadata)
+        args = _add_vectors_args(ids, data, metadata, as_rows)
         if args is not None:
             native_call(self._s.add_vectors, *args)
 
@@ -167,14 +180,14 @@ class VectorStorage:
             md = [None if m is None else check_metadata(m) for m in _as_list(metadata, "metadata")]
         if _dev.is_device_array(data):
             data = _dev.to_host(data)
-        native_call(self._s.upsert_vectors, id_list, as_float32(data, 2, "vectors"), md)
+        native_call(self._s.upsert_vectors, id_list, as_rows(data, 2, "vectors"), md)
 
     def update_vector(
         self, vector: GpuVector | str, data: Any = None, metadata: dict[str, Any] | None = None
     ) -> bool:
         """Replace a vector's data, and its metadata when given (``{}`` clears it; None, or a
         GpuVector made without metadata, keeps it). False if the id is unknown."""
-        args = _update_vector_args(vector, data, metadata)
+        args = _update_vector_args(vector, data, metadata, as_rows)
         return args is not None and native_call(self._s.update_vector, *args)
 
     def update_metadata(self, id: str, metadata: dict[str, Any]) -> bool:
@@ -208,7 +221,9 @@ class VectorStorage:
         self._s.clear()
 
     def get_vector(self, id: str) -> GpuVector | None:
-        """The vector of ``id`` (its data bit for bit as given, and its metadata), or None."""
+        """The vector of ``id`` and its metadata, or None. The data is a float32 copy of the
+        stored values: bit for bit as given in a float32 store, the values as rounded at
+        insert (widened exactly) in a float16 or bfloat16 one."""
         if not _known_id(id):
             return None
         got = self._s.get_vector(id)
@@ -219,7 +234,8 @@ class VectorStorage:
 
     def get_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """The vectors of ``ids`` as ``(array[len(ids), dimension] float32, metadata list)``,
-        in the order given, from one consistent read. VectorNotFoundError (a KeyError) names
+        in the order given, from one consistent read; float32 copies of the stored values
+        (see get_vector). VectorNotFoundError (a KeyError) names
         the first unknown id."""
         id_list = check_ids(ids, elements=False)
         try:
@@ -250,7 +266,7 @@ class VectorStorage:
         if _dev.is_device_array(query):
             if self._s.backend in _dev.DEVICE_BACKENDS:
                 v = _dev.device_view(query, 1, "query")
-                hits = self._s.search_device(v.ptr, v.shape[0], check_k(k), v.stream)
+                hits = self._s.search_device(v.ptr, v.shape[0], check_k(k), v.stream, v.dtype)
                 return search_results(hits)
             query = _dev.to_host(query)
         q = as_float32(query, 1, "query")
@@ -285,7 +301,7 @@ class VectorStorage:
                 v = _dev.device_view(queries, 2, "queries")
                 out, out_ptr = _dev.alloc_scores(queries, (v.shape[0] * k,)) if device_output else (None, 0)
                 scores, flat_ids, kk = self._s.search_batch_device(
-                    v.ptr, v.shape[0], v.shape[1], v.ld, k, v.stream, out_ptr
+                    v.ptr, v.shape[0], v.shape[1], v.ld, k, v.stream, out_ptr, v.dtype
                 )
                 if out is not None:
                     scores = out[: v.shape[0] * kk].reshape(v.shape[0], kk)
@@ -446,7 +462,7 @@ class VectorStorage:
             return f"<VectorStorage closed backend={self.backend}>"
         return (
             f"<VectorStorage backend={self.backend} dimension={self.dimension} "
-            f"metric={self.metric.value} count={len(self)}>"
+            f"metric={self.metric.value} dtype={self.dtype} count={len(self)}>"
         )
 
 
@@ -482,17 +498,21 @@ def _id_matrix(flat_ids: list[str], rows: int, cols: int) -> np.ndarray:
     return ids.reshape(rows, cols)
 
 
-def _add_vector_args(vector: GpuVector | str, data: Any, metadata: Any) -> tuple[str, np.ndarray, dict[str, Any]]:
+def _add_vector_args(
+    vector: GpuVector | str, data: Any, metadata: Any, rows: Any = as_float32
+) -> tuple[str, np.ndarray, dict[str, Any]]:
+    """The checked arguments; ``rows`` makes the array (as_rows keeps 16-bit input as it is,
+    for the calls whose binding reads it; the async queue takes float32)."""
     if isinstance(vector, GpuVector):
         id, data, metadata = vector.id, vector.data, vector.metadata
     else:
         id = vector
     check_id(id)
-    return id, as_float32(data, 1, "vector"), check_metadata(metadata)
+    return id, rows(data, 1, "vector"), check_metadata(metadata)
 
 
 def _update_vector_args(
-    vector: GpuVector | str, data: Any, metadata: Any
+    vector: GpuVector | str, data: Any, metadata: Any, rows: Any = as_float32
 ) -> tuple[str, np.ndarray, dict[str, str] | None] | None:
     """The checked arguments; None when the id cannot be stored (so the update finds nothing)."""
     if isinstance(vector, GpuVector):
@@ -501,7 +521,7 @@ def _update_vector_args(
         id = vector
     if not _known_id(id):
         return None
-    return id, as_float32(data, 1, "vector"), check_metadata(metadata) if metadata_given(metadata) else None
+    return id, rows(data, 1, "vector"), check_metadata(metadata) if metadata_given(metadata) else None
 
 
 def _known_id(id: Any) -> bool:
@@ -534,7 +554,7 @@ def _ids_and_metadata(ids: Any, metadata: Any) -> tuple[list[str], list[dict[str
 
 
 def _add_vectors_args(
-    ids: Any, data: Any, metadata: Any
+    ids: Any, data: Any, metadata: Any, rows: Any = as_float32
 ) -> tuple[list[str], np.ndarray, list[dict[str, Any]]] | None:
     """The checked arguments; None when a list of GpuVector is empty (nothing to add)."""
     if data is None:
@@ -544,10 +564,10 @@ def _add_vectors_args(
         if not vectors:
             return None
         ids = [v.id for v in vectors]
-        data = np.stack([as_float32(v.data, 1, "vector") for v in vectors])
+        data = np.stack([rows(v.data, 1, "vector") for v in vectors])
         metadata = [v.metadata for v in vectors]
     id_list, md = _ids_and_metadata(ids, metadata)
-    arr = as_float32(data, 2, "vectors")
+    arr = rows(data, 2, "vectors")
     if arr.shape[0] != len(id_list):
         raise InvalidArgumentError(f"got {len(id_list)} ids for {arr.shape[0]} vectors")
     return id_list, arr, md

@@ -15,15 +15,33 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__, _core
+from ._arrays import STORAGE_DTYPES
 from ._contexts import _BY_NAME, create_context
 from ._storage import _METRIC_FROM_CORE
-from .errors import CorruptFileError, HiveGpuError
+from .errors import CorruptFileError, HiveGpuError, InvalidDtypeError
+
+# Bytes per stored element of each dtype, and the per-row data engines keep besides the row
+# (an ordinal, a norm, alignment slack), estimated high so that the rows counted do fit.
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+_ROW_OVERHEAD_BYTES = 16
+
+
+def _stored_dtypes(ctx) -> list[str]:
+    """The storage dtypes this context's backend stores (asked by making a tiny store)."""
+    stored = []
+    for dtype in STORAGE_DTYPES:
+        try:
+            ctx.create_storage(1, "cosine", dtype).close()
+        except InvalidDtypeError:
+            continue
+        stored.append(dtype)
+    return stored
 
 
 def _backends_report(dim: int | None = None) -> list[dict]:
     """Every known backend: compiled ones first (fastest first), then those left out of this
-    build, each with its reason; with ``dim``, per device the float32 rows of that dimension
-    that fit in its free memory."""
+    build, each with its reason; per device the storage dtypes it stores and, with ``dim``,
+    how many rows of that dimension fit in its free memory in each dtype."""
     compiled = list(_core.compiled_backends())
     report = []
     for name in compiled + [b for b in _BY_NAME if b not in compiled]:
@@ -33,13 +51,18 @@ def _backends_report(dim: int | None = None) -> list[dict]:
         if not reason:
             for dev in range(_core.device_count(name)):
                 try:
-                    info = asdict(_BY_NAME[name](dev).device_info())
+                    ctx = _BY_NAME[name](dev)
+                    info = asdict(ctx.device_info())
+                    info["dtypes"] = _stored_dtypes(ctx)
                 except HiveGpuError as e:
                     entry["devices"].append({"device_id": dev, "error": str(e)})
                     continue
                 if dim is not None:
                     known = "vram_available" not in info.get("unknown", ())
-                    info["float32_rows_that_fit"] = info["vram_available"] // (4 * dim) if known else None
+                    info["row_bytes"] = {t: dim * b + _ROW_OVERHEAD_BYTES for t, b in _DTYPE_BYTES.items()}
+                    info["rows_that_fit"] = {
+                        t: info["vram_available"] // row if known else None for t, row in info["row_bytes"].items()
+                    }
                 entry["devices"].append(info)
         report.append(entry)
     return report
@@ -77,10 +100,14 @@ def cmd_info(args: argparse.Namespace) -> int:
                 elif key.startswith("vram") or key == "max_shared_memory":
                     val = _fmt_bytes(int(val))
                 print(f"  {key:22} {val}")
+            print(f"  {'dtypes':22} {', '.join(d['dtypes']) or 'none'}")
             if args.dim is not None:
-                fit = d["float32_rows_that_fit"]
-                label = f"rows of dim {args.dim} (f32)"
-                print(f"  {label:22} {'unknown' if fit is None else f'{fit:,}'} fit in the free memory")
+                for dtype, fit in d["rows_that_fit"].items():
+                    label = f"rows of dim {args.dim} ({dtype})"
+                    shown = "unknown" if fit is None else f"{fit:,}"
+                    note = "" if dtype in d["dtypes"] else " (this backend does not store it yet)"
+                    print(f"  {label:22} {shown} fit in the free memory, "
+                          f"{d['row_bytes'][dtype]:,} bytes a row{note}")
     return 0
 
 
@@ -215,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "out of the build, no driver, a missing library).")
     pi.add_argument("--json", action="store_true", help="machine-readable output")
     pi.add_argument("--dim", type=_positive_dim, default=None, metavar="D",
-                    help="also show, per device, how many float32 vectors of dimension D fit in its free memory")
+                    help="also show, per device, how many vectors of dimension D fit in its free memory in "
+                         "each storage dtype: a row takes D * 4 bytes (float32) or D * 2 (float16, "
+                         "bfloat16) plus an estimated 16 bytes the engine keeps per row (ordinal, "
+                         "norm, slack)")
     pi.set_defaults(fn=cmd_info)
     ps = sub.add_parser("inspect", help="check a saved store and print its header",
                         description="Read every byte of a file written by save() as a load would "

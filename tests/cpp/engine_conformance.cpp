@@ -7,11 +7,16 @@
 //   filter  search_filtered: every metric, ties, k == count, filters passing 1 row, ~2%,
 //           ~50% and all rows, with and without the slot list, single queries and batches,
 //           rows moved by swap-removes so slots and ordinals differ.
+//   search  search: every metric, ties, k == n, single queries and batches; read() gives the
+//           stored values back; memory_bytes() counts the rows in their dtype.
+// Every operation runs over every storage dtype the backend stores (float32, float16,
+// bfloat16): the reference is computed on the rounded rows, as the engine stores them.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -35,7 +40,8 @@ struct Tally {
 // The rows an engine holds, mirrored on the host: data and ordinal per slot.
 struct Mirror {
     std::size_t dim = 0;
-    std::vector<float> rows;
+    Dtype dtype = Dtype::Float32;
+    std::vector<float> rows;  // the stored values (rounded to dtype), widened
     std::vector<std::uint32_t> ordinals;
     std::size_t size() const { return ordinals.size(); }
 };
@@ -164,24 +170,46 @@ std::string check_query(Metric m, const Mirror& mir, const Filter& f, const floa
     return "";
 }
 
+// Rows in the engine's dtype (as the core hands them over), and rounds `rows` in place to
+// the values that dtype stores.
+std::vector<unsigned char> encode(float* rows, std::size_t count, Dtype dtype) {
+    std::vector<unsigned char> out(count * dtype_size(dtype));
+    for (std::size_t i = 0; i < count; ++i) {
+        if (dtype == Dtype::Float32) {
+            std::memcpy(&out[i * 4], &rows[i], 4);
+            continue;
+        }
+        const std::uint16_t h = dtype == Dtype::Float16 ? float_to_f16(rows[i]) : float_to_bf16(rows[i]);
+        std::memcpy(&out[i * 2], &h, 2);
+        rows[i] = load_as_float(&h, dtype);
+    }
+    return out;
+}
+
 // A store of n rows of `dim`: random values, every 7th row a copy of an earlier one (exact
-// ties), a zero row, ordinals shuffled, then a few swap-removes as the core does them.
+// ties), a zero row, a row of tiny values (float16 subnormals), ordinals shuffled, then a
+// few swap-removes as the core does them and one row overwritten.
 Mirror fill(Engine& e, std::size_t n, std::size_t dim, std::mt19937_64& rng) {
     Mirror mir;
     mir.dim = dim;
+    mir.dtype = e.dtype();
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     const std::size_t total = n + 5;
     mir.rows.resize(total * dim);
     for (auto& v : mir.rows) v = u(rng);
+    if (total > 2)
+        for (std::size_t j = 0; j < dim; ++j) mir.rows[2 * dim + j] *= 1e-5f;
     for (std::size_t i = 7; i < total; i += 7)
         std::copy_n(&mir.rows[(i / 2) * dim], dim, &mir.rows[i * dim]);
     std::fill_n(&mir.rows[(total / 3) * dim], dim, 0.0f);
+    const std::vector<unsigned char> stored = encode(mir.rows.data(), mir.rows.size(), mir.dtype);
+    const std::size_t row_bytes = dim * dtype_size(mir.dtype);
     mir.ordinals.resize(total);
     for (std::size_t i = 0; i < total; ++i) mir.ordinals[i] = static_cast<std::uint32_t>(i);
     std::shuffle(mir.ordinals.begin(), mir.ordinals.end(), rng);
     const std::size_t half = total / 2;
-    e.append(mir.rows.data(), mir.ordinals.data(), half);
-    e.append(mir.rows.data() + half * dim, mir.ordinals.data() + half, total - half);
+    e.append(stored.data(), mir.ordinals.data(), half);
+    e.append(stored.data() + half * row_bytes, mir.ordinals.data() + half, total - half);
     for (int r = 0; r < 5; ++r) {  // swap-remove a random slot
         const std::size_t last = mir.size() - 1, victim = rng() % mir.size();
         if (victim != last) {
@@ -193,8 +221,26 @@ Mirror fill(Engine& e, std::size_t n, std::size_t dim, std::mt19937_64& rng) {
         mir.rows.resize(last * dim);
         mir.ordinals.resize(last);
     }
+    std::vector<float> fresh(dim);
+    for (auto& v : fresh) v = u(rng);
+    const std::vector<unsigned char> row = encode(fresh.data(), dim, mir.dtype);
+    const std::size_t slot = rng() % mir.size();
+    e.write(slot, row.data());
+    std::copy_n(fresh.data(), dim, &mir.rows[slot * dim]);
     return mir;
 }
+
+// An engine of `dtype`, or null (counted as skipped) when the backend does not store it.
+std::unique_ptr<Engine> make(Context& ctx, std::size_t dim, Metric m, Dtype dtype, Tally& t) {
+    try {
+        return ctx.make_engine(dim, m, dtype);
+    } catch (const InvalidDtypeError&) {
+        ++t.skipped;
+        return nullptr;
+    }
+}
+
+constexpr Dtype kDtypes[] = {Dtype::Float32, Dtype::Float16, Dtype::BFloat16};
 
 struct Case {
     std::size_t n, dim, nq;
@@ -218,9 +264,11 @@ bool run_filter(Context& ctx, Tally& t) {
     };
     bool ok = true;
     std::mt19937_64 rng(12345);
+    for (Dtype dt : kDtypes)
     for (Metric m : {Metric::Cosine, Metric::DotProduct, Metric::Euclidean}) {
         for (const Case& c : cases) {
-            std::unique_ptr<Engine> e = ctx.make_engine(c.dim, m, Dtype::Float32);
+            std::unique_ptr<Engine> e = make(ctx, c.dim, m, dt, t);
+            if (!e) break;
             Mirror mir = fill(*e, c.n, c.dim, rng);
             const std::size_t n = mir.size();
             const std::size_t count = c.pass == 0.0 ? 1 : std::max<std::size_t>(1, static_cast<std::size_t>(c.pass * n));
@@ -234,8 +282,9 @@ bool run_filter(Context& ctx, Tally& t) {
             std::vector<float> scores(c.nq * k);
             std::vector<std::int64_t> slots(c.nq * k, -1);
             char name[160];
-            std::snprintf(name, sizeof name, "%s filter %s n=%zu dim=%zu nq=%zu count=%zu k=%zu list=%d", backend.c_str(),
-                          metric_name(m), n, c.dim, c.nq, count, k, f.view().slots != nullptr);
+            std::snprintf(name, sizeof name, "%s filter %s %s n=%zu dim=%zu nq=%zu count=%zu k=%zu list=%d",
+                          backend.c_str(), dtype_name(dt), metric_name(m), n, c.dim, c.nq, count, k,
+                          f.view().slots != nullptr);
             try {
                 e->search_filtered(q.data(), c.nq, k, f.view(), scores.data(), slots.data());
             } catch (const BackendError& err) {
@@ -258,10 +307,83 @@ bool run_filter(Context& ctx, Tally& t) {
     return ok;
 }
 
+bool run_search(Context& ctx, Tally& t) {
+    const std::string backend = ctx.backend();
+    struct SearchCase {
+        std::size_t n, dim, nq, k;  // k 0: k == n
+    };
+    // Dimensions off and on the SIMD widths, queries around the register block and the
+    // direct-Euclidean cut-off, tiles and chunks of rows.
+    const std::vector<SearchCase> cases = {
+        {1, 5, 1, 1},      {300, 3, 2, 0},     {2000, 37, 1, 10},  {2000, 37, 3, 10}, {2000, 37, 4, 10},
+        {5000, 128, 1, 40}, {5000, 128, 70, 16}, {3000, 64, 9, 64}, {4100, 8, 1, 300}, {2500, 768, 1, 10},
+        {2500, 768, 5, 10}, {700, 100, 66, 0},
+    };
+    bool ok = true;
+    std::mt19937_64 rng(777);
+    for (Dtype dt : kDtypes)
+    for (Metric m : {Metric::Cosine, Metric::DotProduct, Metric::Euclidean}) {
+        for (const SearchCase& c : cases) {
+            std::unique_ptr<Engine> e = make(ctx, c.dim, m, dt, t);
+            if (!e) break;
+            Mirror mir = fill(*e, c.n, c.dim, rng);
+            const std::size_t n = mir.size(), k = c.k == 0 ? n : std::min(c.k, n);
+            char name[160];
+            std::snprintf(name, sizeof name, "%s search %s %s n=%zu dim=%zu nq=%zu k=%zu", backend.c_str(),
+                          dtype_name(dt), metric_name(m), n, c.dim, c.nq, k);
+            ++t.cases;
+            std::vector<float> back(n * c.dim);
+            e->read(0, n, back.data());
+            if (std::memcmp(back.data(), mir.rows.data(), back.size() * sizeof(float)) != 0) {
+                std::printf("FAIL %s: read() differs from the stored values\n", name);
+                ++t.failures, ok = false;
+                continue;
+            }
+            // Rows, plus per-row data and slack, in the dtype's size (growth at most doubles).
+            const std::size_t rows_bytes = n * c.dim * dtype_size(dt);
+            if (e->memory_bytes() < rows_bytes || e->memory_bytes() > 2 * rows_bytes + 64 * n + (1u << 16)) {
+                std::printf("FAIL %s: memory_bytes() %zu for %zu bytes of rows\n", name, e->memory_bytes(), rows_bytes);
+                ++t.failures, ok = false;
+                continue;
+            }
+            Filter all;
+            all.bits.assign((n + 63) / 64, 0);
+            for (std::size_t s = 0; s < n; ++s) {
+                all.slots.push_back(static_cast<std::uint32_t>(s));
+                all.bits[s / 64] |= std::uint64_t{1} << (s % 64);
+            }
+            std::vector<float> q(c.nq * c.dim);
+            std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+            for (auto& v : q) v = u(rng);
+            if (c.nq > 1) std::copy_n(&mir.rows[(n / 2) * c.dim], c.dim, &q[c.dim]);  // an exact match
+            std::vector<float> scores(c.nq * k);
+            std::vector<std::int64_t> slots(c.nq * k, -1);
+            try {
+                e->search(q.data(), c.nq, k, scores.data(), slots.data());
+            } catch (const BackendError& err) {
+                std::printf("FAIL %s: %s\n", name, err.what());
+                ++t.failures, ok = false;
+                continue;
+            }
+            for (std::size_t i = 0; i < c.nq; ++i) {
+                const std::string why = check_query(m, mir, all, &q[i * c.dim], k, &scores[i * k], &slots[i * k]);
+                if (!why.empty()) {
+                    std::printf("FAIL %s query %zu: %s\n", name, i, why.c_str());
+                    ++t.failures, ok = false;
+                    break;
+                }
+            }
+        }
+    }
+    std::printf("%s %s search\n", ok ? "ok  " : "FAIL", backend.c_str());
+    return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    const std::map<std::string, std::function<bool(Context&, Tally&)>> ops = {{"filter", run_filter}};
+    const std::map<std::string, std::function<bool(Context&, Tally&)>> ops = {{"filter", run_filter},
+                                                                                {"search", run_search}};
     std::vector<std::string> wanted(argv + 1, argv + argc);
     if (wanted.empty())
         for (const auto& [name, fn] : ops) wanted.push_back(name);

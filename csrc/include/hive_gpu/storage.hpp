@@ -17,6 +17,10 @@
 
 namespace hive_gpu {
 
+namespace detail {
+class StoreRows;  // core/rows.hpp
+}  // namespace detail
+
 // What a saved store's header says; VectorStorage::inspect_file() returns it after checking
 // every byte of the file.
 struct StoreFileInfo {
@@ -99,7 +103,8 @@ class VectorStorage {
     BatchResult search_batch(const float* queries, std::size_t nq, std::size_t dim, std::int64_t k,
                              const Filter& filter) const;
 
-    // Copies: the row bit for bit as it was given, and its metadata. nullopt for an unknown id.
+    // Copies: the row as stored (bit for bit as given for float32 stores; the rounded values,
+    // widened exactly to float32, for 16-bit ones), and its metadata. nullopt for an unknown id.
     std::optional<Vector> get_vector(const std::string& id) const;
     std::optional<Metadata> get_metadata(const std::string& id) const;
     // The rows of `ids`, in order, into `out` (ids.size() * dimension() floats) and, when
@@ -130,6 +135,31 @@ class VectorStorage {
                                     std::size_t ld, std::int64_t k, std::uintptr_t stream,
                                     float* device_scores = nullptr) const;
 
+    // Rows of any storage dtype (float32, float16, bfloat16), `data` pointing at elements of
+    // `dtype`: the forms above take float32. Rows are rounded once to dtype() (nearest even)
+    // and checked on the values stored: besides NaN/inf and the norm bound, a value beyond
+    // the store dtype's range (|x| > 65504 for float16) is a NonFiniteValueError naming its
+    // row. Input already in dtype() is read without conversion.
+    void add_vector(const std::string& id, const void* data, Dtype dtype, std::size_t len,
+                    const Metadata& metadata = {});
+    void add_vectors(std::vector<std::string> ids, const void* data, Dtype dtype, std::size_t n,
+                     std::size_t dim, std::vector<Metadata> metadata = {},
+                     std::unique_ptr<StagedRows> staged = nullptr);
+    bool update_vector(const std::string& id, const void* data, Dtype dtype, std::size_t len,
+                       const Metadata* metadata = nullptr);
+    void upsert_vectors(std::vector<std::string> ids, const void* data, Dtype dtype, std::size_t n,
+                        std::size_t dim, std::vector<std::optional<Metadata>> metadata = {});
+    // Device rows and queries of `dtype`, `ld` elements apart; the engine converts them on
+    // its device (queries to float32, rows to dtype()).
+    void add_vectors_device(std::vector<std::string> ids, const void* data, Dtype dtype, std::size_t n,
+                            std::size_t dim, std::size_t ld, std::uintptr_t stream,
+                            std::vector<Metadata> metadata = {});
+    std::vector<SearchHit> search_device(const void* query, Dtype dtype, std::size_t len, std::int64_t k,
+                                         std::uintptr_t stream) const;
+    BatchResult search_batch_device(const void* queries, Dtype dtype, std::size_t nq, std::size_t dim,
+                                    std::size_t ld, std::int64_t k, std::uintptr_t stream,
+                                    float* device_scores = nullptr) const;
+
     // Persistence (see docs/format.md). save() is atomic: temp file, fsync, rename. load()
     // puts the rows on `context`'s device, whichever backend saved them. Failures throw
     // IoError (file system) or CorruptFileError (not a hive_gpu file, truncated, damaged).
@@ -153,7 +183,7 @@ class VectorStorage {
     struct Impl;
     std::unique_ptr<Impl> impl_;
 
-    void check_row(const float* row, std::size_t len, const char* what) const;
+    void check_length(std::size_t len, const char* what) const;  // DimensionMismatchError
     static void check_id(const std::string& id);
     std::uint32_t take_ordinals(std::size_t n);  // renumbers when the counter would wrap
     void renumber_ordinals();
@@ -161,13 +191,18 @@ class VectorStorage {
     std::size_t clamp_k(std::int64_t k) const;
     // Where rows or queries come from: host memory, or a device pointer (see *_device).
     struct Source {
-        const float* data;
+        const void* data;
         bool device = false;
         std::size_t ld = 0;
         std::uintptr_t stream = 0;
         float* device_scores = nullptr;
         bool batch = false;  // queries: nq rows rather than one query (the errors' wording)
+        Dtype dtype = Dtype::Float32;  // of the elements at `data`
     };
+    // Host rows in the store's dtype, converted and checked (core/rows.hpp) into `holder`
+    // unless they are float32 rows of a float32 store, which pass as they are.
+    Source store_rows(const Source& src, std::size_t n, std::size_t dim, const char* what,
+                      detail::StoreRows& holder) const;
     BatchResult checked_search(const Source& queries, std::size_t nq, std::size_t dim, std::int64_t k,
                                const Filter* filter) const;
     void add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
