@@ -441,3 +441,147 @@ def test_update_and_swap_remove_on_device(cctx, rng):
     s.remove_vector("u0")  # u99 moves into slot 0
     np.testing.assert_array_equal(s.get_vector("u99").data, x[99])
     assert s.search(x[99], 1)[0].id == "u99"
+
+
+# ---- paged rows ------------------------------------------------------------------------
+# Rows live in fixed device pages (docs/cuda.md). HIVE_GPU_CUDA_PAGE_ROWS, read when a store
+# is created, caps a page's rows, so small stores here span many pages: 768-d rows start with
+# pages of 256 rows that double up to the cap, narrow rows take 64-row pages throughout.
+
+
+@pytest.fixture
+def page_rows(monkeypatch):
+    def set_rows(n: int) -> None:
+        monkeypatch.setenv("HIVE_GPU_CUDA_PAGE_ROWS", str(n))
+
+    return set_rows
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dim,cap", [(13, 64), (768, 4096)])
+def test_paged_store_matches_reference(cctx, rng, page_rows, metric, dim, cap):
+    page_rows(cap)
+    n = 30000 if dim < 100 else 14000
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"r{i}" for i in range(n)]
+    for a in range(0, n, 2999):  # several adds, each ending inside a page
+        s.add_vectors(ids[a : a + 2999], x[a : a + 2999])
+    index = {v: i for i, v in enumerate(ids)}
+    for nq in (1, 3, 7, 300):
+        q = rng.standard_normal((nq, dim)).astype(np.float32)
+        for k in (1, 10, 257):
+            scores, got = s.search_batch(q, k)
+            check_results(scores, got, x, q, metric, k, index)
+    for i in (0, 63, 64, 255, 256, 511, 512, 4095, 4096, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"r{i}").data, x[i])
+    # k up to 20000: beyond shared memory every page's scores go into one sort
+    q = rng.standard_normal((2, dim)).astype(np.float32)
+    scores, got = s.search_batch(q, min(n, 20000))
+    check_results(scores, got, x, q, metric, min(n, 20000), index)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_paged_filtered_search(cctx, rng, page_rows, metric):
+    page_rows(64)
+    n, dim = 5000, 20
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"f{i}" for i in range(n)]
+    s.add_vectors(ids, x, [{"g": str(i % 50)} for i in range(n)])
+    q = rng.standard_normal((5, dim)).astype(np.float32)
+    # dense (half the rows pass) and sparse (1 in 50: the slot list) paths
+    for f, passing in (({"g": {"$in": [str(v) for v in range(25)]}}, lambda i: i % 50 < 25), ({"g": "7"}, lambda i: i % 50 == 7)):
+        keep = [i for i in range(n) if passing(i)]
+        sub = x[keep]
+        index = {f"f{i}": j for j, i in enumerate(keep)}
+        for k in (1, 10, 100):
+            scores, got = s.search_batch(q, k, filter=f)
+            check_results(scores, got, sub, q, metric, k, index)
+            one = s.search(q[0], k, filter=f)
+            assert [h.id for h in one] == list(got[0])
+
+
+def test_paged_swap_remove_truncate_and_memory(cctx, rng, page_rows):
+    page_rows(64)
+    dim = 16
+    x = rng.standard_normal((1000, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, M.EUCLIDEAN)
+    ids = [f"m{i}" for i in range(1000)]
+    s.add_vectors(ids, x)
+    full = s.memory_usage()
+    assert full >= 1000 * dim * 4
+    # Removals move the last rows into freed slots across pages, and give emptied pages back.
+    gone = set(range(0, 1000, 3)) | set(range(500, 1000))
+    s.remove_vectors([ids[i] for i in sorted(gone)])
+    left = [i for i in range(1000) if i not in gone]
+    assert len(s) == len(left)
+    assert s.memory_usage() < full
+    for i in left[::17]:
+        np.testing.assert_array_equal(s.get_vector(ids[i]).data, x[i])
+    index = {ids[i]: j for j, i in enumerate(left)}
+    q = rng.standard_normal((6, dim)).astype(np.float32)
+    scores, got = s.search_batch(q, 20)
+    check_results(scores, got, x[left], q, M.EUCLIDEAN, 20, index)
+    assert s.update_vector(ids[left[-1]], x[0])  # row 0 itself was removed
+    assert s.search(x[0], 1)[0].id == ids[left[-1]]
+    # Adding again after the shrink reuses or adds pages: every row is found where it belongs.
+    s.add_vectors([f"n{i}" for i in range(300)], x[:300] + 10)
+    assert [h.id for h in s.search(x[299] + 10, 1)] == ["n299"]
+    s.clear()
+    assert s.memory_usage() == 0
+    s.add_vectors(["again"], x[:1])
+    assert s.search(x[0], 1)[0].id == "again"
+
+
+def test_paged_bulk_add_from_host_and_device(cctx, rng, page_rows):
+    # Beyond the small-append threshold and across page boundaries: staging chunks stop at
+    # page ends; device rows are copied page by page.
+    page_rows(1024)
+    n, dim = 20000, 130
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, M.DOT_PRODUCT)
+    s.add_vectors([f"h{i}" for i in range(n)], x)
+    for i in (0, 1023, 1024, 1025, 16383, 16384, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"h{i}").data, x[i])
+    torch = pytest.importorskip("torch")
+    wide = torch.from_numpy(np.hstack([x, x[:, :7]])).cuda()
+    s.add_vectors([f"d{i}" for i in range(n)], wide[:, :dim])  # strided device rows
+    for i in (0, 1023, 1024, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"d{i}").data, x[i])
+    bad = torch.from_numpy(x[:3000].copy()).cuda()
+    bad[2500, 3] = float("nan")  # in the third page of this add
+    with pytest.raises(hive_gpu.NonFiniteValueError, match="row 2500"):
+        s.add_vectors([f"b{i}" for i in range(3000)], bad)
+    assert len(s) == 2 * n
+
+
+def test_rows_fill_the_memory_cap(rng, page_rows):
+    # Growth adds pages and never copies, so a store fills its context's memory cap: batches
+    # go in until OutOfMemoryError, and then less than one batch and one page of the cap is
+    # left. The failed batch leaves the store as it was.
+    page_rows(1024)
+    torch = pytest.importorskip("torch")
+    ctx = hive_gpu.CudaContext()
+    dim, batch = 256, 5000
+    row_bytes = dim * 4 + 8  # a row, its factor and its ordinal
+    cap = 64 << 20
+    x = rng.standard_normal((batch, dim)).astype(np.float32)
+    dx = torch.from_numpy(x).cuda()
+    s = ctx.create_storage(dim, M.DOT_PRODUCT)
+    added = 0
+    ctx.configure_pool(max_bytes=cap)
+    try:
+        with pytest.raises(hive_gpu.OutOfMemoryError):
+            while True:
+                s.add_vectors([f"c{added + i}" for i in range(batch)], dx)
+                added += batch
+        held = ctx.pool_stats().rows_bytes
+    finally:
+        ctx.configure_pool(max_bytes=0)
+    assert len(s) == added and added > 0
+    assert s.memory_usage() == held <= cap
+    assert cap - held < (batch + 1024) * row_bytes
+    assert added * dim * 4 >= 0.8 * cap
+    hits = s.search(x[7], 3)
+    assert {h.id for h in hits} <= {f"c{7 + b}" for b in range(0, added, batch)}

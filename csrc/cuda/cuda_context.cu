@@ -152,7 +152,7 @@ class DeviceStagedRows final : public StagedRows {
             check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
             buffer_ = Scratch(*ctx_, n_ * dim_ * sizeof(float), stream_);
             check(cudaStreamSynchronize(stream_), "staging allocation");  // ready for the upload's streams
-            upload_host_rows(*ctx_, rows, n_, dim_, dim_, buffer_.as<float>());
+            upload_host_rows(*ctx_, rows, n_, dim_, dim_, {RowRun{0, n_, buffer_.as<float>()}});
         } catch (...) {
             error_ = std::current_exception();
         }

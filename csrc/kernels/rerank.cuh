@@ -21,6 +21,7 @@
 
 #include "kernels/compat.cuh"
 #include "kernels/keys.cuh"
+#include "kernels/pages.cuh"
 #include "kernels/select.cuh"
 
 namespace hive_gpu::kernels {
@@ -38,7 +39,7 @@ inline ScreenBound screen_bound(std::size_t dim) {
 
 // *out = the largest of factor[0, n) as float bits (the factors are >= 0, so their bits
 // order as they do); *out must start at 0.
-__global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t n, unsigned int* out) {
+static __global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t n, unsigned int* out) {
     float m = 0.0f;
     for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
@@ -54,8 +55,7 @@ __global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t 
 template <int kMetric>
 __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
     const std::uint64_t* __restrict__ cand_keys, const std::uint32_t* __restrict__ cand_vals, int kc,
-    int k, int cap, const float4* __restrict__ rows, std::size_t ld4, const float4* __restrict__ queries,
-    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
+    int k, int cap, PagedRows rows, const float4* __restrict__ queries,
     const float* __restrict__ query_factor, const unsigned int* __restrict__ max_factor_bits,
     ScreenBound bound, float* __restrict__ out_scores, std::int64_t* __restrict__ out_slots,
     unsigned char* __restrict__ ok) {
@@ -83,6 +83,9 @@ __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
         ok[q] = proven ? 1 : 0;
     }
     const int lane = lane_id();
+    const std::size_t ld4 = rows.ld4;
+    const int base_shift = rows.map.base_shift, max_shift = rows.map.max_shift;
+    const PageRef* pages = rows.pages;
     const float4* qv = queries + q * ld4;
     for (int i = warp_id(); i < cap; i += blockDim.x / kWarpSize) {
         const bool real = i < kc && ck[i] != kEmptyKey;
@@ -94,7 +97,9 @@ __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
             continue;
         }
         const std::uint32_t row = cv[i];
-        const float4* x = rows + static_cast<std::size_t>(row) * ld4;
+        const PagePlace at = place(base_shift, max_shift, row);
+        const PageRef& page = pages[at.page];
+        const float4* x = static_cast<const float4*>(page.rows) + at.row * ld4;
         float acc = 0.0f;
         for (std::size_t j = lane; j < ld4; j += kWarpSize) {
             const float4 a = __ldg(x + j), b = qv[j];
@@ -107,7 +112,7 @@ __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
         }
         acc = warp_sum(acc);
         if (lane == 0) {
-            keys[i] = make_key<kHigher>(finish_score<kMetric, false>(acc, row_factor[row], qf), ordinals[row]);
+            keys[i] = make_key<kHigher>(finish_score<kMetric, false>(acc, page.factors[at.row], qf), page.ordinals[at.row]);
             vals[i] = row;
         }
     }
