@@ -585,3 +585,157 @@ def test_rows_fill_the_memory_cap(rng, page_rows):
     assert added * dim * 4 >= 0.8 * cap
     hits = s.search(x[7], 3)
     assert {h.id for h in hits} <= {f"c{7 + b}" for b in range(0, added, batch)}
+
+
+# ---- 16-bit rows -----------------------------------------------------------------------
+# float16 / bfloat16 stores keep 2-byte rows: rounded once at insert (to nearest even, on the
+# device for device rows), read back widened to float32, searched exactly with respect to the
+# stored values (a float64 reference on the rounded rows).
+
+DTYPES = ["float16", "bfloat16"]
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even) -> float32, for finite values."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32)
+
+
+def rounded(x: np.ndarray, dtype: str) -> np.ndarray:
+    """What a store of `dtype` keeps of float32 rows x."""
+    if dtype == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    if dtype == "bfloat16":
+        return bf16_round(x)
+    return x
+
+
+def typed_store(ctx, dim: int, metric, dtype: str):
+    """A store of `dtype` rows: the Python wrapper's dtype keyword, else the core's."""
+    try:
+        s = ctx.create_storage(dim, metric, dtype=dtype)
+    except TypeError:  # a wrapper without the keyword
+        from hive_gpu._storage import _METRIC_TO_CORE, VectorStorage
+
+        s = VectorStorage(ctx._ctx.create_storage(dim, _METRIC_TO_CORE[M.parse(metric)], dtype))
+    assert s._s.dtype == dtype
+    return s
+
+
+def awkward_values(rng, n: int, dim: int) -> np.ndarray:
+    """Random rows with components at every scale float16 rounds differently: halfway cases,
+    subnormals, values that round to zero."""
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[::7] *= np.float32(1e-5)  # float16 subnormals
+    x[1::11] *= np.float32(3e-8)  # below half the smallest float16 subnormal, or just above
+    x[2::13] = (np.round(x[2::13] * 1024) + 0.5) / 1024  # halfway between float16 neighbours
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_rows_round_like_the_host(cctx, rng, dtype):
+    torch = pytest.importorskip("torch")
+    n, dim = 3000, 37
+    x = awkward_values(rng, n, dim)
+    s = typed_store(cctx, dim, M.DOT_PRODUCT, dtype)
+    s.add_vectors([f"d{i}" for i in range(n)], torch.from_numpy(x).cuda())
+    want = rounded(x, dtype)
+    got = np.stack([s.get_vector(f"d{i}").data for i in range(n)])
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # rows already in the dtype go in unchanged
+    t16 = torch.from_numpy(want).cuda().to(torch.float16 if dtype == "float16" else torch.bfloat16)
+    s.add_vectors([f"t{i}" for i in range(n)], t16)
+    np.testing.assert_array_equal(s.get_vector("t123").data, want[123])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_host_rows_round_like_numpy(cctx, rng, dtype):
+    n, dim = 2000, 64
+    x = awkward_values(rng, n, dim)
+    s = typed_store(cctx, dim, M.EUCLIDEAN, dtype)
+    s.add_vectors([f"h{i}" for i in range(n)], x)
+    want = rounded(x, dtype)
+    for i in (0, 1, 2, 7, 11, 13, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"h{i}").data, want[i])
+    assert s.update_vector("h5", x[6])
+    np.testing.assert_array_equal(s.get_vector("h5").data, want[6])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("nq", [1, 3, 16, 300])
+def test_16bit_search_paths_match_reference(cctx, rng, dtype, metric, nq):
+    n, dim = 6000, 200
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    s = typed_store(cctx, dim, metric, dtype)
+    torch = pytest.importorskip("torch")
+    s.add_vectors([f"r{i}" for i in range(n)], torch.from_numpy(x).cuda())
+    xs = rounded(x, dtype)
+    index = {f"r{i}": i for i in range(n)}
+    for k in (1, 10, 100, 300):  # 300: beyond the tensor-core screen, widened rows and SGEMM
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, xs, q, metric, k, index)
+    # device queries of the store's dtype
+    tq = torch.from_numpy(q).cuda().to(torch.float16 if dtype == "float16" else torch.bfloat16)
+    scores, got = s.search_batch(tq, 10)
+    check_results(scores, got, xs, rounded(q, dtype), metric, 10, index)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("unsettled", [0, 4, 40])
+def test_16bit_screen_returns_the_exact_answer(cctx, rng, page_rows, dtype, metric, unsettled):
+    # The float16/bfloat16 tensor-core screen with the float32 re-rank on the stored rows;
+    # queries in a tight cluster are answered again exactly. Pages of 4096 rows.
+    torch = pytest.importorskip("torch")
+    page_rows(4096)
+    n, dim, nq = 20000, 256, 64
+    base = rng.standard_normal(dim).astype(np.float32)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[:3000] = base + 0.1 * x[:3000]
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    q[:unsettled] = base + 0.1 * rng.standard_normal((unsettled, dim)).astype(np.float32)
+    q[-1] *= np.float32(1e-30)  # a tiny query: scaled before it is rounded to 16 bits
+    s = typed_store(cctx, dim, metric, dtype)
+    s.add_vectors([f"r{i}" for i in range(n)], torch.from_numpy(x).cuda())
+    xs = rounded(x, dtype)
+    index = {f"r{i}": i for i in range(n)}
+    for k in (1, 10, 100):
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, xs, q, metric, k, index)
+        hits = s.search(q[5], k)
+        tol = (2e-5 if metric != M.EUCLIDEAN else 2e-3) * np.abs(scores[5]).max()
+        np.testing.assert_allclose([h.distance for h in hits], scores[5], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16bit_filtered_and_removed(cctx, rng, page_rows, dtype):
+    torch = pytest.importorskip("torch")
+    page_rows(64)
+    n, dim = 3000, 24
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = typed_store(cctx, dim, M.COSINE, dtype)
+    ids = [f"f{i}" for i in range(n)]
+    s.add_vectors(ids, torch.from_numpy(x).cuda(), [{"g": str(i % 40)} for i in range(n)])
+    s.remove_vectors(ids[::5])
+    keep = [i for i in range(n) if i % 5 and i % 40 == 3]
+    q = rng.standard_normal((8, dim)).astype(np.float32)
+    scores, got = s.search_batch(q, 10, filter={"g": "3"})
+    check_results(scores, got, rounded(x, dtype)[keep], q, M.COSINE, 10, {f"f{i}": j for j, i in enumerate(keep)})
+    hits = s.search(q[0], 10, filter={"g": "3"})
+    assert [h.id for h in hits] == list(got[0])
+
+
+def test_float16_overflow_is_refused(cctx, rng):
+    torch = pytest.importorskip("torch")
+    s = typed_store(cctx, 8, M.DOT_PRODUCT, "float16")
+    s.add_vectors(["keep"], rng.standard_normal((1, 8)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((100, 8)).astype(np.float32)).cuda()
+    x[42, 3] = 65520.0  # rounds to infinity in float16
+    with pytest.raises(hive_gpu.NonFiniteValueError, match="row 42"):
+        s.add_vectors([f"o{i}" for i in range(100)], x)
+    x[42, 3] = 65504.0  # the largest float16: fits
+    s.add_vectors([f"o{i}" for i in range(100)], x)
+    assert len(s) == 101 and s.get_vector("o42").data[3] == 65504.0

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "core/numeric.hpp"
 #include "core/validate.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/launch.hpp"
+#include "kernels/convert.cuh"
 #include "kernels/scan.cuh"
 
 namespace hive_gpu::cuda {
@@ -33,12 +35,15 @@ struct RowFaultAt {
 
 // ---- life -------------------------------------------------------------------------------
 
-CudaEngine::CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric)
+CudaEngine::CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric, Dtype dtype)
     : ctx_(std::move(context)),
       dim_(dimension),
-      ld_((dimension + 3) / 4 * 4),
+      dtype_(dtype),
+      elem_(dtype_size(dtype)),
+      ld_(ceil_div(dimension, 16 / elem_) * (16 / elem_)),
+      row_bytes_(ld_ * elem_),
       metric_(metric),
-      pages_(*ctx_, ld_ * sizeof(float)) {
+      pages_(*ctx_, row_bytes_) {
     DeviceGuard guard(ctx_->device());
     const std::size_t optin = k::max_block_shared_bytes(ctx_->props());
     const int cap = 1 << (31 - __builtin_clz(static_cast<unsigned>(optin / k::topk_shared_bytes(1))));
@@ -54,7 +59,7 @@ CudaEngine::CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimensi
     producer_ = make_event();
     fault_device_ = device_alloc(sizeof(unsigned long long));
     fault_host_ = pinned_alloc(sizeof(unsigned long long), cudaHostAllocDefault);
-    small_host_bytes_ = std::max<std::size_t>(ld_ * sizeof(float), std::size_t{1} << 16);
+    small_host_bytes_ = std::max<std::size_t>(row_bytes_, std::size_t{1} << 16);
     small_host_ = pinned_alloc(small_host_bytes_, cudaHostAllocDefault);
     record_write();
 }
@@ -79,7 +84,7 @@ CudaEngine::~CudaEngine() {
 }
 
 CudaEngine::RowView CudaEngine::all_rows() const {
-    return RowView{k::PagedRows{pages_.device_table(), pages_.map(), ld_ / 4}, pages_.host_table(), size_};
+    return RowView{k::PagedRows{pages_.device_table(), pages_.map(), row_bytes_ / 16}, pages_.host_table(), size_};
 }
 
 // Every write ends by recording written_ on the write stream; a lane's stream waits on it
@@ -106,7 +111,7 @@ void CudaEngine::reserve(std::size_t rows) {
 void CudaEngine::move(std::size_t src, std::size_t dst) {
     DeviceGuard guard(ctx_->device());
     cudaStream_t ws = write_stream_.get();
-    check(cudaMemcpyAsync(pages_.row(dst), pages_.row(src), ld_ * sizeof(float), cudaMemcpyDeviceToDevice, ws),
+    check(cudaMemcpyAsync(pages_.row(dst), pages_.row(src), row_bytes_, cudaMemcpyDeviceToDevice, ws),
           "cudaMemcpyAsync");
     check(cudaMemcpyAsync(pages_.factor(dst), pages_.factor(src), sizeof(float), cudaMemcpyDeviceToDevice, ws),
           "cudaMemcpyAsync");
@@ -140,9 +145,21 @@ void CudaEngine::read(std::size_t first, std::size_t n, float* out) const {
     LanePool::Lease lane(lanes_);
     after_writes(*lane);
     pages_.for_each_run(first, n, [&](std::size_t s0, std::size_t count, std::size_t, std::size_t) {
-        check(cudaMemcpy2DAsync(out + (s0 - first) * dim_, dim_ * sizeof(float), pages_.row(s0), ld_ * sizeof(float),
-                                dim_ * sizeof(float), count, cudaMemcpyDeviceToHost, lane->stream),
+        float* o = out + (s0 - first) * dim_;
+        if (dtype_ == Dtype::Float32) {
+            check(cudaMemcpy2DAsync(o, dim_ * sizeof(float), pages_.row(s0), row_bytes_, dim_ * sizeof(float), count,
+                                    cudaMemcpyDeviceToHost, lane->stream),
+                  "cudaMemcpy2DAsync");
+            return;
+        }
+        // 16-bit rows come down as they are and are widened here, exactly (dtype.hpp).
+        std::vector<std::uint16_t> bits(count * dim_);
+        check(cudaMemcpy2DAsync(bits.data(), dim_ * elem_, pages_.row(s0), row_bytes_, dim_ * elem_, count,
+                                cudaMemcpyDeviceToHost, lane->stream),
               "cudaMemcpy2DAsync");
+        check(cudaStreamSynchronize(lane->stream), "read");
+        for (std::size_t i = 0; i < bits.size(); ++i)
+            o[i] = dtype_ == Dtype::Float16 ? hive_gpu::f16_to_float(bits[i]) : hive_gpu::bf16_to_float(bits[i]);
     });
     check(cudaStreamSynchronize(lane->stream), "read");
 }
@@ -156,8 +173,8 @@ void CudaEngine::search(const float* queries, std::size_t nq, std::size_t kk, fl
     after_writes(*lane);
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
         const std::size_t qn = std::min(kQueryChunk, nq - q0);
-        search_chunk(*lane, all_rows(), queries + q0 * dim_, nullptr, 0, qn, kk, scores + q0 * kk, slots + q0 * kk,
-                     nullptr);
+        search_chunk(*lane, all_rows(), queries + q0 * dim_, nullptr, Dtype::Float32, 0, qn, kk, scores + q0 * kk,
+                     slots + q0 * kk, nullptr);
     }
 }
 
@@ -193,28 +210,28 @@ void CudaEngine::search_filtered(const float* queries, std::size_t nq, std::size
         // included); its row i is slot filter.slots[i].
         const std::size_t n = filter.count;
         Carve c;
-        const std::size_t at_rows = c.take(n * ld_ * sizeof(float)), at_f = c.take(n * sizeof(float)),
+        const std::size_t at_rows = c.take(n * row_bytes_), at_f = c.take(n * sizeof(float)),
                           at_o = c.take(n * sizeof(std::uint32_t)), at_table = c.take(sizeof(k::PageRef));
         compact = Scratch(*ctx_, c.at, s);
         auto* base = compact.as<unsigned char>();
-        auto* crows = reinterpret_cast<float*>(base + at_rows);
+        auto* crows = reinterpret_cast<float4*>(base + at_rows);
         auto* cfactors = reinterpret_cast<float*>(base + at_f);
         auto* cordinals = reinterpret_cast<std::uint32_t*>(base + at_o);
         auto* table = reinterpret_cast<k::PageRef*>(base + at_table);
         const unsigned grid = grid_for(n * k::warp_size(ctx_->props()), 256, ctx_->props());
-        k::gather_rows_kernel<<<grid, 256, 0, s>>>(v.rows, listed.list, n, reinterpret_cast<float4*>(crows), cfactors,
-                                                   cordinals);
+        k::gather_rows_kernel<<<grid, 256, 0, s>>>(v.rows, listed.list, n, crows, cfactors, cordinals);
         check_launch("gather_rows_kernel");
         compact_page = k::PageRef{crows, cfactors, cordinals};
         k::store_page_kernel<<<1, 1, 0, s>>>(table, compact_page);
         check_launch("store_page_kernel");
         const int shift = std::max(k::kMinPageShift, n > 1 ? k::floor_log2(n - 1) + 1 : 0);
-        v = RowView{k::PagedRows{table, k::PageMap{shift, shift}, ld_ / 4}, &compact_page, n};
+        v = RowView{k::PagedRows{table, k::PageMap{shift, shift}, row_bytes_ / 16}, &compact_page, n};
         remap = true;
     }
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
         const std::size_t qn = std::min(kQueryChunk, nq - q0);
-        search_chunk(*lane, v, queries + q0 * dim_, nullptr, 0, qn, kk, scores + q0 * kk, slots + q0 * kk, nullptr);
+        search_chunk(*lane, v, queries + q0 * dim_, nullptr, Dtype::Float32, 0, qn, kk, scores + q0 * kk,
+                     slots + q0 * kk, nullptr);
     }
     if (remap)
         for (std::size_t i = 0; i < nq * kk; ++i) slots[i] = filter.slots[slots[i]];
@@ -223,8 +240,7 @@ void CudaEngine::search_filtered(const float* queries, std::size_t nq, std::size
 void CudaEngine::search_device(const void* queries_in, Dtype src, std::size_t ld, std::size_t nq, std::size_t kk,
                                std::uintptr_t stream, float* scores, std::int64_t* slots,
                                float* device_scores) const {
-    if (src != Dtype::Float32) throw InvalidDtypeError("device queries must be float32 for now");
-    const float* queries = static_cast<const float*>(queries_in);
+    const auto* queries = static_cast<const unsigned char*>(queries_in);
     DeviceGuard guard(ctx_->device());
     check_device_pointer(queries, "queries");
     if (device_scores) check_device_pointer(device_scores, "the output array");
@@ -234,8 +250,8 @@ void CudaEngine::search_device(const void* queries_in, Dtype src, std::size_t ld
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryChunk) {
         const std::size_t qn = std::min(kQueryChunk, nq - q0);
         try {
-            search_chunk(*lane, all_rows(), nullptr, queries + q0 * ld, ld, qn, kk, scores + q0 * kk, slots + q0 * kk,
-                         device_scores ? device_scores + q0 * kk : nullptr);
+            search_chunk(*lane, all_rows(), nullptr, queries + q0 * ld * dtype_size(src), src, ld, qn, kk,
+                         scores + q0 * kk, slots + q0 * kk, device_scores ? device_scores + q0 * kk : nullptr);
         } catch (const RowFaultAt& f) {
             throw_row_fault(static_cast<RowFault>(f.code), q0 + f.row, nq, nq == 1 ? "query" : "queries");
         }
@@ -244,8 +260,8 @@ void CudaEngine::search_device(const void* queries_in, Dtype src, std::size_t ld
 
 // ---- one pass over a chunk of queries -----------------------------------------------------
 
-void CudaEngine::search_chunk(Lane& lane, const RowView& v, const float* host_queries,
-                              const float* device_queries, std::size_t device_ld, std::size_t qn, std::size_t kk,
+void CudaEngine::search_chunk(Lane& lane, const RowView& v, const float* host_queries, const void* device_queries,
+                              Dtype device_dtype, std::size_t device_ld, std::size_t qn, std::size_t kk,
                               float* scores, std::int64_t* slots, float* device_scores) const {
     cudaStream_t s = lane.stream;
     const Plan pl = plan(qn, kk, v);
@@ -256,7 +272,7 @@ void CudaEngine::search_chunk(Lane& lane, const RowView& v, const float* host_qu
         // results straight into pinned host memory, one wait.
         const std::size_t at_res = (qbytes + 255) / 256 * 256;
         lane.ensure_host(at_res + rbytes);
-        pack_rows(host_queries, qn, dim_, ld_, static_cast<float*>(lane.host));
+        pack_rows(host_queries, qn, dim_ * sizeof(float), ld_ * sizeof(float), lane.host);
         // Few blocks (small stores) read the query straight from mapped host memory: no copy.
         const bool mapped_query = pl.blocks <= kMappedQueryBlocks;
         Carve c;
@@ -296,15 +312,25 @@ void CudaEngine::search_chunk(Lane& lane, const RowView& v, const float* host_qu
     float* dq = reinterpret_cast<float*>(base + at_q);
     if (host_queries) {
         lane.ensure_host(std::max(qbytes, rbytes));
-        pack_rows(host_queries, qn, dim_, ld_, static_cast<float*>(lane.host));
+        pack_rows(host_queries, qn, dim_ * sizeof(float), ld_ * sizeof(float), lane.host);
         check(cudaMemcpyAsync(dq, lane.host, qbytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
     } else {
         lane.ensure_host(rbytes);
-        if (ld_ != dim_) check(cudaMemsetAsync(dq, 0, qbytes, s), "cudaMemsetAsync");
-        check(cudaMemcpy2DAsync(dq, ld_ * sizeof(float), device_queries, device_ld * sizeof(float),
-                                dim_ * sizeof(float), qn, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpy2DAsync");
         check(cudaMemsetAsync(lane.fault_device, 0xff, sizeof(unsigned long long), s), "cudaMemsetAsync");
+        if (device_dtype == Dtype::Float32) {
+            if (ld_ != dim_) check(cudaMemsetAsync(dq, 0, qbytes, s), "cudaMemsetAsync");
+            check(cudaMemcpy2DAsync(dq, ld_ * sizeof(float), device_queries, device_ld * sizeof(float),
+                                    dim_ * sizeof(float), qn, cudaMemcpyDeviceToDevice, s),
+                  "cudaMemcpy2DAsync");
+        } else {  // 16-bit queries widened (exactly); infinities are faults
+            with_dtype(device_dtype, [&](auto d) {
+                constexpr int D = decltype(d)::value;
+                k::convert_rows_kernel<D, k::kF32><<<grid_for(qn * ld_, 256, ctx_->props()), 256, 0, s>>>(
+                    static_cast<const typename k::Elem<D>::T*>(device_queries), device_ld, qn, dim_, dq, ld_,
+                    dtype_max(Dtype::Float32), lane.fault_device, 0);
+            });
+            check_launch("convert_rows_kernel");
+        }
     }
     run_search(lane, pl, v, dq, qn, kk, dscores, dslots, base + at_work, host_queries ? nullptr : lane.fault_device);
     if (device_scores) {

@@ -26,25 +26,26 @@
 
 namespace hive_gpu::cuda {
 
-// A run of rows that lie in one device buffer: copy row i of the run to dst + i * ld floats.
+// A run of rows that lie in one device buffer: row i of the run goes to dst + i * row bytes.
 struct RowRun {
     std::size_t first;  // the run's first row among the rows being copied
     std::size_t count;
-    float* dst;
+    unsigned char* dst;
 };
 
-// Rows [0, n) of `src` (stride dim) into `dst` with stride ld, zero padding after dim.
-void pack_rows(const float* src, std::size_t n, std::size_t dim, std::size_t ld, float* dst);
+// Rows [0, n) of `src` (src_bytes each, packed) into `dst` with dst_bytes per row, zero
+// padding after the data.
+void pack_rows(const void* src, std::size_t n, std::size_t src_bytes, std::size_t dst_bytes, void* dst);
 
-// Copies n host rows of `dim` floats to the device runs (which cover rows [0, n) in order)
-// with a stride of `ld` floats (zero padding after dim), through the context's pinned
-// staging buffers on worker threads.
-void upload_host_rows(CudaContext& ctx, const float* rows, std::size_t n, std::size_t dim, std::size_t ld,
+// Copies n packed host rows of src_bytes each to the device runs (which cover rows [0, n) in
+// order) with dst_bytes per row (zero padding), through the context's pinned staging
+// buffers on worker threads.
+void upload_host_rows(CudaContext& ctx, const void* rows, std::size_t n, std::size_t src_bytes, std::size_t dst_bytes,
                       const std::vector<RowRun>& runs);
 
 class CudaEngine final : public Engine {
    public:
-    CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric);
+    CudaEngine(std::shared_ptr<CudaContext> context, std::size_t dimension, Metric metric, Dtype dtype);
     ~CudaEngine() override;
 
     std::size_t dimension() const override { return dim_; }
@@ -52,13 +53,9 @@ class CudaEngine final : public Engine {
     std::size_t size() const override { return size_; }
 
     void reserve(std::size_t rows) override;
-    Dtype dtype() const override { return Dtype::Float32; }
-    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override {
-        append_f32(static_cast<const float*>(rows), ordinals, n);
-    }
-    void write(std::size_t slot, const void* row) override { write_f32(slot, static_cast<const float*>(row)); }
-    void append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n);
-    void write_f32(std::size_t slot, const float* row);
+    Dtype dtype() const override { return dtype_; }
+    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override;
+    void write(std::size_t slot, const void* row) override;
     void move(std::size_t src, std::size_t dst) override;
     void truncate(std::size_t n) override;
     void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;
@@ -111,10 +108,10 @@ class CudaEngine final : public Engine {
     void check_device_pointer(const void* p, const char* what) const;
     // Runs of rows [size_, size_ + n) in the pages (grown to hold them).
     std::vector<RowRun> append_runs(std::size_t n) const;
-    void upload_rows(const float* rows, std::size_t n);
+    void upload_rows(const void* rows, std::size_t n);
     void record_write();                  // ends every write: records written_
     void after_writes(Lane& lane) const;  // orders the lane's stream after the last write
-    void finish_append(std::size_t n, const std::uint32_t* ordinals, const char* what);
+    void finish_append(std::size_t n, const std::uint32_t* ordinals, const char* what, bool fault_set = false);
 
     Plan plan(std::size_t nq, std::size_t k, const RowView& v) const;
     // f(kernel) with the single-query scan kernel of this metric and row width.
@@ -128,18 +125,26 @@ class CudaEngine final : public Engine {
     // device addresses of mapped host memory.
     void search_fused(Lane& lane, const Plan& plan, const RowView& v, const float* dq, std::size_t k, void* work,
                       float* dscores, std::int64_t* dslots, bool one_launch = false) const;
-    // One pass over queries [q0, q0 + qn): upload or copy, search, results to the host.
-    void search_chunk(Lane& lane, const RowView& v, const float* host_queries, const float* device_queries,
-                      std::size_t device_ld, std::size_t qn, std::size_t k, float* scores, std::int64_t* slots,
-                      float* device_scores) const;
+    // One pass over queries [q0, q0 + qn): upload or copy (device queries of dtype
+    // device_dtype, widened), search, results to the host.
+    void search_chunk(Lane& lane, const RowView& v, const float* host_queries, const void* device_queries,
+                      Dtype device_dtype, std::size_t device_ld, std::size_t qn, std::size_t k, float* scores,
+                      std::int64_t* slots, float* device_scores) const;
     // Batches: TF32 screening and exact re-ranking where it applies (screen_width > 0),
     // float32 GEMM otherwise and for the queries the screen cannot settle.
     void search_gemm(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq, std::size_t k,
                      float* dscores, std::int64_t* dslots) const;
     void search_gemm_exact(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                            std::size_t k, float* dscores, std::int64_t* dslots) const;
+    // The 16-bit screen's queries: rounded after a power-of-two scale that inv_scale undoes.
+    struct ScreenQueries {
+        const std::uint16_t* queries = nullptr;
+        const float* inv_scale = nullptr;
+    };
+    // screen: the tensor-core GEMM (TF32 for float32 rows; float16/bfloat16 with `sq` for
+    // 16-bit rows); else exact float32 scores.
     void select_tiles(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq, std::size_t k,
-                      bool tf32, std::uint64_t* rkeys, std::uint32_t* rvals) const;
+                      bool screen, const ScreenQueries& sq, std::uint64_t* rkeys, std::uint32_t* rvals) const;
     // Candidates per query kept by the TF32 screen; 0 where the screen does not apply.
     std::size_t screen_width(std::size_t nq, std::size_t k, std::size_t n) const;
     bool skinny(std::size_t nq) const;
@@ -148,12 +153,17 @@ class CudaEngine final : public Engine {
     // Scores of rows [0, cols) of one page's run starting at `rows` against the queries.
     void skinny_scores(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols,
                        float* out) const;
-    void gemm_scores(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols, float* out,
-                     bool tf32) const;
+    void gemm_scores(Lane& lane, const void* rows, const float* dq, std::size_t nq, std::size_t cols, float* out,
+                     bool screen, const ScreenQueries& sq) const;
+    // Sets the cuBLAS handle's math mode (TF32 tensor cores or exact float32).
+    void set_math(Lane& lane, bool tf32) const;
 
     std::shared_ptr<CudaContext> ctx_;
     std::size_t dim_;
-    std::size_t ld_;  // row stride in floats, a multiple of 4 (16-byte aligned rows)
+    Dtype dtype_;
+    std::size_t elem_;       // bytes of an element of dtype_
+    std::size_t ld_;         // row stride in elements, padded to 16 bytes (queries use it in floats)
+    std::size_t row_bytes_;  // ld_ * elem_
     Metric metric_;
     int max_select_k_;   // largest k the shared-memory selection handles
     bool tensor_cores_;  // TF32 tensor cores (sm_80+): batches are screened with them

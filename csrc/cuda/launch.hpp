@@ -10,7 +10,9 @@
 
 #include "core/numeric.hpp"
 #include "cuda/cuda_check.hpp"
+#include "hive_gpu/dtype.hpp"
 #include "hive_gpu/types.hpp"
+#include "kernels/elements.cuh"
 #include "kernels/keys.cuh"
 
 namespace hive_gpu::cuda {
@@ -30,10 +32,19 @@ void with_metric(Metric m, F&& f) {
     }
 }
 
-// float4 loads per lane that cover a row in one step for a warp of `warp` lanes.
 template <typename F>
-void with_vpl(std::size_t ld4, int warp, F&& f) {
-    const std::size_t need = ceil_div(ld4, static_cast<std::size_t>(warp));
+void with_dtype(Dtype d, F&& f) {
+    switch (d) {
+        case Dtype::Float32: f(std::integral_constant<int, kernels::kF32>{}); break;
+        case Dtype::Float16: f(std::integral_constant<int, kernels::kF16>{}); break;
+        case Dtype::BFloat16: f(std::integral_constant<int, kernels::kBF16>{}); break;
+    }
+}
+
+// 16-byte loads per lane that cover a row in one step for a warp of `warp` lanes.
+template <typename F>
+void with_vpl(std::size_t units, int warp, F&& f) {
+    const std::size_t need = ceil_div(units, static_cast<std::size_t>(warp));
     if (need <= 1) f(std::integral_constant<int, 1>{});
     else if (need <= 2) f(std::integral_constant<int, 2>{});
     else if (need <= 4) f(std::integral_constant<int, 4>{});

@@ -9,6 +9,7 @@
 #include "core/numeric.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/launch.hpp"
+#include "kernels/convert.cuh"
 #include "kernels/rerank.cuh"
 #include "kernels/scan.cuh"
 #include "kernels/select.cuh"
@@ -23,34 +24,81 @@ namespace {
 constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both GEMM score tiles: 256 MiB
 constexpr std::size_t kSkinnyMaxQueries = 4;  // beyond, cuBLAS measured faster on the H100
 constexpr std::size_t kScreenMaxK = 256;      // beyond, near-ties around the k-th make re-runs likely
+constexpr std::size_t kWidenBytes = std::size_t{64} << 20;  // 16-bit rows widened at a time for an exact GEMM
 
-}  // namespace
-
-void CudaEngine::gemm_scores(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols,
-                             float* out, bool tf32) const {
-    lane.ensure_blas();
-    if (tf32 != lane.blas_tf32) {
-        if (cublasSetMathMode(lane.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH) !=
-            CUBLAS_STATUS_SUCCESS)
-            throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasSetMathMode failed");
-        lane.blas_tf32 = tf32;
-    }
+// out (cols x nq, column-major, ldc) = rows^T (cols x dim, stride ld) * Q (dim x nq, stride ld).
+void sgemm(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols, std::size_t dim,
+           std::size_t ld, float* out, std::size_t ldc) {
     const float one = 1.0f, zero = 0.0f;
-    // Column-major view: out (cols x nq, ld cols) = rows^T (cols x dim) * Q (dim x nq).
     cublasStatus_t st = cublasSgemm(lane.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(nq),
-                                    static_cast<int>(dim_), &one, rows, static_cast<int>(ld_), dq,
-                                    static_cast<int>(ld_), &zero, out, static_cast<int>(cols));
+                                    static_cast<int>(dim), &one, rows, static_cast<int>(ld), dq, static_cast<int>(ld),
+                                    &zero, out, static_cast<int>(ldc));
     if (st != CUBLAS_STATUS_SUCCESS)
         throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasSgemm failed with status " + std::to_string(static_cast<int>(st)));
 }
 
+}  // namespace
+
+void CudaEngine::set_math(Lane& lane, bool tf32) const {
+    lane.ensure_blas();
+    if (tf32 == lane.blas_tf32) return;
+    if (cublasSetMathMode(lane.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS)
+        throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasSetMathMode failed");
+    lane.blas_tf32 = tf32;
+}
+
+void CudaEngine::gemm_scores(Lane& lane, const void* rows, const float* dq, std::size_t nq, std::size_t cols,
+                             float* out, bool screen, const ScreenQueries& sq) const {
+    // Column-major view: out (cols x nq, ld cols) = rows^T (cols x dim) * Q (dim x nq).
+    if (dtype_ == Dtype::Float32) {
+        set_math(lane, screen);
+        sgemm(lane, static_cast<const float*>(rows), dq, nq, cols, dim_, ld_, out, cols);
+        return;
+    }
+    if (screen) {
+        // The stored 16-bit rows as they are, against the rounded, scaled queries.
+#if defined(HIVE_GPU_HIP)
+        throw BackendError(HIVE_GPU_BACKEND_NAME ": no 16-bit tensor-core screen in this build");
+#else
+        lane.ensure_blas();
+        const float one = 1.0f, zero = 0.0f;
+        const cudaDataType t = dtype_ == Dtype::Float16 ? CUDA_R_16F : CUDA_R_16BF;
+        cublasStatus_t st = cublasGemmEx(lane.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols),
+                                         static_cast<int>(nq), static_cast<int>(dim_), &one, rows, t,
+                                         static_cast<int>(ld_), sq.queries, t, static_cast<int>(ld_), &zero, out,
+                                         CUDA_R_32F, static_cast<int>(cols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS)
+            throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasGemmEx failed with status " +
+                               std::to_string(static_cast<int>(st)));
+        return;
+#endif
+    }
+    // Exact scores of 16-bit rows: widened to float32 a slice at a time, then SGEMM.
+    set_math(lane, false);
+    const std::size_t slice = std::max<std::size_t>(1, kWidenBytes / (ld_ * sizeof(float)));
+    Scratch wide(*ctx_, std::min(cols, slice) * ld_ * sizeof(float), lane.stream);
+    const auto* bits = static_cast<const std::uint16_t*>(rows);
+    for (std::size_t c = 0; c < cols; c += slice) {
+        const std::size_t w = std::min(slice, cols - c);
+        with_dtype(dtype_, [&](auto d) {
+            constexpr int D = decltype(d)::value;
+            if constexpr (D != k::kF32)
+                k::widen_rows_kernel<D><<<grid_for(w * ld_, 256, ctx_->props()), 256, 0, lane.stream>>>(
+                    bits + c * ld_, w * ld_, wide.as<float>());
+        });
+        check_launch("widen_rows_kernel");
+        sgemm(lane, wide.as<float>(), dq, nq, w, dim_, ld_, out + c, cols);
+    }
+}
+
 bool CudaEngine::skinny(std::size_t nq) const {
-    return nq <= kSkinnyMaxQueries && kSkinnyMaxQueries * ld_ * sizeof(float) <= 40 * 1024;
+    return dtype_ == Dtype::Float32 && nq <= kSkinnyMaxQueries && kSkinnyMaxQueries * ld_ * sizeof(float) <= 40 * 1024;
 }
 
 std::size_t CudaEngine::screen_width(std::size_t nq, std::size_t kk, std::size_t n) const {
     if (!tensor_cores_ || skinny(nq) || kk > kScreenMaxK) return 0;
-    const std::size_t kc = std::min(n, 2 * kk + 32);
+    // bfloat16 queries are rounded to 8 bits, so its screen's bound is wider: more candidates.
+    const std::size_t kc = std::min(n, dtype_ == Dtype::BFloat16 ? 8 * kk + 64 : 2 * kk + 32);
     return kc <= static_cast<std::size_t>(max_select_k_) ? kc : 0;
 }
 
@@ -65,18 +113,35 @@ void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, cons
         return;
     }
     // Tensor-core screening, then the exact float32 re-rank (kernels/rerank.cuh).
+    const bool half = dtype_ != Dtype::Float32;  // 16-bit rows: a float16/bfloat16 screen
     Carve c;
-    const std::size_t at_run = c.take(nq * kc * entry), at_max = c.take(sizeof(unsigned)),
-                      at_ok = c.take(nq);
+    const std::size_t at_run = c.take(nq * kc * entry), at_max = c.take(sizeof(unsigned)), at_ok = c.take(nq),
+                      at_q16 = c.take(half ? nq * ld_ * sizeof(std::uint16_t) : 0),
+                      at_inv = c.take(half ? nq * sizeof(float) : 0), at_sok = c.take(half ? nq : 0);
     Scratch ws(*ctx_, c.at, s);
     auto* base = ws.as<unsigned char>();
     auto* rkeys = reinterpret_cast<std::uint64_t*>(base + at_run);
     auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kc);
     auto* max_bits = reinterpret_cast<unsigned*>(base + at_max);
     auto* ok = base + at_ok;
+    ScreenQueries sq;
+    const unsigned char* screen_ok = nullptr;
+    if (half) {
+        auto* q16 = reinterpret_cast<std::uint16_t*>(base + at_q16);
+        auto* inv = reinterpret_cast<float*>(base + at_inv);
+        with_dtype(dtype_, [&](auto d) {
+            constexpr int D = decltype(d)::value;
+            if constexpr (D != k::kF32)
+                k::quantize_queries_kernel<D><<<static_cast<unsigned>(nq), 256, 0, s>>>(dq, ld_, q16, inv,
+                                                                                      base + at_sok);
+        });
+        check_launch("quantize_queries_kernel");
+        sq = ScreenQueries{q16, inv};
+        screen_ok = base + at_sok;
+    }
     // Rows a mask drops never become candidates, so the proof below speaks of the rows
     // that pass: the kc candidates are the best kc of those (all of them when fewer).
-    select_tiles(lane, v, dq, qf, nq, kc, true, rkeys, rvals);
+    select_tiles(lane, v, dq, qf, nq, kc, true, sq, rkeys, rvals);
     check(cudaMemsetAsync(max_bits, 0, sizeof(unsigned), s), "cudaMemsetAsync");
     if (metric_ != Metric::Cosine) {
         v.for_each_page([&](std::size_t, std::size_t count, const k::PageRef& page) {
@@ -86,11 +151,15 @@ void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, cons
     }
     const int cap = next_pow2(kc);
     with_metric(metric_, [&](auto m) {
-        auto kernel = k::rerank_kernel<decltype(m)::value>;
-        allow_shared(kernel, k::topk_shared_bytes(cap));
-        kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
-            rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, v.rows, reinterpret_cast<const float4*>(dq),
-            qf, max_bits, k::screen_bound(dim_), dscores, dslots, ok);
+        with_dtype(dtype_, [&](auto d) {
+            constexpr int D = decltype(d)::value;
+            auto kernel = k::rerank_kernel<decltype(m)::value, D>;
+            allow_shared(kernel, k::topk_shared_bytes(cap));
+            kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
+                rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, v.rows,
+                reinterpret_cast<const float4*>(dq), qf, max_bits, k::screen_bound(dim_, D), screen_ok, dscores,
+                dslots, ok);
+        });
         check_launch("rerank_kernel");
     });
     check(cudaMemcpyAsync(lane.flags_host, ok, nq, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
@@ -136,7 +205,7 @@ void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq
     Scratch run(*ctx_, nq * kk * entry, s);
     auto* rkeys = run.as<std::uint64_t>();
     auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
-    select_tiles(lane, v, dq, qf, nq, kk, false, rkeys, rvals);
+    select_tiles(lane, v, dq, qf, nq, kk, false, ScreenQueries{}, rkeys, rvals);
     with_metric(metric_, [&](auto m) {
         constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
         k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, ctx_->props()), 256, 0, s>>>(rkeys, rvals, nq * kk,
@@ -146,7 +215,8 @@ void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq
 }
 
 void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
-                              std::size_t kk, bool tf32, std::uint64_t* rkeys, std::uint32_t* rvals) const {
+                              std::size_t kk, bool screen, const ScreenQueries& sq, std::uint64_t* rkeys,
+                              std::uint32_t* rvals) const {
     // GEMM tiles on lane.stream, selection on lane.aux: the selection of tile t runs while
     // tile t + 1 is multiplied. Two score buffers bound the scratch. A tile never crosses a
     // page. The running top kk (sorted keys) ends in rkeys/rvals, ordered before later work
@@ -164,7 +234,7 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     std::size_t splits = nq >= want_blocks ? 1 : std::min(ceil_div(want_blocks, nq), std::max<std::size_t>(1, tile / 8192));
     splits = std::max<std::size_t>(1, splits);
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
-    const bool thin = !tf32 && skinny(nq);
+    const bool thin = !screen && skinny(nq);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     Carve c;
     const std::size_t at_t0 = c.take(nq * tile * sizeof(float));
@@ -186,7 +256,7 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
         allow_shared(merge, shared);
         std::size_t t = 0;
         v.for_each_page([&](std::size_t s0, std::size_t count, const k::PageRef& page) {
-            const float* page_rows = static_cast<const float*>(page.rows);
+            const auto* page_rows = static_cast<const unsigned char*>(page.rows);
             for (std::size_t off = 0; off < count; off += tile, ++t) {
                 const std::size_t c0 = s0 + off;  // the tile's first slot
                 const std::size_t cols = std::min(tile, count - off);
@@ -194,10 +264,11 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                 const int b = static_cast<int>(t % 2);
                 float* buf = tile_buf[b];
                 if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
+                const void* tile_rows = page_rows + off * row_bytes_;
                 if (thin)
-                    skinny_scores(lane, page_rows + off * ld_, dq, nq, cols, buf);
+                    skinny_scores(lane, static_cast<const float*>(tile_rows), dq, nq, cols, buf);
                 else
-                    gemm_scores(lane, page_rows + off * ld_, dq, nq, cols, buf, tf32);
+                    gemm_scores(lane, tile_rows, dq, nq, cols, buf, screen, sq);
                 check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
                 check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
                 const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
@@ -205,12 +276,14 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                 const std::uint32_t* ordinals = page.ordinals + off;
                 if (splits == 1) {
                     select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors, ordinals, v.mask, qf,
-                                                                 static_cast<int>(kk), cap, first ? nullptr : rkeys,
+                                                                 sq.inv_scale, static_cast<int>(kk), cap,
+                                                                 first ? nullptr : rkeys,
                                                                  rvals, rkeys, rvals);
                     check_launch("select_tile_kernel");
                 } else {
                     select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors, ordinals, v.mask, qf,
-                                                                 static_cast<int>(kk), cap, nullptr, nullptr, ckeys,
+                                                                 sq.inv_scale, static_cast<int>(kk), cap, nullptr,
+                                                                 nullptr, ckeys,
                                                                  cvals);
                     check_launch("select_tile_kernel");
                     merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
@@ -271,8 +344,7 @@ void CudaEngine::search_sorted(Lane& lane, const RowView& v, const float* dq, co
         constexpr int M = decltype(m)::value;
         for (std::size_t q = 0; q < nq; ++q) {
             v.for_each_page([&](std::size_t s0, std::size_t count, const k::PageRef& page) {
-                gemm_scores(lane, static_cast<const float*>(page.rows), dq + q * ld_, 1, count, dots.as<float>() + s0,
-                            false);
+                gemm_scores(lane, page.rows, dq + q * ld_, 1, count, dots.as<float>() + s0, false, ScreenQueries{});
                 k::keys_from_scores_kernel<M><<<grid_for(count, 256, ctx_->props()), 256, 0, s>>>(
                     dots.as<float>() + s0, count, s0, page.factors, page.ordinals, v.mask, qf + q, k_in + s0,
                     v_in + s0);

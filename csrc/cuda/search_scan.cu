@@ -7,6 +7,7 @@
 #include "core/numeric.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/launch.hpp"
+#include "kernels/elements.cuh"
 #include "kernels/scan.cuh"
 #include "kernels/select.cuh"
 
@@ -17,13 +18,16 @@ namespace k = hive_gpu::kernels;
 template <typename F>
 void CudaEngine::with_scan_kernel(bool short_rounds, bool filtered, F&& f) const {
     with_metric(metric_, [&](auto m) {
-        with_vpl(ld_ / 4, k::warp_size(ctx_->props()), [&](auto v) {
-            constexpr int M = decltype(m)::value, V = decltype(v)::value;
-            if (short_rounds)
-                filtered ? f(k::scan_query_kernel<M, V, k::kWarpRowsSmall, true>)
-                         : f(k::scan_query_kernel<M, V, k::kWarpRowsSmall>);
-            else
-                filtered ? f(k::scan_query_kernel<M, V, k::kWarpSize, true>) : f(k::scan_query_kernel<M, V>);
+        with_dtype(dtype_, [&](auto d) {
+            with_vpl(row_bytes_ / 16, k::warp_size(ctx_->props()), [&](auto v) {
+                constexpr int M = decltype(m)::value, D = decltype(d)::value, V = decltype(v)::value;
+                if (short_rounds)
+                    filtered ? f(k::scan_query_kernel<M, V, k::kWarpRowsSmall, true, D>)
+                             : f(k::scan_query_kernel<M, V, k::kWarpRowsSmall, false, D>);
+                else
+                    filtered ? f(k::scan_query_kernel<M, V, k::kWarpSize, true, D>)
+                             : f(k::scan_query_kernel<M, V, k::kWarpSize, false, D>);
+            });
         });
     });
 }

@@ -5,6 +5,7 @@
 
 #include "core/numeric.hpp"
 #include "kernels/compat.cuh"
+#include "kernels/elements.cuh"
 #include "kernels/keys.cuh"
 #include "kernels/pages.cuh"
 #include "kernels/select.cuh"
@@ -19,8 +20,8 @@ constexpr unsigned long long kFaultTooLarge = 2;
 // CPU engine does) and, for rows that break the input rules, the smallest faulty row packed
 // as ((fault_row0 + row) << 2 | code) into *fault with atomicMin (rows of one call may span
 // several pages, one launch each).
-template <int kMetric>
-__global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld, std::size_t n,
+template <int kMetric, int kDtype = kF32>
+__global__ void row_stats_kernel(const typename Elem<kDtype>::T* __restrict__ rows, std::size_t ld, std::size_t n,
                                  std::size_t dim, float* __restrict__ factor,
                                  unsigned long long* fault, double max_squared_norm,
                                  std::size_t fault_row0 = 0) {
@@ -28,11 +29,11 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
     const std::size_t first = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
     const int lane = lane_id();
     for (std::size_t r = first; r < n; r += warps) {
-        const float* x = rows + r * ld;
+        const typename Elem<kDtype>::T* x = rows + r * ld;
         double s = 0.0;
         int bad = 0;
         for (std::size_t j = lane; j < dim; j += kWarpSize) {
-            const float v = x[j];
+            const float v = to_float<kDtype>(x[j]);
             bad |= !isfinite(v);
             s += static_cast<double>(v) * v;
         }
@@ -55,8 +56,9 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
 // wbase + i. Those rows lie in one page (page boundaries are multiples of 64). kRows rows are
 // loaded together so that several 16-byte loads per lane are in flight. kFiltered: entries
 // [wbase, ...) instead, entry e being row list[e] with a list, and only those whose bit is
-// set in `live` (bit i: entry wbase + i) are read; n is unused.
-template <int kMetric, int kVpl, int kRows, int kWarpRows, bool kFiltered>
+// set in `live` (bit i: entry wbase + i) are read; n is unused. ld4 counts 16-byte units;
+// the query holds Elem<kDtype>::kPerUnit floats per unit.
+template <int kMetric, int kVpl, int kRows, int kWarpRows, bool kFiltered, int kDtype>
 __device__ __forceinline__ float warp_row_scores(const PagedRows& rows, std::size_t n,
                                                  const std::uint32_t* __restrict__ list,
                                                  std::uint64_t live, const float4* q, std::size_t wbase) {
@@ -76,7 +78,7 @@ __device__ __forceinline__ float warp_row_scores(const PagedRows& rows, std::siz
             if (take == 0) continue;  // warp-uniform: no row of this step passes
         }
         for (std::size_t c0 = 0; c0 < ld4; c0 += static_cast<std::size_t>(kVpl) * kWarpSize) {
-            float4 v[kRows][kVpl];
+            uint4 v[kRows][kVpl];
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
                 const std::size_t entry = wbase + i + r;
@@ -88,22 +90,16 @@ __device__ __forceinline__ float warp_row_scores(const PagedRows& rows, std::siz
 #pragma unroll
                 for (int c = 0; c < kVpl; ++c) {
                     const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
-                    v[r][c] = (read && col < ld4) ? __ldg(x + col) : make_float4(0.f, 0.f, 0.f, 0.f);
+                    v[r][c] = (read && col < ld4) ? __ldg(reinterpret_cast<const uint4*>(x) + col) : make_uint4(0, 0, 0, 0);
                 }
             }
 #pragma unroll
             for (int c = 0; c < kVpl; ++c) {
                 const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
-                const float4 b = col < ld4 ? q[col] : make_float4(0.f, 0.f, 0.f, 0.f);
+                if (col < ld4) {
+                    const float4* b = q + col * (Elem<kDtype>::kPerUnit / 4);
 #pragma unroll
-                for (int r = 0; r < kRows; ++r) {
-                    const float4 a = v[r][c];
-                    if (kMetric == kEuclidean) {
-                        const float dx = b.x - a.x, dy = b.y - a.y, dz = b.z - a.z, dw = b.w - a.w;
-                        acc[r] += dx * dx + dy * dy + dz * dz + dw * dw;
-                    } else {
-                        acc[r] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-                    }
+                    for (int r = 0; r < kRows; ++r) acc[r] += unit_term<kMetric, kDtype>(v[r][c], b);
                 }
             }
         }
@@ -148,8 +144,8 @@ __device__ __forceinline__ std::uint64_t live_entries(std::size_t wbase, std::si
 // kFiltered (its own instantiation, so the plain scan keeps its registers): with `mask`
 // (dense) a row whose bit is clear is neither read nor ranked; with `list` (sparse) the scan
 // runs over entries [0, n) and entry i is row list[i]. Without kFiltered both are ignored.
-// Shared memory: BlockTopK (cap entries) then the query (ld4 float4).
-template <int kMetric, int kVpl, int kWarpRows = kWarpSize, bool kFiltered = false>
+// Shared memory: BlockTopK (cap entries) then the query (as floats, kPerUnit per row unit).
+template <int kMetric, int kVpl, int kWarpRows = kWarpSize, bool kFiltered = false, int kDtype = kF32>
 __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     PagedRows rows, std::size_t n,
     const std::uint32_t* __restrict__ list_arg, const std::uint64_t* __restrict__ mask_arg,
@@ -166,12 +162,12 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
                   reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
                   &count, &bound};
     float4* q = reinterpret_cast<float4*>(smem + topk_shared_bytes(cap));
-    const std::size_t ld4 = rows.ld4;
-    for (std::size_t i = threadIdx.x; i < ld4; i += blockDim.x) q[i] = query[i];
+    const std::size_t q4 = rows.ld4 * (Elem<kDtype>::kPerUnit / 4);  // float4s of the query
+    for (std::size_t i = threadIdx.x; i < q4; i += blockDim.x) q[i] = query[i];
     top.init(nullptr, nullptr);
     // The query's factor, as row_stats_kernel computes it; every warp sums for itself.
     double qq = 0.0;
-    for (std::size_t i = lane_id(); i < ld4; i += kWarpSize) {
+    for (std::size_t i = lane_id(); i < q4; i += kWarpSize) {
         const float4 v = q[i];
         qq += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y +
               static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
@@ -186,7 +182,7 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
         std::uint64_t live = 0;
         if constexpr (kFiltered) live = live_entries<kWarpRows>(wbase, n, mask);
         const float acc =
-            warp_row_scores<kMetric, kVpl, kRows, kWarpRows, kFiltered>(rows, n, list, live, q, wbase);
+            warp_row_scores<kMetric, kVpl, kRows, kWarpRows, kFiltered, kDtype>(rows, n, list, live, q, wbase);
         const bool ranked = kFiltered ? ((live >> (lane_id() % 64)) & 1u) != 0 : wbase + lane_id() < n;
         if (lane_id() < kWarpRows && ranked) {
             const std::size_t entry = wbase + lane_id();
@@ -356,13 +352,15 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
 // tile lying in one page whose factors and ordinals from the tile's first row on are
 // row_factor and ordinals. Block (q, s) takes the s-th of gridDim.y column ranges and writes
 // its k best keys to out[(q * gridDim.y + s) * k]; with one range it starts from seed (the
-// running top-k). Rows a mask drops are never candidates.
+// running top-k). Rows a mask drops are never candidates. acc_scale (or nullptr): a factor
+// per query applied to its sums first (the 16-bit screen's scaled queries).
 template <int kMetric>
 __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float* __restrict__ scores, std::size_t ld_scores, std::size_t cols, std::size_t col0,
     const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
     const std::uint64_t* __restrict__ mask,
-    const float* __restrict__ query_factor, int k, int cap, const std::uint64_t* seed_keys,
+    const float* __restrict__ query_factor, const float* __restrict__ acc_scale, int k, int cap,
+    const std::uint64_t* seed_keys,
     const std::uint32_t* seed_vals, std::uint64_t* out_keys, std::uint32_t* out_vals) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -378,6 +376,7 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const bool seeded = seed_keys != nullptr && gridDim.y == 1;
     top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr);
     const float qf = query_factor[q];
+    const float scale = acc_scale != nullptr ? acc_scale[q] : 1.0f;  // a power of two: exact
     const float* s_row = scores + q * ld_scores;
     const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
     // The loads of round r + 1 are issued before round r is ranked, so a memory latency is
@@ -405,7 +404,7 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
             if (c < end && slot_passes(mask, col0 + c)) {
                 const std::size_t row = col0 + c;
-                const float s = finish_score<kMetric, true>(acc[j], rf[j], qf);
+                const float s = finish_score<kMetric, true>(acc[j] * scale, rf[j], qf);
                 top.push(make_key<kHigher>(s, ordinals[c]), static_cast<std::uint32_t>(row));
             }
         }
