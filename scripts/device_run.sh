@@ -4,7 +4,8 @@
 # against PyTorch and CuPy, and the CUDA tests under compute-sanitizer. Logs, JSON and plots
 # go to $OUT; every step has a time limit so that what finished always comes back.
 #
-#   HIVE_GPU_STEPS        steps to run (default below); e.g. "build tests_cuda sanitize"
+#   HIVE_GPU_STEPS        steps to run (default below); e.g. "build tests_cuda sanitize"; also
+#                         bench_dtype (16-bit rows) and capacity (fill the GPU), not in the default
 #   HIVE_GPU_CUDA_ARCHS   CUDA architectures to build (default 90: H100/H200)
 #   T_<step>              seconds allowed for a step (e.g. T_tests_cuda=200)
 #
@@ -99,6 +100,23 @@ has tests_webgpu && [ $webgpu = ON ] && run_pytest webgpu webgpu "$(limit tests_
 if has bench_cuda; then
   step "benchmark: CUDA against PyTorch and CuPy"
   timeout "$(limit bench_cuda 150)" $PY benchmarks/bench_cuda.py --out "$OUT" 2>&1 | tee "$OUT/bench_cuda.log" | tail -n 30
+fi
+if has bench_dtype; then
+  # 16-bit storage against PyTorch in the same precision, 1M x 768 (issue bars: docs/cuda.md).
+  for dt in float16 bfloat16; do
+    step "benchmark: CUDA $dt rows against PyTorch $dt"
+    timeout "$(limit bench_dtype 120)" $PY benchmarks/bench_cuda.py --dtype $dt --out "$OUT" 2>&1 \
+      | tee "$OUT/bench_cuda_$dt.log" | tail -n 24
+  done
+fi
+if has capacity; then
+  # Fill the GPU from device arrays in 1M-row batches until OutOfMemoryError, then time one
+  # query over the full store against copy bandwidth.
+  for dt in ${HIVE_GPU_CAPACITY_DTYPES:-float32 float16}; do
+    step "capacity: 768-d $dt rows until the device is full"
+    timeout "$(limit capacity 200)" $PY benchmarks/bench_cuda.py --capacity --dtype $dt --out "$OUT" 2>&1 \
+      | tee "$OUT/capacity_$dt.log" | tail -n 12
+  done
 fi
 if has bench_webgpu && [ $webgpu = ON ]; then
   step "benchmark: WebGPU against CUDA, 1M x 768"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import inspect
 import os
 import pathlib
@@ -382,6 +383,10 @@ def test_upsert_rolls_back_its_writes_when_the_add_fails(ctx, rng):
     X = rng.standard_normal((16, 64)).astype(np.float32)
     s.add_vectors(make_ids(16), X, [{"i": str(i)} for i in range(16)])
     before = snapshot(s)
+    # Stores of earlier tests on this session's context must not be freed by the garbage
+    # collector mid-test: that would give the cap back the room this test takes away.
+    gc.collect()
+    gc.disable()
     old = ctx.pool_stats()
     st = old
     ctx.configure_pool(max_bytes=st.reserved_bytes + st.rows_bytes + 1024)
@@ -393,6 +398,7 @@ def test_upsert_rolls_back_its_writes_when_the_add_fails(ctx, rng):
             s.upsert_vectors(["v3", "v9"] + fresh, np.ones((4002, 64), np.float32), [{"m": "x"}] * 4002)
     finally:
         ctx.configure_pool(max_bytes=old.max_bytes)
+        gc.enable()
     assert snapshot(s) == before
     assert [h.id for h in s.search(X[9], 1)] == ["v9"]
 
