@@ -133,18 +133,26 @@ def test_ties_rank_older_first_after_removals(cctx, rng, metric, nq):
     assert [h.id for h in s.search(q[0], 3)] == ["d0", "d2", "d3"]
 
 
-@pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("unsettled", [0, 4, 40])
-def test_tensor_core_screen_returns_the_exact_answer(cctx, rng, metric, unsettled):
-    # Batches are screened with TF32 and re-ranked in float32 (kernels/rerank.cuh). Queries
-    # near a tight cluster have candidates closer than the TF32 error bound: those are
-    # answered again in float32, one by one (a few) or as a whole batch (many).
+def clustered(rng, unsettled: int):
+    """20000 x 256 rows, 3000 of them in a tight cluster, and 64 queries, the first
+    `unsettled` of them inside the cluster (near-ties that the screen's bound cannot settle)."""
     n, dim, nq = 20000, 256, 64
     base = rng.standard_normal(dim).astype(np.float32)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     x[:3000] = base + 0.1 * x[:3000]
     q = rng.standard_normal((nq, dim)).astype(np.float32)
     q[:unsettled] = base + 0.1 * rng.standard_normal((unsettled, dim)).astype(np.float32)
+    return x, q
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("unsettled", [0, 4, 40])
+def test_tensor_core_screen_returns_the_exact_answer(cctx, rng, metric, unsettled):
+    # Batches are screened with TF32 and re-ranked in float32 (kernels/rerank.cuh). Queries
+    # near a tight cluster have candidates closer than the TF32 error bound: those are
+    # answered again in float32, one by one (a few) or as a whole batch (many).
+    x, q = clustered(rng, unsettled)
+    nq = len(q)
     s, index = stored(cctx, x, metric)
     for k in (1, 10, 100):
         scores, got = s.search_batch(q, k)
@@ -691,12 +699,8 @@ def test_16bit_screen_returns_the_exact_answer(cctx, rng, page_rows, dtype, metr
     # queries in a tight cluster are answered again exactly. Pages of 4096 rows.
     torch = pytest.importorskip("torch")
     page_rows(4096)
-    n, dim, nq = 20000, 256, 64
-    base = rng.standard_normal(dim).astype(np.float32)
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    x[:3000] = base + 0.1 * x[:3000]
-    q = rng.standard_normal((nq, dim)).astype(np.float32)
-    q[:unsettled] = base + 0.1 * rng.standard_normal((unsettled, dim)).astype(np.float32)
+    x, q = clustered(rng, unsettled)
+    n, dim = x.shape
     q[-1] *= np.float32(1e-30)  # a tiny query: scaled before it is rounded to 16 bits
     s = typed_store(cctx, dim, metric, dtype)
     s.add_vectors([f"r{i}" for i in range(n)], torch.from_numpy(x).cuda())
