@@ -91,6 +91,18 @@ class CudaEngine final : public Engine {
                 f(s0, std::min(rows.map.rows(p), n - s0), host_pages[p]);
             }
         }
+        // f(slot0, count, page, row) for each run of slots [first, first + count) in one page,
+        // slot0 being that page's row `row`.
+        template <typename F>
+        void for_each_run(std::size_t first, std::size_t count, F&& f) const {
+            const std::size_t end = first + count;
+            while (first < end) {
+                const kernels::PagePlace at = rows.map.place(first);
+                const std::size_t run = std::min(end - first, rows.map.rows(at.page) - at.row);
+                f(first, run, host_pages[at.page], at.row);
+                first += run;
+            }
+        }
     };
     RowView all_rows() const;
     enum class Path { Fused, Gemm, Sorted };
@@ -150,11 +162,12 @@ class CudaEngine final : public Engine {
     bool skinny(std::size_t nq) const;
     void search_sorted(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                        std::size_t k, float* dscores, std::int64_t* dslots) const;
-    // Scores of rows [0, cols) of one page's run starting at `rows` against the queries.
-    void skinny_scores(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols,
-                       float* out) const;
+    // Scores of rows [0, cols) of one page's run starting at `rows` against the queries:
+    // out[q * ldc + r] (column-major, cols x nq).
+    void skinny_scores(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols, float* out,
+                       std::size_t ldc) const;
     void gemm_scores(Lane& lane, const void* rows, const float* dq, std::size_t nq, std::size_t cols, float* out,
-                     bool screen, const ScreenQueries& sq) const;
+                     std::size_t ldc, bool screen, const ScreenQueries& sq) const;
     // Sets the cuBLAS handle's math mode (TF32 tensor cores or exact float32).
     void set_math(Lane& lane, bool tf32) const;
 

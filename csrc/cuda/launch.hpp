@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <type_traits>
+#include <utility>
 
 #include "core/numeric.hpp"
 #include "cuda/cuda_check.hpp"
@@ -23,22 +24,32 @@ inline int next_pow2(std::size_t v) {
     return p;
 }
 
+// f(std::integral_constant<int, v>) for v in {0, 1, 2}: a kernel template argument from a
+// run-time value.
+template <typename F>
+void with_one_of_three(int v, F&& f) {
+    switch (v) {
+        case 0: f(std::integral_constant<int, 0>{}); break;
+        case 1: f(std::integral_constant<int, 1>{}); break;
+        default: f(std::integral_constant<int, 2>{}); break;
+    }
+}
+
+// The kernels' metric and dtype ids are the enums' values.
+static_assert(static_cast<int>(Metric::Cosine) == kernels::kCosine &&
+              static_cast<int>(Metric::DotProduct) == kernels::kDotProduct &&
+              static_cast<int>(Metric::Euclidean) == kernels::kEuclidean);
+static_assert(static_cast<int>(Dtype::Float32) == kernels::kF32 && static_cast<int>(Dtype::Float16) == kernels::kF16 &&
+              static_cast<int>(Dtype::BFloat16) == kernels::kBF16);
+
 template <typename F>
 void with_metric(Metric m, F&& f) {
-    switch (m) {
-        case Metric::Cosine: f(std::integral_constant<int, kernels::kCosine>{}); break;
-        case Metric::DotProduct: f(std::integral_constant<int, kernels::kDotProduct>{}); break;
-        case Metric::Euclidean: f(std::integral_constant<int, kernels::kEuclidean>{}); break;
-    }
+    with_one_of_three(static_cast<int>(m), std::forward<F>(f));
 }
 
 template <typename F>
 void with_dtype(Dtype d, F&& f) {
-    switch (d) {
-        case Dtype::Float32: f(std::integral_constant<int, kernels::kF32>{}); break;
-        case Dtype::Float16: f(std::integral_constant<int, kernels::kF16>{}); break;
-        case Dtype::BFloat16: f(std::integral_constant<int, kernels::kBF16>{}); break;
-    }
+    with_one_of_three(static_cast<int>(d), std::forward<F>(f));
 }
 
 // 16-byte loads per lane that cover a row in one step for a warp of `warp` lanes.

@@ -41,12 +41,12 @@ RowPages::RowPages(CudaContext& ctx, std::size_t row_bytes, std::size_t max_page
 RowPages::~RowPages() {
     for (std::size_t p = 0; p < pages_.size(); ++p) {
         cudaFree(const_cast<void*>(pages_[p].rows));
-        ctx_.uncharge(page_bytes(p));
+        ctx_.uncharge(bytes_for(held_[p]));
     }
 }
 
-std::size_t RowPages::page_bytes(std::size_t p) const {
-    return map_.rows(p) * (row_bytes_ + sizeof(float) + sizeof(std::uint32_t));
+std::size_t RowPages::bytes_for(std::size_t rows) const {
+    return rows * (row_bytes_ + sizeof(float) + sizeof(std::uint32_t));
 }
 
 unsigned char* RowPages::row(std::size_t slot) const {
@@ -67,37 +67,77 @@ std::uint32_t* RowPages::ordinal(std::size_t slot) const {
 void RowPages::grow(std::size_t rows, cudaStream_t stream) {
     if (rows <= capacity_) return;
     const std::size_t need = map_.pages_for(rows);
-    std::vector<k::PageRef> next = pages_;
+    // A last page held in part (see below) is replaced first, then new pages follow.
+    const std::size_t first = !pages_.empty() && held_.back() < map_.rows(pages_.size() - 1) ? pages_.size() - 1
+                                                                                             : pages_.size();
+    std::vector<k::PageRef> next(pages_.begin(), pages_.begin() + static_cast<std::ptrdiff_t>(first));
+    std::vector<std::size_t> next_held(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(first));
     next.reserve(need);
+    next_held.reserve(need);
     std::size_t charged = 0;
-    // Undoes this call's pages when a later step fails; the store keeps what it had.
+    // Undoes this call's allocations when a later step fails; the store keeps what it had.
     auto undo = [&] {
-        for (std::size_t p = pages_.size(); p < next.size(); ++p) cudaFree(const_cast<void*>(next[p].rows));
+        for (std::size_t p = first; p < next.size(); ++p) cudaFree(const_cast<void*>(next[p].rows));
         ctx_.uncharge(charged);
         cudaGetLastError();
     };
-    try {
-        for (std::size_t p = pages_.size(); p < need; ++p) {
-            const std::size_t bytes = page_bytes(p);
-            ctx_.charge(bytes, "rows");
-            charged += bytes;
-            void* mem = nullptr;
-            cudaError_t e = cudaMalloc(&mem, bytes);
+    // A page of `n` rows, or nullptr when neither the cap nor the device has room for it.
+    auto try_page = [&](std::size_t n) -> void* {
+        const std::size_t bytes = bytes_for(n);
+        if (!ctx_.try_charge(bytes)) return nullptr;
+        void* mem = nullptr;
+        cudaError_t e = cudaMalloc(&mem, bytes);
+        if (e == cudaErrorMemoryAllocation) {
+            cudaGetLastError();
+            ctx_.trim_pool();  // the scratch pool's cache is the first thing to give back
+            e = cudaMalloc(&mem, bytes);
+        }
+        if (e != cudaSuccess) {
+            ctx_.uncharge(bytes);
             if (e == cudaErrorMemoryAllocation) {
                 cudaGetLastError();
-                ctx_.trim_pool();  // the scratch pool's cache is the first thing to give back
-                e = cudaMalloc(&mem, bytes);
+                return nullptr;
             }
-            if (e == cudaErrorMemoryAllocation)
+            throw_cuda(e, "cudaMalloc");
+        }
+        charged += bytes;
+        return mem;
+    };
+    try {
+        for (std::size_t p = first; p < need; ++p) {
+            // A whole page; else, for the last one, only the rows asked for (a multiple of
+            // 64): so a store can fill the cap or the device to the row. Growing into the
+            // rest of such a page later moves its rows once, to a whole page.
+            std::size_t n = map_.rows(p);
+            void* mem = try_page(n);
+            if (mem == nullptr && p + 1 == need) {
+                n = std::min(n, (rows - map_.start(p) + 63) / 64 * 64);
+                if (p < held_.size()) n = std::max(n, held_[p]);
+                if (n < map_.rows(p)) mem = try_page(n);
+            }
+            if (mem == nullptr)
                 throw OutOfMemoryError(HIVE_GPU_BACKEND_NAME ": cannot hold " + std::to_string(rows) +
-                                       " rows on the device: no room for a page of " + std::to_string(bytes >> 20) +
-                                       " MiB after " + std::to_string((bytes_ + charged - bytes) >> 20) +
-                                       " MiB of rows");
-            check(e, "cudaMalloc");
-            const std::size_t n = map_.rows(p);
+                                       " rows on the device (" + std::to_string((bytes_ + charged) >> 20) +
+                                       " MiB of rows held or just allocated" +
+                                       (ctx_.max_bytes() != 0 ? ", the context's cap is " +
+                                                                    std::to_string(ctx_.max_bytes()) + " bytes"
+                                                              : std::string()) +
+                                       ")");
             auto* base = static_cast<unsigned char*>(mem);
             auto* factors = reinterpret_cast<float*>(base + n * row_bytes_);
             next.push_back(k::PageRef{mem, factors, reinterpret_cast<std::uint32_t*>(factors + n)});
+            next_held.push_back(n);
+            if (p < pages_.size()) {  // the partial page being replaced: its rows move over
+                const std::size_t old = held_[p];
+                check(cudaMemcpyAsync(mem, pages_[p].rows, old * row_bytes_, cudaMemcpyDeviceToDevice, stream),
+                      "cudaMemcpyAsync");
+                check(cudaMemcpyAsync(next[p].factors, pages_[p].factors, old * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, stream),
+                      "cudaMemcpyAsync");
+                check(cudaMemcpyAsync(next[p].ordinals, pages_[p].ordinals, old * sizeof(std::uint32_t),
+                                      cudaMemcpyDeviceToDevice, stream),
+                      "cudaMemcpyAsync");
+            }
         }
         DevicePtr bigger;
         std::size_t slots = table_slots_;
@@ -117,9 +157,15 @@ void RowPages::grow(std::size_t rows, cudaStream_t stream) {
         undo();
         throw;
     }
+    if (first < pages_.size()) {  // the replaced partial page
+        cudaFree(const_cast<void*>(pages_[first].rows));
+        ctx_.uncharge(bytes_for(held_[first]));
+        bytes_ -= bytes_for(held_[first]);
+    }
     pages_ = std::move(next);
+    held_ = std::move(next_held);
     bytes_ += charged;
-    capacity_ = map_.start(pages_.size());
+    capacity_ = map_.start(pages_.size() - 1) + held_.back();
 }
 
 void RowPages::shrink(std::size_t rows, cudaStream_t stream) {
@@ -131,11 +177,12 @@ void RowPages::free_from(std::size_t keep, cudaStream_t stream) {
     check(cudaStreamSynchronize(stream), "freeing pages");
     for (std::size_t p = keep; p < pages_.size(); ++p) {
         cudaFree(const_cast<void*>(pages_[p].rows));
-        ctx_.uncharge(page_bytes(p));
-        bytes_ -= page_bytes(p);
+        ctx_.uncharge(bytes_for(held_[p]));
+        bytes_ -= bytes_for(held_[p]);
     }
     pages_.resize(keep);
-    capacity_ = map_.start(keep);
+    held_.resize(keep);
+    capacity_ = keep == 0 ? 0 : map_.start(keep - 1) + held_.back();
     if (keep == 0) {  // an emptied store gives its table back too
         table_.reset();
         table_slots_ = 0;

@@ -1,7 +1,9 @@
 // The device row buffer of one store: fixed pages that are never moved (kernels/pages.cuh
 // gives their sizes), each holding its rows followed by their factors and ordinals, and the
 // page table the kernels read. Growing adds pages, so it never copies a row and never needs
-// more memory than the new pages; shrinking gives whole pages back.
+// more memory than the new pages; shrinking gives whole pages back. Only where the cap or the
+// device has no room for a whole last page is it allocated in part, to the rows asked for;
+// growing into the rest of it later moves that one page's rows (never more).
 #pragma once
 
 #include "kernels/compat.cuh"
@@ -37,6 +39,7 @@ class RowPages {
     // Pages until `rows` fit. All or nothing: on failure (the context's cap, or no device
     // memory after the pool gave its cache back) the new pages go and OutOfMemoryError says
     // so. `stream` is the store's write stream, synchronized before the table changes.
+    // Pages are whole, but for a last page that only fits in part.
     void grow(std::size_t rows, cudaStream_t stream);
     // Gives back every page past the one holding row `rows` - 1, keeping one empty page as
     // slack so that a remove and an add at a page boundary do not free and allocate each
@@ -62,7 +65,7 @@ class RowPages {
     }
 
    private:
-    std::size_t page_bytes(std::size_t p) const;
+    std::size_t bytes_for(std::size_t rows) const;  // a page of `rows` rows with their row data
     // Frees pages [keep, page_count()) and uploads the table for what is left.
     void free_from(std::size_t keep, cudaStream_t stream);
 
@@ -70,6 +73,7 @@ class RowPages {
     std::size_t row_bytes_;
     kernels::PageMap map_;
     std::vector<kernels::PageRef> pages_;
+    std::vector<std::size_t> held_;  // rows each page holds: all of map_.rows(p), or fewer for a last page
     std::size_t capacity_ = 0;
     std::size_t bytes_ = 0;
     DevicePtr table_;           // device copy of pages_

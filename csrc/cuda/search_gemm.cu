@@ -1,6 +1,6 @@
-// Batches: cuBLAS GEMM tiles, each inside one page, with device top-k selection on a second
-// stream; the TF32 screen with its exact float32 re-rank (kernels/rerank.cuh); the skinny
-// product for a few queries; the full sort for k beyond shared memory.
+// Batches: cuBLAS GEMM tiles (a tile may span pages: one GEMM per page part) with device
+// top-k selection on a second stream; the TF32 or 16-bit screen with its exact float32 re-rank
+// (kernels/rerank.cuh); the skinny product for a few queries; the full sort for k beyond shared memory.
 #include "cuda/cuda_engine.hpp"
 
 #include <algorithm>
@@ -48,16 +48,17 @@ void CudaEngine::set_math(Lane& lane, bool tf32) const {
 }
 
 void CudaEngine::gemm_scores(Lane& lane, const void* rows, const float* dq, std::size_t nq, std::size_t cols,
-                             float* out, bool screen, const ScreenQueries& sq) const {
-    // Column-major view: out (cols x nq, ld cols) = rows^T (cols x dim) * Q (dim x nq).
+                             float* out, std::size_t ldc, bool screen, const ScreenQueries& sq) const {
+    // Column-major view: out (cols x nq, ld ldc) = rows^T (cols x dim) * Q (dim x nq).
     if (dtype_ == Dtype::Float32) {
         set_math(lane, screen);
-        sgemm(lane, static_cast<const float*>(rows), dq, nq, cols, dim_, ld_, out, cols);
+        sgemm(lane, static_cast<const float*>(rows), dq, nq, cols, dim_, ld_, out, ldc);
         return;
     }
     if (screen) {
         // The stored 16-bit rows as they are, against the rounded, scaled queries.
 #if defined(HIVE_GPU_HIP)
+        (void)sq;  // tensor_cores_ is false on HIP: no screen is planned
         throw BackendError(HIVE_GPU_BACKEND_NAME ": no 16-bit tensor-core screen in this build");
 #else
         lane.ensure_blas();
@@ -66,7 +67,7 @@ void CudaEngine::gemm_scores(Lane& lane, const void* rows, const float* dq, std:
         cublasStatus_t st = cublasGemmEx(lane.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols),
                                          static_cast<int>(nq), static_cast<int>(dim_), &one, rows, t,
                                          static_cast<int>(ld_), sq.queries, t, static_cast<int>(ld_), &zero, out,
-                                         CUDA_R_32F, static_cast<int>(cols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                                         CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS)
             throw BackendError(HIVE_GPU_BACKEND_NAME ": cublasGemmEx failed with status " +
                                std::to_string(static_cast<int>(st)));
@@ -87,7 +88,7 @@ void CudaEngine::gemm_scores(Lane& lane, const void* rows, const float* dq, std:
                     bits + c * ld_, w * ld_, wide.as<float>());
         });
         check_launch("widen_rows_kernel");
-        sgemm(lane, wide.as<float>(), dq, nq, w, dim_, ld_, out + c, cols);
+        sgemm(lane, wide.as<float>(), dq, nq, w, dim_, ld_, out + c, ldc);
     }
 }
 
@@ -218,21 +219,20 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                               std::size_t kk, bool screen, const ScreenQueries& sq, std::uint64_t* rkeys,
                               std::uint32_t* rvals) const {
     // GEMM tiles on lane.stream, selection on lane.aux: the selection of tile t runs while
-    // tile t + 1 is multiplied. Two score buffers bound the scratch. A tile never crosses a
-    // page. The running top kk (sorted keys) ends in rkeys/rvals, ordered before later work
-    // on lane.stream.
+    // tile t + 1 is multiplied. Two score buffers bound the scratch. A tile may span pages:
+    // each page's part is multiplied into its columns of the tile, and one selection reads
+    // the whole tile. The running top kk (sorted keys) ends in rkeys/rvals, ordered before
+    // later work on lane.stream.
     cudaStream_t s = lane.stream, a = lane.aux;
     const auto& p = ctx_->props();
     const std::size_t n = v.n;
     std::size_t tile = std::min(n, std::max<std::size_t>(1024, kTileBudgetFloats / 2 / nq));
     if (tile < n) tile = std::max<std::size_t>(256, tile / 256 * 256);
-    // Within a page; cuBLAS takes int sizes.
-    tile = std::min<std::size_t>({tile, std::size_t{1} << v.rows.map.max_shift, std::size_t{1} << 30});
-    std::size_t tiles = 0;
-    v.for_each_page([&](std::size_t, std::size_t count, const k::PageRef&) { tiles += ceil_div(count, tile); });
+    tile = std::min<std::size_t>(tile, static_cast<std::size_t>(1) << 30);  // cuBLAS takes int sizes
     const std::size_t want_blocks = static_cast<std::size_t>(p.multiProcessorCount) * 2;
     std::size_t splits = nq >= want_blocks ? 1 : std::min(ceil_div(want_blocks, nq), std::max<std::size_t>(1, tile / 8192));
     splits = std::max<std::size_t>(1, splits);
+    const std::size_t tiles = ceil_div(n, tile);
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
     const bool thin = !screen && skinny(nq);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
@@ -254,53 +254,47 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
         auto merge = k::merge_lists_kernel<kHigher>;
         allow_shared(select, shared);
         allow_shared(merge, shared);
-        std::size_t t = 0;
-        v.for_each_page([&](std::size_t s0, std::size_t count, const k::PageRef& page) {
-            const auto* page_rows = static_cast<const unsigned char*>(page.rows);
-            for (std::size_t off = 0; off < count; off += tile, ++t) {
-                const std::size_t c0 = s0 + off;  // the tile's first slot
-                const std::size_t cols = std::min(tile, count - off);
-                const bool first = t == 0;
-                const int b = static_cast<int>(t % 2);
-                float* buf = tile_buf[b];
-                if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
-                const void* tile_rows = page_rows + off * row_bytes_;
+        for (std::size_t t = 0; t < tiles; ++t) {
+            const std::size_t c0 = t * tile;
+            const std::size_t cols = std::min(tile, n - c0);
+            const bool first = t == 0;
+            const int b = static_cast<int>(t % 2);
+            float* buf = tile_buf[b];
+            if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
+            v.for_each_run(c0, cols, [&](std::size_t s0, std::size_t count, const k::PageRef& page, std::size_t row) {
+                const void* rows = static_cast<const unsigned char*>(page.rows) + row * row_bytes_;
+                float* out = buf + (s0 - c0);
                 if (thin)
-                    skinny_scores(lane, static_cast<const float*>(tile_rows), dq, nq, cols, buf);
+                    skinny_scores(lane, static_cast<const float*>(rows), dq, nq, count, out, cols);
                 else
-                    gemm_scores(lane, tile_rows, dq, nq, cols, buf, screen, sq);
-                check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
-                check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
-                const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
-                const float* factors = page.factors + off;
-                const std::uint32_t* ordinals = page.ordinals + off;
-                if (splits == 1) {
-                    select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors, ordinals, v.mask, qf,
-                                                                 sq.inv_scale, static_cast<int>(kk), cap,
-                                                                 first ? nullptr : rkeys,
-                                                                 rvals, rkeys, rvals);
-                    check_launch("select_tile_kernel");
-                } else {
-                    select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, factors, ordinals, v.mask, qf,
-                                                                 sq.inv_scale, static_cast<int>(kk), cap, nullptr,
-                                                                 nullptr, ckeys,
-                                                                 cvals);
-                    check_launch("select_tile_kernel");
-                    merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
-                        ckeys, cvals, splits * kk, static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals, rkeys,
-                        rvals, nullptr, nullptr);
-                    check_launch("merge_lists_kernel");
-                }
-                check(cudaEventRecord(lane.tile_free[b], a), "cudaEventRecord");
+                    gemm_scores(lane, rows, dq, nq, count, out, cols, screen, sq);
+            });
+            check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
+            check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
+            const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
+            if (splits == 1) {
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, v.rows, v.mask, qf, sq.inv_scale,
+                                                             static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals,
+                                                             rkeys, rvals);
+                check_launch("select_tile_kernel");
+            } else {
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, v.rows, v.mask, qf, sq.inv_scale,
+                                                             static_cast<int>(kk), cap, nullptr, nullptr, ckeys, cvals);
+                check_launch("select_tile_kernel");
+                merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
+                    ckeys, cvals, splits * kk, static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals, rkeys, rvals,
+                    nullptr, nullptr);
+                check_launch("merge_lists_kernel");
             }
-        });
+            check(cudaEventRecord(lane.tile_free[b], a), "cudaEventRecord");
+        }
     });
     check(cudaEventRecord(lane.selected, a), "cudaEventRecord");
     check(cudaStreamWaitEvent(s, lane.selected, 0), "cudaStreamWaitEvent");
 }
 
 void CudaEngine::skinny_scores(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols,
-                               float* out) const {
+                               float* out, std::size_t ld_out) const {
     const std::size_t ld4 = ld_ / 4;
     auto launch = [&](auto qn) {
         constexpr int Q = decltype(qn)::value;
@@ -316,7 +310,7 @@ void CudaEngine::skinny_scores(Lane& lane, const float* rows, const float* dq, s
                 std::max<std::size_t>(1, ceil_div(cols, 2 * (k::kSkinnyBlock / k::warp_size(ctx_->props())))));
             kernel<<<static_cast<unsigned>(blocks), k::kSkinnyBlock, shared, lane.stream>>>(
                 reinterpret_cast<const float4*>(rows), ld4, cols, reinterpret_cast<const float4*>(dq),
-                static_cast<int>(nq), out, cols);
+                static_cast<int>(nq), out, ld_out);
             check_launch("skinny_dots_kernel");
         });
     };
@@ -344,7 +338,8 @@ void CudaEngine::search_sorted(Lane& lane, const RowView& v, const float* dq, co
         constexpr int M = decltype(m)::value;
         for (std::size_t q = 0; q < nq; ++q) {
             v.for_each_page([&](std::size_t s0, std::size_t count, const k::PageRef& page) {
-                gemm_scores(lane, page.rows, dq + q * ld_, 1, count, dots.as<float>() + s0, false, ScreenQueries{});
+                gemm_scores(lane, page.rows, dq + q * ld_, 1, count, dots.as<float>() + s0, count, false,
+                            ScreenQueries{});
                 k::keys_from_scores_kernel<M><<<grid_for(count, 256, ctx_->props()), 256, 0, s>>>(
                     dots.as<float>() + s0, count, s0, page.factors, page.ordinals, v.mask, qf + q, k_in + s0,
                     v_in + s0);

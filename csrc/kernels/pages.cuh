@@ -87,6 +87,6 @@ struct PagedRows {
 };
 
 // Writes one page-table entry (a compact copy searched like a one-page store).
-static __global__ void store_page_kernel(PageRef* dst, PageRef value) { *dst = value; }
+[[maybe_unused]] static __global__ void store_page_kernel(PageRef* dst, PageRef value) { *dst = value; }
 
 }  // namespace hive_gpu::kernels

@@ -47,7 +47,7 @@ inline ScreenBound screen_bound(std::size_t dim, int dtype = kF32) {
 
 // *out = the largest of factor[0, n) as float bits (the factors are >= 0, so their bits
 // order as they do); *out must start at 0.
-static __global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t n, unsigned int* out) {
+[[maybe_unused]] static __global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t n, unsigned int* out) {
     float m = 0.0f;
     for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<std::size_t>(gridDim.x) * blockDim.x)

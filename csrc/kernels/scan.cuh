@@ -348,17 +348,16 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
     }
 }
 
-// Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols, the
-// tile lying in one page whose factors and ordinals from the tile's first row on are
-// row_factor and ordinals. Block (q, s) takes the s-th of gridDim.y column ranges and writes
-// its k best keys to out[(q * gridDim.y + s) * k]; with one range it starts from seed (the
-// running top-k). Rows a mask drops are never candidates. acc_scale (or nullptr): a factor
+// Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols (the
+// tile may span pages; rows' factors and ordinals come through the page table). Block (q, s)
+// takes the s-th of gridDim.y column ranges and writes its k best keys to
+// out[(q * gridDim.y + s) * k]; with one range it starts from seed (the running top-k). Rows
+// a mask drops are never candidates. acc_scale (or nullptr): a factor
 // per query applied to its sums first (the 16-bit screen's scaled queries).
 template <int kMetric>
 __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float* __restrict__ scores, std::size_t ld_scores, std::size_t cols, std::size_t col0,
-    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
-    const std::uint64_t* __restrict__ mask,
+    PagedRows rows, const std::uint64_t* __restrict__ mask,
     const float* __restrict__ query_factor, const float* __restrict__ acc_scale, int k, int cap,
     const std::uint64_t* seed_keys,
     const std::uint32_t* seed_vals, std::uint64_t* out_keys, std::uint32_t* out_vals) {
@@ -377,6 +376,8 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr);
     const float qf = query_factor[q];
     const float scale = acc_scale != nullptr ? acc_scale[q] : 1.0f;  // a power of two: exact
+    const int base_shift = rows.map.base_shift, max_shift = rows.map.max_shift;
+    const PageRef* pages = rows.pages;
     const float* s_row = scores + q * ld_scores;
     const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
     // The loads of round r + 1 are issued before round r is ranked, so a memory latency is
@@ -387,7 +388,12 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
         for (int j = 0; j < kSelectItems; ++j) {
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
             acc[j] = c < end ? s_row[c] : 0.0f;
-            rf[j] = c < end ? row_factor[c] : 0.0f;
+            float f = 0.0f;
+            if (c < end) {
+                const PagePlace at = place(base_shift, max_shift, col0 + c);
+                f = pages[at.page].factors[at.row];
+            }
+            rf[j] = f;
         }
     };
     load(begin, next_acc, next_rf);
@@ -405,7 +411,8 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
             if (c < end && slot_passes(mask, col0 + c)) {
                 const std::size_t row = col0 + c;
                 const float s = finish_score<kMetric, true>(acc[j] * scale, rf[j], qf);
-                top.push(make_key<kHigher>(s, ordinals[c]), static_cast<std::uint32_t>(row));
+                const PagePlace at = place(base_shift, max_shift, row);
+                top.push(make_key<kHigher>(s, pages[at.page].ordinals[at.row]), static_cast<std::uint32_t>(row));
             }
         }
         top.end_round(kSelectItems);
@@ -418,7 +425,7 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
 // Sparse filtered batches: the n listed rows (with their factors and ordinals) copied into
 // a compact matrix that the batch paths then search like a store of n rows. A warp per row,
 // so each row is read in whole, coalesced.
-static __global__ void gather_rows_kernel(PagedRows rows, const std::uint32_t* __restrict__ list, std::size_t n,
+[[maybe_unused]] static __global__ void gather_rows_kernel(PagedRows rows, const std::uint32_t* __restrict__ list, std::size_t n,
                                           float4* __restrict__ out_rows, float* __restrict__ out_factor,
                                           std::uint32_t* __restrict__ out_ordinals) {
     const std::size_t warps = (static_cast<std::size_t>(gridDim.x) * blockDim.x) / kWarpSize;
