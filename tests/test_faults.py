@@ -166,7 +166,8 @@ def test_add_beyond_pool_cap_raises_oom_and_keeps_data(ctx, rng):
     ids = make_ids(1000)
     s.add_vectors(ids, X)
     st = ctx.pool_stats()
-    used = st.reserved_bytes + st.rows_bytes  # the cap covers the rows too
+    # The cap covers the rows and the pool memory in use (cached free memory is not in use).
+    used = st.used_bytes + st.rows_bytes
     ctx.configure_pool(max_bytes=used + (1 << 20))
     try:
         if ctx.pool_stats().max_bytes != used + (1 << 20):

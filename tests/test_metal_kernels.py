@@ -8,7 +8,9 @@ Shapes cover one row, dimensions that are odd or not multiples of 4/32, row coun
 threadgroup size (256) and the sorted segment (2048), k = 1, k = n, several merge levels with an
 odd number of lists, query chunking, both scoring paths (direct kernel and the MPS product path,
 whose product is a float32 loop here), exact ties ranked by ordinal, cosine zero vectors and
-vectors whose squared norm is below FLT_MIN (zero for cosine).
+vectors whose squared norm is below FLT_MIN (zero for cosine). Every row dtype (float32, float16,
+bfloat16) is checked against the oracle on the rounded rows, and stores of several pages (the
+engine's page layout, with page starts not aligned to 32 or 64 rows) against one page.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def sim(tmp_path_factory) -> Path:
     # get outside macOS, and a silent skip would look like a pass.
     assert cxx is not None, "tests/test_metal_kernels.py needs a C++17 compiler (c++, g++ or clang++; or set CXX)"
     exe = tmp_path_factory.mktemp("metal_sim") / "metal_sim"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'csrc'}", f"-I{SIM}",
+    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{SIM}",
            str(SIM / "harness.cpp"), str(SIM / "grid_sim.cpp"), "-o", str(exe)]
     if sys.platform == "darwin":
         cmd[1:1] = ["-D_XOPEN_SOURCE=600", "-Wno-deprecated-declarations"]  # ucontext on macOS
@@ -58,22 +60,47 @@ def sim(tmp_path_factory) -> Path:
 
 
 SELECTIONS = {"mask": 1, "list": 2}
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+# 16-bit rows always take the direct path (the MPS product is float32 only), so their
+# "product" runs would repeat the direct ones; the plan's fallback is checked in its own test.
+DTYPE_PATHS = [("float32", "direct"), ("float32", "product"), ("float16", "direct"), ("bfloat16", "direct")]
 
 
-def run_sim(exe: Path, tmp: Path, X, ordinals, Q, k, metric, path="direct", budget=0, passing=None, sel="mask"):
-    """(scores[nq, k] in engine units, slots[nq, k]) from the simulated GPU search; with
-    `passing` (ascending rows), a filtered search through the mask or the list selection."""
+def bf16_bits(X) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, rounded to nearest even (finite inputs)."""
+    u = np.ascontiguousarray(X, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def stored(X, dtype: str):
+    """(the rows as the engine stores them, those values widened to float32)."""
     X = np.ascontiguousarray(X, np.float32)
+    if dtype == "float16":
+        h = X.astype(np.float16)
+        return h, h.astype(np.float32)
+    if dtype == "bfloat16":
+        b = bf16_bits(X)
+        return b, (b.astype(np.uint32) << 16).view(np.float32)
+    return X, X
+
+
+def run_sim(exe: Path, tmp: Path, X, ordinals, Q, k, metric, path="direct", budget=0, passing=None, sel="mask",
+            dtype="float32", pages=(0, 0)):
+    """(scores[nq, k] in engine units, slots[nq, k]) from the simulated GPU search over X
+    stored in `dtype` (rounded here); with `passing` (ascending rows), a filtered search
+    through the mask or the list selection. pages = (first page rows, rows per page), or
+    (0, 0) for one page."""
+    rows, _ = stored(X, dtype)
     Q = np.ascontiguousarray(np.atleast_2d(Q), np.float32)
-    n, d = X.shape
+    n, d = rows.shape
     nq = len(Q)
     src, dst = tmp / "in.bin", tmp / "out.bin"
     mode = 0 if passing is None else SELECTIONS[sel]
-    header = np.array([n, d, nq, k, METRIC_ID[metric], PATHS[path], budget, mode], np.uint64)
+    header = np.array([n, d, nq, k, METRIC_ID[metric], PATHS[path], budget, mode, DTYPES[dtype], *pages], np.uint64)
     tail = b""
     if passing is not None:
         tail = np.array([len(passing)], np.uint64).tobytes() + np.asarray(passing, np.uint32).tobytes()
-    src.write_bytes(header.tobytes() + X.tobytes() + np.asarray(ordinals, np.uint32).tobytes() + Q.tobytes() + tail)
+    src.write_bytes(header.tobytes() + rows.tobytes() + np.asarray(ordinals, np.uint32).tobytes() + Q.tobytes() + tail)
     done = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     raw = dst.read_bytes()
@@ -114,19 +141,129 @@ def check_key_order(scores, slots, ordinals, metric):
 SHAPES = [(1, 1), (2, 3), (255, 17), (256, 5), (257, 33), (2047, 7), (2048, 1), (2049, 13), (5003, 31), (300, 768)]
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype,path", DTYPE_PATHS, ids=lambda v: v)
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 @pytest.mark.parametrize("n,d", SHAPES)
-def test_kernels_match_float64_reference(sim, tmp_path, n, d, metric, path):
+def test_kernels_match_float64_reference(sim, tmp_path, n, d, metric, path, dtype):
     rng = np.random.default_rng(n * 1009 + d)
     X = rng.standard_normal((n, d)).astype(np.float32)
     # Ordinals unrelated to slots and spread over 32 bits, as after swap-removes.
     ordinals = rng.choice(2**32 - 1, size=n, replace=False).astype(np.uint32)
     Q = rng.standard_normal((3, d)).astype(np.float32)
+    _, X_stored = stored(X, dtype)
     for k in sorted({1, min(10, n), n}):
-        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path)
-        check_against_reference(X, ordinals, Q, k, metric, scores, slots)
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, dtype=dtype)
+        check_against_reference(X_stored, ordinals, Q, k, metric, scores, slots)
         check_key_order(scores, slots, ordinals, metric)
+
+
+# (first page rows, rows per page): pages double from the first size to the full one, page
+# starts fall off 32- and 64-row boundaries (7, 21, 49, ...), and full pages follow.
+PAGE_LAYOUTS = [(7, 40), (1, 1), (100, 256), (1024, 2048)]
+
+
+@pytest.mark.parametrize("dtype,path", DTYPE_PATHS, ids=lambda v: v)
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+@pytest.mark.parametrize("pages", PAGE_LAYOUTS, ids=lambda p: f"{p[0]}-{p[1]}")
+def test_pages_match_one_page_and_the_reference(sim, tmp_path, pages, metric, path, dtype):
+    # Every page is searched by its own plan and the host keeps each query's k best of all
+    # pages' lists: the answer equals the one-page search bit for bit, ties by ordinal.
+    n = 40 if pages == (1, 1) else 5003 if pages[1] == 2048 else 500
+    rng = np.random.default_rng(n + pages[0])
+    d = 11
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    X[3::17] = X[2]  # exact ties across pages
+    ordinals = rng.choice(2**32 - 1, size=n, replace=False).astype(np.uint32)
+    Q = rng.standard_normal((4, d)).astype(np.float32)
+    _, X_stored = stored(X, dtype)
+    for k in sorted({1, 9, n}):
+        one = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, dtype=dtype)
+        paged = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, dtype=dtype, pages=pages)
+        np.testing.assert_array_equal(paged[1], one[1])
+        np.testing.assert_array_equal(paged[0], one[0])
+        check_against_reference(X_stored, ordinals, Q, k, metric, *paged)
+        check_key_order(*paged, ordinals, metric)
+        if k == 9:
+            # Query tiles over pages: one query per tile.
+            tiled = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, budget=1, dtype=dtype, pages=pages)
+            np.testing.assert_array_equal(tiled[1], one[1])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+def test_16bit_rows_at_the_ends_of_their_range(sim, tmp_path, metric, dtype):
+    # float16: values near its largest finite value, its smallest normal and subnormals;
+    # bfloat16: a wide exponent range. Both: values halfway between two neighbours, which
+    # round to the even one. Widened exactly and scored in float32. (Squared norms stay above
+    # FLT_MIN and float32 sums stay finite, so the oracle needs no special case.)
+    rng = np.random.default_rng(77)
+    n, d = 400, 6
+    if dtype == "float16":
+        scale = rng.choice([6.0e4, 1.0, 6.1e-5, 3.0e-7], size=(n, 1))
+    else:
+        scale = rng.choice([1.0e15, 1.0, 1.0e-15], size=(n, 1))
+    X = (rng.uniform(-1, 1, (n, d)) * scale).astype(np.float32)
+    X[:5] = np.float32(1.0 + 2.0**-11 if dtype == "float16" else 1.0 + 2.0**-8)  # exact halfway: rounds to 1
+    Q = rng.standard_normal((3, d)).astype(np.float32)
+    ordinals = rng.permutation(n).astype(np.uint32)
+    _, X_stored = stored(X, dtype)
+    assert (X_stored[:5] == 1.0).all()
+    for k in (1, 50, n):
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, dtype=dtype, pages=(16, 128))
+        check_against_reference(X_stored, ordinals, Q, k, metric, scores, slots)
+        check_key_order(scores, slots, ordinals, metric)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16bit_rows_skip_the_float32_product(sim, tmp_path, dtype):
+    # A batch that takes the MPS product for float32 rows is scored by score_rows for 16-bit
+    # rows, with the same results as a direct search.
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((600, 9)).astype(np.float32)
+    ordinals = rng.permutation(600).astype(np.uint32)
+    Q = rng.standard_normal((9, 9)).astype(np.float32)
+    for metric in METRICS:
+        direct = run_sim(sim, tmp_path, X, ordinals, Q, 20, metric, "direct", dtype=dtype)
+        product = run_sim(sim, tmp_path, X, ordinals, Q, 20, metric, "product", dtype=dtype)
+        np.testing.assert_array_equal(product[0], direct[0])
+        np.testing.assert_array_equal(product[1], direct[1])
+
+
+@pytest.mark.parametrize("first,full,n", [(1024, 699050, 1_800_000), (7, 40, 500), (1, 1, 5), (5, 5, 23), (3, 1000, 1)])
+def test_page_layout(sim, first, full, n):
+    # Pages double from `first` rows to `full` rows and stay there; they tile the slots with
+    # no gap, and page_of (which the engine addresses every row with) agrees with them.
+    out = subprocess.run([str(sim), "--pages", str(first), str(full), str(n)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    pages = int(lines[0])
+    table = np.array(lines[1 : 1 + 2 * pages], np.int64).reshape(pages, 2)
+    page_of = np.array(lines[1 + 2 * pages :], np.int64)
+    starts, caps = table[:, 0], table[:, 1]
+    want_caps = []
+    while sum(want_caps) < n:
+        want_caps.append(min(first << len(want_caps), full))
+    np.testing.assert_array_equal(caps, want_caps)
+    np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(caps)[:-1]]))
+    np.testing.assert_array_equal(page_of, np.repeat(np.arange(pages), caps)[:n])
+
+
+def test_bf16_rounding_helper_is_nearest_even():
+    # The test's own bfloat16 rounding, checked against the definition: the nearer of the two
+    # neighbouring bfloat16 values, the even one on a tie.
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal(20000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 20000),
+                        np.array([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(1.0 + 2.0**-8), 0.0, -0.0], np.float32)])
+    x = x.astype(np.float32)
+    got = bf16_bits(x)
+    lo = (x.view(np.uint32) >> 16).astype(np.uint16)
+    hi = lo + np.uint16(1)
+    val = lambda b: (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    dlo, dhi = np.abs(x - val(lo)), np.abs(val(hi) - x)
+    want = np.where(dlo < dhi, lo, np.where(dhi < dlo, hi, np.where(lo % 2 == 0, lo, hi)))
+    np.testing.assert_array_equal(got, want)
+    assert bf16_bits(np.float32([1.0 + 2.0**-8]))[0] == 0x3F80
+    assert bf16_bits(np.float32([1.0 + 3 * 2.0**-8]))[0] == 0x3F82
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
@@ -158,11 +295,11 @@ def test_query_chunks_give_the_same_results(sim, tmp_path, metric, path):
     check_against_reference(X, ordinals, Q, 25, metric, *whole)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype,path", DTYPE_PATHS, ids=lambda v: v)
 @pytest.mark.parametrize("metric", [GpuDistanceMetric.DOT_PRODUCT, GpuDistanceMetric.EUCLIDEAN], ids=lambda m: m.value)
-def test_exact_ties_rank_by_ordinal(sim, tmp_path, metric, path):
-    # Small integers: float32 arithmetic is exact, so the expected ranking is exact too, and
-    # many rows share each score across segments and merge levels.
+def test_exact_ties_rank_by_ordinal(sim, tmp_path, metric, path, dtype):
+    # Small integers: exact in every dtype and in float32 arithmetic, so the expected ranking
+    # is exact too, and many rows share each score across segments, merge levels and pages.
     rng = np.random.default_rng(21)
     n, d = 4500, 6
     X = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
@@ -171,7 +308,7 @@ def test_exact_ties_rank_by_ordinal(sim, tmp_path, metric, path):
     Q[0] = 0  # every row ties for this query (dot) or ties by norm (Euclidean)
     X64, Q64 = X.astype(np.float64), Q.astype(np.float64)
     for k in (1, 100, n):
-        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path)
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, dtype=dtype, pages=(100, 1000))
         for q in range(len(Q)):
             if metric is GpuDistanceMetric.EUCLIDEAN:
                 key = ((X64 - Q64[q]) ** 2).sum(1)
@@ -242,25 +379,49 @@ def test_cosine_tiny_norms_count_as_zero(sim, tmp_path, path):
     np.testing.assert_array_equal(slots[1], np.arange(6))
 
 
+@pytest.mark.parametrize("pages", [(0, 0), (13, 400)], ids=["one_page", "pages"])
 @pytest.mark.parametrize("sel", list(SELECTIONS))
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
-@pytest.mark.parametrize("n,d,share", [(1, 3, 1.0), (300, 17, 0.5), (2049, 13, 0.02), (5003, 7, 0.3), (700, 5, 1.0)])
-def test_filtered_selection_matches_reference(sim, tmp_path, n, d, share, metric, path, sel):
-    # Only passing rows may appear; the answer is the exact top k among them. The mask is
-    # re-based from an unaligned chunk start, as the engine does for every chunk.
+@pytest.mark.parametrize("n,d,share,dtype", [(1, 3, 1.0, "float32"), (300, 17, 0.5, "float16"), (2049, 13, 0.02, "bfloat16"),
+                                             (5003, 7, 0.3, "float32"), (700, 5, 1.0, "float16")])
+def test_filtered_selection_matches_reference(sim, tmp_path, n, d, share, dtype, metric, path, sel, pages):
+    # Only passing rows may appear; the answer is the exact top k among them. With pages, the
+    # mask is re-based at every page's start (13, 39, 91, ...: not word-aligned) and the list
+    # is split by page, as the engine does; pages with no passing row are skipped.
     rng = np.random.default_rng(n * 31 + d)
     X = rng.standard_normal((n, d)).astype(np.float32)
     X[1::5] = X[0]  # exact ties
     ordinals = rng.choice(2**32 - 1, size=n, replace=False).astype(np.uint32)
     passing = np.sort(rng.choice(n, size=max(1, int(share * n)), replace=False))
     Q = rng.standard_normal((3, d)).astype(np.float32)
+    _, X_stored = stored(X, dtype)
     for k in sorted({1, min(7, len(passing)), len(passing)}):
-        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, passing=passing, sel=sel)
+        scores, slots = run_sim(sim, tmp_path, X, ordinals, Q, k, metric, path, passing=passing, sel=sel,
+                                dtype=dtype, pages=pages)
         assert np.isin(slots, passing).all(), "a filtered-out row was returned"
-        check_against_reference(X[passing], ordinals[passing], Q, k, metric, scores,
+        check_against_reference(X_stored[passing], ordinals[passing], Q, k, metric, scores,
                                 np.searchsorted(passing, slots))
         check_key_order(scores, slots, ordinals, metric)
+
+
+def expand_kernel_macros(source: str) -> str:
+    """The source with its function-like macros that define kernels expanded (one kernel per
+    row element type comes from one macro), so every kernel's signature can be read."""
+    source = source.replace("\\\n", " ")
+    for m in list(re.finditer(r"^#define\s+(\w+)\(([\w\s,]+)\)(.*kernel\s+void.*)$", source, re.M)):
+        name, params, body = m.group(1), [p.strip() for p in m.group(2).split(",")], m.group(3)
+        source = source.replace(m.group(0), "")
+
+        def expand(call, params=params, body=body):
+            args = [a.strip() for a in call.group(1).split(",")]
+            out = body
+            for p, a in zip(params, args):
+                out = re.sub(rf"\b{p}\b", a, out)
+            return out
+
+        source = re.sub(rf"\b{name}\(([^()]*)\)", expand, source)
+    return source
 
 
 def test_kernel_names_and_buffer_indices_match_the_engine(sim):
@@ -274,8 +435,9 @@ def test_kernel_names_and_buffer_indices_match_the_engine(sim):
         if line:
             name, count = line.split()
             assert bound.setdefault(name, int(count)) == int(count), name
-    assert set(bound) == {"score_rows", "finish_products", "select_segments", "merge_lists", "write_results"}
-    source = (ROOT / "csrc" / "metal" / "kernels.metal").read_text()
+    assert set(bound) == {"score_rows", "score_rows_f16", "score_rows_bf16", "finish_products", "select_segments",
+                          "merge_lists", "write_results"}
+    source = expand_kernel_macros((ROOT / "csrc" / "metal" / "kernels.metal").read_text())
     declared = {}
     for m in re.finditer(r"kernel\s+void\s+(\w+)\s*\((.*?)\)\s*\{", source, re.S):
         params = [p.strip() for p in m.group(2).split(",")]

@@ -389,13 +389,15 @@ def test_upsert_rolls_back_its_writes_when_the_add_fails(ctx, rng):
     gc.disable()
     old = ctx.pool_stats()
     st = old
-    ctx.configure_pool(max_bytes=st.reserved_bytes + st.rows_bytes + 1024)
+    cap = st.used_bytes + st.rows_bytes + 1024  # cached free pool memory is not in use
+    ctx.configure_pool(max_bytes=cap)
     try:
-        if ctx.pool_stats().max_bytes != st.reserved_bytes + st.rows_bytes + 1024:
+        if ctx.pool_stats().max_bytes != cap:
             pytest.skip(f"{ctx.backend}: no memory cap to configure")
-        fresh = make_ids(4000, "new")
+        # More rows than the store's first pages hold, so the add must allocate.
+        fresh = make_ids(40_000, "new")
         with pytest.raises(hive_gpu.OutOfMemoryError):
-            s.upsert_vectors(["v3", "v9"] + fresh, np.ones((4002, 64), np.float32), [{"m": "x"}] * 4002)
+            s.upsert_vectors(["v3", "v9"] + fresh, np.ones((40_002, 64), np.float32), [{"m": "x"}] * 40_002)
     finally:
         ctx.configure_pool(max_bytes=old.max_bytes)
         gc.enable()

@@ -46,23 +46,28 @@ inline float score_from_product(float dot, float row_factor, float query_factor,
     return dot;
 }
 
+// ---- Row elements ----------------------------------------------------------------------
+// Rows are stored as float, half or bfloat16 and widened to float exactly on load; scores
+// accumulate in float. bfloat16 rows are read as ushort (their bits) and widened by a shift
+// (a bfloat16 is the top half of a float), which needs no MSL 3.1 `bfloat` and so runs on
+// every device. No other ushort data passes through widen().
+inline float widen(float v) { return v; }
+inline float widen(half v) { return float(v); }
+inline float widen(ushort bf16) { return as_type<float>(uint(bf16) << 16); }
+
 // ---- Scoring ---------------------------------------------------------------------------
-// One thread per (row, query): grid x = rows, y = queries. Used for small batches; the
-// Euclidean distance is computed directly, which is exact near zero.
-kernel void score_rows(device const float* rows [[buffer(0)]],
-                       device const float* row_factors [[buffer(1)]],
-                       device const float* queries [[buffer(2)]],
-                       device const float* query_factors [[buffer(3)]],
-                       device float* scores [[buffer(4)]],
-                       device const uint* rowsel [[buffer(5)]],
-                       constant Params& p [[buffer(6)]],
-                       uint3 gid [[thread_position_in_grid]]) {
+// One thread per (row, query): grid x = rows, y = queries. Used for small batches and for
+// 16-bit rows; the Euclidean distance is computed directly, which is exact near zero.
+template <typename T>
+inline void score_rows_of(device const T* rows, device const float* row_factors, device const float* queries,
+                          device const float* query_factors, device float* scores, device const uint* rowsel,
+                          constant Params& p, uint3 gid) {
     const uint r = gid.x;
     const uint q = gid.y;
     if (r >= p.n_rows || q >= p.nq) return;
     // A filter's sparse path scores only the listed rows (score r belongs to rowsel[r]).
     const uint row = p.sel == kSelList ? rowsel[r] : r;
-    device const float* x = rows + ulong(row) * p.dim;
+    device const T* x = rows + ulong(row) * p.dim;
     device const float* y = queries + ulong(q) * p.dim;
     // Two accumulators halve the dependency chain of the loop.
     float a0 = 0.0f;
@@ -70,27 +75,41 @@ kernel void score_rows(device const float* rows [[buffer(0)]],
     uint j = 0;
     if (p.metric == kEuclidean) {
         for (; j + 1 < p.dim; j += 2) {
-            const float d0 = y[j] - x[j];
-            const float d1 = y[j + 1] - x[j + 1];
+            const float d0 = y[j] - widen(x[j]);
+            const float d1 = y[j + 1] - widen(x[j + 1]);
             a0 = fma(d0, d0, a0);
             a1 = fma(d1, d1, a1);
         }
         if (j < p.dim) {
-            const float d0 = y[j] - x[j];
+            const float d0 = y[j] - widen(x[j]);
             a0 = fma(d0, d0, a0);
         }
         scores[ulong(q) * p.stride + r] = a0 + a1;
         return;
     }
     for (; j + 1 < p.dim; j += 2) {
-        a0 = fma(y[j], x[j], a0);
-        a1 = fma(y[j + 1], x[j + 1], a1);
+        a0 = fma(y[j], widen(x[j]), a0);
+        a1 = fma(y[j + 1], widen(x[j + 1]), a1);
     }
-    if (j < p.dim) a0 = fma(y[j], x[j], a0);
+    if (j < p.dim) a0 = fma(y[j], widen(x[j]), a0);
     const float dot = a0 + a1;
     scores[ulong(q) * p.stride + r] =
         p.metric == kCosine ? dot * row_factors[row] * query_factors[q] : dot;
 }
+
+// One kernel per row element type, all with the buffers of score_rows.
+#define HIVE_SCORE_ROWS_KERNEL(NAME, T)                                                             \
+    kernel void NAME(device const T* rows [[buffer(0)]], device const float* row_factors [[buffer(1)]], \
+                     device const float* queries [[buffer(2)]],                                     \
+                     device const float* query_factors [[buffer(3)]], device float* scores [[buffer(4)]], \
+                     device const uint* rowsel [[buffer(5)]], constant Params& p [[buffer(6)]],     \
+                     uint3 gid [[thread_position_in_grid]]) {                                       \
+        score_rows_of(rows, row_factors, queries, query_factors, scores, rowsel, p, gid);          \
+    }
+
+HIVE_SCORE_ROWS_KERNEL(score_rows, float)
+HIVE_SCORE_ROWS_KERNEL(score_rows_f16, half)
+HIVE_SCORE_ROWS_KERNEL(score_rows_bf16, ushort)
 
 // Turns the products q.x of a matrix multiply (MPS) into scores, in place.
 // Grid x = rows, y = queries.

@@ -133,9 +133,8 @@ DeviceInfo MetalContext::device_info() const {
 }
 
 std::unique_ptr<Engine> MetalContext::make_engine(std::size_t dimension, Metric metric, Dtype dtype) {
-    if (dtype != Dtype::Float32) throw InvalidDtypeError(std::string("this backend does not store ") + dtype_name(dtype) + " rows yet");
     return std::make_unique<MetalEngine>(std::static_pointer_cast<MetalContext>(shared_from_this()),
-                                         dimension, metric);
+                                         dimension, metric, dtype);
 }
 
 id<MTLBuffer> MetalContext::new_buffer(std::size_t bytes, const char* what) const {

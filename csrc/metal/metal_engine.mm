@@ -8,24 +8,23 @@
 #include <limits>
 #include <string>
 
+#include "hive_gpu/dtype.hpp"
 #include "hive_gpu/error.hpp"
-#include "core/chunk_plan.hpp"
 #include "core/numeric.hpp"
 
 namespace hive_gpu::metal {
 
 namespace {
 
-constexpr std::uint64_t kChunkCap = 1ull << 30;       // bytes of rows per chunk: bounds regrowth copies
-constexpr std::size_t kMaxChunkRows = 1u << 24;        // keeps one query's scores and grids modest
+constexpr std::uint64_t kPageBytes = std::uint64_t{256} << 20;  // bytes of rows in a full page
+constexpr std::size_t kMaxPageRows = 1u << 24;        // keeps one query's scores and grids modest
+constexpr std::size_t kFirstPageRows = 1024;          // pages double from here up to a full page
 constexpr std::size_t kTileBudget = std::size_t{256} << 20;  // scratch bytes of one query tile
-constexpr std::size_t kMinRows = 1024;                 // first allocation of a store
-constexpr std::size_t kProductMinQueries = 8;          // from here on, scores come from MPS
+constexpr std::size_t kProductMinQueries = 8;          // from here on, float32 scores come from MPS
 constexpr std::size_t kIdleScratch = 2;                // scratch sets kept between searches
 // Filters passing at most 1/kSparseRatio of the rows score only the listed rows (given the
 // slot list); denser ones score every row and mask the selection. As on CUDA (docs/cuda.md).
 constexpr std::size_t kSparseRatio = 32;
-
 
 uint metric_id(Metric m) {
     switch (m) {
@@ -36,124 +35,121 @@ uint metric_id(Metric m) {
     throw InvalidArgumentError("metal: unknown metric");
 }
 
+// Full pages of at most kPageBytes (and maxBufferLength, and kMaxPageRows rows).
+PageLayout page_layout(const MetalContext& ctx, std::size_t row_bytes, std::size_t dim) {
+    std::uint64_t cap = std::min<std::uint64_t>(ctx.max_buffer_bytes(), kPageBytes);
+    if (const char* env = std::getenv("HIVE_GPU_METAL_PAGE_BYTES"); env && *env)
+        cap = std::min<std::uint64_t>(cap, std::strtoull(env, nullptr, 10));
+    if (row_bytes > cap)
+        throw InvalidArgumentError("metal: a row of dimension " + std::to_string(dim) +
+                                   " exceeds the device's largest buffer");
+    const auto rows = static_cast<std::size_t>(std::min<std::uint64_t>(cap / row_bytes, kMaxPageRows));
+    return PageLayout(kFirstPageRows, rows);
+}
+
 }  // namespace
 
-MetalEngine::MetalEngine(std::shared_ptr<MetalContext> context, std::size_t dimension, Metric metric)
-    : ctx_(std::move(context)), dim_(dimension), metric_(metric), metric_id_(metric_id(metric)) {
-    std::uint64_t cap = std::min<std::uint64_t>(ctx_->max_buffer_bytes(), kChunkCap);
-    if (const char* env = std::getenv("HIVE_GPU_METAL_CHUNK_BYTES"); env && *env)
-        cap = std::min<std::uint64_t>(cap, std::strtoull(env, nullptr, 10));
-    const std::uint64_t row_bytes = std::uint64_t{dim_} * sizeof(float);
-    if (row_bytes > cap)
-        throw InvalidArgumentError("metal: a row of dimension " + std::to_string(dim_) +
-                                   " exceeds the device's largest buffer");
-    rows_per_chunk_ = static_cast<std::size_t>(std::min<std::uint64_t>(cap / row_bytes, kMaxChunkRows));
-}
+MetalEngine::MetalEngine(std::shared_ptr<MetalContext> context, std::size_t dimension, Metric metric, Dtype dtype)
+    : ctx_(std::move(context)),
+      dim_(dimension),
+      metric_(metric),
+      metric_id_(metric_id(metric)),
+      dtype_(dtype),
+      row_bytes_(dimension * dtype_size(dtype)),
+      layout_(page_layout(*ctx_, row_bytes_, dimension)) {}
 
 MetalEngine::~MetalEngine() = default;
 
-std::size_t MetalEngine::capacity() const { return chunk_capacity(chunks_); }
-
 std::size_t MetalEngine::memory_bytes() const {
     std::size_t b = 0;
-    for (const auto& ch : chunks_) b += ch.rows.length + ch.factors.length + ch.ordinals.length;
+    for (const auto& pg : pages_) b += pg.rows.length + pg.factors.length + pg.ordinals.length;
     return b;
 }
 
-float* MetalEngine::rows_at(std::size_t slot) const {
-    const Chunk& ch = chunks_[slot / rows_per_chunk_];
-    return static_cast<float*>(ch.rows.contents) + (slot % rows_per_chunk_) * dim_;
+unsigned char* MetalEngine::row_at(std::size_t slot) const {
+    const std::size_t p = layout_.page_of(slot);
+    return static_cast<unsigned char*>(pages_[p].rows.contents) + (slot - layout_.start(p)) * row_bytes_;
 }
 
 float* MetalEngine::factor_at(std::size_t slot) const {
-    return static_cast<float*>(chunks_[slot / rows_per_chunk_].factors.contents) + slot % rows_per_chunk_;
+    const std::size_t p = layout_.page_of(slot);
+    return static_cast<float*>(pages_[p].factors.contents) + (slot - layout_.start(p));
 }
 
 std::uint32_t* MetalEngine::ordinal_at(std::size_t slot) const {
-    return static_cast<std::uint32_t*>(chunks_[slot / rows_per_chunk_].ordinals.contents) + slot % rows_per_chunk_;
+    const std::size_t p = layout_.page_of(slot);
+    return static_cast<std::uint32_t*>(pages_[p].ordinals.contents) + (slot - layout_.start(p));
 }
 
-MetalEngine::Chunk MetalEngine::make_chunk(std::size_t cap) const {
-    Chunk c;
-    c.rows = ctx_->new_buffer(cap * dim_ * sizeof(float), "rows");
-    c.factors = ctx_->new_buffer(cap * sizeof(float), "row norms");
-    c.ordinals = ctx_->new_buffer(cap * sizeof(std::uint32_t), "ordinals");
-    c.capacity = cap;
-    return c;
+template <class F>
+void MetalEngine::for_page_runs(std::size_t first, std::size_t n, F&& f) const {
+    for (std::size_t done = 0; done < n;) {
+        const std::size_t slot = first + done;
+        const std::size_t p = layout_.page_of(slot);
+        const std::size_t cnt = std::min(n - done, layout_.start(p) + layout_.capacity(p) - slot);
+        f(slot, done, cnt);
+        done += cnt;
+    }
+}
+
+MetalEngine::Page MetalEngine::make_page(std::size_t cap) const {
+    Page pg;
+    pg.rows = ctx_->new_buffer(cap * row_bytes_, "rows");
+    pg.factors = ctx_->new_buffer(cap * sizeof(float), "row norms");
+    pg.ordinals = ctx_->new_buffer(cap * sizeof(std::uint32_t), "ordinals");
+    return pg;
 }
 
 void MetalEngine::reserve(std::size_t rows) {
-    const std::size_t have = capacity();
-    if (rows <= have) return;
-    const std::size_t per_row = dim_ * sizeof(float) + sizeof(float) + sizeof(std::uint32_t);
-    if (rows > std::numeric_limits<std::size_t>::max() / per_row)
+    if (rows <= capacity()) return;
+    const std::size_t per_row = row_bytes_ + sizeof(float) + sizeof(std::uint32_t);
+    if (rows > std::numeric_limits<std::size_t>::max() / per_row / 2)
         throw OutOfMemoryError("metal: cannot reserve " + std::to_string(rows) + " rows");
+    const std::size_t want = layout_.pages_for(rows);
     with_pool([&] {
-        ctx_->check_working_set(std::uint64_t{rows - have} * per_row, "reserving rows");
-        const std::size_t rpc = rows_per_chunk_;
-        // Everything is allocated before anything changes: a failure leaves the engine as it was.
-        const ChunkGrowth plan =
-            plan_chunks(chunks_.size(), chunks_.empty() ? 0 : chunks_.back().capacity, rpc, rows);
-        Chunk grown;
-        std::vector<Chunk> fresh;
-        if (plan.last_to) grown = make_chunk(plan.last_to);
-        for (std::size_t cap : plan.fresh) fresh.push_back(make_chunk(cap));
-        chunks_.reserve(chunks_.size() + fresh.size());
-        if (grown.capacity) {
-            // Shared storage and no search in flight (the core holds the writer lock): a memcpy.
-            const Chunk& old = chunks_.back();
-            const std::size_t first = (chunks_.size() - 1) * rpc;
-            const std::size_t used = size_ > first ? std::min(size_ - first, old.capacity) : 0;
-            std::memcpy(grown.rows.contents, old.rows.contents, used * dim_ * sizeof(float));
-            std::memcpy(grown.factors.contents, old.factors.contents, used * sizeof(float));
-            std::memcpy(grown.ordinals.contents, old.ordinals.contents, used * sizeof(std::uint32_t));
-            chunks_.back() = grown;
-        }
-        for (auto& c : fresh) chunks_.push_back(c);
+        std::uint64_t bytes = 0;
+        for (std::size_t p = pages_.size(); p < want; ++p) bytes += std::uint64_t{layout_.capacity(p)} * per_row;
+        ctx_->check_working_set(bytes, "reserving rows");
+        // New pages beside the old ones, all made before any is kept: a failure leaves the
+        // engine as it was, and no row is ever copied.
+        std::vector<Page> fresh;
+        for (std::size_t p = pages_.size(); p < want; ++p) fresh.push_back(make_page(layout_.capacity(p)));
+        pages_.reserve(want);
+        for (auto& pg : fresh) pages_.push_back(pg);
     });
 }
 
-void MetalEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+void MetalEngine::append(const void* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
-    const std::size_t need = size_ + n;
-    const std::size_t cap = capacity();
-    if (need > cap) {
-        try {
-            reserve(std::max({need, cap + std::min(cap, rows_per_chunk_), kMinRows}));
-        } catch (const OutOfMemoryError&) {
-            reserve(need);  // no room for the geometric step: exactly what this batch needs
-        }
-    }
-    const std::size_t rpc = rows_per_chunk_;
-    for (std::size_t done = 0; done < n;) {
-        const std::size_t slot = size_ + done;
-        const std::size_t cnt = std::min(n - done, rpc - slot % rpc);
-        std::memcpy(rows_at(slot), rows + done * dim_, cnt * dim_ * sizeof(float));
+    reserve(size_ + n);
+    const auto* src = static_cast<const unsigned char*>(rows);
+    for_page_runs(size_, n, [&](std::size_t slot, std::size_t done, std::size_t cnt) {
+        std::memcpy(row_at(slot), src + done * row_bytes_, cnt * row_bytes_);
         std::memcpy(ordinal_at(slot), ordinals + done, cnt * sizeof(std::uint32_t));
         float* f = factor_at(slot);
-        for (std::size_t i = 0; i < cnt; ++i) f[i] = vector_factor(rows + (done + i) * dim_, dim_, metric_id_);
-        done += cnt;
-    }
-    size_ = need;
+        for (std::size_t i = 0; i < cnt; ++i)
+            f[i] = vector_factor(src + (done + i) * row_bytes_, dtype_, dim_, metric_id_);
+    });
+    size_ += n;
 }
 
-void MetalEngine::write_f32(std::size_t slot, const float* row) {
-    std::memcpy(rows_at(slot), row, dim_ * sizeof(float));
-    *factor_at(slot) = vector_factor(row, dim_, metric_id_);
+void MetalEngine::write(std::size_t slot, const void* row) {
+    std::memcpy(row_at(slot), row, row_bytes_);
+    *factor_at(slot) = vector_factor(row, dtype_, dim_, metric_id_);
 }
 
 void MetalEngine::move(std::size_t src, std::size_t dst) {
     if (src == dst) return;
-    std::memcpy(rows_at(dst), rows_at(src), dim_ * sizeof(float));
+    std::memcpy(row_at(dst), row_at(src), row_bytes_);
     *factor_at(dst) = *factor_at(src);
     *ordinal_at(dst) = *ordinal_at(src);
 }
 
 void MetalEngine::truncate(std::size_t n) {
     size_ = std::min(n, size_);
-    // Whole chunks past the end go back; an empty store holds no device memory.
-    const std::size_t keep = ceil_div(size_, rows_per_chunk_);
-    if (keep < chunks_.size()) with_pool([&] { chunks_.resize(keep); });
+    // Whole pages past the end go back; an empty store holds no device memory.
+    const std::size_t keep = layout_.pages_for(size_);
+    if (keep < pages_.size()) with_pool([&] { pages_.resize(keep); });
     if (size_ == 0) {
         std::lock_guard<std::mutex> lock(scratch_mutex_);
         with_pool([&] { idle_.clear(); });
@@ -161,18 +157,23 @@ void MetalEngine::truncate(std::size_t n) {
 }
 
 void MetalEngine::set_ordinals(const std::uint32_t* ordinals, std::size_t n) {
-    for (std::size_t first = 0; first < n; first += rows_per_chunk_)
-        std::memcpy(ordinal_at(first), ordinals + first, std::min(rows_per_chunk_, n - first) * sizeof(std::uint32_t));
+    for_page_runs(0, n, [&](std::size_t slot, std::size_t done, std::size_t cnt) {
+        std::memcpy(ordinal_at(slot), ordinals + done, cnt * sizeof(std::uint32_t));
+    });
 }
 
 void MetalEngine::read(std::size_t first, std::size_t n, float* out) const {
-    const std::size_t rpc = rows_per_chunk_;
-    for (std::size_t done = 0; done < n;) {
-        const std::size_t slot = first + done;
-        const std::size_t cnt = std::min(n - done, rpc - slot % rpc);
-        std::memcpy(out + done * dim_, rows_at(slot), cnt * dim_ * sizeof(float));
-        done += cnt;
-    }
+    for_page_runs(first, n, [&](std::size_t slot, std::size_t done, std::size_t cnt) {
+        const unsigned char* src = row_at(slot);
+        float* dst = out + done * dim_;
+        if (dtype_ == Dtype::Float32) {
+            std::memcpy(dst, src, cnt * row_bytes_);
+            return;
+        }
+        // The stored values widened exactly (dtype.hpp).
+        const std::size_t count = cnt * dim_;
+        for (std::size_t i = 0; i < count; ++i) dst[i] = load_as_float(src + 2 * i, dtype_);
+    });
 }
 
 std::unique_ptr<MetalEngine::Scratch> MetalEngine::take_scratch() const {
@@ -192,205 +193,163 @@ void MetalEngine::give_back(std::unique_ptr<Scratch> scratch) const {
     if (idle_.size() < kIdleScratch) idle_.push_back(std::move(scratch));
 }
 
-void MetalEngine::search_chunk(std::size_t chunk, std::size_t nq, std::size_t k, Scratch& scratch,
-                               const ChunkSelection* sel, std::vector<float>& out_scores,
-                               std::vector<std::int64_t>& out_slots) const {
-    const std::size_t base = chunk * rows_per_chunk_;
-    const std::size_t rows = std::min(rows_per_chunk_, size_ - base);
-    const uint mode = sel ? sel->sel : kSelAll;
-    const std::size_t n = mode == kSelList ? sel->passing : rows;  // rows scored
-    const std::size_t kc = std::min(k, sel ? sel->passing : rows);
-    out_scores.clear();
-    out_slots.clear();
-    if (kc == 0) return;  // no row of this chunk passes the filter
-    const bool product = ctx_->has_mps() && nq >= kProductMinQueries;
-    const ChunkShape shape{n, dim_, nq, kc, metric_id_, product, mode};
-    const Plan plan = plan_chunk(shape);
-    const Chunk& ch = chunks_[chunk];
-    if (mode != kSelAll)
-        std::memcpy(scratch.buffers[static_cast<int>(Buf::RowSel)].contents, sel->rowsel.data(),
-                    sel->rowsel.size() * sizeof(uint));
-    auto buffer = [&](Buf b) -> id<MTLBuffer> {
-        switch (b) {
-            case Buf::Rows: return ch.rows;
-            case Buf::RowFactors: return ch.factors;
-            case Buf::Ordinals: return ch.ordinals;
-            default: return scratch.buffers[static_cast<int>(b)];
-        }
-    };
-
-    id<MTLCommandBuffer> commands = [ctx_->queue() commandBuffer];
-    if (!commands) throw BackendError("metal: cannot create a command buffer");
-    id<MTLComputeCommandEncoder> enc = nil;
-    for (const Step& step : plan.steps) {
-        if (step.product) {
-            // scores[nq][n] = queries[nq][dim] x rows[n][dim]^T, MPS in its own encoder.
-            if (enc) {
-                [enc endEncoding];
-                enc = nil;
-            }
-            const NSUInteger row_bytes = dim_ * sizeof(float);
-            MPSMatrixDescriptor* qd = [MPSMatrixDescriptor matrixDescriptorWithRows:nq columns:dim_
-                                                                           rowBytes:row_bytes
-                                                                           dataType:MPSDataTypeFloat32];
-            MPSMatrixDescriptor* xd = [MPSMatrixDescriptor matrixDescriptorWithRows:n columns:dim_
-                                                                           rowBytes:row_bytes
-                                                                           dataType:MPSDataTypeFloat32];
-            MPSMatrixDescriptor* sd = [MPSMatrixDescriptor matrixDescriptorWithRows:nq columns:n
-                                                                           rowBytes:n * sizeof(float)
-                                                                           dataType:MPSDataTypeFloat32];
-            MPSMatrix* q = [[MPSMatrix alloc] initWithBuffer:buffer(Buf::Queries) descriptor:qd];
-            MPSMatrix* x = [[MPSMatrix alloc] initWithBuffer:ch.rows descriptor:xd];
-            MPSMatrix* s = [[MPSMatrix alloc] initWithBuffer:buffer(Buf::Scores) descriptor:sd];
-            MPSMatrixMultiplication* mm = [[MPSMatrixMultiplication alloc] initWithDevice:ctx_->device()
-                                                                            transposeLeft:NO
-                                                                           transposeRight:YES
-                                                                               resultRows:nq
-                                                                            resultColumns:n
-                                                                          interiorColumns:dim_
-                                                                                    alpha:1.0
-                                                                                     beta:0.0];
-            [mm encodeToCommandBuffer:commands leftMatrix:q rightMatrix:x resultMatrix:s];
-            continue;
-        }
-        if (!enc) {
-            enc = [commands computeCommandEncoder];
-            if (!enc) throw BackendError("metal: cannot create a compute encoder");
-        }
-        [enc setComputePipelineState:ctx_->pipeline(step.function)];
-        // Buffers at [[buffer(0 .. n-1)]] in the order of step.args, Params right after:
-        // the layout every kernel of kernels.metal declares.
-        for (std::size_t i = 0; i < step.args.size(); ++i)
-            [enc setBuffer:buffer(step.args[i]) offset:0 atIndex:i];
-        [enc setBytes:&step.params length:sizeof(Params) atIndex:step.args.size()];
-        [enc dispatchThreadgroups:MTLSizeMake(step.groups[0], step.groups[1], step.groups[2])
-            threadsPerThreadgroup:MTLSizeMake(kThreads, 1, 1)];
-    }
-    if (enc) [enc endEncoding];
-    ctx_->run(commands, "search");
-
-    const auto* s = static_cast<const float*>(scratch.buffers[static_cast<int>(Buf::OutScores)].contents);
-    const auto* sl = static_cast<const std::uint32_t*>(scratch.buffers[static_cast<int>(Buf::OutSlots)].contents);
-    out_scores.assign(s, s + nq * kc);
-    out_slots.resize(nq * kc);
-    for (std::size_t i = 0; i < nq * kc; ++i) {
-        if (sl[i] >= rows) throw BackendError("metal: internal error: a search returned slot " + std::to_string(sl[i]));
-        out_slots[i] = static_cast<std::int64_t>(base + sl[i]);
-    }
-}
-
 void MetalEngine::search(const float* queries, std::size_t nq, std::size_t k, float* scores,
                          std::int64_t* slots) const {
     search_rows(queries, nq, k, nullptr, scores, slots);
 }
 
-std::vector<MetalEngine::ChunkSelection> MetalEngine::select_chunks(const SlotFilter& filter) const {
-    const std::size_t rpc = rows_per_chunk_;
-    std::vector<ChunkSelection> out(ceil_div(size_, rpc));
-    const bool sparse = filter.slots != nullptr && filter.count * kSparseRatio <= size_;
-    const std::uint32_t* at = filter.slots;
-    for (std::size_t c = 0; c < out.size(); ++c) {
-        const std::size_t first = c * rpc, rows = std::min(rpc, size_ - first);
-        ChunkSelection& s = out[c];
-        if (sparse) {
-            // The ascending list's run inside this chunk, as chunk rows.
-            s.sel = kSelList;
-            for (; at != filter.slots + filter.count && *at < first + rows; ++at)
-                s.rowsel.push_back(static_cast<uint>(*at - first));
-            s.passing = s.rowsel.size();
-        } else {
-            s.sel = kSelMask;
-            s.rowsel.resize(ceil_div(rows, 32));
-            chunk_mask(filter.bits, first, rows, s.rowsel.data());
-            for (uint w : s.rowsel) s.passing += static_cast<std::size_t>(__builtin_popcount(w));
-        }
-    }
-    return out;
-}
-
 void MetalEngine::search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
                                   float* scores, std::int64_t* slots) const {
     if (nq == 0 || k == 0 || size_ == 0) return;
-    const std::vector<ChunkSelection> sel = select_chunks(filter);
+    const bool sparse = filter.slots != nullptr && filter.count * kSparseRatio <= size_;
+    const std::vector<PageSelection> sel =
+        select_pages(filter.bits, sparse ? filter.slots : nullptr, filter.count, size_, layout_);
     search_rows(queries, nq, k, &sel, scores, slots);
 }
 
 void MetalEngine::search_rows(const float* queries, std::size_t nq, std::size_t k,
-                              const std::vector<ChunkSelection>* chunk_sel, float* scores,
-                              std::int64_t* slots) const {
+                              const std::vector<PageSelection>* sel, float* scores, std::int64_t* slots) const {
     if (nq == 0 || k == 0 || size_ == 0) return;
     with_pool([&] {
-        const std::size_t rpc = rows_per_chunk_;
-        const std::size_t nchunks = ceil_div(size_, rpc);
-        const std::size_t largest = std::min(size_, rpc);
-        const std::size_t budget = std::min(kTileBudget, ctx_->max_buffer_bytes());
-        const std::size_t tile = query_chunk(largest, dim_, std::min(k, largest), nq, budget);
-        std::unique_ptr<Scratch> scratch = take_scratch();
-
-        // Scratch sized for the largest chunk plan of a full tile (the buffers only grow).
-        for (std::size_t c = 0; c < nchunks; ++c) {
-            const std::size_t n = std::min(rpc, size_ - c * rpc);
-            const ChunkShape shape{n, dim_, std::min(tile, nq), std::min(k, n), metric_id_, false};
-            const Plan plan = plan_chunk(shape);
-            for (int b = static_cast<int>(Buf::Queries); b < kBufCount; ++b) {
-                const std::size_t bytes = chunk_buffer_bytes(static_cast<Buf>(b), shape, plan);
-                __strong id<MTLBuffer>& buf = scratch->buffers[b];
-                if (!buf || buf.length < bytes) {
-                    buf = nil;
-                    buf = ctx_->new_buffer(bytes, "search scratch");
-                }
-            }
+        const std::size_t npages = layout_.pages_for(size_);
+        std::vector<PageWork> work;
+        std::size_t largest = 0;
+        for (std::size_t p = 0; p < npages; ++p) {
+            work.push_back(page_work(layout_, p, size_, k, sel ? &(*sel)[p] : nullptr));
+            largest = std::max(largest, work.back().rows);
         }
+        const bool product = ctx_->has_mps() && nq >= kProductMinQueries && dtype_ == Dtype::Float32;
+        const std::size_t budget = std::min(kTileBudget, ctx_->max_buffer_bytes());
+        const std::size_t tile = query_chunk(largest, dim_, std::min(k, largest), nq, budget, npages);
+        auto page_shape = [&](std::size_t p, std::size_t t) {
+            ChunkShape shape{work[p].scored, dim_, t, work[p].k, metric_id_, product,
+                             sel ? (*sel)[p].sel : kSelAll};
+            shape.dtype = dtype_;
+            return shape;
+        };
+        std::unique_ptr<Scratch> scratch = take_scratch();
+        auto ensure = [&](Buf b, std::size_t bytes) {
+            __strong id<MTLBuffer>& buf = scratch->buffers[static_cast<int>(b)];
+            if (!buf || buf.length < bytes) {
+                buf = nil;
+                buf = ctx_->new_buffer(bytes, "search scratch");
+            }
+        };
+        // Scratch for a full tile: the largest page plan, and every page's results and
+        // selection side by side (the buffers only grow).
+        {
+            const std::size_t t = std::min(tile, nq);
+            for (int b = static_cast<int>(Buf::Queries); b <= static_cast<int>(Buf::SlotsB); ++b) {
+                std::size_t bytes = 0;
+                for (std::size_t p = 0; p < npages; ++p) {
+                    if (work[p].k == 0) continue;
+                    const ChunkShape shape = page_shape(p, t);
+                    bytes = std::max(bytes, chunk_buffer_bytes(static_cast<Buf>(b), shape, plan_chunk(shape)));
+                }
+                ensure(static_cast<Buf>(b), bytes);
+            }
+            const TileLayout full = tile_layout(work, t, sel);
+            ensure(Buf::OutScores, full.out_entries * sizeof(float));
+            ensure(Buf::OutSlots, full.out_entries * sizeof(std::uint32_t));
+            ensure(Buf::RowSel, full.sel_words * sizeof(std::uint32_t));
+        }
+        auto contents = [&](Buf b) { return scratch->buffers[static_cast<int>(b)].contents; };
 
-        struct Hit {
-            float score;
-            std::uint32_t ordinal;
-            std::int64_t slot;
-        };
-        const bool higher = higher_is_better(metric_);
-        auto better = [higher](const Hit& a, const Hit& b) {
-            if (a.score != b.score) return higher ? a.score > b.score : a.score < b.score;
-            return a.ordinal < b.ordinal;
-        };
-        std::vector<float> part_scores;
-        std::vector<std::int64_t> part_slots;
-        std::vector<std::vector<Hit>> hits;
         for (std::size_t q0 = 0; q0 < nq; q0 += tile) {
             const std::size_t t = std::min(tile, nq - q0);
-            auto* qbuf = static_cast<float*>(scratch->buffers[static_cast<int>(Buf::Queries)].contents);
-            auto* qf = static_cast<float*>(scratch->buffers[static_cast<int>(Buf::QueryFactors)].contents);
-            std::memcpy(qbuf, queries + q0 * dim_, t * dim_ * sizeof(float));
-            for (std::size_t q = 0; q < t; ++q) qf[q] = vector_factor(queries + (q0 + q) * dim_, dim_, metric_id_);
+            const TileLayout tl = tile_layout(work, t, sel);
+            std::memcpy(contents(Buf::Queries), queries + q0 * dim_, t * dim_ * sizeof(float));
+            auto* qf = static_cast<float*>(contents(Buf::QueryFactors));
+            for (std::size_t q = 0; q < t; ++q)
+                qf[q] = vector_factor(queries + (q0 + q) * dim_, Dtype::Float32, dim_, metric_id_);
+            for (std::size_t p = 0; sel && p < npages; ++p)
+                std::copy((*sel)[p].rowsel.begin(), (*sel)[p].rowsel.end(),
+                          static_cast<uint*>(contents(Buf::RowSel)) + tl.sel_at[p]);
 
-            if (nchunks == 1) {
-                // k <= size_ rows, all in this chunk: its lists are the answer.
-                search_chunk(0, t, k, *scratch, chunk_sel ? &(*chunk_sel)[0] : nullptr, part_scores, part_slots);
-                for (std::size_t i = 0; i < t * k; ++i) {
-                    scores[q0 * k + i] = part_scores[i];
-                    slots[q0 * k + i] = part_slots[i];
-                }
-                continue;
-            }
-            // Several chunks: each gives its min(k, rows) best per query; the k best of
-            // those are the answer, ranked by the kernels' order (score, then ordinal).
-            hits.assign(t, {});
-            for (std::size_t c = 0; c < nchunks; ++c) {
-                search_chunk(c, t, k, *scratch, chunk_sel ? &(*chunk_sel)[c] : nullptr, part_scores, part_slots);
-                const std::size_t kc = part_scores.size() / t;
-                for (std::size_t q = 0; q < t; ++q)
-                    for (std::size_t i = 0; i < kc; ++i) {
-                        const std::int64_t slot = part_slots[q * kc + i];
-                        hits[q].push_back({part_scores[q * kc + i], *ordinal_at(static_cast<std::size_t>(slot)), slot});
+            // Every page's plan in one command buffer. Pages run one after the other (one
+            // serial encoder, or MPS between encoders), so they share the scores and list
+            // buffers; each writes its results at its own offset.
+            id<MTLCommandBuffer> commands = [ctx_->queue() commandBuffer];
+            if (!commands) throw BackendError("metal: cannot create a command buffer");
+            id<MTLComputeCommandEncoder> enc = nil;
+            for (std::size_t p = 0; p < npages; ++p) {
+                if (work[p].k == 0) continue;  // no row of this page passes the filter
+                const Page& page = pages_[p];
+                const ChunkShape shape = page_shape(p, t);
+                const std::size_t n = shape.n;
+                auto buffer = [&](Buf b) -> id<MTLBuffer> {
+                    switch (b) {
+                        case Buf::Rows: return page.rows;
+                        case Buf::RowFactors: return page.factors;
+                        case Buf::Ordinals: return page.ordinals;
+                        default: return scratch->buffers[static_cast<int>(b)];
                     }
-            }
-            for (std::size_t q = 0; q < t; ++q) {
-                std::vector<Hit>& h = hits[q];
-                std::partial_sort(h.begin(), h.begin() + static_cast<std::ptrdiff_t>(k), h.end(), better);
-                for (std::size_t i = 0; i < k; ++i) {
-                    scores[(q0 + q) * k + i] = h[i].score;
-                    slots[(q0 + q) * k + i] = h[i].slot;
+                };
+                // Byte offsets: 16-byte aligned (TileLayout), above the 4 bytes a uint/float needs.
+                auto offset = [&](Buf b) -> NSUInteger {
+                    switch (b) {
+                        case Buf::OutScores: return tl.out_at[p] * sizeof(float);
+                        case Buf::OutSlots: return tl.out_at[p] * sizeof(std::uint32_t);
+                        case Buf::RowSel: return tl.sel_at[p] * sizeof(std::uint32_t);
+                        default: return 0;
+                    }
+                };
+                for (const Step& step : plan_chunk(shape).steps) {
+                    if (step.product) {
+                        // scores[t][n] = queries[t][dim] x rows[n][dim]^T (float32 rows), MPS in
+                        // its own encoder.
+                        if (enc) {
+                            [enc endEncoding];
+                            enc = nil;
+                        }
+                        const NSUInteger row_bytes = dim_ * sizeof(float);
+                        MPSMatrixDescriptor* qd = [MPSMatrixDescriptor matrixDescriptorWithRows:t columns:dim_
+                                                                                       rowBytes:row_bytes
+                                                                                       dataType:MPSDataTypeFloat32];
+                        MPSMatrixDescriptor* xd = [MPSMatrixDescriptor matrixDescriptorWithRows:n columns:dim_
+                                                                                       rowBytes:row_bytes
+                                                                                       dataType:MPSDataTypeFloat32];
+                        MPSMatrixDescriptor* sd = [MPSMatrixDescriptor matrixDescriptorWithRows:t columns:n
+                                                                                       rowBytes:n * sizeof(float)
+                                                                                       dataType:MPSDataTypeFloat32];
+                        MPSMatrix* q = [[MPSMatrix alloc] initWithBuffer:buffer(Buf::Queries) descriptor:qd];
+                        MPSMatrix* x = [[MPSMatrix alloc] initWithBuffer:page.rows descriptor:xd];
+                        MPSMatrix* s = [[MPSMatrix alloc] initWithBuffer:buffer(Buf::Scores) descriptor:sd];
+                        MPSMatrixMultiplication* mm =
+                            [[MPSMatrixMultiplication alloc] initWithDevice:ctx_->device()
+                                                              transposeLeft:NO
+                                                             transposeRight:YES
+                                                                 resultRows:t
+                                                              resultColumns:n
+                                                            interiorColumns:dim_
+                                                                      alpha:1.0
+                                                                       beta:0.0];
+                        [mm encodeToCommandBuffer:commands leftMatrix:q rightMatrix:x resultMatrix:s];
+                        continue;
+                    }
+                    if (!enc) {
+                        enc = [commands computeCommandEncoder];
+                        if (!enc) throw BackendError("metal: cannot create a compute encoder");
+                    }
+                    [enc setComputePipelineState:ctx_->pipeline(step.function)];
+                    // Buffers at [[buffer(0 .. n-1)]] in the order of step.args, Params right
+                    // after: the layout every kernel of kernels.metal declares.
+                    for (std::size_t i = 0; i < step.args.size(); ++i)
+                        [enc setBuffer:buffer(step.args[i]) offset:offset(step.args[i]) atIndex:i];
+                    [enc setBytes:&step.params length:sizeof(Params) atIndex:step.args.size()];
+                    [enc dispatchThreadgroups:MTLSizeMake(step.groups[0], step.groups[1], step.groups[2])
+                        threadsPerThreadgroup:MTLSizeMake(kThreads, 1, 1)];
                 }
             }
+            if (enc) [enc endEncoding];
+            ctx_->run(commands, "search");
+
+            const bool ok = gather_tile(
+                layout_, work, tl, t, k, metric_id_, static_cast<const float*>(contents(Buf::OutScores)),
+                static_cast<const uint*>(contents(Buf::OutSlots)),
+                [&](std::size_t p, uint row) { return static_cast<const std::uint32_t*>(pages_[p].ordinals.contents)[row]; },
+                scores + q0 * k, slots + q0 * k);
+            if (!ok) throw BackendError("metal: internal error: a search returned a row outside its page");
         }
         give_back(std::move(scratch));
     });

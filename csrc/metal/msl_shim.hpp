@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "hive_gpu/dtype.hpp"
+
 // Unknown attributes such as [[buffer(0)]] and [[thread_position_in_grid]] are ignored.
 #if defined(__clang__)
 #pragma clang diagnostic ignored "-Wunknown-attributes"
@@ -31,6 +33,13 @@ namespace msl {
 
 using uint = std::uint32_t;
 using ulong = std::uint64_t;
+using ushort = std::uint16_t;
+
+// MSL's half: IEEE binary16, here its bits, widened exactly (dtype.hpp) as the GPU does.
+struct half {
+    std::uint16_t bits;
+    explicit operator float() const { return hive_gpu::f16_to_float(bits); }
+};
 
 struct uint2 {
     uint x, y;

@@ -12,18 +12,22 @@
 #include <vector>
 
 #include "core/numeric.hpp"
+#include "hive_gpu/dtype.hpp"
 
 namespace hive_gpu::metal {
 
 using uint = std::uint32_t;
 #include "metal/params.h"
 
-enum class Kernel { ScoreRows, FinishProducts, SelectSegments, MergeLists, WriteResults };
-inline constexpr int kKernelCount = 5;
+// score_rows comes in one instance per row element type (float, half, bfloat16 bits).
+enum class Kernel { ScoreRows, ScoreRowsF16, ScoreRowsBF16, FinishProducts, SelectSegments, MergeLists, WriteResults };
+inline constexpr int kKernelCount = 7;
 
 inline const char* kernel_name(Kernel k) {
     switch (k) {
         case Kernel::ScoreRows: return "score_rows";
+        case Kernel::ScoreRowsF16: return "score_rows_f16";
+        case Kernel::ScoreRowsBF16: return "score_rows_bf16";
         case Kernel::FinishProducts: return "finish_products";
         case Kernel::SelectSegments: return "select_segments";
         case Kernel::MergeLists: return "merge_lists";
@@ -58,9 +62,14 @@ struct ChunkShape {
     std::size_t nq;   // queries in the chunk, >= 1
     std::size_t k;    // 1 <= k <= n
     uint metric;      // kCosine, kDotProduct, kEuclidean
-    bool product;     // score through a matrix multiply instead of score_rows (not with kSelList)
+    bool product;     // score through a matrix multiply instead of score_rows (float32 rows only, not with kSelList)
     uint sel = kSelAll;  // kSelList: n is the number of listed rows
+    Dtype dtype = Dtype::Float32;  // element type of the rows
 };
+
+inline Kernel score_kernel(Dtype d) {
+    return d == Dtype::Float16 ? Kernel::ScoreRowsF16 : d == Dtype::BFloat16 ? Kernel::ScoreRowsBF16 : Kernel::ScoreRows;
+}
 
 inline uint div_up(std::size_t a, std::size_t b) { return static_cast<uint>(ceil_div(a, b)); }
 
@@ -89,7 +98,7 @@ inline Plan plan_chunk(const ChunkShape& s) {
     const uint row_groups = div_up(s.n, kThreads);
     const uint nq = static_cast<uint>(s.nq);
 
-    if (s.product && s.sel != kSelList) {
+    if (s.product && s.sel != kSelList && s.dtype == Dtype::Float32) {
         Step mm;
         mm.product = true;
         plan.steps.push_back(mm);
@@ -98,7 +107,7 @@ inline Plan plan_chunk(const ChunkShape& s) {
             plan.steps.push_back({false, Kernel::FinishProducts, {row_groups, nq, 1},
                                   {Buf::Scores, Buf::RowFactors, Buf::QueryFactors}, base});
     } else {
-        plan.steps.push_back({false, Kernel::ScoreRows, {row_groups, nq, 1},
+        plan.steps.push_back({false, score_kernel(s.dtype), {row_groups, nq, 1},
                               {Buf::Rows, Buf::RowFactors, Buf::Queries, Buf::QueryFactors, Buf::Scores,
                                Buf::RowSel},
                               base});
@@ -142,18 +151,35 @@ inline Plan plan_chunk(const ChunkShape& s) {
     return plan;
 }
 
-// The per-row (and per-query) factor the kernels use, accumulated in double once at insert:
-// 1/|v| for cosine (zero below FLT_MIN: cosine_factor in core/numeric.hpp), |v|^2 for
-// Euclidean, unused (0) for the dot product.
-inline float vector_factor(const float* v, std::size_t dim, uint metric) {
+// The per-row (and per-query) factor the kernels use, accumulated in double once at insert
+// from the stored values: 1/|v| for cosine (zero below FLT_MIN: cosine_factor in
+// core/numeric.hpp), |v|^2 for Euclidean, unused (0) for the dot product.
+template <class Widen>
+float factor_of(std::size_t dim, uint metric, Widen value) {
     if (metric == kDotProduct) return 0.0f;
     double s = 0.0;
-    for (std::size_t j = 0; j < dim; ++j) s += static_cast<double>(v[j]) * v[j];
+    for (std::size_t j = 0; j < dim; ++j) {
+        const double x = value(j);
+        s += x * x;
+    }
     if (metric == kCosine) return cosine_factor(s);
     return static_cast<float>(s);
 }
 
-// Bytes of one chunk buffer (roles from Queries on; the rows belong to the engine).
+// `v`: dim elements of `dtype` (float32 queries and rows, or the 16-bit bit patterns of rows).
+inline float vector_factor(const void* v, Dtype dtype, std::size_t dim, uint metric) {
+    const auto* h = static_cast<const std::uint16_t*>(v);
+    switch (dtype) {
+        case Dtype::Float16: return factor_of(dim, metric, [h](std::size_t j) { return f16_to_float(h[j]); });
+        case Dtype::BFloat16: return factor_of(dim, metric, [h](std::size_t j) { return bf16_to_float(h[j]); });
+        default: {
+            const auto* f = static_cast<const float*>(v);
+            return factor_of(dim, metric, [f](std::size_t j) { return f[j]; });
+        }
+    }
+}
+
+// Bytes of one chunk buffer (roles Queries to SlotsB; the rows belong to the engine).
 inline std::size_t chunk_buffer_bytes(Buf b, const ChunkShape& s, const Plan& plan) {
     switch (b) {
         case Buf::Queries: return s.nq * s.dim * sizeof(float);
@@ -163,14 +189,11 @@ inline std::size_t chunk_buffer_bytes(Buf b, const ChunkShape& s, const Plan& pl
         case Buf::KeysB: return s.nq * plan.entries_per_query * sizeof(std::uint64_t);
         case Buf::SlotsA:
         case Buf::SlotsB: return s.nq * plan.entries_per_query * sizeof(uint);
-        case Buf::OutScores: return s.nq * s.k * sizeof(float);
-        case Buf::OutSlots: return s.nq * s.k * sizeof(uint);
-        case Buf::RowSel: return (s.n + 1) * sizeof(uint);  // a list of n rows or ceil(n / 32) mask words
-        default: return 0;
+        default: return 0;  // OutScores, OutSlots, RowSel: every page's share (TileLayout)
     }
 }
 
-// A filter's chunk-local selection for rows [first, first + n) of the store: the mask's bits
+// A filter's page-local selection for rows [first, first + n) of the store: the mask's bits
 // of those rows re-based at 0 (kSelMask), written to `words` (ceil(n / 32) of them).
 inline void chunk_mask(const std::uint64_t* bits, std::size_t first, std::size_t n, uint* words) {
     for (std::size_t w = 0; w * 32 < n; ++w) {
@@ -182,20 +205,175 @@ inline void chunk_mask(const std::uint64_t* bits, std::size_t first, std::size_t
     }
 }
 
-// Device bytes one query of a chunk needs: scores, both candidate buffers, the query and
-// its results.
-inline std::size_t bytes_per_query(std::size_t n, std::size_t dim, std::size_t k) {
+// Device bytes one query needs: scores and both candidate buffers of the largest page (n
+// rows; pages run one after the other), the query, and the results of every page.
+inline std::size_t bytes_per_query(std::size_t n, std::size_t dim, std::size_t k, std::size_t pages = 1) {
     const Plan one = plan_chunk({n, dim, 1, k, kDotProduct, false});
     return n * sizeof(float) + 2 * one.entries_per_query * (sizeof(std::uint64_t) + sizeof(uint)) +
-           dim * sizeof(float) + sizeof(float) + k * (sizeof(float) + sizeof(uint));
+           dim * sizeof(float) + sizeof(float) + pages * k * (sizeof(float) + sizeof(uint));
 }
 
-// Queries per chunk so that the scratch of one chunk stays within `budget` bytes; at least
+// Queries per tile so that the scratch of one tile stays within `budget` bytes; at least
 // one, and at most 32768 (grid y/z dimensions stay small).
 inline std::size_t query_chunk(std::size_t n, std::size_t dim, std::size_t k, std::size_t nq,
-                               std::size_t budget) {
-    const std::size_t per = bytes_per_query(n, dim, k);
+                               std::size_t budget, std::size_t pages = 1) {
+    const std::size_t per = bytes_per_query(n, dim, k, pages);
     return std::max<std::size_t>(1, std::min({nq, budget / per, std::size_t{32768}}));
+}
+
+// ---- Pages -----------------------------------------------------------------------------
+// Rows live in pages that never move: page sizes double from `first_rows` up to
+// `rows_per_page` and then stay there, so growing adds a page and copies no row, a small store
+// holds little memory, and a large one is made of full pages.
+class PageLayout {
+   public:
+    PageLayout(std::size_t first_rows, std::size_t rows_per_page)
+        : first_(std::max<std::size_t>(1, std::min(first_rows, rows_per_page))), full_(std::max<std::size_t>(1, rows_per_page)) {
+        while ((first_ << doubling_) < full_) ++doubling_;
+    }
+    std::size_t capacity(std::size_t page) const { return page < doubling_ ? first_ << page : full_; }
+    // Store slot of the page's row 0.
+    std::size_t start(std::size_t page) const {
+        const std::size_t p = std::min(page, doubling_);
+        return first_ * ((std::size_t{1} << p) - 1) + (page - p) * full_;
+    }
+    std::size_t page_of(std::size_t slot) const {
+        const std::size_t grown = start(doubling_);
+        if (slot >= grown) return doubling_ + (slot - grown) / full_;
+        std::size_t p = 0;
+        while (start(p + 1) <= slot) ++p;
+        return p;
+    }
+    // Pages that hold `rows` rows.
+    std::size_t pages_for(std::size_t rows) const { return rows == 0 ? 0 : page_of(rows - 1) + 1; }
+
+   private:
+    std::size_t first_;
+    std::size_t full_;
+    std::size_t doubling_ = 0;  // pages smaller than full_
+};
+
+// What a filtered search looks at in one page (Params::sel): the filter's mask re-based at
+// the page's first row (kSelMask) or its passing rows (kSelList), and how many pass.
+struct PageSelection {
+    uint sel = kSelAll;
+    std::vector<uint> rowsel;
+    std::size_t passing = 0;
+};
+
+// One selection per page of a store of `size` rows. `slots` (ascending, `count` of them):
+// score only the listed rows; null: score every row and apply the mask `bits`.
+inline std::vector<PageSelection> select_pages(const std::uint64_t* bits, const std::uint32_t* slots, std::size_t count,
+                                               std::size_t size, const PageLayout& layout) {
+    std::vector<PageSelection> out(layout.pages_for(size));
+    const std::uint32_t* at = slots;
+    for (std::size_t p = 0; p < out.size(); ++p) {
+        const std::size_t first = layout.start(p), rows = std::min(layout.capacity(p), size - first);
+        PageSelection& s = out[p];
+        if (slots) {
+            // The ascending list's run inside this page, as page rows.
+            s.sel = kSelList;
+            for (; at != slots + count && *at < first + rows; ++at) s.rowsel.push_back(static_cast<uint>(*at - first));
+            s.passing = s.rowsel.size();
+        } else {
+            s.sel = kSelMask;
+            s.rowsel.resize(ceil_div(rows, 32));
+            chunk_mask(bits, first, rows, s.rowsel.data());
+            for (uint w : s.rowsel) s.passing += static_cast<std::size_t>(__builtin_popcount(w));
+        }
+    }
+    return out;
+}
+
+// The rows of page `page` a search scores and how many results it keeps per query (0: no
+// row of the page passes the filter). `sel`: null, or the page's selection.
+struct PageWork {
+    std::size_t rows = 0;    // rows of the page in use
+    std::size_t scored = 0;  // rows scored (the listed rows with kSelList)
+    std::size_t k = 0;       // results per query
+};
+inline PageWork page_work(const PageLayout& layout, std::size_t page, std::size_t size, std::size_t k,
+                          const PageSelection* sel) {
+    PageWork w;
+    w.rows = std::min(layout.capacity(page), size - layout.start(page));
+    w.scored = sel && sel->sel == kSelList ? sel->passing : w.rows;
+    w.k = std::min(k, sel ? sel->passing : w.rows);
+    return w;
+}
+
+// Every page of a search writes its results and reads its selection at its own place in the
+// shared OutScores/OutSlots and RowSel buffers, so one command buffer searches all pages.
+// Offsets in elements (4 bytes each), every page's at a 16-byte boundary.
+struct TileLayout {
+    std::vector<std::size_t> out_at, sel_at;
+    std::size_t out_entries = 0, sel_words = 0;
+};
+inline TileLayout tile_layout(const std::vector<PageWork>& work, std::size_t nq, const std::vector<PageSelection>* sel) {
+    TileLayout t;
+    auto align4 = [](std::size_t n) { return (n + 3) & ~std::size_t{3}; };
+    for (std::size_t p = 0; p < work.size(); ++p) {
+        t.out_at.push_back(t.out_entries);
+        t.out_entries += align4(nq * work[p].k);
+        t.sel_at.push_back(t.sel_words);
+        t.sel_words += align4(sel ? (*sel)[p].rowsel.size() : 0);
+    }
+    t.out_entries = std::max<std::size_t>(t.out_entries, 1);
+    t.sel_words = std::max<std::size_t>(t.sel_words, 1);
+    return t;
+}
+
+// One candidate of a query across pages.
+struct Hit {
+    float score;
+    std::uint32_t ordinal;
+    std::int64_t slot;
+};
+
+// The k best of `hits` (k <= hits.size()) in the kernels' order (better score, then the
+// smaller ordinal), written to scores/slots.
+inline void best_hits(std::vector<Hit>& hits, std::size_t k, uint metric, float* scores, std::int64_t* slots) {
+    const bool higher = metric != kEuclidean;
+    std::partial_sort(hits.begin(), hits.begin() + static_cast<std::ptrdiff_t>(k), hits.end(),
+                      [higher](const Hit& a, const Hit& b) {
+                          if (a.score != b.score) return higher ? a.score > b.score : a.score < b.score;
+                          return a.ordinal < b.ordinal;
+                      });
+    for (std::size_t i = 0; i < k; ++i) {
+        scores[i] = hits[i].score;
+        slots[i] = hits[i].slot;
+    }
+}
+
+// Scores and store slots of one tile of nq queries (row major, k each) from every page's
+// results (OutScores/OutSlots at the tile layout's offsets; slots page-local). With one page
+// its lists are the answer; else each query's k best of all pages' lists. ordinal_of(page,
+// row) gives a row's ordinal. False when a kernel returned a row outside its page.
+template <class OrdinalOf>
+bool gather_tile(const PageLayout& layout, const std::vector<PageWork>& work, const TileLayout& tile, std::size_t nq,
+                 std::size_t k, uint metric, const float* out_scores, const uint* out_slots, OrdinalOf ordinal_of,
+                 float* scores, std::int64_t* slots) {
+    std::vector<std::vector<Hit>> hits(nq);
+    for (std::size_t p = 0; p < work.size(); ++p) {
+        const std::size_t kp = work[p].k;
+        for (std::size_t q = 0; q < nq; ++q)
+            for (std::size_t i = 0; i < kp; ++i) {
+                const std::size_t at = tile.out_at[p] + q * kp + i;
+                if (out_slots[at] >= work[p].rows) return false;
+                hits[q].push_back({out_scores[at], ordinal_of(p, out_slots[at]),
+                                   static_cast<std::int64_t>(layout.start(p) + out_slots[at])});
+            }
+    }
+    for (std::size_t q = 0; q < nq; ++q) {
+        if (work.size() == 1) {  // already the kernels' order
+            for (std::size_t i = 0; i < k; ++i) {
+                scores[q * k + i] = hits[q][i].score;
+                slots[q * k + i] = hits[q][i].slot;
+            }
+            continue;
+        }
+        best_hits(hits[q], k, metric, scores + q * k, slots + q * k);
+    }
+    return true;
 }
 
 }  // namespace hive_gpu::metal

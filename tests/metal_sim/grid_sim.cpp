@@ -17,7 +17,7 @@ constexpr std::size_t kStackBytes = 256 * 1024;
 
 struct Fiber {
     ucontext_t context;
-    std::unique_ptr<char[]> stack;
+    char* stack = nullptr;  // kStackBytes, owned by run_grid's pool
     bool done = false;
 };
 
@@ -51,7 +51,7 @@ void fiber_entry() {
 void reset_fiber(Fiber& f) {
     f.done = false;
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = nullptr;
     makecontext(&f.context, fiber_entry, 0);
@@ -61,10 +61,13 @@ void reset_fiber(Fiber& f) {
 
 void run_grid(const std::uint32_t groups[3], std::uint32_t threads,
               const std::function<void(std::uint32_t, Group)>& body) {
+    // Stacks are kept for the next grid: allocating them per dispatch dominated run time.
+    thread_local std::vector<std::unique_ptr<char[]>> stacks;
+    while (stacks.size() < threads) stacks.emplace_back(new char[kStackBytes]);
     Scheduler s;
     s.body = &body;
     s.fibers.resize(threads);
-    for (auto& f : s.fibers) f.stack.reset(new char[kStackBytes]);
+    for (std::uint32_t t = 0; t < threads; ++t) s.fibers[t].stack = stacks[t].get();
     Scheduler* outer = active;
     active = &s;
     for (std::uint32_t gz = 0; gz < groups[2]; ++gz)
