@@ -96,17 +96,19 @@ def capacity(args) -> None:
     copy_bw = copy_bandwidth(torch, 10)
     torch.cuda.empty_cache()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    rows = torch.randn((batch, dim), device="cuda", generator=gen).to(tdt)
+    # float32 batches whatever the store's dtype: the engine rounds them on the device (a
+    # 16-bit array would be widened by the framework first, into a temporary of its own).
+    rows = torch.randn((batch, dim), device="cuda", generator=gen)
     free_start, total = torch.cuda.mem_get_info()
-    free_start += rows.numel() * item  # the batch is the caller's, not the store's
+    free_start += rows.numel() * rows.element_size()  # the batch is the caller's, not the store's
     s = make_store(ctx, dim, "cosine", args.dtype)
     added, t0 = 0, time.perf_counter()
     error = None
     while True:
         try:
             s.add_vectors([f"c{added + i}" for i in range(batch)], rows)
-        except hive_gpu.OutOfMemoryError as e:
-            error = str(e)
+        except (hive_gpu.OutOfMemoryError, torch.cuda.OutOfMemoryError) as e:
+            error = f"{type(e).__name__}: {e}"
             break
         added += batch
         rows.neg_()  # the next batch differs from this one
