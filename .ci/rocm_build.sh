@@ -113,19 +113,26 @@ echo "all $(nm -D --undefined-only "$module" | wc -l) imported symbols resolve"
 step "device code of the shared engine"
 hip_clang=$(sed -n 's/^CMAKE_HIP_COMPILER:[A-Z]*=//p' "$build/CMakeCache.txt")
 bundler=$(dirname "$(readlink -f "$hip_clang")")/clang-offload-bundler
-engine_obj=$(find "$build" -name 'rocm_engine.hip.o' | head -1)
-[ -n "$engine_obj" ] || { echo "error: the engine object was not built"; exit 1; }
+# The shared sources compile to several objects (csrc/cuda/*.cu as HIP); the kernels of all
+# of them are counted per target.
+mapfile -t engine_objs < <(find "$build" -path '*hive_gpu_rocm.dir*' -name '*.cu.o' | sort)
+[ "${#engine_objs[@]}" -gt 0 ] || { echo "error: the engine objects were not built"; exit 1; }
 fatbin=$(mktemp); code=$(mktemp)
-objcopy -O binary --only-section=.hip_fatbin "$engine_obj" "$fatbin"
 for arch in ${archs//;/ }; do
   case $arch in gfx9*) want=64 ;; *) want=32 ;; esac
-  "$bundler" --unbundle --type=o --input="$fatbin" --output="$code" \
-    --targets="hipv4-amdgcn-amd-amdhsa--$arch"
-  # LLVM's readelf decodes the AMDGPU metadata note (binutils' prints it as bytes).
-  notes=$("$(dirname "$bundler")/llvm-readelf" --notes "$code")
-  kernels=$(grep -c '\.wavefront_size:' <<<"$notes" || true)
-  widths=$( (grep -o '\.wavefront_size: *[0-9]*' <<<"$notes" || true) | awk '{print $2}' | sort -u | tr '\n' ' ')
-  echo "$arch: $kernels kernels, wavefront ${widths% }"
+  kernels=0; widths=""
+  for obj in "${engine_objs[@]}"; do
+    objcopy -O binary --only-section=.hip_fatbin "$obj" "$fatbin"
+    [ -s "$fatbin" ] || continue  # host code only
+    "$bundler" --unbundle --type=o --input="$fatbin" --output="$code" \
+      --targets="hipv4-amdgcn-amd-amdhsa--$arch"
+    # LLVM's readelf decodes the AMDGPU metadata note (binutils' prints it as bytes).
+    notes=$("$(dirname "$bundler")/llvm-readelf" --notes "$code")
+    kernels=$(( kernels + $(grep -c '\.wavefront_size:' <<<"$notes" || true) ))
+    widths+=" $( (grep -o '\.wavefront_size: *[0-9]*' <<<"$notes" || true) | awk '{print $2}')"
+  done
+  widths=$(tr ' ' '\n' <<<"$widths" | grep -v '^$' | sort -u | tr '\n' ' ')
+  echo "$arch: $kernels kernels in ${#engine_objs[@]} objects, wavefront ${widths% }"
   [ "$kernels" -gt 0 ] && [ "${widths% }" = "$want" ] ||
     { echo "error: $arch should have kernels of wavefront $want"; exit 1; }
 done

@@ -133,18 +133,26 @@ def test_ties_rank_older_first_after_removals(cctx, rng, metric, nq):
     assert [h.id for h in s.search(q[0], 3)] == ["d0", "d2", "d3"]
 
 
-@pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("unsettled", [0, 4, 40])
-def test_tensor_core_screen_returns_the_exact_answer(cctx, rng, metric, unsettled):
-    # Batches are screened with TF32 and re-ranked in float32 (kernels/rerank.cuh). Queries
-    # near a tight cluster have candidates closer than the TF32 error bound: those are
-    # answered again in float32, one by one (a few) or as a whole batch (many).
+def clustered(rng, unsettled: int):
+    """20000 x 256 rows, 3000 of them in a tight cluster, and 64 queries, the first
+    `unsettled` of them inside the cluster (near-ties that the screen's bound cannot settle)."""
     n, dim, nq = 20000, 256, 64
     base = rng.standard_normal(dim).astype(np.float32)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     x[:3000] = base + 0.1 * x[:3000]
     q = rng.standard_normal((nq, dim)).astype(np.float32)
     q[:unsettled] = base + 0.1 * rng.standard_normal((unsettled, dim)).astype(np.float32)
+    return x, q
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("unsettled", [0, 4, 40])
+def test_tensor_core_screen_returns_the_exact_answer(cctx, rng, metric, unsettled):
+    # Batches are screened with TF32 and re-ranked in float32 (kernels/rerank.cuh). Queries
+    # near a tight cluster have candidates closer than the TF32 error bound: those are
+    # answered again in float32, one by one (a few) or as a whole batch (many).
+    x, q = clustered(rng, unsettled)
+    nq = len(q)
     s, index = stored(cctx, x, metric)
     for k in (1, 10, 100):
         scores, got = s.search_batch(q, k)
@@ -441,3 +449,297 @@ def test_update_and_swap_remove_on_device(cctx, rng):
     s.remove_vector("u0")  # u99 moves into slot 0
     np.testing.assert_array_equal(s.get_vector("u99").data, x[99])
     assert s.search(x[99], 1)[0].id == "u99"
+
+
+# ---- paged rows ------------------------------------------------------------------------
+# Rows live in fixed device pages (docs/cuda.md). HIVE_GPU_CUDA_PAGE_ROWS, read when a store
+# is created, caps a page's rows, so small stores here span many pages: 768-d rows start with
+# pages of 256 rows that double up to the cap, narrow rows take 64-row pages throughout.
+
+
+@pytest.fixture
+def page_rows(monkeypatch):
+    def set_rows(n: int) -> None:
+        monkeypatch.setenv("HIVE_GPU_CUDA_PAGE_ROWS", str(n))
+
+    return set_rows
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dim,cap", [(13, 64), (768, 4096)])
+def test_paged_store_matches_reference(cctx, rng, page_rows, metric, dim, cap):
+    page_rows(cap)
+    n = 30000 if dim < 100 else 14000
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"r{i}" for i in range(n)]
+    for a in range(0, n, 2999):  # several adds, each ending inside a page
+        s.add_vectors(ids[a : a + 2999], x[a : a + 2999])
+    index = {v: i for i, v in enumerate(ids)}
+    for nq in (1, 3, 7, 300):
+        q = rng.standard_normal((nq, dim)).astype(np.float32)
+        for k in (1, 10, 257):
+            scores, got = s.search_batch(q, k)
+            check_results(scores, got, x, q, metric, k, index)
+    for i in (0, 63, 64, 255, 256, 511, 512, 4095, 4096, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"r{i}").data, x[i])
+    # k up to 20000: beyond shared memory every page's scores go into one sort
+    q = rng.standard_normal((2, dim)).astype(np.float32)
+    scores, got = s.search_batch(q, min(n, 20000))
+    check_results(scores, got, x, q, metric, min(n, 20000), index)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_paged_filtered_search(cctx, rng, page_rows, metric):
+    page_rows(64)
+    n, dim = 5000, 20
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, metric)
+    ids = [f"f{i}" for i in range(n)]
+    s.add_vectors(ids, x, [{"g": str(i % 50)} for i in range(n)])
+    q = rng.standard_normal((5, dim)).astype(np.float32)
+    # dense (half the rows pass) and sparse (1 in 50: the slot list) paths
+    for f, passing in (({"g": {"$in": [str(v) for v in range(25)]}}, lambda i: i % 50 < 25), ({"g": "7"}, lambda i: i % 50 == 7)):
+        keep = [i for i in range(n) if passing(i)]
+        sub = x[keep]
+        index = {f"f{i}": j for j, i in enumerate(keep)}
+        for k in (1, 10, 100):
+            scores, got = s.search_batch(q, k, filter=f)
+            check_results(scores, got, sub, q, metric, k, index)
+            one = s.search(q[0], k, filter=f)
+            assert [h.id for h in one] == list(got[0])
+
+
+def test_paged_swap_remove_truncate_and_memory(cctx, rng, page_rows):
+    page_rows(64)
+    dim = 16
+    x = rng.standard_normal((1000, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, M.EUCLIDEAN)
+    ids = [f"m{i}" for i in range(1000)]
+    s.add_vectors(ids, x)
+    full = s.memory_usage()
+    assert full >= 1000 * dim * 4
+    # Removals move the last rows into freed slots across pages, and give emptied pages back.
+    gone = set(range(0, 1000, 3)) | set(range(500, 1000))
+    s.remove_vectors([ids[i] for i in sorted(gone)])
+    left = [i for i in range(1000) if i not in gone]
+    assert len(s) == len(left)
+    assert s.memory_usage() < full
+    for i in left[::17]:
+        np.testing.assert_array_equal(s.get_vector(ids[i]).data, x[i])
+    index = {ids[i]: j for j, i in enumerate(left)}
+    q = rng.standard_normal((6, dim)).astype(np.float32)
+    scores, got = s.search_batch(q, 20)
+    check_results(scores, got, x[left], q, M.EUCLIDEAN, 20, index)
+    assert s.update_vector(ids[left[-1]], x[0])  # row 0 itself was removed
+    assert s.search(x[0], 1)[0].id == ids[left[-1]]
+    # Adding again after the shrink reuses or adds pages: every row is found where it belongs.
+    s.add_vectors([f"n{i}" for i in range(300)], x[:300] + 10)
+    assert [h.id for h in s.search(x[299] + 10, 1)] == ["n299"]
+    s.clear()
+    assert s.memory_usage() == 0
+    s.add_vectors(["again"], x[:1])
+    assert s.search(x[0], 1)[0].id == "again"
+
+
+def test_paged_bulk_add_from_host_and_device(cctx, rng, page_rows):
+    # Beyond the small-append threshold and across page boundaries: staging chunks stop at
+    # page ends; device rows are copied page by page.
+    page_rows(1024)
+    n, dim = 20000, 130
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = cctx.create_storage(dim, M.DOT_PRODUCT)
+    s.add_vectors([f"h{i}" for i in range(n)], x)
+    for i in (0, 1023, 1024, 1025, 16383, 16384, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"h{i}").data, x[i])
+    torch = pytest.importorskip("torch")
+    wide = torch.from_numpy(np.hstack([x, x[:, :7]])).cuda()
+    s.add_vectors([f"d{i}" for i in range(n)], wide[:, :dim])  # strided device rows
+    for i in (0, 1023, 1024, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"d{i}").data, x[i])
+    bad = torch.from_numpy(x[:3000].copy()).cuda()
+    bad[2500, 3] = float("nan")  # in the third page of this add
+    with pytest.raises(hive_gpu.NonFiniteValueError, match="row 2500"):
+        s.add_vectors([f"b{i}" for i in range(3000)], bad)
+    assert len(s) == 2 * n
+
+
+def test_rows_fill_the_memory_cap(rng, page_rows):
+    # Growth adds pages and never copies, so a store fills its context's memory cap: batches
+    # go in until OutOfMemoryError, and then less than one batch and one page of the cap is
+    # left. The failed batch leaves the store as it was.
+    page_rows(1024)
+    torch = pytest.importorskip("torch")
+    ctx = hive_gpu.CudaContext()
+    dim, batch = 256, 5000
+    row_bytes = dim * 4 + 8  # a row, its factor and its ordinal
+    cap = 64 << 20
+    x = rng.standard_normal((batch, dim)).astype(np.float32)
+    dx = torch.from_numpy(x).cuda()
+    s = ctx.create_storage(dim, M.DOT_PRODUCT)
+    added = 0
+    ctx.configure_pool(max_bytes=cap)
+    try:
+        with pytest.raises(hive_gpu.OutOfMemoryError):
+            while True:
+                s.add_vectors([f"c{added + i}" for i in range(batch)], dx)
+                added += batch
+        held = ctx.pool_stats().rows_bytes
+    finally:
+        ctx.configure_pool(max_bytes=0)
+    assert len(s) == added and added > 0
+    assert s.memory_usage() == held <= cap
+    assert cap - held < (batch + 1024) * row_bytes
+    assert added * dim * 4 >= 0.8 * cap
+    hits = s.search(x[7], 3)
+    assert {h.id for h in hits} <= {f"c{7 + b}" for b in range(0, added, batch)}
+
+
+# ---- 16-bit rows -----------------------------------------------------------------------
+# float16 / bfloat16 stores keep 2-byte rows: rounded once at insert (to nearest even, on the
+# device for device rows), read back widened to float32, searched exactly with respect to the
+# stored values (a float64 reference on the rounded rows).
+
+DTYPES = ["float16", "bfloat16"]
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even) -> float32, for finite values."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32)
+
+
+def rounded(x: np.ndarray, dtype: str) -> np.ndarray:
+    """What a store of `dtype` keeps of float32 rows x."""
+    if dtype == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    if dtype == "bfloat16":
+        return bf16_round(x)
+    return x
+
+
+def typed_store(ctx, dim: int, metric, dtype: str):
+    """A store of `dtype` rows: the Python wrapper's dtype keyword, else the core's."""
+    try:
+        s = ctx.create_storage(dim, metric, dtype=dtype)
+    except TypeError:  # a wrapper without the keyword
+        from hive_gpu._storage import _METRIC_TO_CORE, VectorStorage
+
+        s = VectorStorage(ctx._ctx.create_storage(dim, _METRIC_TO_CORE[M.parse(metric)], dtype))
+    assert s._s.dtype == dtype
+    return s
+
+
+def awkward_values(rng, n: int, dim: int) -> np.ndarray:
+    """Random rows with components at every scale float16 rounds differently: halfway cases,
+    subnormals, values that round to zero."""
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[::7] *= np.float32(1e-5)  # float16 subnormals
+    x[1::11] *= np.float32(3e-8)  # below half the smallest float16 subnormal, or just above
+    x[2::13] = (np.round(x[2::13] * 1024) + 0.5) / 1024  # halfway between float16 neighbours
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_rows_round_like_the_host(cctx, rng, dtype):
+    torch = pytest.importorskip("torch")
+    n, dim = 3000, 37
+    x = awkward_values(rng, n, dim)
+    s = typed_store(cctx, dim, M.DOT_PRODUCT, dtype)
+    s.add_vectors([f"d{i}" for i in range(n)], torch.from_numpy(x).cuda())
+    want = rounded(x, dtype)
+    got = np.stack([s.get_vector(f"d{i}").data for i in range(n)])
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # rows already in the dtype go in unchanged
+    t16 = torch.from_numpy(want).cuda().to(torch.float16 if dtype == "float16" else torch.bfloat16)
+    s.add_vectors([f"t{i}" for i in range(n)], t16)
+    np.testing.assert_array_equal(s.get_vector("t123").data, want[123])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_host_rows_round_like_numpy(cctx, rng, dtype):
+    n, dim = 2000, 64
+    x = awkward_values(rng, n, dim)
+    s = typed_store(cctx, dim, M.EUCLIDEAN, dtype)
+    s.add_vectors([f"h{i}" for i in range(n)], x)
+    want = rounded(x, dtype)
+    for i in (0, 1, 2, 7, 11, 13, n - 1):
+        np.testing.assert_array_equal(s.get_vector(f"h{i}").data, want[i])
+    assert s.update_vector("h5", x[6])
+    np.testing.assert_array_equal(s.get_vector("h5").data, want[6])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("nq", [1, 3, 16, 300])
+def test_16bit_search_paths_match_reference(cctx, rng, dtype, metric, nq):
+    n, dim = 6000, 200
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    s = typed_store(cctx, dim, metric, dtype)
+    torch = pytest.importorskip("torch")
+    s.add_vectors([f"r{i}" for i in range(n)], torch.from_numpy(x).cuda())
+    xs = rounded(x, dtype)
+    index = {f"r{i}": i for i in range(n)}
+    for k in (1, 10, 100, 300):  # 300: beyond the tensor-core screen, widened rows and SGEMM
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, xs, q, metric, k, index)
+    # device queries of the store's dtype
+    tq = torch.from_numpy(q).cuda().to(torch.float16 if dtype == "float16" else torch.bfloat16)
+    scores, got = s.search_batch(tq, 10)
+    check_results(scores, got, xs, rounded(q, dtype), metric, 10, index)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("unsettled", [0, 4, 40])
+def test_16bit_screen_returns_the_exact_answer(cctx, rng, page_rows, dtype, metric, unsettled):
+    # The float16/bfloat16 tensor-core screen with the float32 re-rank on the stored rows;
+    # queries in a tight cluster are answered again exactly. Pages of 4096 rows.
+    torch = pytest.importorskip("torch")
+    page_rows(4096)
+    x, q = clustered(rng, unsettled)
+    n, dim = x.shape
+    q[-1] *= np.float32(1e-30)  # a tiny query: scaled before it is rounded to 16 bits
+    s = typed_store(cctx, dim, metric, dtype)
+    s.add_vectors([f"r{i}" for i in range(n)], torch.from_numpy(x).cuda())
+    xs = rounded(x, dtype)
+    index = {f"r{i}": i for i in range(n)}
+    for k in (1, 10, 100):
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, xs, q, metric, k, index)
+        hits = s.search(q[5], k)
+        tol = (2e-5 if metric != M.EUCLIDEAN else 2e-3) * np.abs(scores[5]).max()
+        np.testing.assert_allclose([h.distance for h in hits], scores[5], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16bit_filtered_and_removed(cctx, rng, page_rows, dtype):
+    torch = pytest.importorskip("torch")
+    page_rows(64)
+    n, dim = 3000, 24
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    s = typed_store(cctx, dim, M.COSINE, dtype)
+    ids = [f"f{i}" for i in range(n)]
+    s.add_vectors(ids, torch.from_numpy(x).cuda(), [{"g": str(i % 40)} for i in range(n)])
+    s.remove_vectors(ids[::5])
+    keep = [i for i in range(n) if i % 5 and i % 40 == 3]
+    q = rng.standard_normal((8, dim)).astype(np.float32)
+    scores, got = s.search_batch(q, 10, filter={"g": "3"})
+    check_results(scores, got, rounded(x, dtype)[keep], q, M.COSINE, 10, {f"f{i}": j for j, i in enumerate(keep)})
+    hits = s.search(q[0], 10, filter={"g": "3"})
+    assert [h.id for h in hits] == list(got[0])
+
+
+def test_float16_overflow_is_refused(cctx, rng):
+    torch = pytest.importorskip("torch")
+    s = typed_store(cctx, 8, M.DOT_PRODUCT, "float16")
+    s.add_vectors(["keep"], rng.standard_normal((1, 8)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((100, 8)).astype(np.float32)).cuda()
+    x[42, 3] = 65520.0  # rounds to infinity in float16
+    with pytest.raises(hive_gpu.NonFiniteValueError, match="row 42"):
+        s.add_vectors([f"o{i}" for i in range(100)], x)
+    x[42, 3] = 65504.0  # the largest float16: fits
+    s.add_vectors([f"o{i}" for i in range(100)], x)
+    assert len(s) == 101 and s.get_vector("o42").data[3] == 65504.0

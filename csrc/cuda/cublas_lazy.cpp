@@ -63,6 +63,7 @@ Loaded load() {
     sym(r.api.set_math_mode, "cublasSetMathMode");
     sym(r.api.set_workspace, "cublasSetWorkspace_v2");
     sym(r.api.sgemm, "cublasSgemm_v2");
+    sym(r.api.gemm_ex, "cublasGemmEx");
     if (!r.reason.empty()) {
         r.reason = "the loaded cuBLAS lacks " + r.reason;
         return r;

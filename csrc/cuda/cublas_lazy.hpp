@@ -1,7 +1,7 @@
 // cuBLAS loaded at run time. The module must import where cuBLAS is absent (a wheel
 // installed without the `cuda` extra, a machine without a GPU), so libcublas.so.13 is
 // opened with dlopen on first use instead of being a link-time dependency. Included by
-// kernels/compat.cuh after <cublas_v2.h> (types and enums only): the six cuBLAS calls the
+// kernels/compat.cuh after <cublas_v2.h> (types and enums only): the seven cuBLAS calls the
 // engine makes are redirected to the table below.
 #pragma once
 
@@ -21,6 +21,9 @@ struct CublasApi {
     cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
                             const float*, const float*, int, const float*, int, const float*,
                             float*, int) = nullptr;
+    cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                              const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                              cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
 };
 
 // The loaded library, or nullptr (then cublas_unavailable_reason() says why). Thread-safe;
@@ -57,6 +60,15 @@ inline cublasStatus_t sgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperat
              : CUBLAS_STATUS_NOT_INITIALIZED;
 }
 
+inline cublasStatus_t gemm_ex(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                              const void* alpha, const void* A, cudaDataType at, int lda, const void* B,
+                              cudaDataType bt, int ldb, const void* beta, void* C, cudaDataType ct, int ldc,
+                              cublasComputeType_t compute, cublasGemmAlgo_t algo) {
+    const CublasApi* a = cublas();
+    return a ? a->gemm_ex(h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, compute, algo)
+             : CUBLAS_STATUS_NOT_INITIALIZED;
+}
+
 }  // namespace hive_gpu::cuda::lazy
 
 #undef cublasCreate
@@ -64,9 +76,11 @@ inline cublasStatus_t sgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperat
 #undef cublasSetStream
 #undef cublasSetWorkspace
 #undef cublasSgemm
+#undef cublasGemmEx
 #define cublasCreate ::hive_gpu::cuda::lazy::create
 #define cublasDestroy ::hive_gpu::cuda::lazy::destroy
 #define cublasSetStream ::hive_gpu::cuda::lazy::set_stream
 #define cublasSetMathMode ::hive_gpu::cuda::lazy::set_math_mode
 #define cublasSetWorkspace ::hive_gpu::cuda::lazy::set_workspace
 #define cublasSgemm ::hive_gpu::cuda::lazy::sgemm
+#define cublasGemmEx ::hive_gpu::cuda::lazy::gemm_ex

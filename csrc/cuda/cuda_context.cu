@@ -115,9 +115,8 @@ DeviceInfo CudaContext::device_info() const {
 #endif
 
 std::unique_ptr<Engine> CudaContext::make_engine(std::size_t dimension, Metric metric, Dtype dtype) {
-    if (dtype != Dtype::Float32) throw InvalidDtypeError(std::string("this backend does not store ") + dtype_name(dtype) + " rows yet");
-    return std::make_unique<CudaEngine>(
-        std::static_pointer_cast<CudaContext>(shared_from_this()), dimension, metric);
+    return std::make_unique<CudaEngine>(std::static_pointer_cast<CudaContext>(shared_from_this()), dimension, metric,
+                                        dtype);
 }
 
 namespace {
@@ -152,7 +151,8 @@ class DeviceStagedRows final : public StagedRows {
             check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
             buffer_ = Scratch(*ctx_, n_ * dim_ * sizeof(float), stream_);
             check(cudaStreamSynchronize(stream_), "staging allocation");  // ready for the upload's streams
-            upload_host_rows(*ctx_, rows, n_, dim_, dim_, buffer_.as<float>());
+            upload_host_rows(*ctx_, rows, n_, dim_ * sizeof(float), dim_ * sizeof(float),
+                             {RowRun{0, n_, buffer_.as<unsigned char>()}});
         } catch (...) {
             error_ = std::current_exception();
         }

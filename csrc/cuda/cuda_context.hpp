@@ -44,6 +44,7 @@ class CudaContext final : public Context {
     bool try_charge(std::uint64_t bytes);
     void charge(std::uint64_t bytes, const char* what);
     void uncharge(std::uint64_t bytes) { rows_bytes_.fetch_sub(bytes); }
+    std::uint64_t max_bytes() const;  // the cap; 0: none
 
     // Pinned host buffers of staging_bytes() each, kept for the context's life.
     std::size_t staging_bytes() const { return kStagingBytes; }
@@ -54,7 +55,6 @@ class CudaContext final : public Context {
     // Adds `bytes` to `counter` (used_ or rows_bytes_) unless the two together would pass
     // the cap; false, and nothing added, when they would.
     bool take_under_cap(std::atomic<std::uint64_t>& counter, std::uint64_t bytes);
-    std::uint64_t max_bytes() const;
 
     static constexpr std::size_t kStagingBytes = std::size_t{8} << 20;
     // Below this a batch's ids take too little time to be worth hiding behind its upload.

@@ -9,9 +9,10 @@
 #include "rocm/hip_vendor.hpp"
 #else
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "cuda/cublas_lazy.hpp"  // cuBLAS opened at run time: the six calls go through it
+#include "cuda/cublas_lazy.hpp"  // cuBLAS opened at run time: the seven calls go through it
 
 #include <cstddef>
 #define HIVE_GPU_BACKEND_NAME "cuda"

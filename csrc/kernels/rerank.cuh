@@ -20,7 +20,9 @@
 #pragma once
 
 #include "kernels/compat.cuh"
+#include "kernels/elements.cuh"
 #include "kernels/keys.cuh"
+#include "kernels/pages.cuh"
 #include "kernels/select.cuh"
 
 namespace hive_gpu::kernels {
@@ -30,15 +32,22 @@ struct ScreenBound {
     float sq;
 };
 
-inline ScreenBound screen_bound(std::size_t dim) {
+// The screen's bound for rows of `dtype` (hive_gpu::Dtype's value). float32 rows: a TF32
+// GEMM, both operands rounded to 10 bits. 16-bit rows: the stored rows are exact in a
+// float16/bfloat16 GEMM and only the query is rounded (after a power-of-two scaling that
+// keeps it clear of overflow and underflow, quantize_queries_kernel): 2^-11 of each
+// component for float16, 2^-8 for bfloat16, so rel = twice that (2^-10, 2^-7) plus the same
+// accumulation and re-rank terms as for TF32.
+inline ScreenBound screen_bound(std::size_t dim, int dtype = kF32) {
     const double d = static_cast<double>(dim);
-    return ScreenBound{static_cast<float>(0x1p-8 + d * 0x1p-21 + 0x1p-20),
+    const double operand = dtype == kF16 ? 0x1p-10 : dtype == kBF16 ? 0x1p-7 : 0x1p-8;
+    return ScreenBound{static_cast<float>(operand + d * 0x1p-21 + 0x1p-20),
                        static_cast<float>(d * 0x1p-21 + 0x1p-20)};
 }
 
 // *out = the largest of factor[0, n) as float bits (the factors are >= 0, so their bits
 // order as they do); *out must start at 0.
-__global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t n, unsigned int* out) {
+[[maybe_unused]] static __global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t n, unsigned int* out) {
     float m = 0.0f;
     for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
@@ -48,17 +57,17 @@ __global__ void max_factor_kernel(const float* __restrict__ factor, std::size_t 
 }
 
 // One block per query: the kc sorted approximate candidates of query blockIdx.x are scored
-// in float32 (a warp per candidate), sorted, and the k best written as scores and slots.
-// ok[q] says whether the candidates provably hold the exact top k (see above).
+// in float32 (a warp per candidate, rows of kDtype widened exactly), sorted, and the k best
+// written as scores and slots. ok[q] says whether the candidates provably hold the exact top
+// k (see above); screen_ok (or nullptr) can mark queries the screen did not score.
 // Shared memory: topk_shared_bytes(cap), cap = next power of two >= kc.
-template <int kMetric>
+template <int kMetric, int kDtype = kF32>
 __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
     const std::uint64_t* __restrict__ cand_keys, const std::uint32_t* __restrict__ cand_vals, int kc,
-    int k, int cap, const float4* __restrict__ rows, std::size_t ld4, const float4* __restrict__ queries,
-    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
+    int k, int cap, PagedRows rows, const float4* __restrict__ queries,
     const float* __restrict__ query_factor, const unsigned int* __restrict__ max_factor_bits,
-    ScreenBound bound, float* __restrict__ out_scores, std::int64_t* __restrict__ out_slots,
-    unsigned char* __restrict__ ok) {
+    ScreenBound bound, const unsigned char* __restrict__ screen_ok, float* __restrict__ out_scores,
+    std::int64_t* __restrict__ out_slots, unsigned char* __restrict__ ok) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
     extern __shared__ __align__(16) unsigned char smem[];
     auto* keys = reinterpret_cast<std::uint64_t*>(smem);
@@ -80,10 +89,14 @@ __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
             }
             proven = kHigher ? worst < kth - 2.0f * b : worst > kth + 2.0f * b;
         }
-        ok[q] = proven ? 1 : 0;
+        ok[q] = proven && (screen_ok == nullptr || screen_ok[q] != 0) ? 1 : 0;
     }
     const int lane = lane_id();
-    const float4* qv = queries + q * ld4;
+    const std::size_t ld4 = rows.ld4;
+    constexpr std::size_t kQ4 = Elem<kDtype>::kPerUnit / 4;  // query float4s per row unit
+    const int base_shift = rows.map.base_shift, max_shift = rows.map.max_shift;
+    const PageRef* pages = rows.pages;
+    const float4* qv = queries + q * ld4 * kQ4;
     for (int i = warp_id(); i < cap; i += blockDim.x / kWarpSize) {
         const bool real = i < kc && ck[i] != kEmptyKey;
         if (!real) {
@@ -94,20 +107,14 @@ __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
             continue;
         }
         const std::uint32_t row = cv[i];
-        const float4* x = rows + static_cast<std::size_t>(row) * ld4;
+        const PagePlace at = place(base_shift, max_shift, row);
+        const PageRef& page = pages[at.page];
+        const uint4* x = static_cast<const uint4*>(page.rows) + at.row * ld4;
         float acc = 0.0f;
-        for (std::size_t j = lane; j < ld4; j += kWarpSize) {
-            const float4 a = __ldg(x + j), b = qv[j];
-            if (kMetric == kEuclidean) {
-                const float dx = b.x - a.x, dy = b.y - a.y, dz = b.z - a.z, dw = b.w - a.w;
-                acc += dx * dx + dy * dy + dz * dz + dw * dw;
-            } else {
-                acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-            }
-        }
+        for (std::size_t j = lane; j < ld4; j += kWarpSize) acc += unit_term<kMetric, kDtype>(__ldg(x + j), qv + j * kQ4);
         acc = warp_sum(acc);
         if (lane == 0) {
-            keys[i] = make_key<kHigher>(finish_score<kMetric, false>(acc, row_factor[row], qf), ordinals[row]);
+            keys[i] = make_key<kHigher>(finish_score<kMetric, false>(acc, page.factors[at.row], qf), page.ordinals[at.row]);
             vals[i] = row;
         }
     }

@@ -5,7 +5,9 @@
 
 #include "core/numeric.hpp"
 #include "kernels/compat.cuh"
+#include "kernels/elements.cuh"
 #include "kernels/keys.cuh"
+#include "kernels/pages.cuh"
 #include "kernels/select.cuh"
 
 namespace hive_gpu::kernels {
@@ -16,20 +18,22 @@ constexpr unsigned long long kFaultTooLarge = 2;
 
 // One warp per row: the per-row factor (1/|x| for Cosine, |x|^2 otherwise, in double as the
 // CPU engine does) and, for rows that break the input rules, the smallest faulty row packed
-// as (row << 2 | code) into *fault with atomicMin.
-template <int kMetric>
-__global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld, std::size_t n,
+// as ((fault_row0 + row) << 2 | code) into *fault with atomicMin (rows of one call may span
+// several pages, one launch each).
+template <int kMetric, int kDtype = kF32>
+__global__ void row_stats_kernel(const typename Elem<kDtype>::T* __restrict__ rows, std::size_t ld, std::size_t n,
                                  std::size_t dim, float* __restrict__ factor,
-                                 unsigned long long* fault, double max_squared_norm) {
+                                 unsigned long long* fault, double max_squared_norm,
+                                 std::size_t fault_row0 = 0) {
     const std::size_t warps = (static_cast<std::size_t>(gridDim.x) * blockDim.x) / kWarpSize;
     const std::size_t first = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
     const int lane = lane_id();
     for (std::size_t r = first; r < n; r += warps) {
-        const float* x = rows + r * ld;
+        const typename Elem<kDtype>::T* x = rows + r * ld;
         double s = 0.0;
         int bad = 0;
         for (std::size_t j = lane; j < dim; j += kWarpSize) {
-            const float v = x[j];
+            const float v = to_float<kDtype>(x[j]);
             bad |= !isfinite(v);
             s += static_cast<double>(v) * v;
         }
@@ -38,7 +42,7 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
         if (lane == 0) {
             unsigned long long code = bad ? kFaultNonFinite : (s > max_squared_norm ? kFaultTooLarge : 0);
             if (code != 0 && fault != nullptr)
-                atomicMin(fault, (static_cast<unsigned long long>(r) << 2) | code);
+                atomicMin(fault, (static_cast<unsigned long long>(fault_row0 + r) << 2) | code);
             if (kMetric == kCosine)
                 factor[r] = cosine_factor(s);
             else
@@ -49,14 +53,20 @@ __global__ void row_stats_kernel(const float* __restrict__ rows, std::size_t ld,
 
 // Raw accumulations of kWarpRows (<= kWarpSize) consecutive rows [wbase, wbase + kWarpRows)
 // against the query in shared memory: the return value of lane i < kWarpRows belongs to row
-// wbase + i. kRows rows are loaded together so that several 16-byte loads per lane are in
-// flight. kFiltered: entries [wbase, ...) instead, entry e being row list[e] with a list, and
-// only those whose bit is set in `live` (bit i: entry wbase + i) are read; n is unused.
-template <int kMetric, int kVpl, int kRows, int kWarpRows, bool kFiltered>
-__device__ __forceinline__ float warp_row_scores(const float4* __restrict__ rows, std::size_t ld4,
-                                                 std::size_t n, const std::uint32_t* __restrict__ list,
+// wbase + i. Those rows lie in one page (page boundaries are multiples of 64). kRows rows are
+// loaded together so that several 16-byte loads per lane are in flight. kFiltered: entries
+// [wbase, ...) instead, entry e being row list[e] with a list, and only those whose bit is
+// set in `live` (bit i: entry wbase + i) are read; n is unused. ld4 counts 16-byte units;
+// the query holds Elem<kDtype>::kPerUnit floats per unit.
+template <int kMetric, int kVpl, int kRows, int kWarpRows, bool kFiltered, int kDtype>
+__device__ __forceinline__ float warp_row_scores(const PagedRows& rows, std::size_t n,
+                                                 const std::uint32_t* __restrict__ list,
                                                  std::uint64_t live, const float4* q, std::size_t wbase) {
     const int lane = lane_id();
+    const std::size_t ld4 = rows.ld4;
+    const bool listed = kFiltered && list != nullptr;
+    const float4* first = nullptr;  // the warp's first row, when its rows are consecutive
+    if (!listed && (kFiltered ? live != 0 : wbase < n)) first = rows.row4(wbase);
     float mine = 0.0f;
     for (int i = 0; i < kWarpRows; i += kRows) {
         float acc[kRows];
@@ -68,32 +78,28 @@ __device__ __forceinline__ float warp_row_scores(const float4* __restrict__ rows
             if (take == 0) continue;  // warp-uniform: no row of this step passes
         }
         for (std::size_t c0 = 0; c0 < ld4; c0 += static_cast<std::size_t>(kVpl) * kWarpSize) {
-            float4 v[kRows][kVpl];
+            uint4 v[kRows][kVpl];
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
                 const std::size_t entry = wbase + i + r;
                 bool read = entry < n;
                 if constexpr (kFiltered) read = ((take >> r) & 1u) != 0;
-                const float4* x = rows + (kFiltered && read && list != nullptr ? list[entry] : entry) * ld4;
+                const float4* x = !read ? nullptr
+                                  : listed ? rows.row4(list[entry])
+                                           : first + static_cast<std::size_t>(i + r) * ld4;
 #pragma unroll
                 for (int c = 0; c < kVpl; ++c) {
                     const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
-                    v[r][c] = (read && col < ld4) ? __ldg(x + col) : make_float4(0.f, 0.f, 0.f, 0.f);
+                    v[r][c] = (read && col < ld4) ? __ldg(reinterpret_cast<const uint4*>(x) + col) : make_uint4(0, 0, 0, 0);
                 }
             }
 #pragma unroll
             for (int c = 0; c < kVpl; ++c) {
                 const std::size_t col = c0 + lane + static_cast<std::size_t>(c) * kWarpSize;
-                const float4 b = col < ld4 ? q[col] : make_float4(0.f, 0.f, 0.f, 0.f);
+                if (col < ld4) {
+                    const float4* b = q + col * (Elem<kDtype>::kPerUnit / 4);
 #pragma unroll
-                for (int r = 0; r < kRows; ++r) {
-                    const float4 a = v[r][c];
-                    if (kMetric == kEuclidean) {
-                        const float dx = b.x - a.x, dy = b.y - a.y, dz = b.z - a.z, dw = b.w - a.w;
-                        acc[r] += dx * dx + dy * dy + dz * dz + dw * dw;
-                    } else {
-                        acc[r] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-                    }
+                    for (int r = 0; r < kRows; ++r) acc[r] += unit_term<kMetric, kDtype>(v[r][c], b);
                 }
             }
         }
@@ -138,13 +144,12 @@ __device__ __forceinline__ std::uint64_t live_entries(std::size_t wbase, std::si
 // kFiltered (its own instantiation, so the plain scan keeps its registers): with `mask`
 // (dense) a row whose bit is clear is neither read nor ranked; with `list` (sparse) the scan
 // runs over entries [0, n) and entry i is row list[i]. Without kFiltered both are ignored.
-// Shared memory: BlockTopK (cap entries) then the query (ld4 float4).
-template <int kMetric, int kVpl, int kWarpRows = kWarpSize, bool kFiltered = false>
+// Shared memory: BlockTopK (cap entries) then the query (as floats, kPerUnit per row unit).
+template <int kMetric, int kVpl, int kWarpRows = kWarpSize, bool kFiltered = false, int kDtype = kF32>
 __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
-    const float4* __restrict__ rows, std::size_t ld4, std::size_t n,
+    PagedRows rows, std::size_t n,
     const std::uint32_t* __restrict__ list_arg, const std::uint64_t* __restrict__ mask_arg,
-    const float4* __restrict__ query, const float* __restrict__ row_factor,
-    const std::uint32_t* __restrict__ ordinals, int k, int cap,
+    const float4* __restrict__ query, int k, int cap,
     std::uint64_t* __restrict__ out_keys, std::uint32_t* __restrict__ out_vals,
     unsigned int* done, float* __restrict__ final_scores, std::int64_t* __restrict__ final_slots) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
@@ -157,11 +162,12 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
                   reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
                   &count, &bound};
     float4* q = reinterpret_cast<float4*>(smem + topk_shared_bytes(cap));
-    for (std::size_t i = threadIdx.x; i < ld4; i += blockDim.x) q[i] = query[i];
+    const std::size_t q4 = rows.ld4 * (Elem<kDtype>::kPerUnit / 4);  // float4s of the query
+    for (std::size_t i = threadIdx.x; i < q4; i += blockDim.x) q[i] = query[i];
     top.init(nullptr, nullptr);
     // The query's factor, as row_stats_kernel computes it; every warp sums for itself.
     double qq = 0.0;
-    for (std::size_t i = lane_id(); i < ld4; i += kWarpSize) {
+    for (std::size_t i = lane_id(); i < q4; i += kWarpSize) {
         const float4 v = q[i];
         qq += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y +
               static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
@@ -176,13 +182,15 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
         std::uint64_t live = 0;
         if constexpr (kFiltered) live = live_entries<kWarpRows>(wbase, n, mask);
         const float acc =
-            warp_row_scores<kMetric, kVpl, kRows, kWarpRows, kFiltered>(rows, ld4, n, list, live, q, wbase);
+            warp_row_scores<kMetric, kVpl, kRows, kWarpRows, kFiltered, kDtype>(rows, n, list, live, q, wbase);
         const bool ranked = kFiltered ? ((live >> (lane_id() % 64)) & 1u) != 0 : wbase + lane_id() < n;
         if (lane_id() < kWarpRows && ranked) {
             const std::size_t entry = wbase + lane_id();
             const std::size_t row = list != nullptr ? list[entry] : entry;
-            const float s = finish_score<kMetric, false>(acc, row_factor[row], qf);
-            top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
+            const PagePlace at = rows.map.place(row);
+            const PageRef& page = rows.pages[at.page];
+            const float s = finish_score<kMetric, false>(acc, page.factors[at.row], qf);
+            top.push(make_key<kHigher>(s, page.ordinals[at.row]), static_cast<std::uint32_t>(row));
         }
         top.end_round(1);
     }
@@ -226,10 +234,11 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     if (threadIdx.x == 0) *done = 0;  // ready for the lane's next search
 }
 
-// Keys of every score of a GEMM result (k beyond shared memory: a full sort follows).
-// Rows a mask drops get the empty key, so they sort after every row that passes.
+// Keys of the GEMM scores of one page's rows, slots [slot0, slot0 + n) (k beyond shared
+// memory: a full sort follows). dots, keys and vals start at slot0; row_factor and ordinals
+// are the page's. Rows a mask drops get the empty key, so they sort after every row that passes.
 template <int kMetric>
-__global__ void keys_from_scores_kernel(const float* __restrict__ dots, std::size_t n,
+__global__ void keys_from_scores_kernel(const float* __restrict__ dots, std::size_t n, std::size_t slot0,
                                         const float* __restrict__ row_factor,
                                         const std::uint32_t* __restrict__ ordinals,
                                         const std::uint64_t* __restrict__ mask,
@@ -241,8 +250,8 @@ __global__ void keys_from_scores_kernel(const float* __restrict__ dots, std::siz
     for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
         const float s = finish_score<kMetric, true>(dots[i], row_factor[i], qf);
-        keys[i] = slot_passes(mask, i) ? make_key<kHigher>(s, ordinals[i]) : kEmptyKey;
-        vals[i] = static_cast<std::uint32_t>(i);
+        keys[i] = slot_passes(mask, slot0 + i) ? make_key<kHigher>(s, ordinals[i]) : kEmptyKey;
+        vals[i] = static_cast<std::uint32_t>(slot0 + i);
     }
 }
 
@@ -339,16 +348,18 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
     }
 }
 
-// Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols.
-// Block (q, s) takes the s-th of gridDim.y column ranges and writes its k best keys to
-// out[(q * gridDim.y + s) * k]; with one range it starts from seed (the running top-k).
-// Rows a mask drops are never candidates.
+// Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols (the
+// tile may span pages; rows' factors and ordinals come through the page table). Block (q, s)
+// takes the s-th of gridDim.y column ranges and writes its k best keys to
+// out[(q * gridDim.y + s) * k]; with one range it starts from seed (the running top-k). Rows
+// a mask drops are never candidates. acc_scale (or nullptr): a factor
+// per query applied to its sums first (the 16-bit screen's scaled queries).
 template <int kMetric>
 __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float* __restrict__ scores, std::size_t ld_scores, std::size_t cols, std::size_t col0,
-    const float* __restrict__ row_factor, const std::uint32_t* __restrict__ ordinals,
-    const std::uint64_t* __restrict__ mask,
-    const float* __restrict__ query_factor, int k, int cap, const std::uint64_t* seed_keys,
+    PagedRows rows, const std::uint64_t* __restrict__ mask,
+    const float* __restrict__ query_factor, const float* __restrict__ acc_scale, int k, int cap,
+    const std::uint64_t* seed_keys,
     const std::uint32_t* seed_vals, std::uint64_t* out_keys, std::uint32_t* out_vals) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -364,6 +375,9 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const bool seeded = seed_keys != nullptr && gridDim.y == 1;
     top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr);
     const float qf = query_factor[q];
+    const float scale = acc_scale != nullptr ? acc_scale[q] : 1.0f;  // a power of two: exact
+    const int base_shift = rows.map.base_shift, max_shift = rows.map.max_shift;
+    const PageRef* pages = rows.pages;
     const float* s_row = scores + q * ld_scores;
     const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
     // The loads of round r + 1 are issued before round r is ranked, so a memory latency is
@@ -374,7 +388,12 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
         for (int j = 0; j < kSelectItems; ++j) {
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
             acc[j] = c < end ? s_row[c] : 0.0f;
-            rf[j] = c < end ? row_factor[col0 + c] : 0.0f;
+            float f = 0.0f;
+            if (c < end) {
+                const PagePlace at = place(base_shift, max_shift, col0 + c);
+                f = pages[at.page].factors[at.row];
+            }
+            rf[j] = f;
         }
     };
     load(begin, next_acc, next_rf);
@@ -391,8 +410,9 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
             const std::size_t c = base + j * blockDim.x + threadIdx.x;
             if (c < end && slot_passes(mask, col0 + c)) {
                 const std::size_t row = col0 + c;
-                const float s = finish_score<kMetric, true>(acc[j], rf[j], qf);
-                top.push(make_key<kHigher>(s, ordinals[row]), static_cast<std::uint32_t>(row));
+                const float s = finish_score<kMetric, true>(acc[j] * scale, rf[j], qf);
+                const PagePlace at = place(base_shift, max_shift, row);
+                top.push(make_key<kHigher>(s, pages[at.page].ordinals[at.row]), static_cast<std::uint32_t>(row));
             }
         }
         top.end_round(kSelectItems);
@@ -405,21 +425,21 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
 // Sparse filtered batches: the n listed rows (with their factors and ordinals) copied into
 // a compact matrix that the batch paths then search like a store of n rows. A warp per row,
 // so each row is read in whole, coalesced.
-__global__ void gather_rows_kernel(const float4* __restrict__ rows, std::size_t ld4,
-                                   const float* __restrict__ row_factor,
-                                   const std::uint32_t* __restrict__ ordinals,
-                                   const std::uint32_t* __restrict__ list, std::size_t n,
-                                   float4* __restrict__ out_rows, float* __restrict__ out_factor,
-                                   std::uint32_t* __restrict__ out_ordinals) {
+[[maybe_unused]] static __global__ void gather_rows_kernel(PagedRows rows, const std::uint32_t* __restrict__ list, std::size_t n,
+                                          float4* __restrict__ out_rows, float* __restrict__ out_factor,
+                                          std::uint32_t* __restrict__ out_ordinals) {
     const std::size_t warps = (static_cast<std::size_t>(gridDim.x) * blockDim.x) / kWarpSize;
     const std::size_t first = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+    const std::size_t ld4 = rows.ld4;
     const int lane = lane_id();
     for (std::size_t i = first; i < n; i += warps) {
-        const std::size_t src = list[i];
-        for (std::size_t j = lane; j < ld4; j += kWarpSize) out_rows[i * ld4 + j] = __ldg(rows + src * ld4 + j);
+        const PagePlace at = rows.map.place(list[i]);
+        const PageRef& page = rows.pages[at.page];
+        const float4* src = static_cast<const float4*>(page.rows) + at.row * ld4;
+        for (std::size_t j = lane; j < ld4; j += kWarpSize) out_rows[i * ld4 + j] = __ldg(src + j);
         if (lane == 0) {
-            out_factor[i] = row_factor[src];
-            out_ordinals[i] = ordinals[src];
+            out_factor[i] = page.factors[at.row];
+            out_ordinals[i] = page.ordinals[at.row];
         }
     }
 }

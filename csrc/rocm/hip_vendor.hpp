@@ -5,6 +5,7 @@
 // (csrc/rocm/CMakeLists.txt).
 #pragma once
 
+#include <hip/hip_fp16.h>
 #include <hip/hip_runtime.h>
 #include <rocblas/rocblas.h>
 

@@ -1,7 +1,8 @@
-// The ROCm context is the CUDA context compiled by HIP (the stream-ordered memory pool, the
-// pinned staging buffers, make_engine() returning the shared engine). What differs is here:
-// the backend entry, and device_info() from hipGetDeviceProperties & co (rocm_device.hip).
-#include "cuda/cuda_context.cu"
+// The ROCm context is the CUDA context compiled by HIP (csrc/cuda/cuda_context.cu, listed in
+// this folder's CMakeLists.txt: the stream-ordered memory pool, the pinned staging buffers,
+// make_engine() returning the shared engine). What differs is here: the backend entry, and
+// device_info() from hipGetDeviceProperties & co (rocm_device.hip).
+#include "cuda/cuda_context.hpp"
 
 #include <memory>
 #include <string>
