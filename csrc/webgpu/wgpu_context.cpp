@@ -245,6 +245,12 @@ WgpuContext::WgpuContext(const Runtime& rt) : rt_(rt) {
     native_f16_ = want_f16;
 }
 
+DeviceInfo WgpuContext::device_info() const {
+    DeviceInfo d = rt_.info;
+    if (native_f16_) d.compute_capability += ", shader-f16";
+    return d;
+}
+
 RowFormat WgpuContext::row_format(Dtype dtype) const {
     switch (dtype) {
         case Dtype::Float16: return native_f16_ ? RowFormat::F16 : RowFormat::F16Packed;

@@ -65,7 +65,9 @@ class WgpuContext final : public Context {
     ~WgpuContext() override;
 
     std::string backend() const override { return "webgpu"; }
-    DeviceInfo device_info() const override { return rt_.info; }
+    // The adapter's description; compute_capability ends in ", shader-f16" when this device
+    // reads float16 rows natively.
+    DeviceInfo device_info() const override;
     std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric, Dtype dtype) override;
 
     const Api& api() const { return *rt_.api; }
