@@ -1,5 +1,5 @@
 """WebGPU-specific checks: the paths of the WGSL engine the shared suite may not reach
-(several storage chunks, both selection kernels, both scoring kernels, merge passes, row
+(several storage pages, both selection kernels, both scoring kernels, merge passes, row
 padding), the CPU backend as a second oracle, and how unavailability is reported.
 
 Runs on whatever adapter WebGPU finds: lavapipe (Mesa's Vulkan on the CPU) in CI.
@@ -44,6 +44,25 @@ def _random_store(wctx, rng, n, d, metric):
     return store, X, ids
 
 
+def _grow_remove_update(store, rng, d, removes, stored=lambda X: X):
+    """Adds random rows in uneven batches (growth adds pages), swap-removes `removes` of them
+    (rows move across pages) and updates 40: {id: the values the store holds}."""
+    model: dict[str, np.ndarray] = {}
+    for batch in (1, 50, 100, 300, 37):
+        ids = [f"r{len(model) + i}" for i in range(batch)]
+        X = _rows(rng, batch, d)
+        store.add_vectors(ids, X)
+        model.update(zip(ids, stored(X)))
+    for rid in map(str, rng.choice(sorted(model), removes, replace=False)):
+        assert store.remove_vector(rid)
+        del model[rid]
+    for rid in map(str, rng.choice(sorted(model), 40, replace=False)):
+        v = _rows(rng, 1, d)[0]
+        store.update_vector(rid, v)
+        model[rid] = stored(v[None])[0]
+    return model
+
+
 def _check_all(store, X, ids, Q, metric, k):
     scores, got = store.search_batch(Q, k)
     assert scores.shape == (len(Q), min(k, len(X)))
@@ -65,8 +84,8 @@ def test_device_info_comes_from_the_adapter(wctx):
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 @pytest.mark.parametrize("k", [1, 5, 32, 33, 700])
-def test_many_chunks_match_reference(monkeypatch, wctx, metric, k):
-    # 16-float rows and 16 KiB chunks: 256 rows a chunk, so 2600 rows span 11 chunks.
+def test_many_pages_match_reference(monkeypatch, wctx, metric, k):
+    # 16-float rows and 16 KiB pages: 256 rows a page, so 2600 rows span 11 pages.
     monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(16 * 1024))
     rng = np.random.default_rng(k * 10 + len(metric.value))
     n, d = 2600, 16
@@ -76,26 +95,12 @@ def test_many_chunks_match_reference(monkeypatch, wctx, metric, k):
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
-def test_chunked_store_survives_removes_updates_and_growth(monkeypatch, wctx, metric):
+def test_paged_store_survives_removes_updates_and_growth(monkeypatch, wctx, metric):
     monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(8 * 1024))  # 128 rows of 16 floats
     rng = np.random.default_rng(7)
     d = 16
-    model: dict[str, np.ndarray] = {}
     store = wctx.create_storage(d, metric)
-    # Grow in uneven batches so the last chunk is regrown and new chunks are added.
-    for batch in (1, 50, 100, 300, 37):
-        ids = [f"r{len(model) + i}" for i in range(batch)]
-        X = _rows(rng, batch, d)
-        store.add_vectors(ids, X)
-        model.update(zip(ids, X))
-    # Swap-removes move rows across chunk boundaries.
-    for rid in map(str, rng.choice(sorted(model), 120, replace=False)):
-        assert store.remove_vector(rid)
-        del model[rid]
-    for rid in map(str, rng.choice(sorted(model), 40, replace=False)):
-        v = _rows(rng, 1, d)[0]
-        store.update_vector(rid, v)
-        model[rid] = v
+    model = _grow_remove_update(store, rng, d, 120)
     assert len(store) == len(model)
     for rid in list(model)[:25]:
         np.testing.assert_array_equal(store.get_vector(rid).data, model[rid])
@@ -414,20 +419,8 @@ def test_16_bit_paged_store_survives_removes_and_updates(rounding_core, monkeypa
     monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(2 * 1024))  # 64 rows of 16 halves
     rng = np.random.default_rng(3)
     d = 16
-    model: dict[str, np.ndarray] = {}
     store = _dtype_storage(wctx, d, "euclidean", dtype)
-    for batch in (1, 60, 100, 300, 37):
-        new = [f"r{len(model) + i}" for i in range(batch)]
-        X = _rows(rng, batch, d)
-        store.add_vectors(new, X)
-        model.update(zip(new, _stored(X, dtype)))
-    for rid in map(str, rng.choice(sorted(model), 150, replace=False)):
-        assert store.remove_vector(rid)
-        del model[rid]
-    for rid in map(str, rng.choice(sorted(model), 40, replace=False)):
-        v = _rows(rng, 1, d)[0]
-        store.update_vector(rid, v)
-        model[rid] = _stored(v[None], dtype)[0]
+    model = _grow_remove_update(store, rng, d, 150, lambda X: _stored(X, dtype))
     order = list(model)
     S = np.stack([model[r] for r in order])
     np.testing.assert_array_equal(store.get_vectors(order)[0], S)
