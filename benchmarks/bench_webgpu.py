@@ -2,7 +2,11 @@
 rows (default 1M x 768, 3 GB), k=10, median wall time of timed runs after warm-up, side by
 side with the CUDA backend in the same process when it is compiled in and available.
 
-    python benchmarks/bench_webgpu.py [--n 1000000] [--dim 768] [--batch 1024] [--out DIR]
+    python benchmarks/bench_webgpu.py [--n 1000000] [--dim 768] [--batch 1024] [--dtype float16] [--out DIR]
+
+--dtype stores the rows as float32 (default), float16 or bfloat16 (2 bytes an element; the
+scoring kernels read float16 as f16 where the adapter has shader-f16, else unpack u32 pairs:
+set HIVE_GPU_WEBGPU_NO_F16=1 to time that path).
 
 A single query must read every row once, so its floor is bytes / memory bandwidth; the
 report gives the achieved GB/s and its fraction of the device-to-device copy rate measured
@@ -13,6 +17,7 @@ WebGPU's ids disagree with CUDA's beyond near-ties. Writes DIR/webgpu_<device>.j
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -47,9 +52,19 @@ def copy_bandwidth_gbps() -> float | None:
     return 2 * (1 << 30) / dt / 1e9
 
 
-def run_backend(name, X, ids, Q1, QB, k, metric, runs) -> dict:
+def create_storage(ctx, dim, metric, dtype):
+    """A store of `dtype` (the core's create_storage takes it by name where the wrapper does not)."""
+    if "dtype" in inspect.signature(ctx.create_storage).parameters:
+        return ctx.create_storage(dim, metric, dtype=dtype)
+    from hive_gpu._storage import _METRIC_TO_CORE, VectorStorage
+
+    core_metric = _METRIC_TO_CORE[hive_gpu.GpuDistanceMetric.parse(metric)]
+    return VectorStorage(ctx._ctx.create_storage(dim, core_metric, dtype))
+
+
+def run_backend(name, X, ids, Q1, QB, k, metric, runs, dtype) -> dict:
     ctx = hive_gpu.create_context(name)
-    store = ctx.create_storage(X.shape[1], metric)
+    store = create_storage(ctx, X.shape[1], metric, dtype)
     t0 = time.perf_counter()
     step = 100_000
     for i in range(0, len(X), step):
@@ -64,6 +79,9 @@ def run_backend(name, X, ids, Q1, QB, k, metric, runs) -> dict:
         "device": info.name,
         "api": info.backend,
         "driver": info.driver_version,
+        "capability": info.compute_capability,
+        "dtype": dtype,
+        "memory_bytes": store.memory_usage(),
         "add_seconds": add_s,
         "add_rows_per_s": len(X) / add_s,
         "single_query_ms": single * 1e3,
@@ -88,6 +106,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--metric", default="cosine")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--peak-gbps", type=float, default=None, help="memory bandwidth to compare with")
     ap.add_argument("--out", default="benchmarks/results")
@@ -109,21 +128,27 @@ def main() -> None:
         if name not in hive_gpu.available_backends():
             print(f"{name}: not available ({hive_gpu.create_context.__globals__['_core'].backend_unavailable_reason(name)})")
             continue
-        r, s, i = run_backend(name, X, ids, Q1, QB, args.k, args.metric, args.runs)
+        try:
+            r, s, i = run_backend(name, X, ids, Q1, QB, args.k, args.metric, args.runs, args.dtype)
+        except hive_gpu.errors.InvalidDtypeError as e:
+            print(f"{name}: does not store {args.dtype} ({e})")
+            continue
         results[name] = r
         answers[name] = (s, i)
         print(json.dumps(r), flush=True)
 
     w = results.get("webgpu")
     report = {
-        "case": {"n": args.n, "dim": args.dim, "k": args.k, "batch": args.batch, "metric": args.metric},
+        "case": {"n": args.n, "dim": args.dim, "k": args.k, "batch": args.batch, "metric": args.metric,
+                 "dtype": args.dtype},
         "host": platform.node(),
         "load": [round(x, 2) for x in os.getloadavg()],
         "copy_bandwidth_gbps": peak,
         "results": results,
     }
     if w:
-        row_bytes = ((args.dim + 3) // 4) * 16 + 8  # padded row + norm + ordinal
+        elem = 4 if args.dtype == "float32" else 2
+        row_bytes = ((args.dim + 3) // 4) * 4 * elem + 8  # padded row + norm + ordinal
         gbps = args.n * row_bytes / (w["single_query_ms"] / 1e3) / 1e9
         report["webgpu_single_query_gbps"] = gbps
         if peak:
@@ -135,7 +160,8 @@ def main() -> None:
         report["id_agreement_with_cuda"] = agreement(*answers["cuda"], *answers["webgpu"])
     print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=1))
     tag = (w["device"] if w else "none").split("(")[0].strip().replace(" ", "_").lower()
-    with open(os.path.join(args.out, f"webgpu_{tag}.json"), "w") as f:
+    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+    with open(os.path.join(args.out, f"webgpu_{tag}{suffix}.json"), "w") as f:
         json.dump(report, f, indent=1)
     if "id_agreement_with_cuda" in report and report["id_agreement_with_cuda"] < 0.99:
         raise SystemExit(f"WebGPU and CUDA disagree on {1 - report['id_agreement_with_cuda']:.1%} of ranks")

@@ -1,5 +1,5 @@
 """WebGPU-specific checks: the paths of the WGSL engine the shared suite may not reach
-(several storage chunks, both selection kernels, both scoring kernels, merge passes, row
+(several storage pages, both selection kernels, both scoring kernels, merge passes, row
 padding), the CPU backend as a second oracle, and how unavailability is reported.
 
 Runs on whatever adapter WebGPU finds: lavapipe (Mesa's Vulkan on the CPU) in CI.
@@ -7,6 +7,8 @@ Runs on whatever adapter WebGPU finds: lavapipe (Mesa's Vulkan on the CPU) in CI
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 
 import hive_gpu
 from helpers import backend_skip_reason, make_ids
+from hive_gpu._storage import _METRIC_TO_CORE, VectorStorage
 from reference import METRICS, assert_matches, tolerance, topk64
 
 _SKIP = backend_skip_reason("webgpu")
@@ -41,6 +44,25 @@ def _random_store(wctx, rng, n, d, metric):
     return store, X, ids
 
 
+def _grow_remove_update(store, rng, d, removes, stored=lambda X: X):
+    """Adds random rows in uneven batches (growth adds pages), swap-removes `removes` of them
+    (rows move across pages) and updates 40: {id: the values the store holds}."""
+    model: dict[str, np.ndarray] = {}
+    for batch in (1, 50, 100, 300, 37):
+        ids = [f"r{len(model) + i}" for i in range(batch)]
+        X = _rows(rng, batch, d)
+        store.add_vectors(ids, X)
+        model.update(zip(ids, stored(X)))
+    for rid in map(str, rng.choice(sorted(model), removes, replace=False)):
+        assert store.remove_vector(rid)
+        del model[rid]
+    for rid in map(str, rng.choice(sorted(model), 40, replace=False)):
+        v = _rows(rng, 1, d)[0]
+        store.update_vector(rid, v)
+        model[rid] = stored(v[None])[0]
+    return model
+
+
 def _check_all(store, X, ids, Q, metric, k):
     scores, got = store.search_batch(Q, k)
     assert scores.shape == (len(Q), min(k, len(X)))
@@ -62,8 +84,8 @@ def test_device_info_comes_from_the_adapter(wctx):
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
 @pytest.mark.parametrize("k", [1, 5, 32, 33, 700])
-def test_many_chunks_match_reference(monkeypatch, wctx, metric, k):
-    # 16-float rows and 16 KiB chunks: 256 rows a chunk, so 2600 rows span 11 chunks.
+def test_many_pages_match_reference(monkeypatch, wctx, metric, k):
+    # 16-float rows and 16 KiB pages: 256 rows a page, so 2600 rows span 11 pages.
     monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(16 * 1024))
     rng = np.random.default_rng(k * 10 + len(metric.value))
     n, d = 2600, 16
@@ -73,26 +95,12 @@ def test_many_chunks_match_reference(monkeypatch, wctx, metric, k):
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
-def test_chunked_store_survives_removes_updates_and_growth(monkeypatch, wctx, metric):
+def test_paged_store_survives_removes_updates_and_growth(monkeypatch, wctx, metric):
     monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(8 * 1024))  # 128 rows of 16 floats
     rng = np.random.default_rng(7)
     d = 16
-    model: dict[str, np.ndarray] = {}
     store = wctx.create_storage(d, metric)
-    # Grow in uneven batches so the last chunk is regrown and new chunks are added.
-    for batch in (1, 50, 100, 300, 37):
-        ids = [f"r{len(model) + i}" for i in range(batch)]
-        X = _rows(rng, batch, d)
-        store.add_vectors(ids, X)
-        model.update(zip(ids, X))
-    # Swap-removes move rows across chunk boundaries.
-    for rid in map(str, rng.choice(sorted(model), 120, replace=False)):
-        assert store.remove_vector(rid)
-        del model[rid]
-    for rid in map(str, rng.choice(sorted(model), 40, replace=False)):
-        v = _rows(rng, 1, d)[0]
-        store.update_vector(rid, v)
-        model[rid] = v
+    model = _grow_remove_update(store, rng, d, 120)
     assert len(store) == len(model)
     for rid in list(model)[:25]:
         np.testing.assert_array_equal(store.get_vector(rid).data, model[rid])
@@ -271,3 +279,149 @@ def test_missing_library_is_reported_unavailable(tmp_path):
         HIVE_GPU_WEBGPU_LIBRARY=str(bogus),
     )
     assert out.strip() == "''", "the wheel's library should still be found after a bad override"
+
+
+# ---- storage dtypes: float16 and bfloat16 rows, 2 bytes each on the device ----------------
+
+DTYPES16 = ("float16", "bfloat16")
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16, ties to even (dtype.hpp's float_to_bf16), as float32."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32)
+
+
+def _stored(X: np.ndarray, dtype: str) -> np.ndarray:
+    """The values a store of `dtype` holds for float32 rows X: rounded once, to nearest even."""
+    return X.astype(np.float16).astype(np.float32) if dtype == "float16" else _bf16(X)
+
+
+def _dtype_storage(ctx, d, metric, dtype):
+    """A store of `dtype` on ctx (the core's create_storage takes the dtype by name)."""
+    if "dtype" in inspect.signature(ctx.create_storage).parameters:
+        return ctx.create_storage(d, metric, dtype=dtype)
+    core_metric = _METRIC_TO_CORE[hive_gpu.GpuDistanceMetric.parse(metric)]
+    return VectorStorage(ctx._ctx.create_storage(d, core_metric, dtype))
+
+
+def _dtype_of(store) -> str:
+    return store.dtype if hasattr(store, "dtype") else store._s.dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _core_rounds_rows() -> bool:
+    """True when add_vectors rounds float32 rows to the store's dtype before the engine."""
+    s = _dtype_storage(hive_gpu.create_context("webgpu"), 4, "dot_product", "float16")
+    x = np.array([[1 / 3, 2 / 3, 1e-5, 3.0]], np.float32)
+    s.add_vectors(["probe"], x)
+    rounds = np.array_equal(s.get_vector("probe").data, _stored(x, "float16")[0])
+    s.close()
+    return rounds
+
+
+@pytest.fixture
+def rounding_core():
+    if not _core_rounds_rows():
+        pytest.skip(
+            "add_vectors does not round float32 rows to a 16-bit store's dtype in this build; "
+            "tests/cpp/engine_dtype_webgpu.cpp checks the engine with rows rounded by dtype.hpp"
+        )
+
+
+@pytest.fixture(params=["shader-f16", "u32"])
+def f16_path_ctx(request, monkeypatch):
+    """A fresh WebGPU context on each float16 path: f16 loads (shader-f16) or u32 pairs."""
+    if request.param == "u32":
+        monkeypatch.setenv("HIVE_GPU_WEBGPU_NO_F16", "1")
+    else:
+        monkeypatch.delenv("HIVE_GPU_WEBGPU_NO_F16", raising=False)
+    ctx = hive_gpu.create_context("webgpu")
+    native = ctx.device_info().compute_capability.endswith("shader-f16")
+    if request.param == "shader-f16" and not native:
+        pytest.skip("the adapter has no shader-f16")
+    assert native == (request.param == "shader-f16")
+    return ctx
+
+
+@pytest.mark.parametrize("dtype", DTYPES16)
+def test_16_bit_rows_take_half_the_memory(wctx, dtype):
+    # Needs no rounding by the core: the bytes held depend on the row count only.
+    rng = np.random.default_rng(1)
+    X = _rows(rng, 3000, 64)
+    full = wctx.create_storage(64, "cosine")
+    half = _dtype_storage(wctx, 64, "cosine", dtype)
+    assert _dtype_of(half) == dtype and _dtype_of(full) == "float32"
+    for s in (full, half):
+        s.add_vectors(make_ids(3000), X)
+    # Same pages (1024 + 2048 rows); per row 64 elements plus a norm and an ordinal.
+    assert full.memory_usage() == 3072 * (64 * 4 + 8)
+    assert half.memory_usage() == 3072 * (64 * 2 + 8)
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+@pytest.mark.parametrize("dtype", DTYPES16)
+def test_16_bit_store_matches_reference_on_rounded_rows(rounding_core, monkeypatch, wctx, dtype, metric):
+    # 48-element rows on 6 KiB pages: 64 rows a page, so 900 rows span 15 pages.
+    monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(6 * 1024))
+    rng = np.random.default_rng(len(dtype) * 7 + len(metric.value))
+    n, d = 900, 48
+    X = _rows(rng, n, d, scale=4.0)
+    X[::9] = X[1::9][: len(X[::9])]  # equal rows: ties broken by insertion order
+    ids = make_ids(n)
+    store = _dtype_storage(wctx, d, metric, dtype)
+    store.add_vectors(ids, X)
+    S = _stored(X, dtype)
+    vecs, _ = store.get_vectors(ids)
+    np.testing.assert_array_equal(vecs, S)  # bit for bit: float32 copies of the stored values
+    Q = _rows(rng, 11, d)
+    Q[0] = X[5]
+    for k in (1, 10, 40):
+        _check_all(store, S, ids, Q[:3], metric, k)
+        _check_all(store, S, ids, Q, metric, k)
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.value)
+def test_float16_paths_agree_with_reference(rounding_core, f16_path_ctx, metric):
+    rng = np.random.default_rng(29)
+    n, d = 1500, 37
+    X = _rows(rng, n, d)
+    X[::5] *= 1e-5  # whole rows of float16 subnormals: a path that flushed them would fail
+    ids = make_ids(n)
+    store = _dtype_storage(f16_path_ctx, d, metric, "float16")
+    store.add_vectors(ids, X)
+    S = _stored(X, "float16")
+    _check_all(store, S, ids, _rows(rng, 4, d), metric, 25)
+    _check_all(store, S, ids, np.ascontiguousarray(S[::5][:3] * 3), metric, 5)
+    np.testing.assert_array_equal(store.get_vectors(ids[:50])[0], S[:50])
+
+
+@pytest.mark.parametrize("dtype", DTYPES16)
+def test_16_bit_filtered_search_sparse_and_dense(rounding_core, wctx, dtype):
+    rng = np.random.default_rng(41)
+    n, d = 2400, 20
+    X = _rows(rng, n, d)
+    ids = make_ids(n)
+    store = _dtype_storage(wctx, d, "dot_product", dtype)
+    store.add_vectors(ids, X, metadata=[{"g": i % 60} for i in range(n)])
+    S = _stored(X, dtype)
+    Q = _rows(rng, 3, d)
+    for f, keep in (({"g": 7}, np.arange(n) % 60 == 7), ({"g": {"$lt": 30}}, np.arange(n) % 60 < 30)):
+        sub = [ids[i] for i in np.flatnonzero(keep)]
+        scores, got = store.search_batch(Q, 15, filter=f)
+        for i in range(len(Q)):
+            assert_matches(got[i], scores[i], S[keep], sub, Q[i : i + 1], hive_gpu.GpuDistanceMetric.DOT_PRODUCT, 15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES16)
+def test_16_bit_paged_store_survives_removes_and_updates(rounding_core, monkeypatch, wctx, dtype):
+    monkeypatch.setenv("HIVE_GPU_WEBGPU_CHUNK_BYTES", str(2 * 1024))  # 64 rows of 16 halves
+    rng = np.random.default_rng(3)
+    d = 16
+    store = _dtype_storage(wctx, d, "euclidean", dtype)
+    model = _grow_remove_update(store, rng, d, 150, lambda X: _stored(X, dtype))
+    order = list(model)
+    S = np.stack([model[r] for r in order])
+    np.testing.assert_array_equal(store.get_vectors(order)[0], S)
+    _check_all(store, S, order, _rows(rng, 3, d), hive_gpu.GpuDistanceMetric.EUCLIDEAN, 30)

@@ -10,7 +10,7 @@ namespace hive_gpu::webgpu {
 
 #define HIVE_GPU_WGPU_PROCS(X)                                                                  \
     X(wgpuCreateInstance) X(wgpuInstanceRequestAdapter) X(wgpuInstanceProcessEvents)            \
-    X(wgpuInstanceRelease) X(wgpuAdapterGetInfo) X(wgpuAdapterGetLimits)                        \
+    X(wgpuInstanceRelease) X(wgpuAdapterGetInfo) X(wgpuAdapterGetLimits) X(wgpuAdapterHasFeature)                        \
     X(wgpuAdapterInfoFreeMembers) X(wgpuAdapterRequestDevice) X(wgpuAdapterRelease)             \
     X(wgpuDeviceGetQueue) X(wgpuDeviceCreateBuffer) X(wgpuDeviceCreateShaderModule)             \
     X(wgpuDeviceCreateComputePipeline) X(wgpuDeviceCreateBindGroupLayout)                       \

@@ -216,6 +216,16 @@ WgpuContext::WgpuContext(const Runtime& rt) : rt_(rt) {
     desc.deviceLostCallbackInfo.mode = WGPUCallbackMode_AllowSpontaneous;
     desc.deviceLostCallbackInfo.callback = &WgpuContext::on_lost;
     desc.deviceLostCallbackInfo.userdata1 = this;
+    // shader-f16 lets float16 rows be read as f16; HIVE_GPU_WEBGPU_NO_F16=1 forces the
+    // u32-packed path that every device runs.
+    const char* no_f16 = std::getenv("HIVE_GPU_WEBGPU_NO_F16");
+    const bool want_f16 = !(no_f16 && std::string(no_f16) == "1") &&
+                          a.wgpuAdapterHasFeature(rt_.adapter, WGPUFeatureName_ShaderF16);
+    const WGPUFeatureName f16_feature = WGPUFeatureName_ShaderF16;
+    if (want_f16) {
+        desc.requiredFeatureCount = 1;
+        desc.requiredFeatures = &f16_feature;
+    }
     DeviceRequest req;
     WGPURequestDeviceCallbackInfo cb{};
     cb.mode = WGPUCallbackMode_AllowProcessEvents;
@@ -232,6 +242,21 @@ WgpuContext::WgpuContext(const Runtime& rt) : rt_(rt) {
     if (!req.device) throw NoDeviceError("webgpu: requesting a device failed: " + req.message);
     device_ = req.device;
     queue_ = a.wgpuDeviceGetQueue(device_);
+    native_f16_ = want_f16;
+}
+
+DeviceInfo WgpuContext::device_info() const {
+    DeviceInfo d = rt_.info;
+    if (native_f16_) d.compute_capability += ", shader-f16";
+    return d;
+}
+
+RowFormat WgpuContext::row_format(Dtype dtype) const {
+    switch (dtype) {
+        case Dtype::Float16: return native_f16_ ? RowFormat::F16 : RowFormat::F16Packed;
+        case Dtype::BFloat16: return RowFormat::BF16Packed;
+        default: return RowFormat::F32;
+    }
 }
 
 WgpuContext::~WgpuContext() {
@@ -286,9 +311,8 @@ void WgpuContext::throw_if_failed(const char* what) {
 }
 
 std::unique_ptr<Engine> WgpuContext::make_engine(std::size_t dimension, Metric metric, Dtype dtype) {
-    if (dtype != Dtype::Float32) throw InvalidDtypeError(std::string("this backend does not store ") + dtype_name(dtype) + " rows yet");
     return std::make_unique<WgpuEngine>(std::static_pointer_cast<WgpuContext>(shared_from_this()),
-                                        dimension, metric);
+                                        dimension, metric, dtype);
 }
 
 struct ScopeResult {
@@ -460,27 +484,37 @@ WGPUBindGroupLayout WgpuContext::layout(Kernel kernel) {
     return l;
 }
 
-WGPUComputePipeline WgpuContext::pipeline(Kernel kernel, Metric metric, std::uint32_t qn) {
-    auto key = std::make_tuple(kernel, metric, qn);
+WGPUComputePipeline WgpuContext::pipeline(Kernel kernel, Metric metric, std::uint32_t qn, RowFormat format) {
+    const bool scores = kernel == Kernel::ScoreGemv || kernel == Kernel::ScoreGemm;
+    if (!scores) format = RowFormat::F32;  // only the scoring kernels read rows
+    auto key = std::make_tuple(kernel, metric, qn, format);
     auto it = pipelines_.find(key);
     if (it != pipelines_.end()) return it->second;
     const Api& a = api();
     layout(kernel);
-    if (!modules_.count(kernel)) {
+    const auto module_key = std::make_pair(kernel, format);
+    if (!modules_.count(module_key)) {
         const char* body = kernel == Kernel::ScoreGemv   ? kShader_score_gemv
                            : kernel == Kernel::ScoreGemm ? kShader_score_gemm
                            : kernel == Kernel::Select    ? kShader_select
                            : kernel == Kernel::SelectSmall ? kShader_select_small
                            : kernel == Kernel::ReduceSmall ? kShader_reduce_small
                                                          : kShader_merge;
-        std::string code = std::string(kShader_common) + body;
+        // The row format goes first: rows_f16.wgsl opens with `enable f16;`, which must
+        // precede every declaration.
+        const char* rows = !scores                          ? ""
+                           : format == RowFormat::F16       ? kShader_rows_f16
+                           : format == RowFormat::F16Packed ? kShader_rows_f16_packed
+                           : format == RowFormat::BF16Packed ? kShader_rows_bf16_packed
+                                                             : kShader_rows_f32;
+        std::string code = std::string(rows) + kShader_common + body;
         WGPUShaderSourceWGSL src{};
         src.chain.sType = WGPUSType_ShaderSourceWGSL;
         src.code = WGPUStringView{code.data(), code.size()};
         WGPUShaderModuleDescriptor md{};
         md.nextInChain = &src.chain;
         md.label = view("hive_gpu kernel");
-        modules_[kernel] = a.wgpuDeviceCreateShaderModule(device_, &md);
+        modules_[module_key] = a.wgpuDeviceCreateShaderModule(device_, &md);
     }
     std::vector<WGPUConstantEntry> constants(1);
     constants[0] = WGPUConstantEntry{};
@@ -495,7 +529,7 @@ WGPUComputePipeline WgpuContext::pipeline(Kernel kernel, Metric metric, std::uin
     WGPUComputePipelineDescriptor d{};
     d.label = view("hive_gpu pipeline");
     d.layout = pipeline_layouts_[kernel];
-    d.compute.module = modules_[kernel];
+    d.compute.module = modules_[module_key];
     d.compute.entryPoint = view("main");
     d.compute.constantCount = constants.size();
     d.compute.constants = constants.data();

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "hive_gpu/context.hpp"
@@ -32,6 +33,10 @@ struct Runtime {
 const Runtime& runtime();
 
 enum class Kernel { ScoreGemv, ScoreGemm, Select, SelectSmall, ReduceSmall, Merge };
+
+// How the scoring kernels read a page's rows (shaders/rows_*.wgsl). 16-bit rows take the same
+// 8 bytes per 4 elements either way; F16 needs the device feature shader-f16.
+enum class RowFormat { F32, F16, F16Packed, BF16Packed };
 
 // An owned buffer: destroyed and released with its owner.
 class Buffer {
@@ -60,7 +65,9 @@ class WgpuContext final : public Context {
     ~WgpuContext() override;
 
     std::string backend() const override { return "webgpu"; }
-    DeviceInfo device_info() const override { return rt_.info; }
+    // The adapter's description; compute_capability ends in ", shader-f16" when this device
+    // reads float16 rows natively.
+    DeviceInfo device_info() const override;
     std::unique_ptr<Engine> make_engine(std::size_t dimension, Metric metric, Dtype dtype) override;
 
     const Api& api() const { return *rt_.api; }
@@ -69,6 +76,12 @@ class WgpuContext final : public Context {
     // The device's limits (the adapter's, all requested).
     const WGPULimits& limits() const { return rt_.limits; }
     std::mutex& gpu_mutex() const { return gpu_mutex_; }
+    // True when the device was created with shader-f16 (float16 rows are read as f16). The
+    // adapter's feature is requested unless HIVE_GPU_WEBGPU_NO_F16=1 was set when the context
+    // was created, which forces the u32-packed path (tests cover both on one adapter).
+    bool native_f16() const { return native_f16_; }
+    // The scoring kernels' row format for rows of `dtype` on this device.
+    RowFormat row_format(Dtype dtype) const;
     // Bytes a new allocation may still take, when knowable: host MemAvailable for CPU
     // adapters; 0 = unknown (GPU drivers report exhaustion themselves).
     std::uint64_t allocatable_bytes() const;
@@ -88,7 +101,9 @@ class WgpuContext final : public Context {
     // Throws BackendError with the implementation's words if an error was reported.
     void throw_if_failed(const char* what);
 
-    WGPUComputePipeline pipeline(Kernel kernel, Metric metric, std::uint32_t qn = 1);
+    // `format` matters to the scoring kernels only.
+    WGPUComputePipeline pipeline(Kernel kernel, Metric metric, std::uint32_t qn = 1,
+                                 RowFormat format = RowFormat::F32);
     WGPUBindGroupLayout layout(Kernel kernel);
     // One bind group over whole buffers (uniform: `uniform` bytes at `uniform_offset`).
     WGPUBindGroup bind_group(Kernel kernel, const std::vector<WGPUBuffer>& storage,
@@ -107,10 +122,11 @@ class WgpuContext final : public Context {
     std::mutex error_mutex_;  // the callbacks may run on the implementation's threads
     std::string error_;
     bool lost_ = false;
-    std::map<Kernel, WGPUShaderModule> modules_;
+    bool native_f16_ = false;
+    std::map<std::pair<Kernel, RowFormat>, WGPUShaderModule> modules_;
     std::map<Kernel, WGPUBindGroupLayout> layouts_;
     std::map<Kernel, WGPUPipelineLayout> pipeline_layouts_;
-    std::map<std::tuple<Kernel, Metric, std::uint32_t>, WGPUComputePipeline> pipelines_;
+    std::map<std::tuple<Kernel, Metric, std::uint32_t, RowFormat>, WGPUComputePipeline> pipelines_;
 };
 
 }  // namespace hive_gpu::webgpu

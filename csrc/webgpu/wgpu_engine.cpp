@@ -10,7 +10,6 @@
 #include <string>
 
 #include "hive_gpu/error.hpp"
-#include "core/chunk_plan.hpp"
 #include "core/numeric.hpp"
 
 namespace hive_gpu::webgpu {
@@ -22,10 +21,10 @@ constexpr std::size_t kSmallK = 32;                  // largest k of the per-thr
 constexpr std::size_t kSmallRows = 64 * 64;          // rows one per-thread select workgroup scans
 constexpr std::size_t kSmallLists = 64;              // lists it writes (one per thread)
 constexpr std::size_t kFanIn = 16;                   // lists one reduce_small thread folds
-constexpr std::uint64_t kChunkCap = 1ull << 30;      // keeps regrowth copies bounded
+constexpr std::uint64_t kPageCap = 1ull << 30;       // largest page: allocations stay moderate
 constexpr std::uint64_t kStagingBytes = 32ull << 20;  // one upload / read-back piece
 constexpr std::uint64_t kTileBudget = 256ull << 20;   // scratch bytes one query tile may use
-constexpr std::size_t kMinRows = 1024;                 // first allocation of a store
+constexpr std::size_t kFirstPageRows = 1024;           // page 0; later pages double up to the cap
 // Filters passing at most 1/kSparseRatio of the rows take the sparse path (score only the
 // listed rows) when the slot list is given; denser ones mask the full scan. Scoring and
 // selection cost is per row either way, so the switch sits where cuVS measured its own (~3%).
@@ -46,110 +45,108 @@ std::uint32_t u32(std::size_t v) { return static_cast<std::uint32_t>(v); }
 
 }  // namespace
 
-WgpuEngine::WgpuEngine(std::shared_ptr<WgpuContext> context, std::size_t dimension, Metric metric)
-    : ctx_(std::move(context)), dim_(dimension), dim4_((dimension + 3) / 4), metric_(metric) {
+WgpuEngine::WgpuEngine(std::shared_ptr<WgpuContext> context, std::size_t dimension, Metric metric, Dtype dtype)
+    : ctx_(std::move(context)),
+      dim_(dimension),
+      dim4_(ceil_div(dimension, 4)),
+      metric_(metric),
+      dtype_(dtype),
+      format_(ctx_->row_format(dtype)),
+      elem_bytes_(dtype_size(dtype)),
+      row_bytes_(dim4_ * 4 * elem_bytes_) {
     const WGPULimits& lim = ctx_->limits();
-    std::uint64_t cap = std::min<std::uint64_t>({lim.maxStorageBufferBindingSize, lim.maxBufferSize, kChunkCap});
+    std::uint64_t cap = std::min<std::uint64_t>({lim.maxStorageBufferBindingSize, lim.maxBufferSize, kPageCap});
     if (const char* env = std::getenv("HIVE_GPU_WEBGPU_CHUNK_BYTES"); env && *env)
         cap = std::min<std::uint64_t>(cap, std::strtoull(env, nullptr, 10));
-    const std::uint64_t row_bytes = dim4_ * 16;
-    if (row_bytes > cap)
+    if (row_bytes_ > cap)
         throw InvalidArgumentError("webgpu: a row of dimension " + std::to_string(dim_) +
                                    " exceeds the device's storage binding size");
-    rows_per_chunk_ = static_cast<std::size_t>(cap / row_bytes);
+    layout_ = PageLayout(kFirstPageRows, static_cast<std::size_t>(cap / row_bytes_));
 }
 
-float WgpuEngine::row_factor(const float* row) const {
+float WgpuEngine::row_factor(const void* row) const {
+    const auto* p = static_cast<const unsigned char*>(row);
     double s = 0.0;
-    for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
+    for (std::size_t j = 0; j < dim_; ++j) {
+        const double v = load_as_float(p + j * elem_bytes_, dtype_);
+        s += v * v;
+    }
     if (metric_ == Metric::Cosine) return cosine_factor(s);
     return static_cast<float>(s);
 }
 
-std::size_t WgpuEngine::capacity() const { return chunk_capacity(chunks_); }
+void WgpuEngine::pack_row(const void* row, unsigned char* dst) const {
+    // Zero padding is +0 in every dtype, so it adds nothing to any score.
+    std::memcpy(dst, row, dim_ * elem_bytes_);
+    std::memset(dst + dim_ * elem_bytes_, 0, row_bytes_ - dim_ * elem_bytes_);
+}
+
+std::size_t WgpuEngine::capacity() const { return pages_.empty() ? 0 : pages_.back().start + pages_.back().capacity; }
 
 std::size_t WgpuEngine::memory_bytes() const {
     std::size_t b = 0;
-    for (const auto& ch : chunks_) b += ch.rows.bytes() + ch.factors.bytes() + ch.ordinals.bytes();
+    for (const auto& pg : pages_) b += pg.rows.bytes() + pg.factors.bytes() + pg.ordinals.bytes();
     return b;
 }
 
-WgpuEngine::Chunk WgpuEngine::make_chunk(std::size_t cap) const {
-    Chunk c;
-    c.rows = ctx_->create_buffer(std::uint64_t{cap} * dim4_ * 16, kStorage, false, "rows");
-    c.factors = ctx_->create_buffer(std::uint64_t{cap} * 4, kStorage, false, "row norms");
-    c.ordinals = ctx_->create_buffer(std::uint64_t{cap} * 4, kStorage, false, "ordinals");
-    c.capacity = cap;
-    return c;
+WgpuEngine::Page WgpuEngine::make_page(std::size_t index) const {
+    Page pg;
+    pg.capacity = layout_.rows(index);
+    pg.start = layout_.start(index);
+    pg.rows = ctx_->create_buffer(std::uint64_t{pg.capacity} * row_bytes_, kStorage, false, "rows");
+    pg.factors = ctx_->create_buffer(std::uint64_t{pg.capacity} * 4, kStorage, false, "row norms");
+    pg.ordinals = ctx_->create_buffer(std::uint64_t{pg.capacity} * 4, kStorage, false, "ordinals");
+    return pg;
 }
 
 void WgpuEngine::reserve(std::size_t rows) {
-    if (rows <= capacity()) return;
-    const std::size_t rpc = rows_per_chunk_;
-    const std::uint64_t want = std::uint64_t{rows - capacity()} * (dim4_ * 16 + 8);
+    const std::size_t have = pages_.size(), want_pages = layout_.pages_for(rows);
+    if (want_pages <= have) return;
+    const std::uint64_t want = std::uint64_t{layout_.start(want_pages) - capacity()} * (row_bytes_ + 8);
     if (const std::uint64_t avail = ctx_->allocatable_bytes(); avail && want > avail)
         throw OutOfMemoryError("webgpu: " + std::to_string(rows) + " rows need " + std::to_string(want) +
                                " more bytes; the adapter's memory (host memory) has " +
                                std::to_string(avail) + " available");
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
-    // Build everything first: a failed allocation leaves the engine untouched.
-    const ChunkGrowth plan = plan_chunks(chunks_.size(), chunks_.empty() ? 0 : chunks_.back().capacity, rpc, rows);
-    Chunk grown;
-    std::vector<Chunk> fresh;
-    if (plan.last_to) grown = make_chunk(plan.last_to);
-    for (std::size_t cap : plan.fresh) fresh.push_back(make_chunk(cap));
-    if (grown.capacity) {
-        const Api& a = ctx_->api();
-        const Chunk& old = chunks_.back();
-        WGPUCommandEncoder enc = ctx_->encoder();
-        a.wgpuCommandEncoderCopyBufferToBuffer(enc, old.rows.get(), 0, grown.rows.get(), 0, old.rows.bytes());
-        a.wgpuCommandEncoderCopyBufferToBuffer(enc, old.factors.get(), 0, grown.factors.get(), 0, old.factors.bytes());
-        a.wgpuCommandEncoderCopyBufferToBuffer(enc, old.ordinals.get(), 0, grown.ordinals.get(), 0, old.ordinals.bytes());
-        ctx_->submit(enc);
-        ctx_->wait_idle();
-        ctx_->throw_if_failed("growing the store");
-        chunks_.back() = std::move(grown);
-    }
-    for (auto& c : fresh) chunks_.push_back(std::move(c));
+    // New pages only, the existing ones stay where they are; all are made before any is
+    // kept, so a failed allocation leaves the engine untouched.
+    std::vector<Page> fresh;
+    for (std::size_t i = have; i < want_pages; ++i) fresh.push_back(make_page(i));
+    for (auto& pg : fresh) pages_.push_back(std::move(pg));
 }
 
-void WgpuEngine::append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n) {
+void WgpuEngine::append(const void* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
     const std::size_t need = size_ + n;
-    const std::size_t cap = capacity();
-    if (need > cap) reserve(std::max({need, cap + std::min(cap, rows_per_chunk_), kMinRows}));
+    reserve(need);
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     const Api& a = ctx_->api();
-    const std::size_t rpc = rows_per_chunk_;
-    const std::size_t row_bytes = dim4_ * 16;
-    const std::size_t stage_rows = std::max<std::size_t>(1, kStagingBytes / (row_bytes + 8));
+    const std::size_t stage_rows = std::max<std::size_t>(1, kStagingBytes / (row_bytes_ + 8));
+    const auto* src = static_cast<const unsigned char*>(rows);
+    const std::size_t src_row = dim_ * elem_bytes_;
     // Rows go through mapped staging buffers, a piece at a time; size_ moves only at the end.
     for (std::size_t done = 0; done < n;) {
-        const std::size_t slot = size_ + done;
-        Chunk& ch = chunks_[slot / rpc];
-        const std::size_t off = slot % rpc;
-        const std::size_t cnt = std::min({n - done, rpc - off, stage_rows});
-        const std::size_t rb = cnt * row_bytes, fb = cnt * 4;
+        const auto [page, off] = layout_.locate(size_ + done);
+        const Page& pg = pages_[page];
+        const std::size_t cnt = std::min({n - done, pg.capacity - off, stage_rows});
+        const std::size_t rb = cnt * row_bytes_, fb = cnt * 4;
         Buffer staging = ctx_->create_buffer(rb + 2 * fb, WGPUBufferUsage_MapWrite | WGPUBufferUsage_CopySrc,
                                              true, "upload staging");
         auto* p = static_cast<unsigned char*>(a.wgpuBufferGetMappedRange(staging.get(), 0, rb + 2 * fb));
         if (!p) throw BackendError("webgpu: staging buffer could not be mapped");
-        auto* dst_rows = reinterpret_cast<float*>(p);
         auto* dst_f = reinterpret_cast<float*>(p + rb);
         auto* dst_o = reinterpret_cast<std::uint32_t*>(p + rb + fb);
-        const float* src = rows + done * dim_;
         for (std::size_t i = 0; i < cnt; ++i) {
-            float* d = dst_rows + i * dim4_ * 4;
-            std::memcpy(d, src + i * dim_, dim_ * sizeof(float));
-            std::fill(d + dim_, d + dim4_ * 4, 0.0f);
-            dst_f[i] = row_factor(src + i * dim_);
+            const unsigned char* row = src + (done + i) * src_row;
+            pack_row(row, p + i * row_bytes_);
+            dst_f[i] = row_factor(row);
         }
         std::memcpy(dst_o, ordinals + done, fb);
         a.wgpuBufferUnmap(staging.get());
         WGPUCommandEncoder enc = ctx_->encoder();
-        a.wgpuCommandEncoderCopyBufferToBuffer(enc, staging.get(), 0, ch.rows.get(), off * row_bytes, rb);
-        a.wgpuCommandEncoderCopyBufferToBuffer(enc, staging.get(), rb, ch.factors.get(), off * 4, fb);
-        a.wgpuCommandEncoderCopyBufferToBuffer(enc, staging.get(), rb + fb, ch.ordinals.get(), off * 4, fb);
+        a.wgpuCommandEncoderCopyBufferToBuffer(enc, staging.get(), 0, pg.rows.get(), off * row_bytes_, rb);
+        a.wgpuCommandEncoderCopyBufferToBuffer(enc, staging.get(), rb, pg.factors.get(), off * 4, fb);
+        a.wgpuCommandEncoderCopyBufferToBuffer(enc, staging.get(), rb + fb, pg.ordinals.get(), off * 4, fb);
         ctx_->submit(enc);
         ctx_->wait_idle();  // the staging buffer is released when this piece ends
         done += cnt;
@@ -158,16 +155,16 @@ void WgpuEngine::append_f32(const float* rows, const std::uint32_t* ordinals, st
     size_ = need;
 }
 
-void WgpuEngine::write_f32(std::size_t slot, const float* row) {
-    std::vector<float> padded(dim4_ * 4, 0.0f);
-    std::memcpy(padded.data(), row, dim_ * sizeof(float));
+void WgpuEngine::write(std::size_t slot, const void* row) {
+    std::vector<unsigned char> padded(row_bytes_);
+    pack_row(row, padded.data());
     const float f = row_factor(row);
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     const Api& a = ctx_->api();
-    const Chunk& ch = chunks_[slot / rows_per_chunk_];
-    const std::size_t off = slot % rows_per_chunk_;
-    a.wgpuQueueWriteBuffer(ctx_->queue(), ch.rows.get(), off * dim4_ * 16, padded.data(), dim4_ * 16);
-    a.wgpuQueueWriteBuffer(ctx_->queue(), ch.factors.get(), off * 4, &f, 4);
+    const auto [page, off] = layout_.locate(slot);
+    const Page& pg = pages_[page];
+    a.wgpuQueueWriteBuffer(ctx_->queue(), pg.rows.get(), off * row_bytes_, padded.data(), row_bytes_);
+    a.wgpuQueueWriteBuffer(ctx_->queue(), pg.factors.get(), off * 4, &f, 4);
     ctx_->throw_if_failed("updating a row");
 }
 
@@ -175,10 +172,11 @@ void WgpuEngine::move(std::size_t src, std::size_t dst) {
     if (src == dst) return;
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     const Api& a = ctx_->api();
-    const std::size_t rpc = rows_per_chunk_, row_bytes = dim4_ * 16;
-    const Chunk& s = chunks_[src / rpc];
-    const Chunk& d = chunks_[dst / rpc];
-    const std::size_t so = src % rpc, dof = dst % rpc;
+    const std::size_t row_bytes = row_bytes_;
+    const auto [sp, so] = layout_.locate(src);
+    const auto [dp, dof] = layout_.locate(dst);
+    const Page& s = pages_[sp];
+    const Page& d = pages_[dp];
     // WebGPU forbids copies within one buffer, so the row goes through a small bounce buffer.
     Buffer bounce = ctx_->create_buffer(row_bytes + 8, WGPUBufferUsage_CopySrc | WGPUBufferUsage_CopyDst,
                                         false, "row move");
@@ -197,11 +195,13 @@ void WgpuEngine::move(std::size_t src, std::size_t dst) {
 void WgpuEngine::truncate(std::size_t n) {
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     size_ = std::min(n, size_);
-    // Give back whole chunks past the end; an empty store holds no device memory.
-    const std::size_t keep = ceil_div(size_, rows_per_chunk_);
-    if (keep < chunks_.size()) {
+    // Give back whole pages past the end, but one empty page stays so that a store hovering
+    // at a page boundary does not free and allocate a page on every remove and add. An
+    // empty store holds no device memory.
+    const std::size_t keep = size_ == 0 ? 0 : std::min(pages_.size(), layout_.pages_for(size_) + 1);
+    if (keep < pages_.size()) {
         ctx_->wait_idle();
-        chunks_.resize(keep);
+        pages_.resize(keep);
         if (keep == 0) scratch_ = Scratch{};
     }
 }
@@ -209,9 +209,10 @@ void WgpuEngine::truncate(std::size_t n) {
 void WgpuEngine::set_ordinals(const std::uint32_t* ordinals, std::size_t n) {
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     const Api& a = ctx_->api();
-    for (std::size_t first = 0, c = 0; first < n; first += rows_per_chunk_, ++c) {
-        const std::size_t cnt = std::min(rows_per_chunk_, n - first);
-        a.wgpuQueueWriteBuffer(ctx_->queue(), chunks_[c].ordinals.get(), 0, ordinals + first, cnt * 4);
+    for (const Page& pg : pages_) {
+        if (pg.start >= n) break;
+        const std::size_t cnt = std::min(pg.capacity, n - pg.start);
+        a.wgpuQueueWriteBuffer(ctx_->queue(), pg.ordinals.get(), 0, ordinals + pg.start, cnt * 4);
     }
     ctx_->throw_if_failed("writing ordinals");
 }
@@ -219,21 +220,28 @@ void WgpuEngine::set_ordinals(const std::uint32_t* ordinals, std::size_t n) {
 void WgpuEngine::read(std::size_t first, std::size_t n, float* out) const {
     std::lock_guard<std::mutex> lock(ctx_->gpu_mutex());
     const Api& a = ctx_->api();
-    const std::size_t rpc = rows_per_chunk_, row_bytes = dim4_ * 16;
+    const std::size_t row_bytes = row_bytes_;
     const std::size_t piece_rows = std::max<std::size_t>(1, kStagingBytes / row_bytes);
     for (std::size_t done = 0; done < n;) {
-        const std::size_t slot = first + done;
-        const Chunk& ch = chunks_[slot / rpc];
-        const std::size_t off = slot % rpc;
-        const std::size_t cnt = std::min({n - done, rpc - off, piece_rows});
+        const auto [page, off] = layout_.locate(first + done);
+        const Page& pg = pages_[page];
+        const std::size_t cnt = std::min({n - done, pg.capacity - off, piece_rows});
         Buffer rb = ctx_->create_buffer(cnt * row_bytes, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst,
                                         false, "read-back");
         WGPUCommandEncoder enc = ctx_->encoder();
-        a.wgpuCommandEncoderCopyBufferToBuffer(enc, ch.rows.get(), off * row_bytes, rb.get(), 0, cnt * row_bytes);
+        a.wgpuCommandEncoderCopyBufferToBuffer(enc, pg.rows.get(), off * row_bytes, rb.get(), 0, cnt * row_bytes);
         ctx_->submit(enc);
-        const auto* p = static_cast<const float*>(ctx_->map_read(rb.get(), cnt * row_bytes));
-        for (std::size_t i = 0; i < cnt; ++i)
-            std::memcpy(out + (done + i) * dim_, p + i * dim4_ * 4, dim_ * sizeof(float));
+        const auto* p = static_cast<const unsigned char*>(ctx_->map_read(rb.get(), cnt * row_bytes));
+        // Widened exactly (dtype.hpp), so a read-back equals the stored values.
+        for (std::size_t i = 0; i < cnt; ++i) {
+            float* o = out + (done + i) * dim_;
+            const unsigned char* r = p + i * row_bytes;
+            if (dtype_ == Dtype::Float32) {
+                std::memcpy(o, r, dim_ * sizeof(float));
+            } else {
+                for (std::size_t j = 0; j < dim_; ++j) o[j] = load_as_float(r + j * elem_bytes_, dtype_);
+            }
+        }
         ctx_->unmap(rb.get());
         done += cnt;
     }
@@ -247,8 +255,10 @@ void WgpuEngine::ensure(Buffer& b, std::uint64_t bytes, WGPUBufferUsage usage, c
 
 WgpuEngine::RowSelection WgpuEngine::all_rows() const {
     RowSelection sel;
-    for (std::size_t first = 0; first < size_; first += rows_per_chunk_)
-        sel.part_rows.push_back(std::min(rows_per_chunk_, size_ - first));
+    for (const Page& pg : pages_) {
+        if (pg.start >= size_) break;
+        sel.part_rows.push_back(std::min(pg.capacity, size_ - pg.start));
+    }
     sel.list_at.assign(sel.part_rows.size(), 0);
     return sel;
 }
@@ -306,14 +316,14 @@ void WgpuEngine::search_filtered(const float* queries, std::size_t nq, std::size
     const Api& a = ctx_->api();
     RowSelection sel;
     if (filter.slots != nullptr && filter.count * kSparseRatio <= size_) {
-        // Sparse: the ascending slot list splits into one run per chunk; each entry becomes
-        // its chunk-local row, so a dispatch reads its chunk's run from list_at[c] on.
+        // Sparse: the ascending slot list splits into one run per page; each entry becomes
+        // its page-local row, so a dispatch reads its page's run from list_at[c] on.
         sel = all_rows();
         sel.mode = kSelList;
         std::vector<std::uint32_t> local(filter.count);
         std::size_t at = 0;
         for (std::size_t c = 0; c < sel.part_rows.size(); ++c) {
-            const std::size_t first = c * rows_per_chunk_, end = first + sel.part_rows[c];
+            const std::size_t first = pages_[c].start, end = first + sel.part_rows[c];
             sel.list_at[c] = at;
             const std::size_t begin = at;
             for (; at < filter.count && filter.slots[at] < end; ++at)
@@ -349,7 +359,6 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
                              const RowSelection& sel, float* out_scores, std::int64_t* out_slots) const {
     const Api& a = ctx_->api();
     const WGPULimits& lim = ctx_->limits();
-    const std::size_t rpc = rows_per_chunk_;
     const bool gemv = nq <= 8;
     const std::uint32_t qn = nq <= 1 ? 1 : nq <= 2 ? 2 : nq <= 4 ? 4 : 8;
     const std::size_t qslots = gemv ? 8 : nq;  // the small kernel reads 8 query rows
@@ -390,7 +399,7 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
         return (next_slot++) * slot_bytes;
     };
     const Kernel score_kernel = gemv ? Kernel::ScoreGemv : Kernel::ScoreGemm;
-    WGPUComputePipeline score_pipe = ctx_->pipeline(score_kernel, metric_, gemv ? qn : 1);
+    WGPUComputePipeline score_pipe = ctx_->pipeline(score_kernel, metric_, gemv ? qn : 1, format_);
     const Kernel select_kernel = pl.small ? Kernel::SelectSmall : Kernel::Select;
     WGPUComputePipeline select_pipe = ctx_->pipeline(select_kernel, metric_);
     const Kernel merge_kernel = pl.small ? Kernel::ReduceSmall : Kernel::Merge;
@@ -415,21 +424,21 @@ void WgpuEngine::search_tile(const float* queries, std::size_t nq, std::size_t k
     };
 
     for (std::size_t c = 0; c < pl.parts.size(); ++c) {
-        const Chunk& ch = chunks_[c];
+        const Page& pg = pages_[c];
         const std::size_t rows = pl.parts[c].rows;
-        if (rows == 0) continue;  // a chunk no listed row lives in
-        Params sp{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(c * rpc), 0, 0, 0};
+        if (rows == 0) continue;  // a page no listed row lives in
+        Params sp{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(pg.start), 0, 0, 0};
         sp.sel = sel.mode;
         sp.list_at = u32(sel.list_at[c]);
         auto xy = fold(ceil_div(rows, gemv ? 32 : 64));
         dispatch(score_kernel, score_pipe,
-                 {ch.rows.get(), ch.factors.get(), s.queries.get(), s.qscale.get(), s.scores.get(), s.rowsel.get()},
+                 {pg.rows.get(), pg.factors.get(), s.queries.get(), s.qscale.get(), s.scores.get(), s.rowsel.get()},
                  sp, xy[0], xy[1], gemv ? 1 : u32(ceil_div(nq, 64)));
-        Params sp2{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(c * rpc), u32(pl.parts[c].list_base), u32(m), u32(L)};
+        Params sp2{u32(rows), u32(dim4_), u32(nq), u32(rows), u32(pg.start), u32(pl.parts[c].list_base), u32(m), u32(L)};
         sp2.sel = sel.mode;
         sp2.list_at = u32(sel.list_at[c]);
         const std::size_t groups_x = pl.small ? pl.parts[c].lists / kSmallLists : pl.parts[c].lists;
-        dispatch(select_kernel, select_pipe, {s.scores.get(), ch.ordinals.get(), s.cands_a.get(), s.rowsel.get()},
+        dispatch(select_kernel, select_pipe, {s.scores.get(), pg.ordinals.get(), s.cands_a.get(), s.rowsel.get()},
                  sp2, u32(groups_x), u32(nq), 1);
     }
     WGPUBuffer src = s.cands_a.get(), dst = s.cands_b.get();

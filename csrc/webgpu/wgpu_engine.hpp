@@ -1,5 +1,6 @@
-// The WebGPU engine: rows in storage buffers split into chunks that respect the device's
-// binding and buffer size limits, scored and top-k selected by WGSL kernels on the GPU.
+// The WebGPU engine: rows in pages (storage buffers that never move, within the device's
+// binding and buffer size limits; core/row_pages.hpp), kept as float32, float16 or bfloat16,
+// scored in float32 and top-k selected by WGSL kernels on the GPU.
 #pragma once
 
 #include <cstddef>
@@ -7,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/row_pages.hpp"
 #include "hive_gpu/engine.hpp"
 #include "webgpu/wgpu_context.hpp"
 
@@ -14,20 +16,16 @@ namespace hive_gpu::webgpu {
 
 class WgpuEngine final : public Engine {
    public:
-    WgpuEngine(std::shared_ptr<WgpuContext> context, std::size_t dimension, Metric metric);
+    WgpuEngine(std::shared_ptr<WgpuContext> context, std::size_t dimension, Metric metric, Dtype dtype);
 
     std::size_t dimension() const override { return dim_; }
     Metric metric() const override { return metric_; }
     std::size_t size() const override { return size_; }
 
     void reserve(std::size_t rows) override;
-    Dtype dtype() const override { return Dtype::Float32; }
-    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override {
-        append_f32(static_cast<const float*>(rows), ordinals, n);
-    }
-    void write(std::size_t slot, const void* row) override { write_f32(slot, static_cast<const float*>(row)); }
-    void append_f32(const float* rows, const std::uint32_t* ordinals, std::size_t n);
-    void write_f32(std::size_t slot, const float* row);
+    Dtype dtype() const override { return dtype_; }
+    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override;
+    void write(std::size_t slot, const void* row) override;
     void move(std::size_t src, std::size_t dst) override;
     void truncate(std::size_t n) override;
     void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;
@@ -38,24 +36,25 @@ class WgpuEngine final : public Engine {
                          float* scores, std::int64_t* slots) const override;
     std::size_t memory_bytes() const override;
 
-    // Rows one chunk holds (tests shrink it with HIVE_GPU_WEBGPU_CHUNK_BYTES).
-    std::size_t rows_per_chunk() const { return rows_per_chunk_; }
+    // Page capacities (the largest shrinks with HIVE_GPU_WEBGPU_CHUNK_BYTES, for tests).
+    const PageLayout& pages() const { return layout_; }
 
    private:
-    // One storage binding's worth of rows, with their per-row factor and ordinal.
-    struct Chunk {
-        Buffer rows;     // capacity x dim4 vec4 (zero padded past dimension)
-        Buffer factors;  // capacity floats: 1/|x| for cosine, unused otherwise
-        Buffer ordinals; // capacity u32
+    // Up to one storage binding's worth of rows, with their per-row factor and ordinal.
+    struct Page {
+        Buffer rows;      // capacity x row_bytes_ (groups of 4 elements, zero padded past dimension)
+        Buffer factors;   // capacity floats: 1/|x| for cosine, unused otherwise
+        Buffer ordinals;  // capacity u32
         std::size_t capacity = 0;
+        std::size_t start = 0;  // slot of its first row
     };
     // Scratch reused across searches (guarded by the context's gpu mutex).
     struct Scratch {
         Buffer queries, qscale, scores, cands_a, cands_b, params, readback, rowsel;
     };
-    // Which rows of each chunk a search looks at (the shaders' SEL_* modes). Dense: every
+    // Which rows of each page a search looks at (the shaders' SEL_* modes). Dense: every
     // row, the filter's bits in `rowsel` mask them (SEL_MASK) or none (SEL_ALL). Sparse
-    // (SEL_LIST): chunk c scores part_rows[c] rows listed from entry list_at[c] of `rowsel`.
+    // (SEL_LIST): page c scores part_rows[c] rows listed from entry list_at[c] of `rowsel`.
     struct RowSelection {
         std::uint32_t mode = 0;
         std::vector<std::size_t> part_rows;
@@ -67,19 +66,22 @@ class WgpuEngine final : public Engine {
         struct Part {
             std::size_t rows, list_base, lists;
         };
-        std::vector<Part> parts;  // one per chunk in use
+        std::vector<Part> parts;  // one per page in use
         bool small;               // k <= 32: per-thread selection, else bitonic segments
         std::size_t lists;        // candidate lists per query
         std::size_t list_len;     // entries per list before merging
-        std::size_t max_rows;     // rows of the largest chunk
+        std::size_t max_rows;     // rows of the largest page
         std::size_t passes;       // pairwise merge passes
         std::size_t max_cands;    // largest candidate array per query (entries)
     };
     Plan plan(std::size_t k, const RowSelection& sel) const;
     RowSelection all_rows() const;
-    Chunk make_chunk(std::size_t capacity) const;
+    Page make_page(std::size_t index) const;
     std::size_t capacity() const;
-    float row_factor(const float* row) const;
+    // The per-row factor of a stored row (dim_ elements of dtype_), from the stored values.
+    float row_factor(const void* row) const;
+    // Copies one host row (dim_ elements of dtype_) into its padded device layout at dst.
+    void pack_row(const void* row, unsigned char* dst) const;
     void ensure(Buffer& b, std::uint64_t bytes, WGPUBufferUsage usage, const char* what) const;
     // Under the context's gpu mutex, with scratch_.rowsel filled for `sel`.
     void search_rows(const float* queries, std::size_t nq, std::size_t k, const RowSelection& sel,
@@ -90,11 +92,15 @@ class WgpuEngine final : public Engine {
 
     std::shared_ptr<WgpuContext> ctx_;
     std::size_t dim_;
-    std::size_t dim4_;  // vec4s per stored row
+    std::size_t dim4_;  // groups of 4 elements per stored row
     Metric metric_;
-    std::size_t rows_per_chunk_;
+    Dtype dtype_;
+    RowFormat format_;
+    std::size_t elem_bytes_;  // 4 or 2
+    std::size_t row_bytes_;   // dim4_ * 4 * elem_bytes_
+    PageLayout layout_;
     std::size_t size_ = 0;
-    std::vector<Chunk> chunks_;
+    std::vector<Page> pages_;
     mutable Scratch scratch_;
 };
 

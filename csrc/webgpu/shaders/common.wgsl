@@ -1,6 +1,6 @@
 // Prepended to every kernel: the per-dispatch parameters and the candidate record.
 struct Params {
-    n_rows: u32,  // rows in this chunk
+    n_rows: u32,  // rows in this page
     dim4: u32,    // vec4s per row (dimension padded to a multiple of 4 with zeros)
     nq: u32,      // queries in this dispatch
     stride: u32,  // floats between two queries' score rows
@@ -9,14 +9,14 @@ struct Params {
     c: u32,
     d: u32,
     sel: u32,   // which rows take part: SEL_ALL, SEL_MASK or SEL_LIST (see `rowsel` below)
-    list_at: u32, // SEL_LIST: this chunk's first entry in the list
+    list_at: u32, // SEL_LIST: this page's first entry in the list
     e: u32,
     f: u32,
 }
 
 // Filtered searches bind `rowsel`: SEL_MASK, one bit per slot of the store (bit s % 32 of
-// word s / 32, the slot filter's 64-bit words read as pairs); SEL_LIST, the chunk-local rows
-// that pass, so that row r of a dispatch is rowsel[list_at + r] of the chunk.
+// word s / 32, the slot filter's 64-bit words read as pairs); SEL_LIST, the page-local rows
+// that pass, so that row r of a dispatch is rowsel[list_at + r] of the page.
 const SEL_ALL: u32 = 0u;
 const SEL_MASK: u32 = 1u;
 const SEL_LIST: u32 = 2u;

@@ -1,6 +1,6 @@
-// Scores of many queries against a chunk of rows: a 64 rows x 64 queries tile per
+// Scores of many queries against a page of rows: a 64 rows x 64 queries tile per
 // workgroup, staged through workgroup memory 16 floats of depth at a time, 4x4 per thread.
-@group(0) @binding(0) var<storage, read> rows: array<vec4<f32>>;
+// Binding 0 (the page's rows) and load_row4 come from the row format (rows_*.wgsl).
 @group(0) @binding(1) var<storage, read> factors: array<f32>;
 @group(0) @binding(2) var<storage, read> queries: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> qscale: array<f32>;
@@ -8,8 +8,8 @@
 @group(0) @binding(5) var<storage, read> rowsel: array<u32>;
 @group(0) @binding(6) var<uniform> p: Params;
 
-// The chunk row behind row r of this dispatch (SEL_LIST gathers the listed rows).
-fn chunk_row(r: u32) -> u32 {
+// The page row behind row r of this dispatch (SEL_LIST gathers the listed rows).
+fn page_row(r: u32) -> u32 {
     if (p.sel == SEL_LIST) { return rowsel[p.list_at + r]; }
     return r;
 }
@@ -27,7 +27,7 @@ fn main(@builtin(local_invocation_index) li: u32,
     let ty = li / 16u;  // rows ty, ty+16, ty+32, ty+48
     let load_row = r0 + li / 4u;
     var src_row = 0u;
-    if (load_row < p.n_rows) { src_row = chunk_row(load_row); }
+    if (load_row < p.n_rows) { src_row = page_row(load_row); }
     let load_q = q0 + li / 4u;
     let lc = li % 4u;
     var acc: array<vec4<f32>, 4>;
@@ -35,7 +35,7 @@ fn main(@builtin(local_invocation_index) li: u32,
         let kk = k0 + lc;
         var xv = vec4<f32>(0.0);
         var yv = vec4<f32>(0.0);
-        if (load_row < p.n_rows && kk < p.dim4) { xv = rows[src_row * p.dim4 + kk]; }
+        if (load_row < p.n_rows && kk < p.dim4) { xv = load_row4(src_row * p.dim4 + kk); }
         if (load_q < p.nq && kk < p.dim4) { yv = queries[load_q * p.dim4 + kk]; }
         xs[li] = xv;
         ys[li] = yv;
@@ -58,7 +58,7 @@ fn main(@builtin(local_invocation_index) li: u32,
             let q = q0 + tx + 16u * j;
             if (r < p.n_rows && q < p.nq) {
                 var s = acc[i][j];
-                if (METRIC == 0u) { s = s * factors[chunk_row(r)] * qscale[q]; }
+                if (METRIC == 0u) { s = s * factors[page_row(r)] * qscale[q]; }
                 scores[q * p.stride + r] = s;
             }
         }

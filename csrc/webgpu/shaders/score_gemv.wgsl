@@ -1,6 +1,7 @@
-// Scores of up to 8 queries against a chunk of rows: memory bound, so 8 lanes share a row
-// and read it in 128-byte runs; each lane keeps one partial sum per query.
-@group(0) @binding(0) var<storage, read> rows: array<vec4<f32>>;
+// Scores of up to 8 queries against a page of rows: memory bound, so 8 lanes share a row
+// and read it in runs of 8 groups of 4 elements (128 bytes of float32, 64 of 16-bit rows);
+// each lane keeps one partial sum per query.
+// Binding 0 (the page's rows) and load_row4 come from the row format (rows_*.wgsl).
 @group(0) @binding(1) var<storage, read> factors: array<f32>;
 @group(0) @binding(2) var<storage, read> queries: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> qscale: array<f32>;
@@ -30,7 +31,7 @@ fn main(@builtin(local_invocation_index) li: u32,
     if (live) {
         let base = row * p.dim4;
         for (var j = lane; j < p.dim4; j += LANES) {
-            let x = rows[base + j];
+            let x = load_row4(base + j);
             for (var q = 0u; q < QN; q++) {
                 acc[q] += term(x, queries[q * p.dim4 + j]);
             }

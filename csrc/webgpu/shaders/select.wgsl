@@ -1,6 +1,6 @@
 // Partial top-k: one workgroup sorts one segment of 2048 scores of one query by
 // (score, ordinal) with a bitonic network in workgroup memory and keeps the best p.d.
-// p: a = first slot of the chunk, b = first list of the chunk, c = lists per query,
+// p: a = first slot of the page, b = first list of the page, c = lists per query,
 //    d = entries kept per list.
 @group(0) @binding(0) var<storage, read> scores: array<f32>;
 @group(0) @binding(1) var<storage, read> ordinals: array<u32>;

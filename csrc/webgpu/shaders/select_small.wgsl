@@ -1,7 +1,7 @@
 // Partial top-k for k <= 32: every thread scans 64 rows of one query (strided by the
 // workgroup, so reads coalesce) and keeps its best k in a sorted private list. For random
 // data insertions are rare, so this costs one compare per row and no barriers at all.
-// p: a = first slot of the chunk, b = first list of the chunk, c = lists per query, d = k.
+// p: a = first slot of the page, b = first list of the page, c = lists per query, d = k.
 @group(0) @binding(0) var<storage, read> scores: array<f32>;
 @group(0) @binding(1) var<storage, read> ordinals: array<u32>;
 @group(0) @binding(2) var<storage, read_write> cands: array<Cand>;
@@ -23,7 +23,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     for (var i = 0u; i < ROWS_PER_THREAD; i++) {
         let r = first + i * GROUP;
         if (r >= p.n_rows) { break; }
-        // Rows the filter drops never enter; listed rows map back to their chunk row.
+        // Rows the filter drops never enter; listed rows map back to their page row.
         if (p.sel == SEL_MASK && !mask_passes(rowsel[(p.a + r) / 32u], p.a + r)) { continue; }
         var row = r;
         if (p.sel == SEL_LIST) { row = rowsel[p.list_at + r]; }
