@@ -651,6 +651,10 @@ detail::SlotBits VectorStorage::Impl::select(const Filter& filter) const {
     return metadata_of_->evaluate(filter, [this](const std::string& id) { return index_->find(id_of_, id); });
 }
 
+detail::Selection VectorStorage::Impl::view(const Filter& filter, bool bits) const {
+    return metadata_of_->select(filter, [this](const std::string& id) { return index_->find(id_of_, id); }, bits);
+}
+
 bool VectorStorage::update_metadata(const std::string& id, const Metadata& metadata) {
     detail::check_metadata(metadata);
     WriteLock lock(impl_->mutex_);
@@ -669,7 +673,7 @@ std::size_t VectorStorage::count(const Filter& filter) const {
     ReadLock lock(impl_->mutex_);
     impl_->check_open();
     if (filter.matches_all()) return impl_->id_of_.size();
-    return impl_->select(filter).count;
+    return impl_->view(filter, false).count;
 }
 
 std::vector<std::string> VectorStorage::ids(const Filter& filter) const {
@@ -727,7 +731,7 @@ BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, st
 BatchResult VectorStorage::search_filtered_locked(const float* queries, std::size_t nq, std::int64_t k,
                                                   const Filter& filter) const {
     if (filter.matches_all()) return search_locked(Source{queries}, nq, k);
-    const detail::SlotBits sel = impl_->select(filter);
+    const detail::Selection sel = impl_->view(filter, true);
     if (sel.count == impl_->id_of_.size()) return search_locked(Source{queries}, nq, k);
     BatchResult r;
     r.nq = nq;
@@ -735,7 +739,7 @@ BatchResult VectorStorage::search_filtered_locked(const float* queries, std::siz
     if (nq == 0 || r.k == 0) return r;
     r.scores.resize(nq * r.k);
     r.slots.resize(nq * r.k);
-    const SlotFilter slots{sel.words.data(), sel.count, sel.slots.empty() ? nullptr : sel.slots.data()};
+    const SlotFilter slots{sel.bits, sel.count, sel.slots};
     impl_->engine_->search_filtered(queries, nq, r.k, slots, r.scores.data(), r.slots.data());
     name_hits(r);
     return r;
