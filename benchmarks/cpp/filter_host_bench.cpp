@@ -17,12 +17,15 @@
 #include <utility>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "hive_gpu/context.hpp"
 #include "hive_gpu/engine.hpp"
 #include "hive_gpu/filter.hpp"
 #include "hive_gpu/storage.hpp"
 
 using namespace hive_gpu;
+using bench::median_ms;
+using bench::Rng;
 
 namespace {
 
@@ -66,27 +69,6 @@ class NullEngine final : public Engine {
    private:
     std::size_t dim_, n_ = 0;
 };
-
-struct Rng {  // xorshift64*
-    std::uint64_t s;
-    std::uint64_t next() {
-        s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
-        return s * 2685821657736338717ull;
-    }
-};
-
-template <typename F>
-double median_ms(int runs, F&& call) {
-    for (int i = 0; i < 3; ++i) call();
-    std::vector<double> t;
-    for (int i = 0; i < runs; ++i) {
-        const auto a = std::chrono::steady_clock::now();
-        call();
-        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-}
 
 FilterExpr eq(const char* key, FilterExpr v) { return FilterExpr::object({{key, std::move(v)}}); }
 FilterExpr op(const char* key, const char* o, FilterExpr v) {
