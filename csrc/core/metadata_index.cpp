@@ -120,6 +120,8 @@ Posting::Posting(Posting&& o) noexcept
 void Posting::insert(std::uint32_t slot, std::size_t rows, std::size_t cover_words) {
     if (bitmap_) {
         const std::size_t w = slot / 64;
+        // Growing, it spans the table's capacity: the later rows of a batch fit, and the
+        // bitmap covers the table as a filter's bitset.
         if (w >= words_.size()) words_.resize(std::max(w + 1, cover_words), 0);
         words_[w] |= std::uint64_t{1} << (slot % 64);
         ++count_;
@@ -132,7 +134,8 @@ void Posting::insert(std::uint32_t slot, std::size_t rows, std::size_t cover_wor
     // The bitmap takes rows / 8 bytes, the list 4 bytes a slot.
     if (count_ >= kMinBitmap && rows <= count_ * 32 * kBitmapFactor) {
         try {
-            std::vector<std::uint64_t> words(std::max(cover_words, (rows + 63) / 64), 0);
+            // Sized to the rows so far: a value that stops appearing keeps a small bitmap.
+            std::vector<std::uint64_t> words((rows + 63) / 64, 0);
             for (std::uint32_t s : list_) {
                 if (s / 64 >= words.size()) words.resize(s / 64 + 1, 0);
                 words[s / 64] |= std::uint64_t{1} << (s % 64);

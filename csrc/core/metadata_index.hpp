@@ -24,8 +24,8 @@ namespace hive_gpu::detail {
 // The slots holding one indexed value. A short posting is an unsorted list (erase and
 // relabel scan it); once its bitmap would be at most kBitmapFactor times the list's memory
 // it becomes a bitmap, so dense postings serve as a filter's bitset as they are. A bitmap
-// covers the words of the table's capacity (given at insert), so one usually covers the
-// whole table. Erase and relabel never allocate.
+// that grows spans the table's capacity (given at insert), so one still receiving rows
+// covers the whole table. Erase and relabel never allocate.
 class Posting {
    public:
     static constexpr std::size_t kBitmapFactor = 8;  // bitmap bytes <= 8 x list bytes
