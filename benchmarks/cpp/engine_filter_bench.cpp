@@ -15,21 +15,15 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "hive_gpu/context.hpp"
 #include "hive_gpu/engine.hpp"
 
 using namespace hive_gpu;
+using bench::median_ms;
+using bench::Rng;
 
 namespace {
-
-struct Rng {  // xorshift64*: the rows of 10M x 128 in a few seconds
-    std::uint64_t s;
-    std::uint64_t next() {
-        s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
-        return s * 2685821657736338717ull;
-    }
-    float uniform() { return static_cast<float>(next() >> 40) * 0x1p-24f * 2.0f - 1.0f; }
-};
 
 struct Filter {
     std::vector<std::uint64_t> bits;
@@ -50,19 +44,6 @@ Filter make_filter(std::size_t n, double rate, std::size_t k, Rng& rng) {
         }
     for (std::uint32_t s : f.slots) f.bits[s / 64] |= std::uint64_t{1} << (s % 64);
     return f;
-}
-
-template <typename F>
-double median_ms(int runs, F&& call) {
-    for (int i = 0; i < 3; ++i) call();
-    std::vector<double> t;
-    for (int i = 0; i < runs; ++i) {
-        const auto a = std::chrono::steady_clock::now();
-        call();
-        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
 }
 
 }  // namespace

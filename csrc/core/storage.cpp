@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <mutex>
@@ -39,6 +40,23 @@ void check_batch_sizes(std::size_t ids, std::size_t metadata, std::size_t n) {
                                    std::to_string(n) + " vectors");
 }
 
+// Whether every byte of s is ASCII, read 8 bytes at a time: ids nearly always are, and
+// then they are valid UTF-8 without the byte-by-byte decode.
+bool all_ascii(const std::string& s) {
+    const char* p = s.data();
+    const std::size_t n = s.size();
+    std::uint64_t seen = 0;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        std::uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        seen |= w;
+    }
+    std::uint64_t tail = 0;
+    std::memcpy(&tail, p + i, n - i);
+    return ((seen | tail) & 0x8080808080808080ull) == 0;
+}
+
 }  // namespace
 
 VectorStorage::VectorStorage(std::shared_ptr<Context> context, std::unique_ptr<Engine> engine)
@@ -57,7 +75,7 @@ void VectorStorage::check_id(const std::string& id) {
         throw InvalidArgumentError("vector id is " + std::to_string(id.size()) +
                                    " bytes long; the limit is " + std::to_string(kMaxIdBytes));
     // Files hold UTF-8 only (load refuses anything else): refuse what could not be reloaded.
-    if (!detail::valid_utf8(id)) throw InvalidArgumentError("vector id is not valid UTF-8");
+    if (!all_ascii(id) && !detail::valid_utf8(id)) throw InvalidArgumentError("vector id is not valid UTF-8");
 }
 
 void VectorStorage::check_length(std::size_t len, const char* what) const {
@@ -732,6 +750,10 @@ detail::SlotBits VectorStorage::Impl::select(const Filter& filter) const {
     return metadata_of_->evaluate(filter, [this](const std::string& id) { return index_->find(id_of_, id); });
 }
 
+detail::Selection VectorStorage::Impl::view(const Filter& filter, bool bits) const {
+    return metadata_of_->select(filter, [this](const std::string& id) { return index_->find(id_of_, id); }, bits);
+}
+
 bool VectorStorage::update_metadata(const std::string& id, const Metadata& metadata) {
     detail::check_metadata(metadata);
     WriteLock lock(impl_->mutex_);
@@ -750,7 +772,7 @@ std::size_t VectorStorage::count(const Filter& filter) const {
     ReadLock lock(impl_->mutex_);
     impl_->check_open();
     if (filter.matches_all()) return impl_->id_of_.size();
-    return impl_->select(filter).count;
+    return impl_->view(filter, false).count;
 }
 
 std::vector<std::string> VectorStorage::ids(const Filter& filter) const {
@@ -808,7 +830,7 @@ BatchResult VectorStorage::search_batch(const float* queries, std::size_t nq, st
 BatchResult VectorStorage::search_filtered_locked(const float* queries, std::size_t nq, std::int64_t k,
                                                   const Filter& filter) const {
     if (filter.matches_all()) return search_locked(Source{queries}, nq, k);
-    const detail::SlotBits sel = impl_->select(filter);
+    const detail::Selection sel = impl_->view(filter, true);
     if (sel.count == impl_->id_of_.size()) return search_locked(Source{queries}, nq, k);
     BatchResult r;
     r.nq = nq;
@@ -816,7 +838,7 @@ BatchResult VectorStorage::search_filtered_locked(const float* queries, std::siz
     if (nq == 0 || r.k == 0) return r;
     r.scores.resize(nq * r.k);
     r.slots.resize(nq * r.k);
-    const SlotFilter slots{sel.words.data(), sel.count, sel.slots.empty() ? nullptr : sel.slots.data()};
+    const SlotFilter slots{sel.bits, sel.count, sel.slots};
     impl_->engine_->search_filtered(queries, nq, r.k, slots, r.scores.data(), r.slots.data());
     name_hits(r);
     return r;

@@ -66,6 +66,8 @@ struct VectorStorage::Impl {
     }
     // The slots `filter` passes, under the caller's lock.
     detail::SlotBits select(const Filter& filter) const;
+    // The same answer in place (MetadataTable::select), for searches and counts.
+    detail::Selection view(const Filter& filter, bool bits) const;
     // The format itself (persist.cpp), over any sink or source. read_from() with a null
     // context only checks, and returns null.
     void write_to(detail::ByteSink& out) const;
