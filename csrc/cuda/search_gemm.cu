@@ -201,18 +201,55 @@ void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, cons
 
 void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                                    std::size_t kk, float* dscores, std::int64_t* dslots) const {
+    // The float32 GEMM (or skinny product) chooses kc candidates; their final scores are the
+    // canonical ones (rerank_kernel), as every path's are, so that a pair scores the same bits
+    // in a store of any size (shards then equal one store). GEMM sums in another order than
+    // the canonical kernel: the same proof as the TF32 screen's says whether the candidates
+    // hold the canonical top k; queries it cannot settle are scored canonically in full.
     cudaStream_t s = lane.stream;
+    const auto& p = ctx_->props();
+    const std::size_t kc = std::min(v.n, 2 * kk + 32);
+    if (kc > static_cast<std::size_t>(max_select_k_)) {
+        search_sorted(lane, v, dq, qf, nq, kk, dscores, dslots);
+        return;
+    }
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
-    Scratch run(*ctx_, nq * kk * entry, s);
-    auto* rkeys = run.as<std::uint64_t>();
-    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kk);
-    select_tiles(lane, v, dq, qf, nq, kk, false, ScreenQueries{}, rkeys, rvals);
+    Carve c;
+    const std::size_t at_run = c.take(nq * kc * entry), at_max = c.take(sizeof(unsigned)), at_ok = c.take(nq);
+    Scratch ws(*ctx_, c.at, s);
+    auto* base = ws.as<unsigned char>();
+    auto* rkeys = reinterpret_cast<std::uint64_t*>(base + at_run);
+    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kc);
+    auto* max_bits = reinterpret_cast<unsigned*>(base + at_max);
+    auto* ok = base + at_ok;
+    select_tiles(lane, v, dq, qf, nq, kc, false, ScreenQueries{}, rkeys, rvals);
+    check(cudaMemsetAsync(max_bits, 0, sizeof(unsigned), s), "cudaMemsetAsync");
+    if (metric_ != Metric::Cosine) {
+        v.for_each_page([&](std::size_t, std::size_t count, const k::PageRef& page) {
+            k::max_factor_kernel<<<grid_for(count, 256, p), 256, 0, s>>>(page.factors, count, max_bits);
+            check_launch("max_factor_kernel");
+        });
+    }
+    const int cap = next_pow2(kc);
     with_metric(metric_, [&](auto m) {
-        constexpr bool kHigher = k::MetricTraits<decltype(m)::value>::kHigherFirst;
-        k::finalize_kernel<kHigher><<<grid_for(nq * kk, 256, ctx_->props()), 256, 0, s>>>(rkeys, rvals, nq * kk,
-                                                                                         dscores, dslots);
-        check_launch("finalize_kernel");
+        with_dtype(dtype_, [&](auto d) {
+            constexpr int D = decltype(d)::value;
+            auto kernel = k::rerank_kernel<decltype(m)::value, D>;
+            allow_shared(kernel, k::topk_shared_bytes(cap));
+            // The float32 bound (rows widened exactly; only the summation order differs).
+            kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
+                rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, v.rows,
+                reinterpret_cast<const float4*>(dq), qf, max_bits, k::screen_bound(dim_, k::kF32), nullptr, dscores,
+                dslots, ok);
+        });
+        check_launch("rerank_kernel");
     });
+    if (kc >= v.n) return;  // every row was a candidate: nothing to prove
+    check(cudaMemcpyAsync(lane.flags_host, ok, nq, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s), "search");
+    for (std::size_t q = 0; q < nq; ++q)
+        if (!lane.flags_host[q])
+            search_sorted(lane, v, dq + q * ld_, qf + q, 1, kk, dscores + q * kk, dslots + q * kk);
 }
 
 void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
@@ -320,10 +357,10 @@ void CudaEngine::skinny_scores(Lane& lane, const float* rows, const float* dq, s
 
 void CudaEngine::search_sorted(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                                std::size_t kk, float* dscores, std::int64_t* dslots) const {
-    // k beyond shared memory: score every row, sort all keys, keep the first k.
+    // k beyond shared memory, or candidates that could not be proven: every row's canonical
+    // score (rerank.cuh), all keys sorted, the first k kept.
     cudaStream_t s = lane.stream;
     const std::size_t n = v.n;
-    Scratch dots(*ctx_, n * sizeof(float), s);
     Scratch keys(*ctx_, 2 * n * sizeof(std::uint64_t), s);
     Scratch vals(*ctx_, 2 * n * sizeof(std::uint32_t), s);
     auto* k_in = keys.as<std::uint64_t>();
@@ -337,14 +374,12 @@ void CudaEngine::search_sorted(Lane& lane, const RowView& v, const float* dq, co
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
         for (std::size_t q = 0; q < nq; ++q) {
-            v.for_each_page([&](std::size_t s0, std::size_t count, const k::PageRef& page) {
-                gemm_scores(lane, page.rows, dq + q * ld_, 1, count, dots.as<float>() + s0, count, false,
-                            ScreenQueries{});
-                k::keys_from_scores_kernel<M><<<grid_for(count, 256, ctx_->props()), 256, 0, s>>>(
-                    dots.as<float>() + s0, count, s0, page.factors, page.ordinals, v.mask, qf + q, k_in + s0,
-                    v_in + s0);
-                check_launch("keys_from_scores_kernel");
+            with_dtype(dtype_, [&](auto d) {
+                k::canonical_keys_kernel<M, decltype(d)::value>
+                    <<<grid_for(n * k::warp_size(ctx_->props()), 256, ctx_->props()), 256, 0, s>>>(
+                        v.rows, n, reinterpret_cast<const float4*>(dq + q * ld_), qf + q, v.mask, k_in, v_in);
             });
+            check_launch("canonical_keys_kernel");
             check(k::radix_sort_pairs(temp.as<void>(), temp_bytes, k_in, k_out, v_in, v_out, static_cast<int>(n), s),
                   k::kRadixSortName);
             k::finalize_kernel<k::MetricTraits<M>::kHigherFirst><<<grid_for(kk, 256, ctx_->props()), 256, 0, s>>>(

@@ -61,6 +61,45 @@ inline ScreenBound screen_bound(std::size_t dim, int dtype = kF32) {
 // written as scores and slots. ok[q] says whether the candidates provably hold the exact top
 // k (see above); screen_ok (or nullptr) can mark queries the screen did not score.
 // Shared memory: topk_shared_bytes(cap), cap = next power of two >= kc.
+// The canonical float32 score of one (query, row) pair, the one every search path ends with
+// (so a pair scores the same bits whatever the store's size or the path): lane l sums the
+// row units l, l + 32, ... in order, then the warp adds its lanes. The fused scan
+// (scan.cuh, warp_row_scores) sums in this same order. Every lane gets the total.
+template <int kMetric, int kDtype>
+__device__ __forceinline__ float canonical_acc(const uint4* __restrict__ x, const float4* __restrict__ qv,
+                                               std::size_t ld4) {
+    constexpr std::size_t kQ4 = Elem<kDtype>::kPerUnit / 4;
+    float acc = 0.0f;
+    for (std::size_t j = lane_id(); j < ld4; j += kWarpSize) acc += unit_term<kMetric, kDtype>(__ldg(x + j), qv + j * kQ4);
+    return warp_sum(acc);
+}
+
+// Keys of every row for one query, from canonical scores (a warp per row): the exact path for
+// k beyond shared memory and for queries whose candidates could not be proven. Rows a mask
+// drops get the empty key.
+template <int kMetric, int kDtype>
+__global__ void canonical_keys_kernel(PagedRows rows, std::size_t n, const float4* __restrict__ query,
+                                      const float* __restrict__ query_factor, const std::uint64_t* __restrict__ mask,
+                                      std::uint64_t* __restrict__ keys, std::uint32_t* __restrict__ vals) {
+    constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
+    const float qf = *query_factor;
+    const std::size_t warps = static_cast<std::size_t>(gridDim.x) * blockDim.x / kWarpSize;
+    for (std::size_t r = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize; r < n;
+         r += warps) {
+        const PagePlace at = place(rows.map.base_shift, rows.map.max_shift, r);
+        const PageRef& page = rows.pages[at.page];
+        const float acc =
+            canonical_acc<kMetric, kDtype>(static_cast<const uint4*>(page.rows) + at.row * rows.ld4, query, rows.ld4);
+        if (lane_id() == 0) {
+            keys[r] = slot_passes(mask, r)
+                          ? make_key<kHigher>(finish_score<kMetric, false>(acc, page.factors[at.row], qf),
+                                              page.ordinals[at.row])
+                          : kEmptyKey;
+            vals[r] = static_cast<std::uint32_t>(r);
+        }
+    }
+}
+
 template <int kMetric, int kDtype = kF32>
 __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
     const std::uint64_t* __restrict__ cand_keys, const std::uint32_t* __restrict__ cand_vals, int kc,
@@ -109,10 +148,7 @@ __global__ void __launch_bounds__(kSelectBlock) rerank_kernel(
         const std::uint32_t row = cv[i];
         const PagePlace at = place(base_shift, max_shift, row);
         const PageRef& page = pages[at.page];
-        const uint4* x = static_cast<const uint4*>(page.rows) + at.row * ld4;
-        float acc = 0.0f;
-        for (std::size_t j = lane; j < ld4; j += kWarpSize) acc += unit_term<kMetric, kDtype>(__ldg(x + j), qv + j * kQ4);
-        acc = warp_sum(acc);
+        const float acc = canonical_acc<kMetric, kDtype>(static_cast<const uint4*>(page.rows) + at.row * ld4, qv, ld4);
         if (lane == 0) {
             keys[i] = make_key<kHigher>(finish_score<kMetric, false>(acc, page.factors[at.row], qf), page.ordinals[at.row]);
             vals[i] = row;
