@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <thread>
 
 #include "core/numeric.hpp"
@@ -161,7 +162,8 @@ void CudaEngine::finish_append(std::size_t n, const std::uint32_t* ordinals, con
     check(cudaStreamSynchronize(ws), "append");
     const unsigned long long fault = *fault_host;
     if (fault != ~0ull)
-        throw_row_fault(static_cast<RowFault>(fault & 3), static_cast<std::size_t>(fault >> 2), n, what);
+        throw_row_fault(static_cast<RowFault>(fault & 3), static_cast<std::size_t>(fault >> 2), n, what, dtype_,
+                        std::numeric_limits<float>::quiet_NaN());
     size_ += n;
     record_write();
 }

@@ -12,7 +12,8 @@ namespace hive_gpu::kernels {
 // n rows of `dim` source elements (stride src_ld) into destination rows (stride dst_ld,
 // zero padding after dim), rounded to nearest even. A value that is not finite or whose
 // magnitude exceeds max_value (the destination's largest finite value) is written as 0 and
-// reported like row_stats_kernel's faults: ((fault_row0 + row) << 2 | kFaultNonFinite).
+// reported like row_stats_kernel's faults: ((fault_row0 + row) << 2 | kFaultNonFinite, or
+// kFaultDoesNotFit for a finite value).
 template <int kSrc, int kDst>
 __global__ void convert_rows_kernel(const typename Elem<kSrc>::T* __restrict__ src, std::size_t src_ld, std::size_t n,
                                     std::size_t dim, typename Elem<kDst>::T* __restrict__ dst, std::size_t dst_ld,
@@ -25,7 +26,8 @@ __global__ void convert_rows_kernel(const typename Elem<kSrc>::T* __restrict__ s
         if (j < dim) {
             v = to_float<kSrc>(src[r * src_ld + j]);
             if (!(fabsf(v) <= max_value)) {  // NaN fails this too
-                atomicMin(fault, (static_cast<unsigned long long>(fault_row0 + r) << 2) | kFaultNonFinite);
+                const unsigned long long code = isfinite(v) ? kFaultDoesNotFit : kFaultNonFinite;
+                atomicMin(fault, (static_cast<unsigned long long>(fault_row0 + r) << 2) | code);
                 v = 0.0f;
             }
         }

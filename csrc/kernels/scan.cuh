@@ -15,6 +15,7 @@ namespace hive_gpu::kernels {
 // Row fault codes, the same as core/validate.hpp's RowFault.
 constexpr unsigned long long kFaultNonFinite = 1;
 constexpr unsigned long long kFaultTooLarge = 2;
+constexpr unsigned long long kFaultDoesNotFit = 3;
 
 // One warp per row: the per-row factor (1/|x| for Cosine, |x|^2 otherwise, in double as the
 // CPU engine does) and, for rows that break the input rules, the smallest faulty row packed
