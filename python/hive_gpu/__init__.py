@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from . import aio, errors
 from ._contexts import (
+    _BY_NAME,
     Context,
-    CpuContext,
-    CudaContext,
-    MetalContext,
-    RocmContext,
-    WgpuContext,
     available_backends,
     backend_status,
     compiled_backends,
@@ -47,11 +43,6 @@ __all__ = [
     "AsyncStats",
     "BatchingConfig",
     "Context",
-    "CpuContext",
-    "CudaContext",
-    "RocmContext",
-    "MetalContext",
-    "WgpuContext",
     "available_backends",
     "backend_status",
     "compiled_backends",
@@ -82,3 +73,8 @@ __all__ = [
     "CorruptFileError",
     "StorageClosedError",
 ]
+
+# One context class per backend (CpuContext, CudaContext, RocmContext, MetalContext,
+# WgpuContext, ...), made from the core's list of backends.
+globals().update({cls.__name__: cls for cls in _BY_NAME.values()})
+__all__ += [cls.__name__ for cls in _BY_NAME.values()]
