@@ -16,6 +16,18 @@ function(_hive_gpu_c_string out text)
   set(${out} "${text}" PARENT_SCOPE)
 endfunction()
 
+# In a backend folder's CMakeLists.txt, when the backend cannot build here: stops configuring
+# when its switch is ON, else records why for backend_status() and leaves the folder.
+macro(hive_gpu_backend_unavailable why)
+  get_filename_component(_hive_gpu_name "${CMAKE_CURRENT_SOURCE_DIR}" NAME)
+  string(TOUPPER "${_hive_gpu_name}" _hive_gpu_name)
+  if(HIVE_GPU_${_hive_gpu_name} STREQUAL "ON")
+    message(FATAL_ERROR "HIVE_GPU_${_hive_gpu_name}=ON but ${why}")
+  endif()
+  set(HIVE_GPU_${_hive_gpu_name}_BUILD_REASON "${why}" PARENT_SCOPE)
+  return()
+endmacro()
+
 # hive_gpu_add_backend(<name> CONTEXT <class> DESCRIPTION <text> [ALIASES <alias>...] [BUILTIN])
 #   <name>         the folder csrc/<name>, the C++ namespace hive_gpu::<name> of its
 #                  backend_entry(), the name create_context() takes; HIVE_GPU_<NAME> switches it
@@ -24,8 +36,8 @@ endfunction()
 #   ALIASES        other names Python's create_context() accepts
 #   BUILTIN        always built, into the top directory (csrc/<name>/<name>.cmake is included);
 #                  otherwise csrc/<name>/CMakeLists.txt is added when the switch is not OFF, and
-#                  sets HIVE_GPU_WITH_<NAME> to 1 in PARENT_SCOPE, or HIVE_GPU_<NAME>_BUILD_REASON
-#                  to why it cannot build (AUTO) or stops with FATAL_ERROR (ON).
+#                  sets HIVE_GPU_WITH_<NAME> to 1 in PARENT_SCOPE, or calls
+#                  hive_gpu_backend_unavailable(<why>).
 function(hive_gpu_add_backend name)
   cmake_parse_arguments(PARSE_ARGV 1 arg "BUILTIN" "CONTEXT;DESCRIPTION" "ALIASES")
   if(NOT arg_CONTEXT OR NOT arg_DESCRIPTION)
