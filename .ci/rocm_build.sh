@@ -78,7 +78,7 @@ fi
   -DROCBLAS_ROOT="$deps/rocblas/usr" \
   -DCMAKE_HIP_ARCHITECTURES="$archs" \
   "${launcher[@]}" >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
-grep -E "hive_gpu: (HIP|ROCM)" "$build/configure.log"
+grep -E "hive_gpu: (HIP|rocm)" "$build/configure.log"
 
 step "build hive_gpu._core"
 "$tools/venv/bin/cmake" --build "$build" --target _core

@@ -31,14 +31,16 @@ version=$(sed -nE 's/^project\(hive_gpu[[:space:]]+VERSION[[:space:]]+([0-9.]+).
 unset SKBUILD_CMAKE_DEFINE
 requested=${HIVE_GPU_WHEEL_BACKENDS-cuda webgpu}
 backends=()
-defines=(-C "cmake.define.HIVE_GPU_ROCM=OFF" -C "cmake.define.HIVE_GPU_METAL=OFF")
-for b in cuda webgpu; do
-  B=$(echo "$b" | tr a-z A-Z)
-  if [[ " $requested " == *" $b "* ]] && [ -f "$src/csrc/$b/CMakeLists.txt" ]; then
+defines=()
+# Every backend of the registry (hive_gpu_add_backend in CMakeLists.txt) that has a build of
+# its own gets an explicit switch, so that a kept build folder cannot keep an earlier choice.
+for b in $(sed -nE 's/^hive_gpu_add_backend\(([a-z0-9_]+) .*/\1/p' "$src/CMakeLists.txt"); do
+  [ -f "$src/csrc/$b/CMakeLists.txt" ] || continue
+  if [[ " $requested " == *" $b "* ]]; then
     backends+=("$b")
-    defines+=(-C "cmake.define.HIVE_GPU_$B=ON")
+    defines+=(-C "cmake.define.HIVE_GPU_$(echo "$b" | tr a-z A-Z)=ON")
   else
-    defines+=(-C "cmake.define.HIVE_GPU_$B=OFF")
+    defines+=(-C "cmake.define.HIVE_GPU_$(echo "$b" | tr a-z A-Z)=OFF")
   fi
 done
 echo "hive_gpu $version; wheel backends: cpu ${backends[*]:-}; work folder $work"

@@ -59,7 +59,7 @@ def test_unknown_backend():
         hive_gpu.create_context("quantum")
 
 
-@pytest.mark.parametrize("cls", [hive_gpu.CudaContext, hive_gpu.RocmContext, hive_gpu.MetalContext, hive_gpu.WgpuContext])
+@pytest.mark.parametrize("cls", [c for c in hive_gpu.Context.__subclasses__() if c is not hive_gpu.CpuContext])
 def test_unavailable_backends_raise_no_device(cls):
     if cls.is_available():
         assert cls.device_count() >= 1
@@ -106,7 +106,7 @@ def test_auto_ranks_emulated_devices_after_the_cpu():
 
 def test_backend_status_says_why_each_backend_is_unavailable():
     status = hive_gpu.backend_status()
-    assert set(status) == {"cpu", "cuda", "rocm", "metal", "webgpu"}
+    assert {"cpu", "cuda", "rocm", "metal", "webgpu"} <= set(status)
     assert status["cpu"] == ""
     # "" exactly for the backends that can make a context here.
     assert {b for b, why in status.items() if not why} == set(hive_gpu.available_backends())
@@ -116,3 +116,21 @@ def test_backend_status_says_why_each_backend_is_unavailable():
             head = f"backend '{b}' is not compiled into this build of hive_gpu: "
             assert why.startswith(head) and len(why) > len(head), why
         assert why == _testing.backend_unavailable_reason(b)
+
+
+def test_every_backend_of_the_registry_has_its_context_class_and_status():
+    known = hive_gpu._core.known_backends()
+    names = [name for name, *_ in known]
+    assert list(hive_gpu.backend_status()) == names
+    compiled = hive_gpu.compiled_backends()
+    assert compiled == [n for n in names if n in compiled], "compiled backends keep the registry's order"
+    for name, class_name, aliases, description in known:
+        cls = getattr(hive_gpu, class_name)
+        assert class_name in hive_gpu.__all__
+        assert issubclass(cls, hive_gpu.Context) and cls.BACKEND == name and cls.__doc__ == description
+        for alias in aliases:
+            if hive_gpu.backend_status()[name]:
+                with pytest.raises(hive_gpu.NoDeviceError, match=name):
+                    hive_gpu.create_context(alias)
+            else:
+                assert hive_gpu.create_context(alias).backend == name

@@ -3,7 +3,7 @@ fresh prefix, then build ``examples/cpp`` against that prefix with ``find_packag
 and run it; the example checks its own answers and exits non-zero on a wrong one.
 
 The library is built with the CPU backend only, to keep the test quick. Set
-HIVE_GPU_CPP_TEST_BACKENDS=cuda,webgpu (any of cuda, rocm, metal, webgpu) to compile those in
+HIVE_GPU_CPP_TEST_BACKENDS=cuda,webgpu (any backends of hive_gpu.backend_status()) to compile those in
 too, which also checks that their dependencies come back as imported targets in the consumer.
 HIVE_GPU_SOURCE_DIR points at the source tree when the tests run from a copy elsewhere.
 """
@@ -22,7 +22,6 @@ import pytest
 import hive_gpu
 
 SOURCE = Path(os.environ.get("HIVE_GPU_SOURCE_DIR") or Path(__file__).resolve().parents[1])
-OPTIONAL_BACKENDS = ("cuda", "rocm", "metal", "webgpu")
 
 
 def _missing_tool() -> str | None:
@@ -37,7 +36,7 @@ def _missing_tool() -> str | None:
 def _requested_backends() -> list[str]:
     raw = os.environ.get("HIVE_GPU_CPP_TEST_BACKENDS", "")
     names = [b.strip().lower() for b in raw.split(",") if b.strip()]
-    unknown = sorted(set(names) - set(OPTIONAL_BACKENDS))
+    unknown = sorted(set(names) - set(hive_gpu.backend_status()))
     if unknown:
         raise ValueError(f"HIVE_GPU_CPP_TEST_BACKENDS: unknown backends {unknown}")
     return names
@@ -68,8 +67,10 @@ def installed_prefix(tmp_path_factory) -> Path:
     build, prefix = root / "build", root / "prefix"
     wanted = _requested_backends()
     # Python_EXECUTABLE: backend find modules ask this interpreter where wgpu / nvidia-cublas live.
-    defines = ["-DHIVE_GPU_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}"]
-    defines += [f"-DHIVE_GPU_{b.upper()}={'ON' if b in wanted else 'OFF'}" for b in OPTIONAL_BACKENDS]
+    # HIVE_GPU_BACKENDS_DEFAULT=OFF: only the backends asked for, and the built-in CPU.
+    defines = ["-DHIVE_GPU_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}",
+               "-DHIVE_GPU_BACKENDS_DEFAULT=OFF"]
+    defines += [f"-DHIVE_GPU_{b.upper()}=ON" for b in wanted if b != "cpu"]
     jobs = str(os.cpu_count() or 2)
     _run(["cmake", "-S", str(SOURCE), "-B", str(build), *defines])
     _run(["cmake", "--build", str(build), "--config", "Release", "--parallel", jobs])
@@ -79,7 +80,8 @@ def installed_prefix(tmp_path_factory) -> Path:
 
 def test_install_tree_has_headers_library_and_package_config(installed_prefix: Path) -> None:
     headers = installed_prefix / "include" / "hive_gpu"
-    for name in ("hive_gpu.hpp", "config.hpp", "context.hpp", "storage.hpp", "types.hpp", "error.hpp", "engine.hpp"):
+    for name in ("hive_gpu.hpp", "config.hpp", "context.hpp", "storage.hpp", "types.hpp", "error.hpp", "engine.hpp",
+                 "backends.hpp", "backend_list.hpp"):
         assert (headers / name).is_file(), f"{name} not installed"
     libs = [p for p in installed_prefix.rglob("*") if p.name in ("libhive_gpu.a", "hive_gpu.lib")]
     assert libs, "the static library was not installed"
@@ -87,6 +89,10 @@ def test_install_tree_has_headers_library_and_package_config(installed_prefix: P
     for name in ("hive_gpuConfig.cmake", "hive_gpuConfigVersion.cmake", "hive_gpuTargets.cmake"):
         assert (config_dir / name).is_file(), f"{name} not installed"
     assert f'"{_project_version()}"' in (config_dir / "hive_gpuConfigVersion.cmake").read_text()
+    package = (config_dir / "hive_gpuConfig.cmake").read_text()
+    for name in hive_gpu.backend_status():
+        built = name == "cpu" or name in _requested_backends()
+        assert f"set(HIVE_GPU_WITH_{name.upper()} {int(built)})" in package, name
 
 
 def test_example_builds_with_find_package_and_passes(installed_prefix: Path, tmp_path: Path) -> None:
@@ -101,4 +107,4 @@ def test_example_builds_with_find_package_and_passes(installed_prefix: Path, tmp
     assert _project_version() == hive_gpu.__version__
     assert "all checks passed" in out
     compiled = re.search(r"compiled backends:(.*)", out).group(1).split()
-    assert sorted(compiled) == sorted(["cpu", *_requested_backends()])
+    assert sorted(compiled) == sorted({"cpu", *_requested_backends()})

@@ -60,31 +60,21 @@ std::shared_ptr<VectorStorage> Context::create_storage(std::size_t dimension, Me
 
 namespace {
 
-// Preference order for "auto": the fastest device first, the CPU last.
+// Preference order for "auto": the order of the hive_gpu_add_backend() calls in CMakeLists.txt.
 std::vector<BackendEntry> entries() {
     std::vector<BackendEntry> e;
-#if HIVE_GPU_WITH_CUDA
-    e.push_back(cuda::backend_entry());
-#endif
-#if HIVE_GPU_WITH_ROCM
-    e.push_back(rocm::backend_entry());
-#endif
-#if HIVE_GPU_WITH_METAL
-    e.push_back(metal::backend_entry());
-#endif
-#if HIVE_GPU_WITH_WEBGPU
-    e.push_back(webgpu::backend_entry());
-#endif
-    e.push_back(cpu::backend_entry());
+#define HIVE_GPU_ADD_ENTRY(name) e.push_back(name::backend_entry());
+    HIVE_GPU_COMPILED_BACKENDS(HIVE_GPU_ADD_ENTRY)
+#undef HIVE_GPU_ADD_ENTRY
     return e;
 }
 
 // Why CMake left a backend out of this build ("" for a backend it built, or an unknown name).
 std::string build_reason(const std::string& backend) {
-    if (backend == "cuda") return HIVE_GPU_CUDA_BUILD_REASON;
-    if (backend == "rocm") return HIVE_GPU_ROCM_BUILD_REASON;
-    if (backend == "metal") return HIVE_GPU_METAL_BUILD_REASON;
-    if (backend == "webgpu") return HIVE_GPU_WEBGPU_BUILD_REASON;
+#define HIVE_GPU_BUILD_REASON(name, context, aliases, description, reason) \
+    if (backend == #name) return reason;
+    HIVE_GPU_KNOWN_BACKENDS(HIVE_GPU_BUILD_REASON)
+#undef HIVE_GPU_BUILD_REASON
     return "";
 }
 

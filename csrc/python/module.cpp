@@ -269,6 +269,16 @@ PYBIND11_MODULE(_core, m) {
     m.def("device_count", &hive_gpu::device_count, py::arg("backend"), py::call_guard<py::gil_scoped_release>());
     m.def("backend_unavailable_reason", &backend_unavailable_reason, py::arg("backend"),
           py::call_guard<py::gil_scoped_release>());
+    // Every backend of CMakeLists.txt, compiled or not, in "auto" order: (name, context class,
+    // aliases, description). Python makes its context classes from it.
+    m.def("known_backends", [] {
+        py::list out;
+#define HIVE_GPU_KNOWN_BACKEND(name, context, aliases, description, reason) \
+    out.append(py::make_tuple(#name, context, py::str(aliases).attr("split")(), description));
+        HIVE_GPU_KNOWN_BACKENDS(HIVE_GPU_KNOWN_BACKEND)
+#undef HIVE_GPU_KNOWN_BACKEND
+        return out;
+    });
     m.def("create_context", &create_context, py::arg("backend"), py::arg("device_id") = 0,
           py::call_guard<py::gil_scoped_release>());
     // Checks a saved store as load() does, on no device: its header as a dict.

@@ -6,6 +6,7 @@
 //   app cpu cuda     only these (a named backend that cannot run is a failure)
 
 #include <hive_gpu/async.hpp>
+#include <hive_gpu/backend_list.hpp>
 #include <hive_gpu/hive_gpu.hpp>
 
 #include <algorithm>
@@ -238,6 +239,12 @@ int main(int argc, char** argv) {
     std::printf("hive_gpu %s, compiled backends:", HIVE_GPU_VERSION);
     for (const auto& b : hive_gpu::compiled_backends()) std::printf(" %s", b.c_str());
     std::printf("\n");
+    // The installed header's list of backends is the library's.
+    std::vector<std::string> listed;
+#define LIST_BACKEND(name) listed.emplace_back(#name);
+    HIVE_GPU_COMPILED_BACKENDS(LIST_BACKEND)
+#undef LIST_BACKEND
+    check(listed == hive_gpu::compiled_backends(), "hive_gpu/backend_list.hpp lists the compiled backends");
 
     std::vector<std::string> wanted(argv + 1, argv + argc);
     const bool named = !wanted.empty();

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from . import aio, errors
+from . import _contexts, aio, errors
 from ._contexts import (
+    _BY_NAME,
     Context,
-    CpuContext,
-    CudaContext,
-    MetalContext,
-    RocmContext,
-    WgpuContext,
     available_backends,
     backend_status,
     compiled_backends,
@@ -46,16 +42,6 @@ __all__ = [
     "aio",
     "AsyncStats",
     "BatchingConfig",
-    "Context",
-    "CpuContext",
-    "CudaContext",
-    "RocmContext",
-    "MetalContext",
-    "WgpuContext",
-    "available_backends",
-    "backend_status",
-    "compiled_backends",
-    "create_context",
     "VectorStorage",
     "ShardedStorage",
     "create_sharded_storage",
@@ -65,20 +51,11 @@ __all__ = [
     "GpuSearchResult",
     "GpuVector",
     "PoolStats",
-    "HiveGpuError",
-    "InvalidArgumentError",
-    "InvalidArgumentTypeError",
-    "DimensionMismatchError",
-    "NonFiniteValueError",
-    "DuplicateIdError",
-    "InvalidDtypeError",
-    "InvalidMetadataError",
-    "VectorNotFoundError",
-    "NoDeviceError",
-    "InvalidDeviceIdError",
-    "OutOfMemoryError",
-    "BackendError",
-    "PersistenceError",
-    "CorruptFileError",
-    "StorageClosedError",
 ]
+
+# One context class per backend (CpuContext, CudaContext, RocmContext, MetalContext,
+# WgpuContext, ...), made from the core's list of backends.
+globals().update({cls.__name__: cls for cls in _BY_NAME.values()})
+# Contexts and errors: what this module takes of theirs (the errno-specific PersistenceError
+# subclasses stay in hive_gpu.errors).
+__all__ += [name for module in (_contexts, errors) for name in module.__all__ if name in globals()]

@@ -16,11 +16,6 @@ from .errors import InvalidArgumentError, InvalidArgumentTypeError, InvalidDevic
 
 __all__ = [
     "Context",
-    "CpuContext",
-    "CudaContext",
-    "RocmContext",
-    "MetalContext",
-    "WgpuContext",
     "available_backends",
     "backend_status",
     "compiled_backends",
@@ -124,40 +119,19 @@ class Context:
         return f"<{type(self).__name__} device_id={self._device_id}>"
 
 
-class CpuContext(Context):
-    """The CPU backend: always available, SIMD kernels on all cores."""
-
-    BACKEND = "cpu"
+def _context_class(backend: str, class_name: str, description: str) -> type[Context]:
+    return type(class_name, (Context,), {"BACKEND": backend, "__doc__": description, "__module__": __name__})
 
 
-class CudaContext(Context):
-    """NVIDIA GPUs through the CUDA runtime and cuBLAS."""
-
-    BACKEND = "cuda"
-
-
-class RocmContext(Context):
-    """AMD GPUs through HIP and rocBLAS."""
-
-    BACKEND = "rocm"
-
-
-class MetalContext(Context):
-    """Apple GPUs through Metal."""
-
-    BACKEND = "metal"
-
-
-class WgpuContext(Context):
-    """Any GPU through WebGPU (Vulkan, Metal, D3D12 underneath)."""
-
-    BACKEND = "webgpu"
-
-
+# One class per backend the core knows (the hive_gpu_add_backend() calls of CMakeLists.txt),
+# compiled in or not: CpuContext, CudaContext, RocmContext, MetalContext, WgpuContext, ...
 _BY_NAME: dict[str, type[Context]] = {
-    c.BACKEND: c for c in (CpuContext, CudaContext, RocmContext, MetalContext, WgpuContext)
+    name: _context_class(name, class_name, description)
+    for name, class_name, _, description in _core.known_backends()
 }
-_ALIASES = {"wgpu": "webgpu", "hip": "rocm"}
+_ALIASES = {alias: name for name, _, aliases, _ in _core.known_backends() for alias in aliases}
+globals().update({cls.__name__: cls for cls in _BY_NAME.values()})
+__all__ += [cls.__name__ for cls in _BY_NAME.values()]
 
 
 def compiled_backends() -> list[str]:

@@ -1,10 +1,11 @@
 // Entry points of each backend. A backend's functions exist only when it is compiled in
-// (see hive_gpu/config.hpp); create_context() in context.hpp is the portable way in.
+// (hive_gpu/backend_list.hpp lists those); create_context() in context.hpp is the portable way in.
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "hive_gpu/backend_list.hpp"
 #include "hive_gpu/config.hpp"
 #include "hive_gpu/context.hpp"
 
@@ -22,29 +23,15 @@ struct BackendEntry {
 };
 
 namespace cpu {
-BackendEntry backend_entry();
 std::shared_ptr<Context> make_context(int threads = 0);  // 0 = hardware concurrency
 }  // namespace cpu
 
-#if HIVE_GPU_WITH_CUDA
-namespace cuda {
-BackendEntry backend_entry();
-}
-#endif
-#if HIVE_GPU_WITH_ROCM
-namespace rocm {
-BackendEntry backend_entry();
-}
-#endif
-#if HIVE_GPU_WITH_METAL
-namespace metal {
-BackendEntry backend_entry();
-}
-#endif
-#if HIVE_GPU_WITH_WEBGPU
-namespace webgpu {
-BackendEntry backend_entry();
-}
-#endif
+// hive_gpu::<name>::backend_entry() of every compiled backend, the CPU's included.
+#define HIVE_GPU_DECLARE_BACKEND_ENTRY(name) \
+    namespace name {                          \
+    BackendEntry backend_entry();             \
+    }
+HIVE_GPU_COMPILED_BACKENDS(HIVE_GPU_DECLARE_BACKEND_ENTRY)
+#undef HIVE_GPU_DECLARE_BACKEND_ENTRY
 
 }  // namespace hive_gpu
