@@ -6,6 +6,10 @@
 #
 #   HIVE_GPU_STEPS        steps to run (default below); e.g. "build tests_cuda sanitize"; also
 #                         bench_dtype (16-bit rows) and capacity (fill the GPU), not in the default
+#   HIVE_GPU_TEST_FILES   test files for tests_cuda (default: all of tests/)
+#   HIVE_GPU_BENCH_DTYPES dtypes of bench_dtype (default "float16 bfloat16"); HIVE_GPU_CAPACITY_DTYPES
+#                         likewise for capacity (default "float32 float16")
+#   HIVE_GPU_BENCH_RUNS   timed runs per figure in bench_cuda/bench_dtype (default 30)
 #   HIVE_GPU_CUDA_ARCHS   CUDA architectures to build (default 90: H100/H200)
 #   T_<step>              seconds allowed for a step (e.g. T_tests_cuda=200)
 #
@@ -74,7 +78,7 @@ fi
 
 if has bench_filter; then
   step "benchmark: filtered search through the Python API, 10M x 128, CUDA"
-  timeout "$(limit bench_filter 150)" $PY benchmarks/bench_filter.py --backend cuda --n 10000000 --dim 128 \
+  timeout "$(limit bench_filter 150)" $PY benchmarks/bench_filter.py --backend cuda --n 10000000 --dim 128 --repeats "${HIVE_GPU_FILTER_REPEATS:-7}" \
       --out "$OUT/filter_cuda_10000000x128.json" 2>&1 | tee "$OUT/bench_filter.log" | tail -n 16
 fi
 if has bench_sharded; then
@@ -94,18 +98,21 @@ run_pytest() {
     grep -E "^E |^(FAILED|ERROR) |^[^ ]+\.py:[0-9]+: " "$OUT/pytest_$name.log" | head -n 40
   fi
 }
-has tests_cuda && run_pytest cuda cuda "$(limit tests_cuda 320)" "$root/tests" -k "not webgpu and not metal"
+# HIVE_GPU_TEST_FILES narrows the CUDA run to some test files (paths from the root).
+cuda_tests=("$root/tests")
+[ -n "${HIVE_GPU_TEST_FILES:-}" ] && read -ra cuda_tests <<<"$(for f in $HIVE_GPU_TEST_FILES; do printf '%s ' "$root/$f"; done)"
+has tests_cuda && run_pytest cuda cuda "$(limit tests_cuda 320)" "${cuda_tests[@]}" -k "not webgpu and not metal"
 has tests_webgpu && [ $webgpu = ON ] && run_pytest webgpu webgpu "$(limit tests_webgpu 120)" "$root/tests" -k webgpu
 
 if has bench_cuda; then
   step "benchmark: CUDA against PyTorch and CuPy"
-  timeout "$(limit bench_cuda 150)" $PY benchmarks/bench_cuda.py --out "$OUT" 2>&1 | tee "$OUT/bench_cuda.log" | tail -n 30
+  timeout "$(limit bench_cuda 150)" $PY benchmarks/bench_cuda.py --runs "${HIVE_GPU_BENCH_RUNS:-30}" --out "$OUT" 2>&1 | tee "$OUT/bench_cuda.log" | tail -n 30
 fi
 if has bench_dtype; then
   # 16-bit storage against PyTorch in the same precision, 1M x 768 (issue bars: docs/cuda.md).
-  for dt in float16 bfloat16; do
+  for dt in ${HIVE_GPU_BENCH_DTYPES:-float16 bfloat16}; do
     step "benchmark: CUDA $dt rows against PyTorch $dt"
-    timeout "$(limit bench_dtype 120)" $PY benchmarks/bench_cuda.py --dtype $dt --out "$OUT" 2>&1 \
+    timeout "$(limit bench_dtype 120)" $PY benchmarks/bench_cuda.py --dtype $dt --runs "${HIVE_GPU_BENCH_RUNS:-30}" --out "$OUT" 2>&1 \
       | tee "$OUT/bench_cuda_$dt.log" | tail -n 24
   done
 fi
