@@ -24,6 +24,10 @@
 #include "kernels/compat.cuh"
 #include "kernels/pages.cuh"
 
+namespace hive_gpu::kernels {
+struct ScreenBound;
+}  // namespace hive_gpu::kernels
+
 namespace hive_gpu::cuda {
 
 // A run of rows that lie in one device buffer: row i of the run goes to dst + i * row bytes.
@@ -148,6 +152,13 @@ class CudaEngine final : public Engine {
                      float* dscores, std::int64_t* dslots) const;
     void search_gemm_exact(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                            std::size_t k, float* dscores, std::int64_t* dslots) const;
+    // kc candidates per query (rkeys/rvals) re-scored canonically (kernels/rerank.cuh): the k
+    // best into dscores/dslots; lane.flags_host[q] says whether `bound` proves them the exact
+    // top k. Synchronizes the lane.
+    void rerank(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq, std::size_t k,
+                std::size_t kc, const std::uint64_t* rkeys, const std::uint32_t* rvals, unsigned* max_bits,
+                const kernels::ScreenBound& bound, const unsigned char* screen_ok, float* dscores, std::int64_t* dslots,
+                unsigned char* ok) const;
     // The 16-bit screen's queries: rounded after a power-of-two scale that inv_scale undoes.
     struct ScreenQueries {
         const std::uint16_t* queries = nullptr;

@@ -106,7 +106,6 @@ std::size_t CudaEngine::screen_width(std::size_t nq, std::size_t kk, std::size_t
 void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                              std::size_t kk, float* dscores, std::int64_t* dslots) const {
     cudaStream_t s = lane.stream;
-    const auto& p = ctx_->props();
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     const std::size_t kc = screen_width(nq, kk, v.n);
     if (kc == 0) {
@@ -143,28 +142,8 @@ void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, cons
     // Rows a mask drops never become candidates, so the proof below speaks of the rows
     // that pass: the kc candidates are the best kc of those (all of them when fewer).
     select_tiles(lane, v, dq, qf, nq, kc, true, sq, rkeys, rvals);
-    check(cudaMemsetAsync(max_bits, 0, sizeof(unsigned), s), "cudaMemsetAsync");
-    if (metric_ != Metric::Cosine) {
-        v.for_each_page([&](std::size_t, std::size_t count, const k::PageRef& page) {
-            k::max_factor_kernel<<<grid_for(count, 256, p), 256, 0, s>>>(page.factors, count, max_bits);
-            check_launch("max_factor_kernel");
-        });
-    }
-    const int cap = next_pow2(kc);
-    with_metric(metric_, [&](auto m) {
-        with_dtype(dtype_, [&](auto d) {
-            constexpr int D = decltype(d)::value;
-            auto kernel = k::rerank_kernel<decltype(m)::value, D>;
-            allow_shared(kernel, k::topk_shared_bytes(cap));
-            kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
-                rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, v.rows,
-                reinterpret_cast<const float4*>(dq), qf, max_bits, k::screen_bound(dim_, D), screen_ok, dscores,
-                dslots, ok);
-        });
-        check_launch("rerank_kernel");
-    });
-    check(cudaMemcpyAsync(lane.flags_host, ok, nq, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
-    check(cudaStreamSynchronize(s), "search");
+    rerank(lane, v, dq, qf, nq, kk, kc, rkeys, rvals, max_bits, k::screen_bound(dim_, static_cast<int>(dtype_)),
+           screen_ok, dscores, dslots, ok);
     std::vector<std::size_t> redo;
     for (std::size_t q = 0; q < nq; ++q)
         if (!lane.flags_host[q]) redo.push_back(q);
@@ -199,6 +178,34 @@ void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, cons
     }
 }
 
+void CudaEngine::rerank(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
+                        std::size_t kk, std::size_t kc, const std::uint64_t* rkeys, const std::uint32_t* rvals,
+                        unsigned* max_bits, const k::ScreenBound& bound, const unsigned char* screen_ok, float* dscores,
+                        std::int64_t* dslots, unsigned char* ok) const {
+    cudaStream_t s = lane.stream;
+    const auto& p = ctx_->props();
+    check(cudaMemsetAsync(max_bits, 0, sizeof(unsigned), s), "cudaMemsetAsync");
+    if (metric_ != Metric::Cosine) {
+        v.for_each_page([&](std::size_t, std::size_t count, const k::PageRef& page) {
+            k::max_factor_kernel<<<grid_for(count, 256, p), 256, 0, s>>>(page.factors, count, max_bits);
+            check_launch("max_factor_kernel");
+        });
+    }
+    const int cap = next_pow2(kc);
+    with_metric(metric_, [&](auto m) {
+        with_dtype(dtype_, [&](auto d) {
+            auto kernel = k::rerank_kernel<decltype(m)::value, decltype(d)::value>;
+            allow_shared(kernel, k::topk_shared_bytes(cap));
+            kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
+                rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, v.rows,
+                reinterpret_cast<const float4*>(dq), qf, max_bits, bound, screen_ok, dscores, dslots, ok);
+        });
+        check_launch("rerank_kernel");
+    });
+    check(cudaMemcpyAsync(lane.flags_host, ok, nq, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s), "search");
+}
+
 void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                                    std::size_t kk, float* dscores, std::int64_t* dslots) const {
     // The float32 GEMM (or skinny product) chooses kc candidates; their final scores are the
@@ -207,7 +214,6 @@ void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq
     // the canonical kernel: the same proof as the TF32 screen's says whether the candidates
     // hold the canonical top k; queries it cannot settle are scored canonically in full.
     cudaStream_t s = lane.stream;
-    const auto& p = ctx_->props();
     const std::size_t kc = std::min(v.n, 2 * kk + 32);
     if (kc > static_cast<std::size_t>(max_select_k_)) {
         search_sorted(lane, v, dq, qf, nq, kk, dscores, dslots);
@@ -223,30 +229,10 @@ void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq
     auto* max_bits = reinterpret_cast<unsigned*>(base + at_max);
     auto* ok = base + at_ok;
     select_tiles(lane, v, dq, qf, nq, kc, false, ScreenQueries{}, rkeys, rvals);
-    check(cudaMemsetAsync(max_bits, 0, sizeof(unsigned), s), "cudaMemsetAsync");
-    if (metric_ != Metric::Cosine) {
-        v.for_each_page([&](std::size_t, std::size_t count, const k::PageRef& page) {
-            k::max_factor_kernel<<<grid_for(count, 256, p), 256, 0, s>>>(page.factors, count, max_bits);
-            check_launch("max_factor_kernel");
-        });
-    }
-    const int cap = next_pow2(kc);
-    with_metric(metric_, [&](auto m) {
-        with_dtype(dtype_, [&](auto d) {
-            constexpr int D = decltype(d)::value;
-            auto kernel = k::rerank_kernel<decltype(m)::value, D>;
-            allow_shared(kernel, k::topk_shared_bytes(cap));
-            // The float32 bound (rows widened exactly; only the summation order differs).
-            kernel<<<static_cast<unsigned>(nq), k::kSelectBlock, k::topk_shared_bytes(cap), s>>>(
-                rkeys, rvals, static_cast<int>(kc), static_cast<int>(kk), cap, v.rows,
-                reinterpret_cast<const float4*>(dq), qf, max_bits, k::screen_bound(dim_, k::kF32), nullptr, dscores,
-                dslots, ok);
-        });
-        check_launch("rerank_kernel");
-    });
+    // The float32 bound: rows widened exactly, only the summation order differs.
+    rerank(lane, v, dq, qf, nq, kk, kc, rkeys, rvals, max_bits, k::screen_bound(dim_, k::kF32), nullptr, dscores,
+           dslots, ok);
     if (kc >= v.n) return;  // every row was a candidate: nothing to prove
-    check(cudaMemcpyAsync(lane.flags_host, ok, nq, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
-    check(cudaStreamSynchronize(s), "search");
     for (std::size_t q = 0; q < nq; ++q)
         if (!lane.flags_host[q])
             search_sorted(lane, v, dq + q * ld_, qf + q, 1, kk, dscores + q * kk, dslots + q * kk);
