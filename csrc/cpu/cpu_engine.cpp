@@ -31,14 +31,15 @@ std::uint64_t CpuEngine::footprint(std::size_t rows) const {
            rows * per_row_floats * sizeof(float);
 }
 
-void CpuEngine::set_row_data(std::size_t slot) {
-    float widened[256];
-    std::vector<float> long_row;
-    float* row = widened;
-    if (dim_ > 256) {
-        long_row.resize(dim_);
-        row = long_row.data();
+std::vector<float> CpuEngine::row_scratch() const {
+    try {
+        return std::vector<float>(dim_);
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError("cpu: host memory exhausted");
     }
+}
+
+void CpuEngine::set_row_data(std::size_t slot, float* row) {
     read(slot, 1, row);
     double s = 0.0;
     for (std::size_t j = 0; j < dim_; ++j) s += static_cast<double>(row[j]) * row[j];
@@ -106,6 +107,7 @@ void CpuEngine::point_at(TileArgs& a, std::size_t slot) const {
 
 void CpuEngine::append(const void* rows, const std::uint32_t* ordinals, std::size_t n) {
     if (n == 0) return;
+    std::vector<float> scratch = row_scratch();
     const std::size_t old = size(), need = old + n;
     if (need > row_capacity() || !hi_.data() || need > ordinals_.capacity() ||
         need > factors_.capacity() || (keeps_norms() && need > norms_.capacity())) {
@@ -120,13 +122,14 @@ void CpuEngine::append(const void* rows, const std::uint32_t* ordinals, std::siz
     std::memset(hi_.data() + need * dim_, 0, kPlaneSlack * sizeof(std::uint16_t));
     factors_.resize(need);
     if (keeps_norms()) norms_.resize(need);
-    for (std::size_t i = 0; i < n; ++i) set_row_data(old + i);
+    for (std::size_t i = 0; i < n; ++i) set_row_data(old + i, scratch.data());
     ordinals_.insert(ordinals_.end(), ordinals, ordinals + n);
 }
 
 void CpuEngine::write(std::size_t slot, const void* row) {
+    std::vector<float> scratch = row_scratch();
     store_rows(slot, row, 1);
-    set_row_data(slot);
+    set_row_data(slot, scratch.data());
 }
 
 void CpuEngine::move(std::size_t src, std::size_t dst) {

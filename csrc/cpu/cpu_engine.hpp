@@ -55,8 +55,10 @@ class CpuEngine final : public Engine {
     bool search_screened(const float* queries, const float* query_factor, std::size_t nq,
                          std::size_t k, float* scores, std::int64_t* slots,
                          const std::uint64_t* mask) const;
-    // Per-row data from one pass over a stored row: factors_ and (DotProduct, Euclidean) norms_.
-    void set_row_data(std::size_t slot);
+    // Per-row data from one pass over a stored row (widened into `row`, dim_ floats of
+    // scratch): factors_ and (DotProduct, Euclidean) norms_.
+    void set_row_data(std::size_t slot, float* row);
+    std::vector<float> row_scratch() const;  // dim_ floats; OutOfMemoryError, never bad_alloc
     // n rows of `rows` (dtype_) stored at slots [slot, slot + n), per-row data aside.
     void store_rows(std::size_t slot, const void* rows, std::size_t n);
     bool planes() const { return dtype_ == Dtype::Float32; }

@@ -170,6 +170,21 @@ std::string check_query(Metric m, const Mirror& mir, const Filter& f, const floa
     return "";
 }
 
+// check_query() over nq queries; prints the first failure and counts it.
+bool check_queries(const char* name, Metric m, const Mirror& mir, const Filter& f, const std::vector<float>& q,
+                   std::size_t nq, std::size_t k, const std::vector<float>& scores,
+                   const std::vector<std::int64_t>& slots, Tally& t) {
+    for (std::size_t i = 0; i < nq; ++i) {
+        const std::string why = check_query(m, mir, f, &q[i * mir.dim], k, &scores[i * k], &slots[i * k]);
+        if (!why.empty()) {
+            std::printf("FAIL %s query %zu: %s\n", name, i, why.c_str());
+            ++t.failures;
+            return false;
+        }
+    }
+    return true;
+}
+
 // Rows in the engine's dtype (as the core hands them over), and rounds `rows` in place to
 // the values that dtype stores.
 std::vector<unsigned char> encode(float* rows, std::size_t count, Dtype dtype) {
@@ -293,14 +308,7 @@ bool run_filter(Context& ctx, Tally& t) {
                 continue;
             }
             ++t.cases;
-            for (std::size_t i = 0; i < c.nq; ++i) {
-                const std::string why = check_query(m, mir, f, &q[i * c.dim], k, &scores[i * k], &slots[i * k]);
-                if (!why.empty()) {
-                    std::printf("FAIL %s query %zu: %s\n", name, i, why.c_str());
-                    ++t.failures, ok = false;
-                    break;
-                }
-            }
+            ok = check_queries(name, m, mir, f, q, c.nq, k, scores, slots, t) && ok;
         }
     }
     std::printf("%s %s filter\n", ok ? "ok  " : "FAIL", backend.c_str());
@@ -366,14 +374,7 @@ bool run_search(Context& ctx, Tally& t) {
                 ++t.failures, ok = false;
                 continue;
             }
-            for (std::size_t i = 0; i < c.nq; ++i) {
-                const std::string why = check_query(m, mir, all, &q[i * c.dim], k, &scores[i * k], &slots[i * k]);
-                if (!why.empty()) {
-                    std::printf("FAIL %s query %zu: %s\n", name, i, why.c_str());
-                    ++t.failures, ok = false;
-                    break;
-                }
-            }
+            ok = check_queries(name, m, mir, all, q, c.nq, k, scores, slots, t) && ok;
         }
     }
     std::printf("%s %s search\n", ok ? "ok  " : "FAIL", backend.c_str());
