@@ -15,25 +15,12 @@ using detail::RequestKind;
 template <typename T, typename Call>
 std::function<std::function<void()>(VectorStorage&)> run_then_deliver(
     std::shared_ptr<Completion<T>> done, Call call) {
-    return [done = std::move(done), call = std::move(call)](VectorStorage& s) -> std::function<void()> {
+    // mutable: a write runs once and may move what it captured into the storage.
+    return [done = std::move(done), call = std::move(call)](VectorStorage& s) mutable -> std::function<void()> {
         try {
             return [done, result = call(s)]() mutable { (*done)(nullptr, std::move(result)); };
         } catch (...) {
             return [done, error = std::current_exception()] { (*done)(error, T{}); };
-        }
-    };
-}
-
-template <typename Call>
-std::function<std::function<void()>(VectorStorage&)> write_then_deliver(
-    std::shared_ptr<WriteCompletion> done, Call call) {
-    // mutable: a write runs once and may move what it captured into the storage.
-    return [done = std::move(done), call = std::move(call)](VectorStorage& s) mutable -> std::function<void()> {
-        try {
-            call(s);
-            return [done] { (*done)(nullptr); };
-        } catch (...) {
-            return [done, error = std::current_exception()] { (*done)(error); };
         }
     };
 }
@@ -116,34 +103,6 @@ Ticket AsyncStorage::search_batch(Rows queries, std::int64_t k, Completion<Batch
     return Ticket(std::move(r));
 }
 
-Ticket AsyncStorage::add_vector(std::string id, std::vector<float> data, Metadata metadata,
-                                WriteCompletion done) {
-    auto r = std::make_shared<Request>();
-    r->kind = RequestKind::Write;
-    auto shared = std::make_shared<WriteCompletion>(std::move(done));
-    r->fail = [shared](std::exception_ptr e) { (*shared)(e); };
-    r->run = write_then_deliver(
-        shared, [id = std::move(id), data = std::move(data), md = std::move(metadata)](VectorStorage& s) {
-            s.add_vector(id, data.data(), data.size(), md);
-        });
-    batcher_->submit(r);
-    return Ticket(std::move(r));
-}
-
-Ticket AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows, std::vector<Metadata> metadata,
-                                 WriteCompletion done) {
-    auto r = std::make_shared<Request>();
-    r->kind = RequestKind::Write;
-    auto shared = std::make_shared<WriteCompletion>(std::move(done));
-    r->fail = [shared](std::exception_ptr e) { (*shared)(e); };
-    r->run = write_then_deliver(
-        shared, [ids = std::move(ids), rows = std::move(rows), md = std::move(metadata)](VectorStorage& s) mutable {
-            s.add_vectors(std::move(ids), rows.data, rows.n, rows.dim, std::move(md));
-        });
-    batcher_->submit(r);
-    return Ticket(std::move(r));
-}
-
 // A write request: never dropped by Ticket::cancel, run alone in issue order.
 template <typename T, typename Call>
 Ticket AsyncStorage::submit_write(Completion<T> done, Call call) {
@@ -154,6 +113,31 @@ Ticket AsyncStorage::submit_write(Completion<T> done, Call call) {
     r->run = run_then_deliver<T>(shared, std::move(call));
     batcher_->submit(r);
     return Ticket(std::move(r));
+}
+
+// A write whose caller wants no result: a Completion<bool> whose value is ignored.
+static Completion<bool> without_result(WriteCompletion done) {
+    return [done = std::move(done)](std::exception_ptr error, bool) { done(error); };
+}
+
+Ticket AsyncStorage::add_vector(std::string id, std::vector<float> data, Metadata metadata,
+                                WriteCompletion done) {
+    return submit_write<bool>(
+        without_result(std::move(done)),
+        [id = std::move(id), data = std::move(data), md = std::move(metadata)](VectorStorage& s) {
+            s.add_vector(id, data.data(), data.size(), md);
+            return true;
+        });
+}
+
+Ticket AsyncStorage::add_vectors(std::vector<std::string> ids, Rows rows, std::vector<Metadata> metadata,
+                                 WriteCompletion done) {
+    return submit_write<bool>(
+        without_result(std::move(done)),
+        [ids = std::move(ids), rows = std::move(rows), md = std::move(metadata)](VectorStorage& s) mutable {
+            s.add_vectors(std::move(ids), rows.data, rows.n, rows.dim, std::move(md));
+            return true;
+        });
 }
 
 Ticket AsyncStorage::search(std::vector<float> query, std::int64_t k, Filter filter,
@@ -189,8 +173,7 @@ Ticket AsyncStorage::remove_vectors(std::vector<std::string> ids, Completion<std
 }
 
 Ticket AsyncStorage::save(std::string path, WriteCompletion done) {
-    return submit_write<bool>([done = std::move(done)](std::exception_ptr error, bool) { done(error); },
-                              [path = std::move(path)](VectorStorage& s) {
+    return submit_write<bool>(without_result(std::move(done)), [path = std::move(path)](VectorStorage& s) {
                                   s.save(path);
                                   return true;
                               });

@@ -106,6 +106,19 @@ void Batcher::shutdown() {
 
 void Batcher::work() {
     std::unique_lock<std::mutex> lock(mutex_);
+    // Runs r with the lock released, then `done` (with the lock held: the bookkeeping), then
+    // delivers the outcome with the lock released again; returns with the lock held.
+    auto run_unlocked = [&](std::shared_ptr<Request>& r, auto&& done) {
+        lock.unlock();
+        Delivery d = r->run(*storage_);
+        lock.lock();
+        done();
+        wake_.notify_all();
+        lock.unlock();
+        deliver(d);
+        r.reset();
+        lock.lock();
+    };
     for (;;) {
         if (queue_.empty()) {
             if (stopping_) return;
@@ -125,16 +138,10 @@ void Batcher::work() {
             std::shared_ptr<Request> r = std::move(queue_.front());
             queue_.pop_front();
             write_running_ = true;
-            lock.unlock();
-            Delivery d = r->run(*storage_);
-            lock.lock();
-            write_running_ = false;
-            ++stats_.writes;
-            wake_.notify_all();
-            lock.unlock();
-            deliver(d);
-            r.reset();
-            lock.lock();
+            run_unlocked(r, [&] {
+                write_running_ = false;
+                ++stats_.writes;
+            });
             continue;
         }
 
@@ -156,16 +163,10 @@ void Batcher::work() {
                 continue;
             }
             ++reads_running_;
-            lock.unlock();
-            Delivery d = r->run(*storage_);
-            lock.lock();
-            --reads_running_;
-            ++stats_.batch_searches;
-            wake_.notify_all();
-            lock.unlock();
-            deliver(d);
-            r.reset();
-            lock.lock();
+            run_unlocked(r, [&] {
+                --reads_running_;
+                ++stats_.batch_searches;
+            });
             continue;
         }
 

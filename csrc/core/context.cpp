@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <iterator>
 
 #include "hive_gpu/backends.hpp"
 #include "hive_gpu/engine.hpp"
@@ -11,12 +12,9 @@
 namespace hive_gpu {
 
 const char* metric_name(Metric m) {
-    switch (m) {
-        case Metric::Cosine: return "cosine";
-        case Metric::DotProduct: return "dot_product";
-        case Metric::Euclidean: return "euclidean";
-    }
-    return "unknown";
+    static constexpr const char* kNames[] = {"cosine", "dot_product", "euclidean"};  // by Metric's value
+    const auto i = static_cast<std::size_t>(m);
+    return i < std::size(kNames) ? kNames[i] : "unknown";
 }
 
 Metric metric_from_name(const std::string& name) {
@@ -30,12 +28,9 @@ Metric metric_from_name(const std::string& name) {
 }
 
 const char* dtype_name(Dtype d) {
-    switch (d) {
-        case Dtype::Float32: return "float32";
-        case Dtype::Float16: return "float16";
-        case Dtype::BFloat16: return "bfloat16";
-    }
-    return "unknown";
+    static constexpr const char* kNames[] = {"float32", "float16", "bfloat16"};  // by Dtype's value
+    const auto i = static_cast<std::size_t>(d);
+    return i < std::size(kNames) ? kNames[i] : "unknown";
 }
 
 Dtype dtype_from_name(const std::string& name) {

@@ -43,30 +43,41 @@ __attribute__((target("avx,f16c"))) std::size_t float_to_f16_f16c(const float* i
 }
 #endif
 
-// 16-bit elements to float32, exactly.
-void widen(const std::uint16_t* in, Dtype from, std::size_t n, float* out) {
+// n elements through one of dtype.hpp's scalar conversions, float16 with F16C first when
+// the host has it (`f16c` converts a prefix and says how far it got).
+template <typename In, typename Out, typename Bf16, typename F16, typename F16c>
+void convert(const In* in, bool bf16, std::size_t n, Out* out, Bf16 bf16_one, F16 f16_one, F16c f16c) {
     std::size_t j = 0;
-    if (from == Dtype::BFloat16) {
-        for (; j < n; ++j) out[j] = bf16_to_float(in[j]);
+    if (bf16) {
+        for (; j < n; ++j) out[j] = bf16_one(in[j]);
         return;
     }
 #ifdef HIVE_GPU_HOST_F16C
-    if (kHasF16c) j = f16_to_float_f16c(in, n, out);
+    if (kHasF16c) j = f16c(in, n, out);
+#else
+    (void)f16c;
 #endif
-    for (; j < n; ++j) out[j] = f16_to_float(in[j]);
+    for (; j < n; ++j) out[j] = f16_one(in[j]);
+}
+
+// 16-bit elements to float32, exactly.
+void widen(const std::uint16_t* in, Dtype from, std::size_t n, float* out) {
+#ifdef HIVE_GPU_HOST_F16C
+    auto fast = [](const std::uint16_t* i, std::size_t m, float* o) { return f16_to_float_f16c(i, m, o); };
+#else
+    auto fast = [](const std::uint16_t*, std::size_t, float*) { return std::size_t{0}; };
+#endif
+    convert(in, from == Dtype::BFloat16, n, out, bf16_to_float, f16_to_float, fast);
 }
 
 // Finite float32 values that fit `to` (16-bit) rounded to nearest even.
 void narrow(const float* in, Dtype to, std::size_t n, std::uint16_t* out) {
-    std::size_t j = 0;
-    if (to == Dtype::BFloat16) {
-        for (; j < n; ++j) out[j] = float_to_bf16(in[j]);
-        return;
-    }
 #ifdef HIVE_GPU_HOST_F16C
-    if (kHasF16c) j = float_to_f16_f16c(in, n, out);
+    auto fast = [](const float* i, std::size_t m, std::uint16_t* o) { return float_to_f16_f16c(i, m, o); };
+#else
+    auto fast = [](const float*, std::size_t, std::uint16_t*) { return std::size_t{0}; };
 #endif
-    for (; j < n; ++j) out[j] = float_to_f16(in[j]);
+    convert(in, to == Dtype::BFloat16, n, out, float_to_bf16, float_to_f16, fast);
 }
 
 // NaN and infinity have every exponent bit set, in both 16-bit formats.

@@ -39,6 +39,24 @@ void sgemm(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::
 
 }  // namespace
 
+namespace {
+
+// A re-rank's scratch: kc candidate keys and slots per query, the largest row factor and the
+// per-query proof flags, carved from one allocation (offsets from Carve).
+struct Candidates {
+    std::size_t at;  // where they start
+    std::size_t nkc;
+    Candidates(Carve& c, std::size_t nq, std::size_t kc)
+        : at(c.take(nq * kc * (sizeof(std::uint64_t) + sizeof(std::uint32_t)) + sizeof(unsigned) + nq)),
+          nkc(nq * kc) {}
+    std::uint64_t* keys(unsigned char* base) const { return reinterpret_cast<std::uint64_t*>(base + at); }
+    std::uint32_t* vals(unsigned char* base) const { return reinterpret_cast<std::uint32_t*>(keys(base) + nkc); }
+    unsigned* max_bits(unsigned char* base) const { return reinterpret_cast<unsigned*>(vals(base) + nkc); }
+    unsigned char* ok(unsigned char* base) const { return reinterpret_cast<unsigned char*>(max_bits(base) + 1); }
+};
+
+}  // namespace
+
 void CudaEngine::set_math(Lane& lane, bool tf32) const {
     lane.ensure_blas();
     if (tf32 == lane.blas_tf32) return;
@@ -106,7 +124,6 @@ std::size_t CudaEngine::screen_width(std::size_t nq, std::size_t kk, std::size_t
 void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, const float* qf, std::size_t nq,
                              std::size_t kk, float* dscores, std::int64_t* dslots) const {
     cudaStream_t s = lane.stream;
-    const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     const std::size_t kc = screen_width(nq, kk, v.n);
     if (kc == 0) {
         search_gemm_exact(lane, v, dq, qf, nq, kk, dscores, dslots);
@@ -115,15 +132,13 @@ void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, cons
     // Tensor-core screening, then the exact float32 re-rank (kernels/rerank.cuh).
     const bool half = dtype_ != Dtype::Float32;  // 16-bit rows: a float16/bfloat16 screen
     Carve c;
-    const std::size_t at_run = c.take(nq * kc * entry), at_max = c.take(sizeof(unsigned)), at_ok = c.take(nq),
-                      at_q16 = c.take(half ? nq * ld_ * sizeof(std::uint16_t) : 0),
+    const Candidates cand(c, nq, kc);
+    const std::size_t at_q16 = c.take(half ? nq * ld_ * sizeof(std::uint16_t) : 0),
                       at_inv = c.take(half ? nq * sizeof(float) : 0), at_sok = c.take(half ? nq : 0);
     Scratch ws(*ctx_, c.at, s);
     auto* base = ws.as<unsigned char>();
-    auto* rkeys = reinterpret_cast<std::uint64_t*>(base + at_run);
-    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kc);
-    auto* max_bits = reinterpret_cast<unsigned*>(base + at_max);
-    auto* ok = base + at_ok;
+    std::uint64_t* rkeys = cand.keys(base);
+    std::uint32_t* rvals = cand.vals(base);
     ScreenQueries sq;
     const unsigned char* screen_ok = nullptr;
     if (half) {
@@ -142,8 +157,8 @@ void CudaEngine::search_gemm(Lane& lane, const RowView& v, const float* dq, cons
     // Rows a mask drops never become candidates, so the proof below speaks of the rows
     // that pass: the kc candidates are the best kc of those (all of them when fewer).
     select_tiles(lane, v, dq, qf, nq, kc, true, sq, rkeys, rvals);
-    rerank(lane, v, dq, qf, nq, kk, kc, rkeys, rvals, max_bits, k::screen_bound(dim_, static_cast<int>(dtype_)),
-           screen_ok, dscores, dslots, ok);
+    rerank(lane, v, dq, qf, nq, kk, kc, rkeys, rvals, cand.max_bits(base),
+           k::screen_bound(dim_, static_cast<int>(dtype_)), screen_ok, dscores, dslots, cand.ok(base));
     std::vector<std::size_t> redo;
     for (std::size_t q = 0; q < nq; ++q)
         if (!lane.flags_host[q]) redo.push_back(q);
@@ -219,19 +234,14 @@ void CudaEngine::search_gemm_exact(Lane& lane, const RowView& v, const float* dq
         search_sorted(lane, v, dq, qf, nq, kk, dscores, dslots);
         return;
     }
-    const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     Carve c;
-    const std::size_t at_run = c.take(nq * kc * entry), at_max = c.take(sizeof(unsigned)), at_ok = c.take(nq);
+    const Candidates cand(c, nq, kc);
     Scratch ws(*ctx_, c.at, s);
     auto* base = ws.as<unsigned char>();
-    auto* rkeys = reinterpret_cast<std::uint64_t*>(base + at_run);
-    auto* rvals = reinterpret_cast<std::uint32_t*>(rkeys + nq * kc);
-    auto* max_bits = reinterpret_cast<unsigned*>(base + at_max);
-    auto* ok = base + at_ok;
-    select_tiles(lane, v, dq, qf, nq, kc, false, ScreenQueries{}, rkeys, rvals);
+    select_tiles(lane, v, dq, qf, nq, kc, false, ScreenQueries{}, cand.keys(base), cand.vals(base));
     // The float32 bound: rows widened exactly, only the summation order differs.
-    rerank(lane, v, dq, qf, nq, kk, kc, rkeys, rvals, max_bits, k::screen_bound(dim_, k::kF32), nullptr, dscores,
-           dslots, ok);
+    rerank(lane, v, dq, qf, nq, kk, kc, cand.keys(base), cand.vals(base), cand.max_bits(base),
+           k::screen_bound(dim_, k::kF32), nullptr, dscores, dslots, cand.ok(base));
     if (kc >= v.n) return;  // every row was a candidate: nothing to prove
     for (std::size_t q = 0; q < nq; ++q)
         if (!lane.flags_host[q])

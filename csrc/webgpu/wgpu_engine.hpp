@@ -18,22 +18,8 @@ class WgpuEngine final : public Engine {
    public:
     WgpuEngine(std::shared_ptr<WgpuContext> context, std::size_t dimension, Metric metric, Dtype dtype);
 
-    std::size_t dimension() const override { return dim_; }
-    Metric metric() const override { return metric_; }
+    HIVE_GPU_ENGINE_OPERATIONS;
     std::size_t size() const override { return size_; }
-
-    void reserve(std::size_t rows) override;
-    Dtype dtype() const override { return dtype_; }
-    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override;
-    void write(std::size_t slot, const void* row) override;
-    void move(std::size_t src, std::size_t dst) override;
-    void truncate(std::size_t n) override;
-    void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;
-    void read(std::size_t first, std::size_t n, float* out) const override;
-    void search(const float* queries, std::size_t nq, std::size_t k, float* scores,
-                std::int64_t* slots) const override;
-    void search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,
-                         float* scores, std::int64_t* slots) const override;
     std::size_t memory_bytes() const override;
 
     // Page capacities (the largest shrinks with HIVE_GPU_WEBGPU_CHUNK_BYTES, for tests).

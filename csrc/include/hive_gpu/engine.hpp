@@ -119,3 +119,22 @@ class Engine {
 };
 
 }  // namespace hive_gpu
+
+// The operations every backend's engine defines, declared once. An engine class writes
+// HIVE_GPU_ENGINE_OPERATIONS in its public part, keeps its dimension, metric and dtype in
+// members named dim_, metric_ and dtype_, and declares size() and memory_bytes() itself.
+#define HIVE_GPU_ENGINE_OPERATIONS                                                                        \
+    std::size_t dimension() const override { return dim_; }                                             \
+    Metric metric() const override { return metric_; }                                                   \
+    Dtype dtype() const override { return dtype_; }                                                      \
+    void reserve(std::size_t rows) override;                                                             \
+    void append(const void* rows, const std::uint32_t* ordinals, std::size_t n) override;                \
+    void write(std::size_t slot, const void* row) override;                                              \
+    void move(std::size_t src, std::size_t dst) override;                                                \
+    void truncate(std::size_t n) override;                                                               \
+    void set_ordinals(const std::uint32_t* ordinals, std::size_t n) override;                            \
+    void read(std::size_t first, std::size_t n, float* out) const override;                              \
+    void search(const float* queries, std::size_t nq, std::size_t k, float* scores, std::int64_t* slots) \
+        const override;                                                                                  \
+    void search_filtered(const float* queries, std::size_t nq, std::size_t k, const SlotFilter& filter,  \
+                         float* scores, std::int64_t* slots) const override
