@@ -4,6 +4,7 @@ one cluster of 2 CPUs for the module, three actors per store."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -46,6 +47,22 @@ def test_equals_one_store_after_random_operations(metric, rng):
         assert_same_answers(one, store, np.stack([row, -row]), [1, 4, max(store.shard_sizes()) + 2, len(one) + 3])
 
 
+def kill_and_wait(actor, timeout: float = 60.0) -> None:
+    """ray.kill returns before the actor is gone: wait until it no longer answers, so the
+    calls below meet a dead shard, as they would after a crash."""
+    ray.kill(actor)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.backend.remote(), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the killed actor still answers")
+
+
 def test_save_load_kill_and_restore(rng, tmp_path):
     rows = random_rows(rng, 50, rng.standard_normal((4, DIM)).astype(np.float32))
     ids = [f"r{i}" for i in range(50)]
@@ -59,7 +76,7 @@ def test_save_load_kill_and_restore(rng, tmp_path):
     store.save(tmp_path / "s")
     assert_same_answers(one, store, queries, [1, 5, 40])
 
-    ray.kill(store.actors[1])
+    kill_and_wait(store.actors[1])
     with pytest.raises(hive_gpu.BackendError, match="shard 1"):
         store.search_batch(queries, 5)
     for call in (lambda: store.search(queries[0], 3), lambda: len(store), lambda: store.add_vector("x", rows[0])):
