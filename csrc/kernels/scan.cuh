@@ -235,27 +235,6 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     if (threadIdx.x == 0) *done = 0;  // ready for the lane's next search
 }
 
-// Keys of the GEMM scores of one page's rows, slots [slot0, slot0 + n) (k beyond shared
-// memory: a full sort follows). dots, keys and vals start at slot0; row_factor and ordinals
-// are the page's. Rows a mask drops get the empty key, so they sort after every row that passes.
-template <int kMetric>
-__global__ void keys_from_scores_kernel(const float* __restrict__ dots, std::size_t n, std::size_t slot0,
-                                        const float* __restrict__ row_factor,
-                                        const std::uint32_t* __restrict__ ordinals,
-                                        const std::uint64_t* __restrict__ mask,
-                                        const float* __restrict__ query_factor,
-                                        std::uint64_t* __restrict__ keys,
-                                        std::uint32_t* __restrict__ vals) {
-    constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
-    const float qf = *query_factor;
-    for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-        const float s = finish_score<kMetric, true>(dots[i], row_factor[i], qf);
-        keys[i] = slot_passes(mask, slot0 + i) ? make_key<kHigher>(s, ordinals[i]) : kEmptyKey;
-        vals[i] = static_cast<std::uint32_t>(slot0 + i);
-    }
-}
-
 // The scores users see, for results returned in device memory (Euclidean is rooted).
 template <bool kRoot>
 __global__ void user_scores_kernel(const float* __restrict__ in, std::size_t n,

@@ -29,7 +29,7 @@ class MetalEngine final : public Engine {
     std::size_t memory_bytes() const override;
 
    private:
-    // Page p holds rows [layout_.start(p), + layout_.capacity(p)) with their per-row factor
+    // Page p holds rows [layout_.start(p), + layout_.rows(p)) with their per-row factor
     // and ordinal. Pages never move or grow.
     struct Page {
         id<MTLBuffer> rows;      // capacity x dim elements of dtype_

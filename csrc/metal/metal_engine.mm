@@ -67,17 +67,17 @@ std::size_t MetalEngine::memory_bytes() const {
 }
 
 unsigned char* MetalEngine::row_at(std::size_t slot) const {
-    const std::size_t p = layout_.page_of(slot);
+    const std::size_t p = layout_.locate(slot).page;
     return static_cast<unsigned char*>(pages_[p].rows.contents) + (slot - layout_.start(p)) * row_bytes_;
 }
 
 float* MetalEngine::factor_at(std::size_t slot) const {
-    const std::size_t p = layout_.page_of(slot);
+    const std::size_t p = layout_.locate(slot).page;
     return static_cast<float*>(pages_[p].factors.contents) + (slot - layout_.start(p));
 }
 
 std::uint32_t* MetalEngine::ordinal_at(std::size_t slot) const {
-    const std::size_t p = layout_.page_of(slot);
+    const std::size_t p = layout_.locate(slot).page;
     return static_cast<std::uint32_t*>(pages_[p].ordinals.contents) + (slot - layout_.start(p));
 }
 
@@ -85,8 +85,8 @@ template <class F>
 void MetalEngine::for_page_runs(std::size_t first, std::size_t n, F&& f) const {
     for (std::size_t done = 0; done < n;) {
         const std::size_t slot = first + done;
-        const std::size_t p = layout_.page_of(slot);
-        const std::size_t cnt = std::min(n - done, layout_.start(p) + layout_.capacity(p) - slot);
+        const std::size_t p = layout_.locate(slot).page;
+        const std::size_t cnt = std::min(n - done, layout_.start(p) + layout_.rows(p) - slot);
         f(slot, done, cnt);
         done += cnt;
     }
@@ -108,12 +108,12 @@ void MetalEngine::reserve(std::size_t rows) {
     const std::size_t want = layout_.pages_for(rows);
     with_pool([&] {
         std::uint64_t bytes = 0;
-        for (std::size_t p = pages_.size(); p < want; ++p) bytes += std::uint64_t{layout_.capacity(p)} * per_row;
+        for (std::size_t p = pages_.size(); p < want; ++p) bytes += std::uint64_t{layout_.rows(p)} * per_row;
         ctx_->check_working_set(bytes, "reserving rows");
         // New pages beside the old ones, all made before any is kept: a failure leaves the
         // engine as it was, and no row is ever copied.
         std::vector<Page> fresh;
-        for (std::size_t p = pages_.size(); p < want; ++p) fresh.push_back(make_page(layout_.capacity(p)));
+        for (std::size_t p = pages_.size(); p < want; ++p) fresh.push_back(make_page(layout_.rows(p)));
         pages_.reserve(want);
         for (auto& pg : fresh) pages_.push_back(pg);
     });

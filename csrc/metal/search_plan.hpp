@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/numeric.hpp"
+#include "core/row_pages.hpp"
 #include "hive_gpu/dtype.hpp"
 
 namespace hive_gpu::metal {
@@ -222,36 +223,9 @@ inline std::size_t query_chunk(std::size_t n, std::size_t dim, std::size_t k, st
 }
 
 // ---- Pages -----------------------------------------------------------------------------
-// Rows live in pages that never move: page sizes double from `first_rows` up to
-// `rows_per_page` and then stay there, so growing adds a page and copies no row, a small store
-// holds little memory, and a large one is made of full pages.
-class PageLayout {
-   public:
-    PageLayout(std::size_t first_rows, std::size_t rows_per_page)
-        : first_(std::max<std::size_t>(1, std::min(first_rows, rows_per_page))), full_(std::max<std::size_t>(1, rows_per_page)) {
-        while ((first_ << doubling_) < full_) ++doubling_;
-    }
-    std::size_t capacity(std::size_t page) const { return page < doubling_ ? first_ << page : full_; }
-    // Store slot of the page's row 0.
-    std::size_t start(std::size_t page) const {
-        const std::size_t p = std::min(page, doubling_);
-        return first_ * ((std::size_t{1} << p) - 1) + (page - p) * full_;
-    }
-    std::size_t page_of(std::size_t slot) const {
-        const std::size_t grown = start(doubling_);
-        if (slot >= grown) return doubling_ + (slot - grown) / full_;
-        std::size_t p = 0;
-        while (start(p + 1) <= slot) ++p;
-        return p;
-    }
-    // Pages that hold `rows` rows.
-    std::size_t pages_for(std::size_t rows) const { return rows == 0 ? 0 : page_of(rows - 1) + 1; }
-
-   private:
-    std::size_t first_;
-    std::size_t full_;
-    std::size_t doubling_ = 0;  // pages smaller than full_
-};
+// Rows live in pages that never move (core/row_pages.hpp, the layout WebGPU uses too): page
+// sizes double from a first size up to a full page and then stay there.
+using PageLayout = hive_gpu::PageLayout;
 
 // What a filtered search looks at in one page (Params::sel): the filter's mask re-based at
 // the page's first row (kSelMask) or its passing rows (kSelList), and how many pass.
@@ -268,7 +242,7 @@ inline std::vector<PageSelection> select_pages(const std::uint64_t* bits, const 
     std::vector<PageSelection> out(layout.pages_for(size));
     const std::uint32_t* at = slots;
     for (std::size_t p = 0; p < out.size(); ++p) {
-        const std::size_t first = layout.start(p), rows = std::min(layout.capacity(p), size - first);
+        const std::size_t first = layout.start(p), rows = std::min(layout.rows(p), size - first);
         PageSelection& s = out[p];
         if (slots) {
             // The ascending list's run inside this page, as page rows.
@@ -295,7 +269,7 @@ struct PageWork {
 inline PageWork page_work(const PageLayout& layout, std::size_t page, std::size_t size, std::size_t k,
                           const PageSelection* sel) {
     PageWork w;
-    w.rows = std::min(layout.capacity(page), size - layout.start(page));
+    w.rows = std::min(layout.rows(page), size - layout.start(page));
     w.scored = sel && sel->sel == kSelList ? sel->passing : w.rows;
     w.k = std::min(k, sel ? sel->passing : w.rows);
     return w;

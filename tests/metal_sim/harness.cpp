@@ -172,16 +172,16 @@ int print_bindings() {
 // `metal_sim --pages FIRST FULL N`: the page layout the engine addresses rows with: one line
 // per page of a store of N rows (start, capacity), then the page of every slot.
 int print_pages(std::size_t first, std::size_t full, std::size_t n) {
-    const hive_gpu::metal::PageLayout layout(first, full);
+    const hive_gpu::PageLayout layout(first, full);
     const std::size_t pages = layout.pages_for(n);
     std::printf("%zu\n", pages);
-    for (std::size_t p = 0; p < pages; ++p) std::printf("%zu %zu\n", layout.start(p), layout.capacity(p));
-    for (std::size_t s = 0; s < n; ++s) std::printf("%zu\n", layout.page_of(s));
+    for (std::size_t p = 0; p < pages; ++p) std::printf("%zu %zu\n", layout.start(p), layout.rows(p));
+    for (std::size_t s = 0; s < n; ++s) std::printf("%zu\n", layout.locate(s).page);
     return 0;
 }
 
 int main(int argc, char** argv) {
-    using hive_gpu::metal::PageLayout;
+    using hive_gpu::PageLayout;
     if (argc == 5 && std::strcmp(argv[1], "--pages") == 0)
         return print_pages(std::strtoull(argv[2], nullptr, 10), std::strtoull(argv[3], nullptr, 10),
                            std::strtoull(argv[4], nullptr, 10));
@@ -227,7 +227,7 @@ int main(int argc, char** argv) {
         std::vector<Page> pages(npages);
         std::size_t largest = 0;
         for (std::size_t p = 0; p < npages; ++p) {
-            const std::size_t first = layout.start(p), cap = layout.capacity(p), used = std::min(cap, n - first);
+            const std::size_t first = layout.start(p), cap = layout.rows(p), used = std::min(cap, n - first);
             largest = std::max(largest, used);
             pages[p].rows.allocate(cap * dim * elem);
             std::memcpy(pages[p].rows.words.data(), &rows[first * dim * elem], used * dim * elem);
