@@ -18,9 +18,13 @@ namespace hive_gpu {
 
 RowFault row_fault(const float* row, std::size_t dim) {
     // Summing squares in double both finds NaN/inf (the sum turns non-finite) and measures
-    // the norm, in one pass the compiler vectorises.
-    double sum = 0.0;
-    for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(row[j]) * row[j];
+    // the norm; four partial sums let the additions of one row overlap.
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    std::size_t i = 0;
+    for (; i + 4 <= dim; i += 4)
+        for (std::size_t l = 0; l < 4; ++l) acc[l] += static_cast<double>(row[i + l]) * row[i + l];
+    for (; i < dim; ++i) acc[0] += static_cast<double>(row[i]) * row[i];
+    const double sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     if (!std::isfinite(sum)) {
         for (std::size_t j = 0; j < dim; ++j)
             if (!std::isfinite(row[j])) return RowFault::NonFinite;
