@@ -46,9 +46,12 @@ def median_events(torch, fn, runs: int, warmup: int = 3) -> float:
 
 
 def device_time_profiled(torch, fn, runs: int) -> float:
-    """Device time (s) per call of fn, from CUPTI: the sum of its kernels and copies."""
+    """Device time (s) per call of fn, from CUPTI: the time the device spent running its
+    kernels and copies, i.e. the union of their intervals. Work that overlaps on two streams
+    (hive_gpu selects on one tile while the next is multiplied) counts once, as the device
+    spent it; for a sequence of kernels on one stream (PyTorch's mm then topk) the union is
+    their sum."""
     from torch.profiler import ProfilerActivity, profile
-
 
     fn()
     torch.cuda.synchronize()
@@ -58,11 +61,14 @@ def device_time_profiled(torch, fn, runs: int) -> float:
         torch.cuda.synchronize()
     if os.environ.get("HIVE_GPU_BENCH_PROFILE"):
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=8))
-    total_us = 0.0
-    for e in prof.events():
-        if e.device_type.name == "CUDA":  # kernels and copies as the device ran them
-            total_us += e.time_range.elapsed_us()
-    return total_us / runs / 1e6
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type.name == "CUDA")  # kernels and copies as the device ran them
+    busy_us, reach = 0.0, float("-inf")
+    for start, end in spans:
+        if end > reach:
+            busy_us += end - max(start, reach)
+            reach = end
+    return busy_us / runs / 1e6
 
 
 def make_store(ctx, dim: int, metric: str, dtype: str):

@@ -24,6 +24,7 @@ namespace {
 constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both GEMM score tiles: 256 MiB
 constexpr std::size_t kSkinnyMaxQueries = 4;  // beyond, cuBLAS measured faster on the H100
 constexpr std::size_t kScreenMaxK = 256;      // beyond, near-ties around the k-th make re-runs likely
+constexpr std::size_t kMinSplitTile = 65536;  // rows: below, one tile
 constexpr std::size_t kWidenBytes = std::size_t{64} << 20;  // 16-bit rows widened at a time for an exact GEMM
 
 // out (cols x nq, column-major, ldc) = rows^T (cols x dim, stride ld) * Q (dim x nq, stride ld).
@@ -117,7 +118,7 @@ bool CudaEngine::skinny(std::size_t nq) const {
 std::size_t CudaEngine::screen_width(std::size_t nq, std::size_t kk, std::size_t n) const {
     if (!tensor_cores_ || skinny(nq) || kk > kScreenMaxK) return 0;
     // bfloat16 queries are rounded to 8 bits, so its screen's bound is wider: more candidates.
-    const std::size_t kc = std::min(n, dtype_ == Dtype::BFloat16 ? 8 * kk + 64 : 2 * kk + 32);
+    const std::size_t kc = std::min(n, dtype_ == Dtype::BFloat16 ? 4 * kk + 32 : 2 * kk + 32);
     return kc <= static_cast<std::size_t>(max_select_k_) ? kc : 0;
 }
 
@@ -260,26 +261,44 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     const auto& p = ctx_->props();
     const std::size_t n = v.n;
     std::size_t tile = std::min(n, std::max<std::size_t>(1024, kTileBudgetFloats / 2 / nq));
+    // A few queries over many rows: four tiles at least, so that selecting one overlaps
+    // multiplying the next.
+    if (tile == n && n >= 4 * kMinSplitTile) tile = ceil_div(ceil_div(n, 4), 256) * 256;
     if (tile < n) tile = std::max<std::size_t>(256, tile / 256 * 256);
     tile = std::min<std::size_t>(tile, static_cast<std::size_t>(1) << 30);  // cuBLAS takes int sizes
-    const std::size_t want_blocks = static_cast<std::size_t>(p.multiProcessorCount) * 2;
-    std::size_t splits = nq >= want_blocks ? 1 : std::min(ceil_div(want_blocks, nq), std::max<std::size_t>(1, tile / 8192));
+    // Column ranges per query so that the selection fills the blocks the device holds at
+    // once, and no more: a second, nearly empty wave would double its time.
+    const int cap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
+    const std::size_t shared = k::topk_shared_bytes(cap);
+    int per_sm = 0;
+    with_metric(metric_, [&](auto m) {
+        auto select = k::select_tile_kernel<decltype(m)::value>;
+        allow_shared(select, shared);
+        check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, select, k::kSelectBlock, shared),
+              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    });
+    const std::size_t resident = static_cast<std::size_t>(p.multiProcessorCount) * std::max(per_sm, 1);
+    std::size_t splits = nq >= resident ? 1 : std::min(resident / nq, std::max<std::size_t>(1, tile / 8192));
     splits = std::max<std::size_t>(1, splits);
     const std::size_t tiles = ceil_div(n, tile);
+    const std::size_t ldt = (tile + 3) / 4 * 4;  // score rows 16-byte aligned (select reads float4s)
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
     const bool thin = !screen && skinny(nq);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
+    // A tile that spans pages gets its rows' factors and ordinals copied side by side.
+    const bool spans = v.rows.map.pages_for(n) > 1;
     Carve c;
-    const std::size_t at_t0 = c.take(nq * tile * sizeof(float));
-    const std::size_t at_t1 = c.take(tiles > 1 ? nq * tile * sizeof(float) : 0);
+    const std::size_t at_t0 = c.take(nq * ldt * sizeof(float));
+    const std::size_t at_t1 = c.take(tiles > 1 ? nq * ldt * sizeof(float) : 0);
     const std::size_t at_cand = c.take(splits > 1 ? nq * splits * kk * entry : 0);
+    const std::size_t at_side0 = c.take(spans ? ldt * (sizeof(float) + sizeof(std::uint32_t)) : 0);
+    const std::size_t at_side1 = c.take(spans && tiles > 1 ? ldt * (sizeof(float) + sizeof(std::uint32_t)) : 0);
     Scratch ws(*ctx_, c.at, s);
     auto* base = ws.as<unsigned char>();
     float* tile_buf[2] = {reinterpret_cast<float*>(base + at_t0), reinterpret_cast<float*>(base + at_t1)};
+    float* side_f[2] = {reinterpret_cast<float*>(base + at_side0), reinterpret_cast<float*>(base + at_side1)};
     auto* ckeys = reinterpret_cast<std::uint64_t*>(base + at_cand);
     auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + nq * splits * kk);
-    const int cap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
-    const std::size_t shared = k::topk_shared_bytes(cap);
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
         constexpr bool kHigher = k::MetricTraits<M>::kHigherFirst;
@@ -294,25 +313,41 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
             const int b = static_cast<int>(t % 2);
             float* buf = tile_buf[b];
             if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
+            const float* factors = nullptr;
+            const std::uint32_t* ordinals = nullptr;
+            std::size_t runs = 0;
             v.for_each_run(c0, cols, [&](std::size_t s0, std::size_t count, const k::PageRef& page, std::size_t row) {
                 const void* rows = static_cast<const unsigned char*>(page.rows) + row * row_bytes_;
                 float* out = buf + (s0 - c0);
                 if (thin)
-                    skinny_scores(lane, static_cast<const float*>(rows), dq, nq, count, out, cols);
+                    skinny_scores(lane, static_cast<const float*>(rows), dq, nq, count, out, ldt);
                 else
-                    gemm_scores(lane, rows, dq, nq, count, out, cols, screen, sq);
+                    gemm_scores(lane, rows, dq, nq, count, out, ldt, screen, sq);
+                if (runs++ == 0) {
+                    factors = page.factors + row;
+                    ordinals = page.ordinals + row;
+                }
             });
+            if (runs > 1) {  // the factors and ordinals side by side
+                float* f = side_f[b];
+                auto* o = reinterpret_cast<std::uint32_t*>(f + ldt);
+                k::gather_side_kernel<<<grid_for(cols, 256, p), 256, 0, s>>>(v.rows, c0, cols, f, o);
+                check_launch("gather_side_kernel");
+                factors = f;
+                ordinals = o;
+            }
             check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
             check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
             const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
             if (splits == 1) {
-                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, v.rows, v.mask, qf, sq.inv_scale,
-                                                             static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals,
-                                                             rkeys, rvals);
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, ldt, cols, c0, factors, ordinals, v.mask, qf,
+                                                             sq.inv_scale, static_cast<int>(kk), cap,
+                                                             first ? nullptr : rkeys, rvals, rkeys, rvals);
                 check_launch("select_tile_kernel");
             } else {
-                select<<<grid, k::kSelectBlock, shared, a>>>(buf, cols, cols, c0, v.rows, v.mask, qf, sq.inv_scale,
-                                                             static_cast<int>(kk), cap, nullptr, nullptr, ckeys, cvals);
+                select<<<grid, k::kSelectBlock, shared, a>>>(buf, ldt, cols, c0, factors, ordinals, v.mask, qf,
+                                                             sq.inv_scale, static_cast<int>(kk), cap,
+                                                             first ? nullptr : rkeys, nullptr, ckeys, cvals);
                 check_launch("select_tile_kernel");
                 merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
                     ckeys, cvals, splits * kk, static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals, rkeys, rvals,

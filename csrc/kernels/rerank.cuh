@@ -9,14 +9,16 @@
 // is no better) is more than 2B worse than the k-th. rerank_kernel checks that per query
 // and flags the queries where it fails; the engine answers those again with float32 GEMM.
 //
-// The bound. TF32 keeps 10 mantissa bits: each operand is off by at most 2^-10 of itself,
-// a product by 2^-9 (+2^-20), so a dot product by 2^-9 * sum|q_i x_i| <= 2^-9 |q||x|
-// (Cauchy-Schwarz), plus float32 accumulation, at most dim * 2^-22 |q||x| even with the
-// truncating adders of tensor cores. The float32 re-rank itself is within dim * 2^-24.
-// ScreenBound::rel = 2^-8 + dim * 2^-21 + 2^-20 covers all of it twice over. Cosine scores
-// are dot / (|q||x|), so B = rel; DotProduct B = rel |q| max|x|; Euclidean (squared,
-// |q|^2 + |x|^2 - 2 q.x) B = 2 rel |q| max|x| + sq (|q| + max|x|)^2, sq covering the
-// rounding of the norms and of the direct float32 sum of squared differences.
+// The bound. TF32 keeps 10 mantissa bits: each operand is off by at most 2^-10 of itself
+// (truncated or rounded), a product by 2^-9 + 2^-20, so a dot product by that times
+// sum|q_i x_i| <= |q||x| (Cauchy-Schwarz), plus float32 accumulation, at most dim * 2^-22 |q||x|
+// even with the truncating adders of tensor cores. The float32 re-rank itself is within
+// dim * 2^-24. ScreenBound::rel = 2^-9 + 2^-19 + dim * 2^-21 + 2^-20 covers all of it, the
+// accumulation terms twice over. Cosine scores are dot / (|q||x|), so B = rel; DotProduct
+// B = rel |q| max|x|; Euclidean (squared, |q|^2 + |x|^2 - 2 q.x) B = 2 rel |q| max|x| +
+// sq (|q| + max|x|)^2, sq covering the rounding of the norms and of the direct float32 sum of
+// squared differences. A bound twice as wide would be as correct, but it leaves more queries
+// unproven, and each of those costs a pass over every row.
 #pragma once
 
 #include "kernels/compat.cuh"
@@ -33,14 +35,16 @@ struct ScreenBound {
 };
 
 // The screen's bound for rows of `dtype` (hive_gpu::Dtype's value). float32 rows: a TF32
-// GEMM, both operands rounded to 10 bits. 16-bit rows: the stored rows are exact in a
-// float16/bfloat16 GEMM and only the query is rounded (after a power-of-two scaling that
-// keeps it clear of overflow and underflow, quantize_queries_kernel): 2^-11 of each
-// component for float16, 2^-8 for bfloat16, so rel = twice that (2^-10, 2^-7) plus the same
-// accumulation and re-rank terms as for TF32.
+// GEMM, both operands cut to 10 bits (above). 16-bit rows: the stored rows are exact in a
+// float16/bfloat16 GEMM and only the query is rounded to nearest, after a power-of-two scaling
+// that keeps it clear of overflow and of underflow beyond 2^-39 of its largest component
+// (quantize_queries_kernel): 2^-11 of each component for float16, 2^-8 for bfloat16. The
+// products are exact in float32, so rel = 2^-10 (float16, twice its rounding) or
+// 2^-8 + 2^-15 (bfloat16: its rounding, and the rounding's share of the accumulation term),
+// plus the same accumulation and re-rank terms as for TF32.
 inline ScreenBound screen_bound(std::size_t dim, int dtype = kF32) {
     const double d = static_cast<double>(dim);
-    const double operand = dtype == kF16 ? 0x1p-10 : dtype == kBF16 ? 0x1p-7 : 0x1p-8;
+    const double operand = dtype == kF16 ? 0x1p-10 : dtype == kBF16 ? 0x1p-8 + 0x1p-15 : 0x1p-9 + 0x1p-19;
     return ScreenBound{static_cast<float>(operand + d * 0x1p-21 + 0x1p-20),
                        static_cast<float>(d * 0x1p-21 + 0x1p-20)};
 }

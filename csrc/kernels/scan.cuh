@@ -328,74 +328,90 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
     }
 }
 
-// Selection over a tile of GEMM results: scores[q][c] = q . row(col0 + c) for c < cols (the
-// tile may span pages; rows' factors and ordinals come through the page table). Block (q, s)
-// takes the s-th of gridDim.y column ranges and writes its k best keys to
-// out[(q * gridDim.y + s) * k]; with one range it starts from seed (the running top-k). Rows
-// a mask drops are never candidates. acc_scale (or nullptr): a factor
-// per query applied to its sums first (the 16-bit screen's scaled queries).
+// Selection over a tile of GEMM results: scores[q * ld_scores + c] = q . row(col0 + c) for
+// c < cols, the rows' factors and ordinals at factor[c] and ordinal[c] (a page's arrays, or
+// copies where the tile spans pages). Block (q, s) takes the s-th of gridDim.y column ranges
+// and writes its k best keys to out[(q * gridDim.y + s) * k]; with one range it starts from
+// seed (the running top-k), with several seed's k-th key bounds what each range keeps. Rows a mask drops are never candidates. acc_scale (or nullptr):
+// a factor per query applied to its sums first (the 16-bit screen's scaled queries).
+//
+// The host keeps ld_scores, the scores' and factors' addresses 16-byte aligned and the
+// ranges' starts multiples of 4, so a thread reads four columns with one load. Loads run
+// kSelectDepth rounds ahead: each round ends in a block barrier, and with one round in flight
+// the block would wait a memory latency per round. A column's ordinal is read only when its
+// score can enter.
+constexpr int kSelectDepth = 4;
+
 template <int kMetric>
 __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float* __restrict__ scores, std::size_t ld_scores, std::size_t cols, std::size_t col0,
-    PagedRows rows, const std::uint64_t* __restrict__ mask,
+    const float* __restrict__ factor, const std::uint32_t* __restrict__ ordinal, const std::uint64_t* __restrict__ mask,
     const float* __restrict__ query_factor, const float* __restrict__ acc_scale, int k, int cap,
     const std::uint64_t* seed_keys,
     const std::uint32_t* seed_vals, std::uint64_t* out_keys, std::uint32_t* out_vals) {
     constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
+    constexpr bool kFactor = kMetric != kDotProduct;  // dot products need no row factor
+    static_assert(kSelectItems == 4, "a round is one float4 per thread");
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int count;
     __shared__ std::uint64_t bound;
     const std::size_t q = blockIdx.x;
-    const std::size_t per = ceil_div(cols, gridDim.y);
+    const std::size_t per = (ceil_div(cols, gridDim.y) + 3) / 4 * 4;
     const std::size_t begin = per * blockIdx.y;
     const std::size_t end = begin + per < cols ? begin + per : cols;
     BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),
                   reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
                   &count, &bound};
+    // One range: the running top k is the start. Several: it only bounds what each keeps
+    // (the merge that follows holds it once).
     const bool seeded = seed_keys != nullptr && gridDim.y == 1;
-    top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr);
+    top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr,
+             seed_keys != nullptr && !seeded ? seed_keys[q * k + k - 1] : kEmptyKey);
     const float qf = query_factor[q];
     const float scale = acc_scale != nullptr ? acc_scale[q] : 1.0f;  // a power of two: exact
-    const int base_shift = rows.map.base_shift, max_shift = rows.map.max_shift;
-    const PageRef* pages = rows.pages;
     const float* s_row = scores + q * ld_scores;
-    const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
-    // The loads of round r + 1 are issued before round r is ranked, so a memory latency is
-    // paid once per kernel rather than once per round.
-    float next_acc[kSelectItems], next_rf[kSelectItems];
-    auto load = [&](std::size_t base, float* acc, float* rf) {
-#pragma unroll
-        for (int j = 0; j < kSelectItems; ++j) {
-            const std::size_t c = base + j * blockDim.x + threadIdx.x;
-            acc[j] = c < end ? s_row[c] : 0.0f;
-            float f = 0.0f;
-            if (c < end) {
-                const PagePlace at = place(base_shift, max_shift, col0 + c);
-                f = pages[at.page].factors[at.row];
-            }
-            rf[j] = f;
+    const std::size_t step = static_cast<std::size_t>(blockDim.x) * 4;
+    auto load = [&](std::size_t base, float4& acc, float4& rf) {
+        const std::size_t c = base + 4 * static_cast<std::size_t>(threadIdx.x);
+        if (c + 4 <= end) {
+            acc = *reinterpret_cast<const float4*>(s_row + c);
+            if (kFactor) rf = *reinterpret_cast<const float4*>(factor + c);
+        } else {
+            acc = make_float4(c < end ? s_row[c] : 0.0f, c + 1 < end ? s_row[c + 1] : 0.0f,
+                              c + 2 < end ? s_row[c + 2] : 0.0f, 0.0f);
+            if (kFactor)
+                rf = make_float4(c < end ? factor[c] : 0.0f, c + 1 < end ? factor[c + 1] : 0.0f,
+                                 c + 2 < end ? factor[c + 2] : 0.0f, 0.0f);
         }
     };
-    load(begin, next_acc, next_rf);
-    for (std::size_t base = begin; base < end; base += step) {
-        float acc[kSelectItems], rf[kSelectItems];
+    float4 ring_acc[kSelectDepth], ring_rf[kSelectDepth];
 #pragma unroll
-        for (int j = 0; j < kSelectItems; ++j) {
-            acc[j] = next_acc[j];
-            rf[j] = next_rf[j];
-        }
-        load(base + step, next_acc, next_rf);
+    for (int d = 0; d < kSelectDepth; ++d) {
+        ring_rf[d] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        load(begin + d * step, ring_acc[d], ring_rf[d]);
+    }
+    for (std::size_t group = begin; group < end; group += kSelectDepth * step) {
 #pragma unroll
-        for (int j = 0; j < kSelectItems; ++j) {
-            const std::size_t c = base + j * blockDim.x + threadIdx.x;
-            if (c < end && slot_passes(mask, col0 + c)) {
-                const std::size_t row = col0 + c;
-                const float s = finish_score<kMetric, true>(acc[j] * scale, rf[j], qf);
-                const PagePlace at = place(base_shift, max_shift, row);
-                top.push(make_key<kHigher>(s, pages[at.page].ordinals[at.row]), static_cast<std::uint32_t>(row));
+        for (int d = 0; d < kSelectDepth; ++d) {
+            const std::size_t base = group + d * step;
+            if (base >= end) break;  // uniform across the block
+            const float a[4] = {ring_acc[d].x, ring_acc[d].y, ring_acc[d].z, ring_acc[d].w};
+            const float f[4] = {ring_rf[d].x, ring_rf[d].y, ring_rf[d].z, ring_rf[d].w};
+            load(base + kSelectDepth * step, ring_acc[d], ring_rf[d]);
+            // A key is its score's order bits above the ordinal: a score whose bits exceed
+            // the bound's cannot enter, whatever its ordinal, so most columns stop here.
+            const std::uint32_t bar = static_cast<std::uint32_t>(top.threshold() >> 32);
+            const std::size_t c0 = base + 4 * static_cast<std::size_t>(threadIdx.x);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const std::size_t c = c0 + j;
+                const float sc = finish_score<kMetric, true>(a[j] * scale, f[j], qf);
+                const std::uint64_t key = make_key<kHigher>(sc, 0u);
+                if (c < end && static_cast<std::uint32_t>(key >> 32) <= bar && slot_passes(mask, col0 + c))
+                    top.push(key | ordinal[c], static_cast<std::uint32_t>(col0 + c));
             }
+            top.end_round(4);
         }
-        top.end_round(kSelectItems);
     }
     top.merge();
     const std::size_t slot = q * gridDim.y + blockIdx.y;
@@ -421,6 +437,20 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
             out_factor[i] = page.factors[at.row];
             out_ordinals[i] = page.ordinals[at.row];
         }
+    }
+}
+
+// The factors and ordinals of slots [first, first + n), side by side (select_tile_kernel's
+// view of a GEMM tile that spans pages).
+[[maybe_unused]] static __global__ void gather_side_kernel(PagedRows rows, std::size_t first, std::size_t n,
+                                                           float* __restrict__ out_factor,
+                                                           std::uint32_t* __restrict__ out_ordinals) {
+    for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+        const PagePlace at = rows.map.place(first + i);
+        const PageRef& page = rows.pages[at.page];
+        out_factor[i] = page.factors[at.row];
+        out_ordinals[i] = page.ordinals[at.row];
     }
 }
 

@@ -40,9 +40,13 @@ struct BlockTopK {
     int k;
     int* count;
     std::uint64_t* bound;
+    std::uint64_t limit = kEmptyKey;  // keys from here on are never kept (init's `below`)
 
-    // seed: k sorted keys to start from (may hold kEmptyKey), or nullptr.
-    __device__ void init(const std::uint64_t* seed_keys, const std::uint32_t* seed_vals) {
+    // seed: k sorted keys to start from (may hold kEmptyKey), or nullptr. below: only keys
+    // under it are kept (a k-th best known from elsewhere).
+    __device__ void init(const std::uint64_t* seed_keys, const std::uint32_t* seed_vals,
+                         std::uint64_t below = kEmptyKey) {
+        limit = below;
         for (int i = threadIdx.x; i < cap; i += blockDim.x) {
             const bool seeded = seed_keys != nullptr && i < k;
             keys[i] = seeded ? seed_keys[i] : kEmptyKey;
@@ -51,10 +55,13 @@ struct BlockTopK {
         __syncthreads();
         if (threadIdx.x == 0) {
             *count = seed_keys != nullptr ? k : 0;
-            *bound = seed_keys != nullptr ? keys[k - 1] : kEmptyKey;
+            *bound = seed_keys != nullptr ? keys[k - 1] : below;
         }
         __syncthreads();
     }
+
+    // The key a candidate must beat; it changes only in merge(), so within a round it holds.
+    __device__ std::uint64_t threshold() const { return *bound; }
 
     __device__ void push(std::uint64_t key, std::uint32_t val) {
         if (key < *bound) {
@@ -86,7 +93,7 @@ struct BlockTopK {
         __syncthreads();
         if (threadIdx.x == 0) {
             *count = kept;
-            *bound = kept == k ? keys[k - 1] : kEmptyKey;
+            *bound = kept == k ? keys[k - 1] : limit;
         }
         __syncthreads();
     }
