@@ -747,3 +747,32 @@ def test_float16_overflow_is_refused(cctx, rng):
     x[42, 3] = 65504.0  # the largest float16: fits
     s.add_vectors([f"o{i}" for i in range(100)], x)
     assert len(s) == 101 and s.get_vector("o42").data[3] == 65504.0
+
+
+# ---- batch selection over several tiles --------------------------------------------------
+# A few queries over 256k rows or more run in at least four GEMM tiles, each selected in
+# column ranges (several blocks per query) bounded by the running k-th best and merged; with
+# small pages every tile spans pages, so its factors and ordinals are copied side by side.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_tiled_split_selection_matches_reference(cctx, rng, page_rows, dtype, metric):
+    page_rows(4096)
+    n, dim = 270_000, 24
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[n // 2] = x[7]  # an exact tie across tiles: the older row ranks first
+    s = typed_store(cctx, dim, metric, dtype)
+    ids = [f"r{i}" for i in range(n)]
+    for a in range(0, n, 100_000):
+        s.add_vectors(ids[a : a + 100_000], x[a : a + 100_000])
+    xs = rounded(x, dtype)
+    index = {v: i for i, v in enumerate(ids)}
+    for nq in (3, 7, 20):  # 3: float32's skinny product; 7, 20: the tensor-core screen
+        q = rng.standard_normal((nq, dim)).astype(np.float32)
+        q[0] = x[7]
+        for k in (1, 10, 100):
+            scores, got = s.search_batch(q, k)
+            check_results(scores, got, xs, q, metric, k, index)
+            if metric == M.COSINE and k > 1:
+                assert list(got[0][:2]) == ["r7", f"r{n // 2}"]
