@@ -180,6 +180,8 @@ class CudaEngine final : public Engine {
     bool tensor_cores_;  // TF32 tensor cores (sm_80+): batches are screened with them
     // By log2(cap) (+32: short rounds, +64: filtered); 0: unknown.
     mutable std::array<std::atomic<int>, 128> scan_blocks_per_sm_{};
+    // Batch selection (select_tile_kernel of metric_) by log2(cap); 0: unknown.
+    mutable std::array<std::atomic<int>, 32> select_blocks_per_sm_{};
 
     std::size_t size_ = 0;
     RowPages pages_;

@@ -5,6 +5,7 @@
 #include "kernels/compat.cuh"
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
@@ -69,6 +70,21 @@ void allow_shared(Kernel kernel, std::size_t bytes) {
     if (bytes > 40 * 1024)  // leave room for the kernels' static shared memory
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
               "cudaFuncSetAttribute");
+}
+
+// Blocks of `kernel` (`threads` threads, `shared` dynamic bytes) that one SM holds at once,
+// asked of the occupancy calculator once and kept in `cached` (0: not yet asked).
+template <typename Kernel>
+int blocks_per_sm(std::atomic<int>& cached, Kernel kernel, int threads, std::size_t shared) {
+    int n = cached.load(std::memory_order_relaxed);
+    if (n == 0) {
+        allow_shared(kernel, shared);
+        check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, shared),
+              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+        n = std::max(n, 1);
+        cached.store(n, std::memory_order_relaxed);
+    }
+    return n;
 }
 
 inline unsigned grid_for(std::size_t items, unsigned threads, const cudaDeviceProp& p) {

@@ -272,12 +272,10 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     const std::size_t shared = k::topk_shared_bytes(cap);
     int per_sm = 0;
     with_metric(metric_, [&](auto m) {
-        auto select = k::select_tile_kernel<decltype(m)::value>;
-        allow_shared(select, shared);
-        check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, select, k::kSelectBlock, shared),
-              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+        per_sm = blocks_per_sm(select_blocks_per_sm_[31 - __builtin_clz(static_cast<unsigned>(cap))],
+                               k::select_tile_kernel<decltype(m)::value>, k::kSelectBlock, shared);
     });
-    const std::size_t resident = static_cast<std::size_t>(p.multiProcessorCount) * std::max(per_sm, 1);
+    const std::size_t resident = static_cast<std::size_t>(p.multiProcessorCount) * per_sm;
     std::size_t splits = nq >= resident ? 1 : std::min(resident / nq, std::max<std::size_t>(1, tile / 8192));
     splits = std::max<std::size_t>(1, splits);
     const std::size_t tiles = ceil_div(n, tile);

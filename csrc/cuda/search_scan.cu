@@ -55,16 +55,10 @@ CudaEngine::Plan CudaEngine::plan(std::size_t nq, std::size_t kk, const RowView&
                                       : static_cast<std::size_t>(k::kScanBlock);
     p.filtered = v.mask != nullptr || v.list != nullptr;
     const int slot = (31 - __builtin_clz(static_cast<unsigned>(p.cap))) + (p.short_rounds ? 32 : 0) + (p.filtered ? 64 : 0);
-    int per_sm = scan_blocks_per_sm_[slot].load(std::memory_order_relaxed);
-    if (per_sm == 0) {
-        with_scan_kernel(p.short_rounds, p.filtered, [&](auto kernel) {
-            allow_shared(kernel, p.shared);
-            check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, k::kScanBlock, p.shared),
-                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-        });
-        per_sm = std::max(per_sm, 1);
-        scan_blocks_per_sm_[slot].store(per_sm, std::memory_order_relaxed);
-    }
+    int per_sm = 0;
+    with_scan_kernel(p.short_rounds, p.filtered, [&](auto kernel) {
+        per_sm = blocks_per_sm(scan_blocks_per_sm_[slot], kernel, k::kScanBlock, p.shared);
+    });
     // Enough blocks to fill the chip, but not so many that merging their k-lists costs
     // more than the scan (large k).
     p.blocks = std::min<std::size_t>({static_cast<std::size_t>(per_sm) * sms, ceil_div(n, per_round),

@@ -332,8 +332,9 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
 // c < cols, the rows' factors and ordinals at factor[c] and ordinal[c] (a page's arrays, or
 // copies where the tile spans pages). Block (q, s) takes the s-th of gridDim.y column ranges
 // and writes its k best keys to out[(q * gridDim.y + s) * k]; with one range it starts from
-// seed (the running top-k), with several seed's k-th key bounds what each range keeps. Rows a mask drops are never candidates. acc_scale (or nullptr):
-// a factor per query applied to its sums first (the 16-bit screen's scaled queries).
+// seed (the running top-k), with several seed's k-th key bounds what each range keeps. Rows
+// a mask drops are never candidates. acc_scale (or nullptr): a factor per query applied to
+// its sums first (the 16-bit screen's scaled queries).
 //
 // The host keeps ld_scores, the scores' and factors' addresses 16-byte aligned and the
 // ranges' starts multiples of 4, so a thread reads four columns with one load. Loads run
@@ -370,19 +371,16 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     const float qf = query_factor[q];
     const float scale = acc_scale != nullptr ? acc_scale[q] : 1.0f;  // a power of two: exact
     const float* s_row = scores + q * ld_scores;
-    const std::size_t step = static_cast<std::size_t>(blockDim.x) * 4;
+    const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
+    // Columns [c, c + 4) of p, as one load when all four lie in the range.
+    auto four = [&](const float* p, std::size_t c) {
+        if (c + 4 <= end) return *reinterpret_cast<const float4*>(p + c);
+        return make_float4(c < end ? p[c] : 0.0f, c + 1 < end ? p[c + 1] : 0.0f, c + 2 < end ? p[c + 2] : 0.0f, 0.0f);
+    };
     auto load = [&](std::size_t base, float4& acc, float4& rf) {
-        const std::size_t c = base + 4 * static_cast<std::size_t>(threadIdx.x);
-        if (c + 4 <= end) {
-            acc = *reinterpret_cast<const float4*>(s_row + c);
-            if (kFactor) rf = *reinterpret_cast<const float4*>(factor + c);
-        } else {
-            acc = make_float4(c < end ? s_row[c] : 0.0f, c + 1 < end ? s_row[c + 1] : 0.0f,
-                              c + 2 < end ? s_row[c + 2] : 0.0f, 0.0f);
-            if (kFactor)
-                rf = make_float4(c < end ? factor[c] : 0.0f, c + 1 < end ? factor[c + 1] : 0.0f,
-                                 c + 2 < end ? factor[c + 2] : 0.0f, 0.0f);
-        }
+        const std::size_t c = base + kSelectItems * static_cast<std::size_t>(threadIdx.x);
+        acc = four(s_row, c);
+        if (kFactor) rf = four(factor, c);
     };
     float4 ring_acc[kSelectDepth], ring_rf[kSelectDepth];
 #pragma unroll
@@ -401,16 +399,16 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
             // A key is its score's order bits above the ordinal: a score whose bits exceed
             // the bound's cannot enter, whatever its ordinal, so most columns stop here.
             const std::uint32_t bar = static_cast<std::uint32_t>(top.threshold() >> 32);
-            const std::size_t c0 = base + 4 * static_cast<std::size_t>(threadIdx.x);
+            const std::size_t c0 = base + kSelectItems * static_cast<std::size_t>(threadIdx.x);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < kSelectItems; ++j) {
                 const std::size_t c = c0 + j;
                 const float sc = finish_score<kMetric, true>(a[j] * scale, f[j], qf);
                 const std::uint64_t key = make_key<kHigher>(sc, 0u);
                 if (c < end && static_cast<std::uint32_t>(key >> 32) <= bar && slot_passes(mask, col0 + c))
                     top.push(key | ordinal[c], static_cast<std::uint32_t>(col0 + c));
             }
-            top.end_round(4);
+            top.end_round(kSelectItems);
         }
     }
     top.merge();
