@@ -768,7 +768,9 @@ def test_tiled_split_selection_matches_reference(cctx, rng, page_rows, dtype, me
         s.add_vectors(ids[a : a + 100_000], x[a : a + 100_000])
     xs = rounded(x, dtype)
     index = {v: i for i, v in enumerate(ids)}
-    for nq in (3, 7, 20):  # 3: float32's skinny product; 7, 20: the tensor-core screen
+    # 3: float32's skinny product; 7, 20, 130: the tensor-core screen (130: the first tiles
+    # ramped up)
+    for nq in (3, 7, 20, 130):
         q = rng.standard_normal((nq, dim)).astype(np.float32)
         q[0] = x[7]
         for k in (1, 10, 100):
@@ -776,3 +778,61 @@ def test_tiled_split_selection_matches_reference(cctx, rng, page_rows, dtype, me
             check_results(scores, got, xs, q, metric, k, index)
             if metric == M.COSINE and k > 1:
                 assert list(got[0][:2]) == ["r7", f"r{n // 2}"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_streamed_selection_reselects_a_tile_that_overflows(cctx, rng, page_rows, dtype, metric):
+    # Tiles after the first are streamed: only columns that reach the running k-th are kept.
+    # Here scores rise along the rows, so in every later tile each column beats the running
+    # k-th, far more than the pass buffer holds, and each query's block selects the whole
+    # tile again. With a filter too (its mask is checked on both paths).
+    page_rows(4096)
+    n, dim = 270_000, 16
+    u = rng.standard_normal(dim)
+    u /= np.linalg.norm(u)
+    w = rng.standard_normal(dim)
+    w -= w.dot(u) * u
+    w /= np.linalg.norm(w)
+    t = np.arange(n, dtype=np.float64) / n
+    if metric == M.DOT_PRODUCT:
+        x = (1.0 + t)[:, None] * u
+    else:  # the angle to u (Cosine) and the distance to u (Euclidean) fall along the rows
+        x = u + (1.0 - t)[:, None] * w
+    x = (x + 1e-3 * rng.standard_normal((n, dim))).astype(np.float32)
+    s = typed_store(cctx, dim, metric, dtype)
+    ids = [f"r{i}" for i in range(n)]
+    meta = [{"g": str(i % 3)} for i in range(n)]
+    for a in range(0, n, 100_000):
+        s.add_vectors(ids[a : a + 100_000], x[a : a + 100_000], meta[a : a + 100_000])
+    xs = rounded(x, dtype)
+    # 6 queries, and 130 (the first tiles ramped up)
+    q = np.stack([u + 1e-2 * rng.standard_normal(dim) for _ in range(130)]).astype(np.float32)
+    keep = [i for i in range(n) if i % 3 == 1]
+    for qs, k in ((q[:6], 1), (q[:6], 10), (q, 10)):
+        scores, got = s.search_batch(qs, k)
+        check_results(scores, got, xs, qs, metric, k, {v: i for i, v in enumerate(ids)})
+        assert int(got[0][0][1:]) > 3 * n // 4  # the best rows lie in the last tile
+        scores, got = s.search_batch(qs, k, filter={"g": "1"})
+        check_results(scores, got, xs[keep], qs, metric, k, {f"r{i}": j for j, i in enumerate(keep)})
+
+
+@pytest.mark.parametrize("spread", [1.0, 4000.0])
+@pytest.mark.parametrize("metric", METRICS)
+def test_float16_screen_over_rows_of_spread_norms(cctx, rng, metric, spread):
+    # The float16 screen of a batch of 130 queries (ramped first tiles) over rows whose norms
+    # differ 4000-fold: dot products near 1e6, far beyond float16, must stay exact.
+    n, dim = 50_000, 40
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[::2] *= spread
+    s = typed_store(cctx, dim, metric, "float16")
+    ids = [f"r{i}" for i in range(n)]
+    s.add_vectors(ids, x)
+    xs = rounded(x, "float16")
+    q = (3.0 * rng.standard_normal((130, dim))).astype(np.float32)
+    q[5] = xs[8]
+    for k in (1, 10, 50):
+        scores, got = s.search_batch(q, k)
+        check_results(scores, got, xs, q, metric, k, {v: i for i, v in enumerate(ids)})
+        if metric != M.DOT_PRODUCT:
+            assert got[5][0] == "r8"

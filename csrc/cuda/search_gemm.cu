@@ -14,6 +14,7 @@
 #include "kernels/scan.cuh"
 #include "kernels/select.cuh"
 #include "kernels/sort.cuh"
+#include "kernels/tile_select.cuh"
 
 namespace hive_gpu::cuda {
 
@@ -21,11 +22,13 @@ namespace k = hive_gpu::kernels;
 
 namespace {
 
-constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both GEMM score tiles: 256 MiB
+constexpr std::size_t kTileBudgetFloats = std::size_t{64} << 20;  // both GEMM score tiles: 256 MiB at least
 constexpr std::size_t kSkinnyMaxQueries = 4;  // beyond, cuBLAS measured faster on the H100
 constexpr std::size_t kScreenMaxK = 256;      // beyond, near-ties around the k-th make re-runs likely
 constexpr std::size_t kMinSplitTile = 65536;  // rows: below, one tile
 constexpr std::size_t kWidenBytes = std::size_t{64} << 20;  // 16-bit rows widened at a time for an exact GEMM
+constexpr std::size_t kFilterMinTile = 4096;  // columns: below, every tile goes through select_tile_kernel
+constexpr std::size_t kRampQueries = 128;     // batches from this size ramp their first tiles up
 
 // out (cols x nq, column-major, ldc) = rows^T (cols x dim, stride ld) * Q (dim x nq, stride ld).
 void sgemm(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols, std::size_t dim,
@@ -260,7 +263,14 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     cudaStream_t s = lane.stream, a = lane.aux;
     const auto& p = ctx_->props();
     const std::size_t n = v.n;
-    std::size_t tile = std::min(n, std::max<std::size_t>(1024, kTileBudgetFloats / 2 / nq));
+    // Many queries: both score tiles take a 128th of the device's memory, between 256 MiB and
+    // 1 GiB, as wider tiles mean fewer merges of the running top k. A few queries keep 256 MiB:
+    // their tiles are already long, and more of them overlap selection with multiplication.
+    const std::size_t budget =
+        nq >= kRampQueries
+            ? std::clamp<std::size_t>(p.totalGlobalMem / 128 / sizeof(float), kTileBudgetFloats, 4 * kTileBudgetFloats)
+            : kTileBudgetFloats;
+    std::size_t tile = std::min(n, std::max<std::size_t>(1024, budget / 2 / nq));
     // A few queries over many rows: four tiles at least, so that selecting one overlaps
     // multiplying the next.
     if (tile == n && n >= 4 * kMinSplitTile) tile = ceil_div(ceil_div(n, 4), 256) * 256;
@@ -278,35 +288,60 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     const std::size_t resident = static_cast<std::size_t>(p.multiProcessorCount) * per_sm;
     std::size_t splits = nq >= resident ? 1 : std::min(resident / nq, std::max<std::size_t>(1, tile / 8192));
     splits = std::max<std::size_t>(1, splits);
-    const std::size_t tiles = ceil_div(n, tile);
+    // Tile widths. Many queries: the first tiles ramp up from an eighth of a tile, each no
+    // wider than the columns before it. The first tile is selected before any running k-th
+    // bounds it (select_tile_kernel, at a cost that grows with its width); each later one
+    // passes about as many columns to merge_passed_kernel as the running top k holds.
+    std::vector<std::size_t> widths;
+    {
+        const bool ramp = nq >= kRampQueries && tile >= 8 * kFilterMinTile && n > tile;
+        std::size_t at = 0, w = ramp ? tile / 8 / 256 * 256 : tile;
+        while (at < n) {
+            widths.push_back(std::min(w, n - at));
+            at += widths.back();
+            w = std::min(tile, std::max(w, at / 256 * 256));
+        }
+    }
+    const std::size_t tiles = widths.size();
     const std::size_t ldt = (tile + 3) / 4 * 4;  // score rows 16-byte aligned (select reads float4s)
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
     const bool thin = !screen && skinny(nq);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     // A tile that spans pages gets its rows' factors and ordinals copied side by side.
     const bool spans = v.rows.map.pages_for(n) > 1;
+    // Tiles after the first: streamed through filter_tile_kernel, whose few passing columns
+    // merge_passed_kernel merges (tile_select.cuh); `room` passing columns per query and tile.
+    const bool streamed = tiles > 1 && tile >= kFilterMinTile;
+    const std::size_t room = streamed ? std::min(tile, std::max<std::size_t>(4 * kk, 512)) : 0;
     Carve c;
     const std::size_t at_t0 = c.take(nq * ldt * sizeof(float));
     const std::size_t at_t1 = c.take(tiles > 1 ? nq * ldt * sizeof(float) : 0);
     const std::size_t at_cand = c.take(splits > 1 ? nq * splits * kk * entry : 0);
     const std::size_t at_side0 = c.take(spans ? ldt * (sizeof(float) + sizeof(std::uint32_t)) : 0);
     const std::size_t at_side1 = c.take(spans && tiles > 1 ? ldt * (sizeof(float) + sizeof(std::uint32_t)) : 0);
+    const std::size_t at_pass = c.take(nq * room * entry), at_count = c.take(streamed ? nq * sizeof(unsigned) : 0);
     Scratch ws(*ctx_, c.at, s);
     auto* base = ws.as<unsigned char>();
     float* tile_buf[2] = {reinterpret_cast<float*>(base + at_t0), reinterpret_cast<float*>(base + at_t1)};
     float* side_f[2] = {reinterpret_cast<float*>(base + at_side0), reinterpret_cast<float*>(base + at_side1)};
     auto* ckeys = reinterpret_cast<std::uint64_t*>(base + at_cand);
     auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + nq * splits * kk);
+    auto* pkeys = reinterpret_cast<std::uint64_t*>(base + at_pass);
+    auto* pvals = reinterpret_cast<std::uint32_t*>(pkeys + nq * room);
+    auto* pcount = reinterpret_cast<unsigned*>(base + at_count);
+    if (streamed) check(cudaMemsetAsync(pcount, 0, nq * sizeof(unsigned), s), "cudaMemsetAsync");
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
         constexpr bool kHigher = k::MetricTraits<M>::kHigherFirst;
         auto select = k::select_tile_kernel<M>;
         auto merge = k::merge_lists_kernel<kHigher>;
+        auto filter = k::filter_tile_kernel<M>;
+        auto merge_passed = k::merge_passed_kernel<M>;
         allow_shared(select, shared);
         allow_shared(merge, shared);
-        for (std::size_t t = 0; t < tiles; ++t) {
-            const std::size_t c0 = t * tile;
-            const std::size_t cols = std::min(tile, n - c0);
+        allow_shared(merge_passed, shared);
+        for (std::size_t t = 0, c0 = 0; t < tiles; c0 += widths[t], ++t) {
+            const std::size_t cols = widths[t];
             const bool first = t == 0;
             const int b = static_cast<int>(t % 2);
             float* buf = tile_buf[b];
@@ -337,7 +372,18 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
             check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
             check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
             const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
-            if (splits == 1) {
+            if (streamed && !first) {
+                const std::size_t ranges = std::min<std::size_t>(
+                    65535, ceil_div(cols, static_cast<std::size_t>(k::kFilterBlock) * 4 * k::kFilterLoads));
+                filter<<<dim3(static_cast<unsigned>(nq), static_cast<unsigned>(ranges)), k::kFilterBlock, 0, a>>>(
+                    buf, ldt, cols, c0, factors, ordinals, v.mask, qf, sq.inv_scale, static_cast<int>(kk), rkeys,
+                    pkeys, pvals, pcount, static_cast<int>(room));
+                check_launch("filter_tile_kernel");
+                merge_passed<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
+                    buf, ldt, cols, c0, factors, ordinals, v.mask, qf, sq.inv_scale, static_cast<int>(kk), cap, pkeys,
+                    pvals, pcount, static_cast<int>(room), rkeys, rvals);
+                check_launch("merge_passed_kernel");
+            } else if (splits == 1) {
                 select<<<grid, k::kSelectBlock, shared, a>>>(buf, ldt, cols, c0, factors, ordinals, v.mask, qf,
                                                              sq.inv_scale, static_cast<int>(kk), cap,
                                                              first ? nullptr : rkeys, rvals, rkeys, rvals);

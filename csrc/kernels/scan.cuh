@@ -1,6 +1,6 @@
 // Distance kernels: per-row statistics (norms and input checks), the fused one-pass scan
-// of the rows for a single query, selection over GEMM score tiles, and full scoring for
-// the rare k too large for shared memory.
+// of the rows for a single query, the skinny product of a few queries, and the gathers of
+// rows and per-row data (batch selection over GEMM score tiles: tile_select.cuh).
 #pragma once
 
 #include "core/numeric.hpp"
@@ -113,9 +113,12 @@ __device__ __forceinline__ float warp_row_scores(const PagedRows& rows, std::siz
     return mine;
 }
 
-template <int kVpl>
+// Rows a warp loads together: enough 16-byte loads in flight per lane to pull the chip's
+// bandwidth. 16-bit rows carry half the bytes per load step, so up to 768 dimensions they
+// take twice the rows (a 768-d half row is 3 of the 4 loads of kVpl 4).
+template <int kVpl, int kDtype = kF32>
 struct ScanShape {
-    static constexpr int kRows = kVpl >= 4 ? 2 : 4;
+    static constexpr int kRows = kVpl >= 6 ? 2 : (kVpl >= 4 ? 2 : 4) * (kDtype == kF32 ? 1 : 2);
 };
 
 constexpr int kScanBlock = 256;
@@ -176,7 +179,7 @@ __global__ void __launch_bounds__(kScanBlock) scan_query_kernel(
     qq = warp_sum(qq);
     const float qf = kMetric == kCosine ? cosine_factor(qq)
                                         : static_cast<float>(qq);
-    constexpr int kRows = ScanShape<kVpl>::kRows < kWarpRows ? ScanShape<kVpl>::kRows : kWarpRows;
+    constexpr int kRows = ScanShape<kVpl, kDtype>::kRows < kWarpRows ? ScanShape<kVpl, kDtype>::kRows : kWarpRows;
     const std::size_t per_round = blockDim.x / kWarpSize * kWarpRows;
     for (std::size_t base = blockIdx.x * per_round; base < n; base += gridDim.x * per_round) {
         const std::size_t wbase = base + static_cast<std::size_t>(warp_id()) * kWarpRows;
@@ -326,94 +329,6 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
             }
         }
     }
-}
-
-// Selection over a tile of GEMM results: scores[q * ld_scores + c] = q . row(col0 + c) for
-// c < cols, the rows' factors and ordinals at factor[c] and ordinal[c] (a page's arrays, or
-// copies where the tile spans pages). Block (q, s) takes the s-th of gridDim.y column ranges
-// and writes its k best keys to out[(q * gridDim.y + s) * k]; with one range it starts from
-// seed (the running top-k), with several seed's k-th key bounds what each range keeps. Rows
-// a mask drops are never candidates. acc_scale (or nullptr): a factor per query applied to
-// its sums first (the 16-bit screen's scaled queries).
-//
-// The host keeps ld_scores, the scores' and factors' addresses 16-byte aligned and the
-// ranges' starts multiples of 4, so a thread reads four columns with one load. Loads run
-// kSelectDepth rounds ahead: each round ends in a block barrier, and with one round in flight
-// the block would wait a memory latency per round. A column's ordinal is read only when its
-// score can enter.
-constexpr int kSelectDepth = 4;
-
-template <int kMetric>
-__global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
-    const float* __restrict__ scores, std::size_t ld_scores, std::size_t cols, std::size_t col0,
-    const float* __restrict__ factor, const std::uint32_t* __restrict__ ordinal, const std::uint64_t* __restrict__ mask,
-    const float* __restrict__ query_factor, const float* __restrict__ acc_scale, int k, int cap,
-    const std::uint64_t* seed_keys,
-    const std::uint32_t* seed_vals, std::uint64_t* out_keys, std::uint32_t* out_vals) {
-    constexpr bool kHigher = MetricTraits<kMetric>::kHigherFirst;
-    constexpr bool kFactor = kMetric != kDotProduct;  // dot products need no row factor
-    static_assert(kSelectItems == 4, "a round is one float4 per thread");
-    extern __shared__ __align__(16) unsigned char smem[];
-    __shared__ int count;
-    __shared__ std::uint64_t bound;
-    const std::size_t q = blockIdx.x;
-    const std::size_t per = (ceil_div(cols, gridDim.y) + 3) / 4 * 4;
-    const std::size_t begin = per * blockIdx.y;
-    const std::size_t end = begin + per < cols ? begin + per : cols;
-    BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),
-                  reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
-                  &count, &bound};
-    // One range: the running top k is the start. Several: it only bounds what each keeps
-    // (the merge that follows holds it once).
-    const bool seeded = seed_keys != nullptr && gridDim.y == 1;
-    top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr,
-             seed_keys != nullptr && !seeded ? seed_keys[q * k + k - 1] : kEmptyKey);
-    const float qf = query_factor[q];
-    const float scale = acc_scale != nullptr ? acc_scale[q] : 1.0f;  // a power of two: exact
-    const float* s_row = scores + q * ld_scores;
-    const std::size_t step = static_cast<std::size_t>(blockDim.x) * kSelectItems;
-    // Columns [c, c + 4) of p, as one load when all four lie in the range.
-    auto four = [&](const float* p, std::size_t c) {
-        if (c + 4 <= end) return *reinterpret_cast<const float4*>(p + c);
-        return make_float4(c < end ? p[c] : 0.0f, c + 1 < end ? p[c + 1] : 0.0f, c + 2 < end ? p[c + 2] : 0.0f, 0.0f);
-    };
-    auto load = [&](std::size_t base, float4& acc, float4& rf) {
-        const std::size_t c = base + kSelectItems * static_cast<std::size_t>(threadIdx.x);
-        acc = four(s_row, c);
-        if (kFactor) rf = four(factor, c);
-    };
-    float4 ring_acc[kSelectDepth], ring_rf[kSelectDepth];
-#pragma unroll
-    for (int d = 0; d < kSelectDepth; ++d) {
-        ring_rf[d] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        load(begin + d * step, ring_acc[d], ring_rf[d]);
-    }
-    for (std::size_t group = begin; group < end; group += kSelectDepth * step) {
-#pragma unroll
-        for (int d = 0; d < kSelectDepth; ++d) {
-            const std::size_t base = group + d * step;
-            if (base >= end) break;  // uniform across the block
-            const float a[4] = {ring_acc[d].x, ring_acc[d].y, ring_acc[d].z, ring_acc[d].w};
-            const float f[4] = {ring_rf[d].x, ring_rf[d].y, ring_rf[d].z, ring_rf[d].w};
-            load(base + kSelectDepth * step, ring_acc[d], ring_rf[d]);
-            // A key is its score's order bits above the ordinal: a score whose bits exceed
-            // the bound's cannot enter, whatever its ordinal, so most columns stop here.
-            const std::uint32_t bar = static_cast<std::uint32_t>(top.threshold() >> 32);
-            const std::size_t c0 = base + kSelectItems * static_cast<std::size_t>(threadIdx.x);
-#pragma unroll
-            for (int j = 0; j < kSelectItems; ++j) {
-                const std::size_t c = c0 + j;
-                const float sc = finish_score<kMetric, true>(a[j] * scale, f[j], qf);
-                const std::uint64_t key = make_key<kHigher>(sc, 0u);
-                if (c < end && static_cast<std::uint32_t>(key >> 32) <= bar && slot_passes(mask, col0 + c))
-                    top.push(key | ordinal[c], static_cast<std::uint32_t>(col0 + c));
-            }
-            top.end_round(kSelectItems);
-        }
-    }
-    top.merge();
-    const std::size_t slot = q * gridDim.y + blockIdx.y;
-    top.store(out_keys + slot * k, out_vals + slot * k);
 }
 
 // Sparse filtered batches: the n listed rows (with their factors and ordinals) copied into
