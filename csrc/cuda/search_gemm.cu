@@ -312,7 +312,9 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     // Tiles after the first: streamed through filter_tile_kernel, whose few passing columns
     // merge_passed_kernel merges (tile_select.cuh); `room` passing columns per query and tile.
     const bool streamed = tiles > 1 && tile >= kFilterMinTile;
-    const std::size_t room = streamed ? std::min(tile, std::max<std::size_t>(4 * kk, 512)) : 0;
+    // At most a third of a tile, so the buffers never outweigh a score tile (large k with many
+    // queries); a smaller room only makes a reselection likelier, never a wrong answer.
+    const std::size_t room = streamed ? std::min(tile / 3, std::max<std::size_t>(4 * kk, 512)) : 0;
     Carve c;
     const std::size_t at_t0 = c.take(nq * ldt * sizeof(float));
     const std::size_t at_t1 = c.take(tiles > 1 ? nq * ldt * sizeof(float) : 0);
