@@ -193,10 +193,10 @@ __global__ void __launch_bounds__(kSelectBlock) merge_passed_kernel(
     __shared__ int count;
     __shared__ std::uint64_t bound;
     const std::size_t q = blockIdx.x;
+    const unsigned passed = pass_count[q];
     BlockTopK top{reinterpret_cast<std::uint64_t*>(smem),
                   reinterpret_cast<std::uint32_t*>(smem + cap * sizeof(std::uint64_t)), cap, k,
                   &count, &bound};
-    const unsigned passed = pass_count[q];
     top.init(run_keys + q * k, run_vals + q * k);  // reads the seed before any thread stores
     if (passed > static_cast<unsigned>(room)) {
         select_columns<kMetric>(top, scores + q * ld_scores, factor, ordinal, mask, col0, 0, cols,
