@@ -1,6 +1,6 @@
 // Distance kernels: per-row statistics (norms and input checks), the fused one-pass scan
-// of the rows for a single query, the skinny product of a few queries, and the gathers of
-// rows and per-row data (batch selection over GEMM score tiles: tile_select.cuh).
+// of the rows for a single query, the skinny product of a few queries, and the gather of
+// listed rows (batch selection over GEMM score tiles: tile_select.cuh).
 #pragma once
 
 #include "core/numeric.hpp"
@@ -118,7 +118,8 @@ __device__ __forceinline__ float warp_row_scores(const PagedRows& rows, std::siz
 // take twice the rows (a 768-d half row is 3 of the 4 loads of kVpl 4).
 template <int kVpl, int kDtype = kF32>
 struct ScanShape {
-    static constexpr int kRows = kVpl >= 6 ? 2 : (kVpl >= 4 ? 2 : 4) * (kDtype == kF32 ? 1 : 2);
+    static constexpr int kFloatRows = kVpl >= 4 ? 2 : 4;
+    static constexpr int kRows = kDtype == kF32 || kVpl >= 6 ? kFloatRows : 2 * kFloatRows;
 };
 
 constexpr int kScanBlock = 256;
@@ -350,20 +351,6 @@ __global__ void __launch_bounds__(kSkinnyBlock) skinny_dots_kernel(
             out_factor[i] = page.factors[at.row];
             out_ordinals[i] = page.ordinals[at.row];
         }
-    }
-}
-
-// The factors and ordinals of slots [first, first + n), side by side (select_tile_kernel's
-// view of a GEMM tile that spans pages).
-[[maybe_unused]] static __global__ void gather_side_kernel(PagedRows rows, std::size_t first, std::size_t n,
-                                                           float* __restrict__ out_factor,
-                                                           std::uint32_t* __restrict__ out_ordinals) {
-    for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-        const PagePlace at = rows.map.place(first + i);
-        const PageRef& page = rows.pages[at.page];
-        out_factor[i] = page.factors[at.row];
-        out_ordinals[i] = page.ordinals[at.row];
     }
 }
 

@@ -16,6 +16,7 @@
 #include "core/numeric.hpp"
 #include "kernels/compat.cuh"
 #include "kernels/keys.cuh"
+#include "kernels/pages.cuh"
 #include "kernels/select.cuh"
 
 namespace hive_gpu::kernels {
@@ -110,10 +111,24 @@ __global__ void __launch_bounds__(kSelectBlock) select_tile_kernel(
     top.init(seeded ? seed_keys + q * k : nullptr, seeded ? seed_vals + q * k : nullptr,
              seed_keys != nullptr && !seeded ? seed_keys[q * k + k - 1] : kEmptyKey);
     select_columns<kMetric>(top, scores + q * ld_scores, factor, ordinal, mask, col0, begin, end,
-                                    acc_scale != nullptr ? acc_scale[q] : 1.0f, query_factor[q]);
+                            acc_scale != nullptr ? acc_scale[q] : 1.0f, query_factor[q]);
     top.merge();
     const std::size_t slot = q * gridDim.y + blockIdx.y;
     top.store(out_keys + slot * k, out_vals + slot * k);
+}
+
+// The factors and ordinals of slots [first, first + n), side by side (the view the
+// selection kernels of this file take of a GEMM tile that spans pages).
+[[maybe_unused]] static __global__ void gather_side_kernel(PagedRows rows, std::size_t first, std::size_t n,
+                                                           float* __restrict__ out_factor,
+                                                           std::uint32_t* __restrict__ out_ordinals) {
+    for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+        const PagePlace at = rows.map.place(first + i);
+        const PageRef& page = rows.pages[at.page];
+        out_factor[i] = page.factors[at.row];
+        out_ordinals[i] = page.ordinals[at.row];
+    }
 }
 
 constexpr int kFilterBlock = 256;
@@ -200,7 +215,7 @@ __global__ void __launch_bounds__(kSelectBlock) merge_passed_kernel(
     top.init(run_keys + q * k, run_vals + q * k);  // reads the seed before any thread stores
     if (passed > static_cast<unsigned>(room)) {
         select_columns<kMetric>(top, scores + q * ld_scores, factor, ordinal, mask, col0, 0, cols,
-                                        acc_scale != nullptr ? acc_scale[q] : 1.0f, query_factor[q]);
+                                acc_scale != nullptr ? acc_scale[q] : 1.0f, query_factor[q]);
     } else {
         const std::uint64_t* keys = pass_keys + q * room;
         const std::uint32_t* vals = pass_vals + q * room;
