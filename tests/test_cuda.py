@@ -750,9 +750,11 @@ def test_float16_overflow_is_refused(cctx, rng):
 
 
 # ---- batch selection over several tiles --------------------------------------------------
-# A few queries over 256k rows or more run in at least four GEMM tiles, each selected in
-# column ranges (several blocks per query) bounded by the running k-th best and merged; with
-# small pages every tile spans pages, so its factors and ordinals are copied side by side.
+# A few queries over 256k rows or more run in at least four GEMM tiles, ramped up from 1024
+# columns and packed side by side into two score buffers; tiles after the first are filtered
+# against the running k-th best and merged. With small pages a tile holds several pages, so
+# its factors and ordinals are copied side by side. A single tile of many columns is
+# selected in column ranges (several blocks per query) and merged (the float16 screen test).
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -778,6 +780,38 @@ def test_tiled_split_selection_matches_reference(cctx, rng, page_rows, dtype, me
             check_results(scores, got, xs, q, metric, k, index)
             if metric == M.COSINE and k > 1:
                 assert list(got[0][:2]) == ["r7", f"r{n // 2}"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_tiles_split_a_page_wider_than_a_tile(cctx, rng, dtype, metric):
+    # Tiles hold whole pages, but a page wider than a tile is split into equal parts: 8-d
+    # rows take default pages of 32k rows doubling up to 8M, and 1024 queries take tiles of
+    # at most 128k columns, so the page of rows [256k, 512k) is split.
+    n, dim, nq, k = 400_000, 8, 1024, 10
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[390_000] = x[260_000]  # an exact tie between two parts of one page
+    s = typed_store(cctx, dim, metric, dtype)
+    ids = np.array([f"r{i}" for i in range(n)], dtype=object)
+    s.add_vectors(list(ids), x)
+    xs = rounded(x, dtype).astype(np.float64)
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    q[0] = x[260_000]
+    scores, got = s.search_batch(q, k)
+    assert scores.shape == got.shape == (nq, k)
+    if metric == M.COSINE:
+        assert list(got[0][:2]) == ["r260000", "r390000"]
+    higher = metric != M.EUCLIDEAN
+    index = {v: i for i, v in enumerate(ids)}
+    for c in range(0, nq, 64):  # the float64 reference, 64 queries at a time
+        ref = reference(xs, q[c : c + 64], metric)
+        tol = (2e-5 if higher else 2e-3) * (np.abs(ref).max() + 1e-30)
+        order = -ref if higher else ref
+        best = np.sort(np.partition(order, k - 1, axis=1)[:, :k], axis=1)
+        best = -best if higher else best
+        cols = np.vectorize(index.get)(got[c : c + 64])
+        np.testing.assert_allclose(scores[c : c + 64], np.take_along_axis(ref, cols, 1), atol=tol, rtol=0)
+        np.testing.assert_allclose(scores[c : c + 64], best, atol=tol, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -28,7 +28,8 @@ constexpr std::size_t kScreenMaxK = 256;      // beyond, near-ties around the k-
 constexpr std::size_t kMinSplitTile = 65536;  // rows: below, one tile
 constexpr std::size_t kWidenBytes = std::size_t{64} << 20;  // 16-bit rows widened at a time for an exact GEMM
 constexpr std::size_t kFilterMinTile = 4096;  // columns: below, every tile goes through select_tile_kernel
-constexpr std::size_t kRampQueries = 128;     // batches from this size ramp their first tiles up
+constexpr std::size_t kRampQueries = 128;     // batches from this size take wider score tiles
+constexpr std::size_t kFirstTile = 1024;      // columns: a batch's first tile at least (unless it is the only one)
 
 // out (cols x nq, column-major, ldc) = rows^T (cols x dim, stride ld) * Q (dim x nq, stride ld).
 void sgemm(Lane& lane, const float* rows, const float* dq, std::size_t nq, std::size_t cols, std::size_t dim,
@@ -276,8 +277,7 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     if (tile == n && n >= 4 * kMinSplitTile) tile = ceil_div(ceil_div(n, 4), 256) * 256;
     if (tile < n) tile = std::max<std::size_t>(256, tile / 256 * 256);
     tile = std::min<std::size_t>(tile, static_cast<std::size_t>(1) << 30);  // cuBLAS takes int sizes
-    // Column ranges per query so that the selection fills the blocks the device holds at
-    // once, and no more: a second, nearly empty wave would double its time.
+    // The block-wide selection's shared top k, and how many of its blocks the device holds.
     const int cap = next_pow2(kk + k::kSelectBlock * k::kSelectItems);
     const std::size_t shared = k::topk_shared_bytes(cap);
     int per_sm = 0;
@@ -286,21 +286,41 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                                k::select_tile_kernel<decltype(m)::value>, k::kSelectBlock, shared);
     });
     const std::size_t resident = static_cast<std::size_t>(p.multiProcessorCount) * per_sm;
-    std::size_t splits = nq >= resident ? 1 : std::min(resident / nq, std::max<std::size_t>(1, tile / 8192));
-    splits = std::max<std::size_t>(1, splits);
-    // Tile widths. Many queries: the first tiles ramp up from an eighth of a tile, each no
-    // wider than the columns before it. The first tile is selected before any running k-th
-    // bounds it (select_tile_kernel, at a cost that grows with its width); each later one
-    // passes about as many columns to merge_passed_kernel as the running top k holds.
+    // Tile widths: whole pages where they fit, so that each page is one GEMM and a page is
+    // split only where it is wider than a tile (into equal parts). A batch of several tiles
+    // ramps up: the first tile is narrow, since it is selected block-wide before any running
+    // k-th bounds it (select_tile_kernel, at a cost that grows with its width), and each
+    // later tile is at most as wide as the columns before it, so that it passes about as
+    // many columns to merge_passed_kernel as the running top k holds.
+    const std::size_t first_cols = std::min(tile, std::max<std::size_t>(kFirstTile, ceil_div(4 * kk, 256) * 256));
     std::vector<std::size_t> widths;
     {
-        const bool ramp = nq >= kRampQueries && tile >= 8 * kFilterMinTile && n > tile;
-        std::size_t at = 0, w = ramp ? tile / 8 / 256 * 256 : tile;
+        const k::PageMap& map = v.rows.map;
+        std::size_t at = 0, target = n > tile ? first_cols : tile;
         while (at < n) {
-            widths.push_back(std::min(w, n - at));
-            at += widths.back();
-            w = std::min(tile, std::max(w, at / 256 * 256));
+            std::size_t w = 0;
+            while (at + w < n && w < target) {
+                const k::PagePlace pl = map.place(at + w);
+                const std::size_t part = std::min(map.rows(pl.page) - pl.row, n - at - w);
+                if (w == 0 && part > target) {  // a page wider than the tile: equal parts of it
+                    w = std::min(part, ceil_div(ceil_div(part, ceil_div(part, target)), 256) * 256);
+                    break;
+                }
+                if (w + part > target) break;  // the page starts the next tile
+                w += part;
+            }
+            widths.push_back(w);
+            at += w;
+            target = std::min(tile, std::max(target, at));
         }
+    }
+    // Column ranges per query for a block-wide selection, so that it fills the blocks the
+    // device holds at once, and no more: a second, nearly empty wave would double its time.
+    std::vector<std::size_t> splits(widths.size());
+    std::size_t max_splits = 1;
+    for (std::size_t t = 0; t < widths.size(); ++t) {
+        splits[t] = nq >= resident ? 1 : std::max<std::size_t>(1, std::min(resident / nq, widths[t] / 8192));
+        max_splits = std::max(max_splits, splits[t]);
     }
     const std::size_t tiles = widths.size();
     const std::size_t ldt = (tile + 3) / 4 * 4;  // score rows 16-byte aligned (select reads float4s)
@@ -311,14 +331,16 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     const bool spans = v.rows.map.pages_for(n) > 1;
     // Tiles after the first: streamed through filter_tile_kernel, whose few passing columns
     // merge_passed_kernel merges (tile_select.cuh); `room` passing columns per query and tile.
-    const bool streamed = tiles > 1 && tile >= kFilterMinTile;
+    auto streamed_tile = [&](std::size_t t) { return t > 0 && widths[t] >= kFilterMinTile; };
+    bool streamed = false;
+    for (std::size_t t = 1; t < tiles; ++t) streamed = streamed || streamed_tile(t);
     // At most a third of a tile, so the buffers never outweigh a score tile (large k with many
     // queries); a smaller room only makes a reselection likelier, never a wrong answer.
     const std::size_t room = streamed ? std::min(tile / 3, std::max<std::size_t>(4 * kk, 512)) : 0;
     Carve c;
     const std::size_t at_t0 = c.take(nq * ldt * sizeof(float));
     const std::size_t at_t1 = c.take(tiles > 1 ? nq * ldt * sizeof(float) : 0);
-    const std::size_t at_cand = c.take(splits > 1 ? nq * splits * kk * entry : 0);
+    const std::size_t at_cand = c.take(max_splits > 1 ? nq * max_splits * kk * entry : 0);
     const std::size_t at_side0 = c.take(spans ? ldt * (sizeof(float) + sizeof(std::uint32_t)) : 0);
     const std::size_t at_side1 = c.take(spans && tiles > 1 ? ldt * (sizeof(float) + sizeof(std::uint32_t)) : 0);
     const std::size_t at_pass = c.take(nq * room * entry), at_count = c.take(streamed ? nq * sizeof(unsigned) : 0);
@@ -327,11 +349,37 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     float* tile_buf[2] = {reinterpret_cast<float*>(base + at_t0), reinterpret_cast<float*>(base + at_t1)};
     float* side_f[2] = {reinterpret_cast<float*>(base + at_side0), reinterpret_cast<float*>(base + at_side1)};
     auto* ckeys = reinterpret_cast<std::uint64_t*>(base + at_cand);
-    auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + nq * splits * kk);
+    auto* cvals = reinterpret_cast<std::uint32_t*>(ckeys + nq * max_splits * kk);
     auto* pkeys = reinterpret_cast<std::uint64_t*>(base + at_pass);
     auto* pvals = reinterpret_cast<std::uint32_t*>(pkeys + nq * room);
     auto* pcount = reinterpret_cast<unsigned*>(base + at_count);
     if (streamed) check(cudaMemsetAsync(pcount, 0, nq * sizeof(unsigned), s), "cudaMemsetAsync");
+    // Where each tile's scores go: tiles fill one score buffer side by side (at offsets that
+    // keep float4 alignment) until the next does not fit, then the other. A GEMM waits only
+    // when it moves into a buffer whose earlier tiles may still be being selected, so the
+    // narrow first tiles of a ramp never wait for a selection.
+    struct Place {
+        int buffer;
+        std::size_t offset;
+        bool waits;
+    };
+    std::vector<Place> place(tiles);
+    {
+        int b = 0;
+        std::size_t off = 0;
+        bool used[2] = {true, false};
+        for (std::size_t t = 0; t < tiles; ++t) {
+            bool waits = false;
+            if (off + widths[t] > ldt) {
+                b ^= 1;
+                off = 0;
+                waits = used[b];
+                used[b] = true;
+            }
+            place[t] = Place{b, off, waits};
+            off += (widths[t] + 3) / 4 * 4;
+        }
+    }
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
         constexpr bool kHigher = k::MetricTraits<M>::kHigherFirst;
@@ -345,9 +393,9 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
         for (std::size_t t = 0, c0 = 0; t < tiles; c0 += widths[t], ++t) {
             const std::size_t cols = widths[t];
             const bool first = t == 0;
-            const int b = static_cast<int>(t % 2);
-            float* buf = tile_buf[b];
-            if (t >= 2) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
+            const int b = place[t].buffer;
+            float* buf = tile_buf[b] + place[t].offset;
+            if (place[t].waits) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
             const float* factors = nullptr;
             const std::uint32_t* ordinals = nullptr;
             std::size_t runs = 0;
@@ -364,8 +412,8 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                 }
             });
             if (runs > 1) {  // the factors and ordinals side by side
-                float* f = side_f[b];
-                auto* o = reinterpret_cast<std::uint32_t*>(f + ldt);
+                float* f = side_f[b] + place[t].offset;
+                auto* o = reinterpret_cast<std::uint32_t*>(side_f[b] + ldt) + place[t].offset;
                 k::gather_side_kernel<<<grid_for(cols, 256, p), 256, 0, s>>>(v.rows, c0, cols, f, o);
                 check_launch("gather_side_kernel");
                 factors = f;
@@ -373,8 +421,8 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
             }
             check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
             check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
-            const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits));
-            if (streamed && !first) {
+            const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits[t]));
+            if (streamed_tile(t)) {
                 const std::size_t ranges = std::min<std::size_t>(
                     65535, ceil_div(cols, static_cast<std::size_t>(k::kFilterBlock) * 4 * k::kFilterLoads));
                 filter<<<dim3(static_cast<unsigned>(nq), static_cast<unsigned>(ranges)), k::kFilterBlock, 0, a>>>(
@@ -385,7 +433,7 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                     buf, ldt, cols, c0, factors, ordinals, v.mask, qf, sq.inv_scale, static_cast<int>(kk), cap, pkeys,
                     pvals, pcount, static_cast<int>(room), rkeys, rvals);
                 check_launch("merge_passed_kernel");
-            } else if (splits == 1) {
+            } else if (splits[t] == 1) {
                 select<<<grid, k::kSelectBlock, shared, a>>>(buf, ldt, cols, c0, factors, ordinals, v.mask, qf,
                                                              sq.inv_scale, static_cast<int>(kk), cap,
                                                              first ? nullptr : rkeys, rvals, rkeys, rvals);
@@ -396,7 +444,7 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                                                              first ? nullptr : rkeys, nullptr, ckeys, cvals);
                 check_launch("select_tile_kernel");
                 merge<<<static_cast<unsigned>(nq), k::kSelectBlock, shared, a>>>(
-                    ckeys, cvals, splits * kk, static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals, rkeys, rvals,
+                    ckeys, cvals, splits[t] * kk, static_cast<int>(kk), cap, first ? nullptr : rkeys, rvals, rkeys, rvals,
                     nullptr, nullptr);
                 check_launch("merge_lists_kernel");
             }
