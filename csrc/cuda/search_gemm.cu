@@ -9,6 +9,7 @@
 #include "core/numeric.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/launch.hpp"
+#include "cuda/tile_plan.hpp"
 #include "kernels/convert.cuh"
 #include "kernels/rerank.cuh"
 #include "kernels/scan.cuh"
@@ -286,34 +287,11 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                                k::select_tile_kernel<decltype(m)::value>, k::kSelectBlock, shared);
     });
     const std::size_t resident = static_cast<std::size_t>(p.multiProcessorCount) * per_sm;
-    // Tile widths: whole pages where they fit, so that each page is one GEMM and a page is
-    // split only where it is wider than a tile (into equal parts). A batch of several tiles
-    // ramps up: the first tile is narrow, since it is selected block-wide before any running
-    // k-th bounds it (select_tile_kernel, at a cost that grows with its width), and each
-    // later tile is at most as wide as the columns before it, so that it passes about as
-    // many columns to merge_passed_kernel as the running top k holds.
-    const std::size_t first_cols = std::min(tile, std::max<std::size_t>(kFirstTile, ceil_div(4 * kk, 256) * 256));
-    std::vector<std::size_t> widths;
-    {
-        const k::PageMap& map = v.rows.map;
-        std::size_t at = 0, target = n > tile ? first_cols : tile;
-        while (at < n) {
-            std::size_t w = 0;
-            while (at + w < n && w < target) {
-                const k::PagePlace pl = map.place(at + w);
-                const std::size_t part = std::min(map.rows(pl.page) - pl.row, n - at - w);
-                if (w == 0 && part > target) {  // a page wider than the tile: equal parts of it
-                    w = std::min(part, ceil_div(ceil_div(part, ceil_div(part, target)), 256) * 256);
-                    break;
-                }
-                if (w + part > target) break;  // the page starts the next tile
-                w += part;
-            }
-            widths.push_back(w);
-            at += w;
-            target = std::min(tile, std::max(target, at));
-        }
-    }
+    // Tile widths and where their scores go (cuda/tile_plan.hpp).
+    const std::size_t ldt = (tile + 3) / 4 * 4;  // score rows 16-byte aligned (select reads float4s)
+    const TilePlan plan =
+        plan_tiles(v.rows.map, n, tile, std::max<std::size_t>(kFirstTile, ceil_div(4 * kk, 256) * 256), ldt);
+    const std::vector<std::size_t>& widths = plan.widths;
     // Column ranges per query for a block-wide selection, so that it fills the blocks the
     // device holds at once, and no more: a second, nearly empty wave would double its time.
     std::vector<std::size_t> splits(widths.size());
@@ -323,7 +301,6 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
         max_splits = std::max(max_splits, splits[t]);
     }
     const std::size_t tiles = widths.size();
-    const std::size_t ldt = (tile + 3) / 4 * 4;  // score rows 16-byte aligned (select reads float4s)
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
     const bool thin = !screen && skinny(nq);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
@@ -354,32 +331,6 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     auto* pvals = reinterpret_cast<std::uint32_t*>(pkeys + nq * room);
     auto* pcount = reinterpret_cast<unsigned*>(base + at_count);
     if (streamed) check(cudaMemsetAsync(pcount, 0, nq * sizeof(unsigned), s), "cudaMemsetAsync");
-    // Where each tile's scores go: tiles fill one score buffer side by side (at offsets that
-    // keep float4 alignment) until the next does not fit, then the other. A GEMM waits only
-    // when it moves into a buffer whose earlier tiles may still be being selected, so the
-    // narrow first tiles of a ramp never wait for a selection.
-    struct Place {
-        int buffer;
-        std::size_t offset;
-        bool waits;
-    };
-    std::vector<Place> place(tiles);
-    {
-        int b = 0;
-        std::size_t off = 0;
-        bool used[2] = {true, false};
-        for (std::size_t t = 0; t < tiles; ++t) {
-            bool waits = false;
-            if (off + widths[t] > ldt) {
-                b ^= 1;
-                off = 0;
-                waits = used[b];
-                used[b] = true;
-            }
-            place[t] = Place{b, off, waits};
-            off += (widths[t] + 3) / 4 * 4;
-        }
-    }
     with_metric(metric_, [&](auto m) {
         constexpr int M = decltype(m)::value;
         constexpr bool kHigher = k::MetricTraits<M>::kHigherFirst;
@@ -393,9 +344,10 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
         for (std::size_t t = 0, c0 = 0; t < tiles; c0 += widths[t], ++t) {
             const std::size_t cols = widths[t];
             const bool first = t == 0;
-            const int b = place[t].buffer;
-            float* buf = tile_buf[b] + place[t].offset;
-            if (place[t].waits) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
+            const TilePlace& place = plan.place[t];
+            const int b = place.buffer;
+            float* buf = tile_buf[b] + place.offset;
+            if (place.waits) check(cudaStreamWaitEvent(s, lane.tile_free[b], 0), "cudaStreamWaitEvent");
             const float* factors = nullptr;
             const std::uint32_t* ordinals = nullptr;
             std::size_t runs = 0;
@@ -412,8 +364,8 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
                 }
             });
             if (runs > 1) {  // the factors and ordinals side by side
-                float* f = side_f[b] + place[t].offset;
-                auto* o = reinterpret_cast<std::uint32_t*>(side_f[b] + ldt) + place[t].offset;
+                float* f = side_f[b] + place.offset;
+                auto* o = reinterpret_cast<std::uint32_t*>(side_f[b] + ldt) + place.offset;
                 k::gather_side_kernel<<<grid_for(cols, 256, p), 256, 0, s>>>(v.rows, c0, cols, f, o);
                 check_launch("gather_side_kernel");
                 factors = f;
