@@ -83,6 +83,9 @@ def test_install_tree_has_headers_library_and_package_config(installed_prefix: P
     for name in ("hive_gpu.hpp", "config.hpp", "context.hpp", "storage.hpp", "types.hpp", "error.hpp", "engine.hpp",
                  "backends.hpp", "backend_list.hpp"):
         assert (headers / name).is_file(), f"{name} not installed"
+    # The user's store and context headers show the API, not the core's machinery.
+    for name in ("storage.hpp", "context.hpp", "types.hpp"):
+        assert "detail" not in (headers / name).read_text(), f"{name} names the core's internals"
     libs = [p for p in installed_prefix.rglob("*") if p.name in ("libhive_gpu.a", "hive_gpu.lib")]
     assert libs, "the static library was not installed"
     config_dir = libs[0].parent / "cmake" / "hive_gpu"

@@ -186,16 +186,16 @@ void VectorStorage::add_vectors_device(std::vector<std::string> ids, const void*
     add_rows(std::move(ids), src, n, dim, std::move(metadata));
 }
 
-VectorStorage::Source VectorStorage::store_rows(const Source& src, std::size_t n, std::size_t dim, const char* what,
-                                                detail::StoreRows& holder) const {
-    if (src.dtype == Dtype::Float32 && impl_->dtype_ == Dtype::Float32) {
-        if (!impl_->engine_checks_rows_) check_rows(static_cast<const float*>(src.data), n, dim, what);
+VectorStorage::Source VectorStorage::Impl::store_rows(const Source& src, std::size_t n, std::size_t dim,
+                                                      const char* what, detail::StoreRows& holder) const {
+    if (src.dtype == Dtype::Float32 && dtype_ == Dtype::Float32) {
+        if (!engine_checks_rows_) check_rows(static_cast<const float*>(src.data), n, dim, what);
         return src;
     }
-    holder = detail::StoreRows(src.data, src.dtype, n, dim, impl_->dtype_, what);
+    holder = detail::StoreRows(src.data, src.dtype, n, dim, dtype_, what);
     Source out = src;
     out.data = holder.data();
-    out.dtype = impl_->dtype_;
+    out.dtype = dtype_;
     return out;
 }
 
@@ -259,7 +259,7 @@ void VectorStorage::add_rows(std::vector<std::string>&& ids, const Source& src, 
     // checked by the engine under the lock instead; other host rows are converted to the
     // store's dtype here, before the lock, and checked on the values stored.
     detail::StoreRows converted;
-    const Source rows = src.device ? src : store_rows(src, n, dim, "vectors", converted);
+    const Source rows = src.device ? src : impl_->store_rows(src, n, dim, "vectors", converted);
     // Staged rows are device rows to the engine, which checks those.
     if (staged && !impl_->engine_checks_rows_) staged.reset();
 

@@ -11,6 +11,7 @@
 
 #include "core/id_index.hpp"
 #include "core/metadata_index.hpp"
+#include "core/rows.hpp"
 #include "hive_gpu/engine.hpp"
 #include "hive_gpu/storage.hpp"
 
@@ -64,6 +65,10 @@ struct VectorStorage::Impl {
     void check_open() const {
         if (closed_) throw StorageClosedError("the storage is closed");
     }
+    // Host rows in the store's dtype, converted and checked (core/rows.hpp) into `holder`
+    // unless they are float32 rows of a float32 store, which pass as they are.
+    VectorStorage::Source store_rows(const VectorStorage::Source& src, std::size_t n, std::size_t dim,
+                                     const char* what, detail::StoreRows& holder) const;
     // The slots `filter` passes, under the caller's lock.
     detail::SlotBits select(const Filter& filter) const;
     // The same answer in place (MetadataTable::select), for searches and counts.

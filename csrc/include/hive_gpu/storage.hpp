@@ -17,9 +17,6 @@
 
 namespace hive_gpu {
 
-namespace detail {
-class StoreRows;  // core/rows.hpp
-}  // namespace detail
 
 // What a saved store's header says; VectorStorage::inspect_file() returns it after checking
 // every byte of the file.
@@ -199,10 +196,6 @@ class VectorStorage {
         bool batch = false;  // queries: nq rows rather than one query (the errors' wording)
         Dtype dtype = Dtype::Float32;  // of the elements at `data`
     };
-    // Host rows in the store's dtype, converted and checked (core/rows.hpp) into `holder`
-    // unless they are float32 rows of a float32 store, which pass as they are.
-    Source store_rows(const Source& src, std::size_t n, std::size_t dim, const char* what,
-                      detail::StoreRows& holder) const;
     BatchResult checked_search(const Source& queries, std::size_t nq, std::size_t dim, std::int64_t k,
                                const Filter* filter) const;
     void add_rows(std::vector<std::string>&& ids, const Source& src, std::size_t n,
