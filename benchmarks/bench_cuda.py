@@ -334,7 +334,7 @@ def main() -> None:
     # device time below stays attached to the process and slows every later launch, the
     # more so for a call of many launches (a batch over many pages), which no user's process
     # pays.
-    cases = ([("single_1Mx768_cosine", 1), ("batch16_1Mx768_cosine", 16), ("batch1024_1Mx768_cosine", 1024)])
+    cases = [("single_1Mx768_cosine", 1), ("batch16_1Mx768_cosine", 16), ("batch1024_1Mx768_cosine", 1024)]
     queries = {name: rng.standard_normal((nq, dim), dtype=np.float32) for name, nq in cases}
 
     def ours_fn(qs: np.ndarray):

@@ -292,27 +292,30 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
     const TilePlan plan =
         plan_tiles(v.rows.map, n, tile, std::max<std::size_t>(kFirstTile, ceil_div(4 * kk, 256) * 256), ldt);
     const std::vector<std::size_t>& widths = plan.widths;
-    // Column ranges per query for a block-wide selection, so that it fills the blocks the
-    // device holds at once, and no more: a second, nearly empty wave would double its time.
-    std::vector<std::size_t> splits(widths.size());
+    const std::size_t tiles = widths.size();
+    // Tiles after the first (but narrow ones): streamed through filter_tile_kernel, whose few
+    // passing columns merge_passed_kernel merges (tile_select.cuh). The others are selected
+    // block-wide, in column ranges per query that fill the blocks the device holds at once,
+    // and no more: a second, nearly empty wave would double the time.
+    std::vector<char> streamed_tile(tiles);
+    std::vector<std::size_t> splits(tiles, 1);
+    bool streamed = false;
     std::size_t max_splits = 1;
-    for (std::size_t t = 0; t < widths.size(); ++t) {
-        splits[t] = nq >= resident ? 1 : std::max<std::size_t>(1, std::min(resident / nq, widths[t] / 8192));
+    for (std::size_t t = 0; t < tiles; ++t) {
+        streamed_tile[t] = t > 0 && widths[t] >= kFilterMinTile;
+        streamed = streamed || streamed_tile[t];
+        if (!streamed_tile[t] && nq < resident)
+            splits[t] = std::max<std::size_t>(1, std::min(resident / nq, widths[t] / 8192));
         max_splits = std::max(max_splits, splits[t]);
     }
-    const std::size_t tiles = widths.size();
     // A few queries: the bandwidth-bound skinny product reads the rows once at full speed.
     const bool thin = !screen && skinny(nq);
     const std::size_t entry = sizeof(std::uint64_t) + sizeof(std::uint32_t);
     // A tile that spans pages gets its rows' factors and ordinals copied side by side.
     const bool spans = v.rows.map.pages_for(n) > 1;
-    // Tiles after the first: streamed through filter_tile_kernel, whose few passing columns
-    // merge_passed_kernel merges (tile_select.cuh); `room` passing columns per query and tile.
-    auto streamed_tile = [&](std::size_t t) { return t > 0 && widths[t] >= kFilterMinTile; };
-    bool streamed = false;
-    for (std::size_t t = 1; t < tiles; ++t) streamed = streamed || streamed_tile(t);
-    // At most a third of a tile, so the buffers never outweigh a score tile (large k with many
-    // queries); a smaller room only makes a reselection likelier, never a wrong answer.
+    // `room` passing columns per query and streamed tile: at most a third of a tile, so the
+    // buffers never outweigh a score tile (large k with many queries); a smaller room only
+    // makes a reselection likelier, never a wrong answer.
     const std::size_t room = streamed ? std::min(tile / 3, std::max<std::size_t>(4 * kk, 512)) : 0;
     Carve c;
     const std::size_t at_t0 = c.take(nq * ldt * sizeof(float));
@@ -374,7 +377,7 @@ void CudaEngine::select_tiles(Lane& lane, const RowView& v, const float* dq, con
             check(cudaEventRecord(lane.tile_scored[b], s), "cudaEventRecord");
             check(cudaStreamWaitEvent(a, lane.tile_scored[b], 0), "cudaStreamWaitEvent");
             const dim3 grid(static_cast<unsigned>(nq), static_cast<unsigned>(splits[t]));
-            if (streamed_tile(t)) {
+            if (streamed_tile[t]) {
                 const std::size_t ranges = std::min<std::size_t>(
                     65535, ceil_div(cols, static_cast<std::size_t>(k::kFilterBlock) * 4 * k::kFilterLoads));
                 filter<<<dim3(static_cast<unsigned>(nq), static_cast<unsigned>(ranges)), k::kFilterBlock, 0, a>>>(

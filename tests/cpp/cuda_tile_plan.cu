@@ -39,6 +39,9 @@ void check(const hive_gpu::kernels::PageMap& m, std::size_t n, std::size_t tile,
     std::size_t at = 0;
     for (std::size_t t = 0; t < w.size(); ++t) {
         if (w[t] == 0 || w[t] > tile) return fail("width out of range", m, n, tile, first);
+        // The tile formed at column `at` is at most min(tile, max(first, at)) wide (the
+        // whole tile when there is only one).
+        const std::size_t target = n > tile ? std::min(tile, std::max(std::min(first, tile), at)) : tile;
         const auto a = m.place(at), z = m.place(at + w[t] - 1);
         const bool one_page = a.page == z.page;
         const bool starts_page = a.row == 0;
@@ -47,14 +50,11 @@ void check(const hive_gpu::kernels::PageMap& m, std::size_t n, std::size_t tile,
         // within a page, with the rest of a page split before it.
         if (!one_page && !ends_page) return fail("a tile over several pages ends within one", m, n, tile, first);
         if (one_page && starts_page && !ends_page) {  // the first part of a split page
-            // The tile being formed at column s is min(tile, max(first, s)) wide at most
-            // (the whole tile when there is only one): only a page wider than that is split.
-            const std::size_t target = n > tile ? std::min(tile, std::max(std::min(first, tile), at)) : tile;
+            // Only a page wider than the tile being formed is split.
             const std::size_t page_cols = std::min(m.rows(a.page), n - m.start(a.page));
             if (page_cols <= target) return fail("a page split though it fits the tile", m, n, tile, first);
         }
         if (starts_page && ends_page && at + w[t] < n) {  // whole pages: as many as fit
-            const std::size_t target = n > tile ? std::min(tile, std::max(std::min(first, tile), at)) : tile;
             const std::size_t next = m.place(at + w[t]).page;
             const std::size_t next_cols = std::min(m.rows(next), n - m.start(next));
             if (w[t] + next_cols <= target) return fail("a page left out of a tile it fits", m, n, tile, first);
